@@ -1,0 +1,89 @@
+"""klpcore: the Linux module loader's and livepatch core's relocation writing, in user space.
+
+Typical use::
+
+    from klpcore import Loader, load_symbols
+
+    symbols = load_symbols("System.map")
+    loaded = Loader().load("patch.ko", symbols, base=0xFFFFFFFFC0000000)
+    for p in loaded.module.layout.placements.values():
+        print(p.name, hex(p.address))
+"""
+
+from __future__ import annotations
+
+from .arch import ABS, PREL, ArchSpec, Entry, RelocType, insn_field, misaligned, signed, unsigned
+from .constants import MemType, ModuleState
+from .elf import ElfModule, Section
+from .engine import ApplyContext, RelocFailure, SectionContext
+from .errors import (
+    Diagnostic,
+    ElfFormatError,
+    InputError,
+    KlpError,
+    LivepatchFormatError,
+    MemoryAccessError,
+    NoPluginError,
+    RelocationError,
+    ResolutionError,
+    SymbolFileError,
+)
+from .hookspecs import hookimpl
+from .kernel import KernelTarget
+from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
+from .loader import DEFAULT_BASE, Example, LoadedModule, Loader, LoadingModule
+from .memory import BytesBackend, MemoryBackend, ModuleImage, Perm, Region
+from .plugins import get_plugin_manager
+from .symbols import KernelSymbols, load_many, load_symbols, parse_symbol_text
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABS",
+    "DEFAULT_BASE",
+    "PREL",
+    "ApplyContext",
+    "ArchSpec",
+    "BytesBackend",
+    "Diagnostic",
+    "ElfFormatError",
+    "ElfModule",
+    "Entry",
+    "Example",
+    "InputError",
+    "KernelSymbols",
+    "KernelTarget",
+    "KlpError",
+    "KlpObject",
+    "KlpRelocSec",
+    "LivepatchFormatError",
+    "LivepatchInfo",
+    "LoadedModule",
+    "Loader",
+    "LoadingModule",
+    "MemType",
+    "MemoryAccessError",
+    "MemoryBackend",
+    "ModuleImage",
+    "ModuleState",
+    "NoPluginError",
+    "Perm",
+    "Region",
+    "RelocFailure",
+    "RelocType",
+    "RelocationError",
+    "ResolutionError",
+    "Section",
+    "SectionContext",
+    "SymbolFileError",
+    "discover",
+    "get_plugin_manager",
+    "hookimpl",
+    "insn_field",
+    "load_many",
+    "load_symbols",
+    "misaligned",
+    "parse_symbol_text",
+    "signed",
+    "unsigned",
+]

@@ -1,0 +1,367 @@
+"""Reading kernel-module ELF files.
+
+Headers, section headers and section names are read with pyelftools; the
+symbol table and relocation tables are read as numpy structured arrays, one
+array per table, never one Python object per entry.  Every offset and index
+that later code trusts is validated here, and each failure raises
+:class:`~klpcore.errors.ElfFormatError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from elftools.elf.elffile import ELFFile
+
+from . import constants as C
+from .errors import Diagnostic, ElfFormatError
+
+
+def sym_dtype(endian: str) -> np.dtype[Any]:
+    """numpy dtype of an ``Elf64_Sym`` in the given byte order (``<``/``>``)."""
+    return np.dtype(
+        [
+            ("st_name", endian + "u4"),
+            ("st_info", "u1"),
+            ("st_other", "u1"),
+            ("st_shndx", endian + "u2"),
+            ("st_value", endian + "u8"),
+            ("st_size", endian + "u8"),
+        ]
+    )
+
+
+def rela_dtype(endian: str) -> np.dtype[Any]:
+    """numpy dtype of an ``Elf64_Rela`` in the given byte order."""
+    return np.dtype(
+        [
+            ("r_offset", endian + "u8"),
+            ("r_info", endian + "u8"),
+            ("r_addend", endian + "i8"),
+        ]
+    )
+
+
+@dataclass
+class Section:
+    """A section header, as a mutable record (arch setup may resize sections)."""
+
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+    @property
+    def is_alloc(self) -> bool:
+        return bool(self.flags & C.SHF_ALLOC)
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.flags & C.SHF_EXECINSTR)
+
+    @property
+    def is_write(self) -> bool:
+        return bool(self.flags & C.SHF_WRITE)
+
+    @property
+    def is_nobits(self) -> bool:
+        return self.type == C.SHT_NOBITS
+
+    def copy(self) -> Section:
+        return replace(self)
+
+
+def _cstr(table: bytes, offset: int) -> str | None:
+    if offset >= len(table):
+        return None
+    end = table.find(b"\0", offset)
+    if end < 0:
+        return None
+    return table[offset:end].decode("utf-8", "surrogateescape")
+
+
+class ElfModule:
+    """A relocatable 64-bit ELF object: a kernel module or a livepatch module.
+
+    The object is immutable apart from :attr:`sections` (copies of the headers
+    that arch setup may change) and the relocation arrays returned by
+    :meth:`relas`, which arch setup may reorder as the kernel does.
+    """
+
+    def __init__(self, data: bytes, name: str | None = None, path: str | None = None) -> None:
+        self.data = bytes(data)
+        self.path = path
+        self._relas: dict[int, np.ndarray] = {}
+        try:
+            self._parse_headers()
+        except ElfFormatError:
+            raise
+        except Exception as exc:  # pyelftools raises many exception types on hostile input
+            raise ElfFormatError(self._diag(f"malformed ELF: {type(exc).__name__}: {exc}")) from exc
+        self._parse_symtab()
+        self.name = name or self._module_name()
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], name: str | None = None) -> ElfModule:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise ElfFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return cls(data, name=name, path=os.fspath(path))
+
+    def _diag(self, message: str, section: str | None = None) -> Diagnostic:
+        label = os.path.basename(self.path) if self.path else None
+        return Diagnostic(message, module=getattr(self, "name", None) or label, section=section)
+
+    def _fail(self, message: str, section: str | None = None) -> ElfFormatError:
+        return ElfFormatError(self._diag(message, section))
+
+    def _parse_headers(self) -> None:
+        data = self.data
+        if len(data) < C.EHDR_SIZE:
+            raise self._fail(f"file too short for an ELF header ({len(data)} bytes)")
+        if data[:4] != C.ELFMAG:
+            raise self._fail("not an ELF file (bad magic)")
+        if data[4] != C.ELFCLASS64:
+            raise self._fail(f"ELF class {data[4]} is not ELFCLASS64; only 64-bit modules are supported")
+        if data[5] not in (C.ELFDATA2LSB, C.ELFDATA2MSB):
+            raise self._fail(f"unknown ELF data encoding {data[5]}")
+        self.endian = "<" if data[5] == C.ELFDATA2LSB else ">"
+        self.byteorder: str = "little" if self.endian == "<" else "big"
+        elf = ELFFile(io.BytesIO(data))
+        hdr = elf.header
+        self.elfclass = C.ELFCLASS64
+        self.etype_value = int(elf["e_type"]) if isinstance(elf["e_type"], int) else _etype(elf["e_type"])
+        if self.etype_value != C.ET_REL:
+            raise self._fail(f"ELF type {hdr['e_type']} is not ET_REL; a kernel module is a relocatable object")
+        machine = hdr["e_machine"]
+        self.machine = machine if isinstance(machine, int) else _machine_number(data, self.endian)
+        self.e_flags = int(hdr["e_flags"])
+        if hdr["e_shentsize"] != C.SHDR_SIZE:
+            raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, expected {C.SHDR_SIZE}")
+        shoff = int(hdr["e_shoff"])
+        shnum = elf.num_sections()
+        if shoff == 0 or shnum == 0:
+            raise self._fail("no section header table")
+        if shoff + shnum * C.SHDR_SIZE > len(data):
+            raise self._fail(
+                f"section header table (offset {shoff:#x}, {shnum} entries) runs past the end of the file "
+                f"({len(data)} bytes)"
+            )
+        shstrndx = elf.get_shstrndx()
+        if not 0 < shstrndx < shnum:
+            raise self._fail(f"section name string table index {shstrndx} out of range (0..{shnum - 1})")
+        raw = []
+        for i in range(shnum):
+            sh = elf._get_section_header(i)
+            raw.append(sh)
+        strsh = raw[shstrndx]
+        if strsh["sh_type"] != "SHT_STRTAB":
+            raise self._fail(f"section name table (index {shstrndx}) is not SHT_STRTAB")
+        self._check_bounds(
+            int(strsh["sh_offset"]),
+            int(strsh["sh_size"]),
+            f"[{shstrndx}]",
+            nobits=False,
+        )
+        shstr = data[strsh["sh_offset"] : strsh["sh_offset"] + strsh["sh_size"]]
+        sections: list[Section] = []
+        for i, sh in enumerate(raw):
+            name = _cstr(shstr, int(sh["sh_name"]))
+            if name is None:
+                raise self._fail(f"section [{i}] name offset {sh['sh_name']:#x} is outside the name table")
+            stype = _section_type_number(sh["sh_type"], data, shoff, i, self.endian)
+            sec = Section(
+                index=i,
+                name=name,
+                type=stype,
+                flags=int(sh["sh_flags"]),
+                addr=int(sh["sh_addr"]),
+                offset=int(sh["sh_offset"]),
+                size=int(sh["sh_size"]),
+                link=int(sh["sh_link"]),
+                info=int(sh["sh_info"]),
+                addralign=int(sh["sh_addralign"]),
+                entsize=int(sh["sh_entsize"]),
+            )
+            if i and stype not in (C.SHT_NOBITS, C.SHT_NULL):
+                self._check_bounds(sec.offset, sec.size, name, nobits=False)
+            if sec.addralign & (sec.addralign - 1):
+                raise self._fail(f"alignment {sec.addralign} is not a power of two", name)
+            sections.append(sec)
+        self.sections = sections
+        self.shstrndx = shstrndx
+
+    def _check_bounds(self, offset: int, size: int, name: str, nobits: bool) -> None:
+        if nobits:
+            return
+        if offset > len(self.data) or size > len(self.data) - offset:
+            raise self._fail(
+                f"contents (offset {offset:#x}, size {size:#x}) run past the end of the file ({len(self.data)} bytes)",
+                name,
+            )
+
+    def _parse_symtab(self) -> None:
+        symtabs = [s for s in self.sections if s.type == C.SHT_SYMTAB]
+        if not symtabs:
+            raise self._fail("module has no symbol table (stripped?)")
+        if len(symtabs) > 1:
+            raise self._fail(f"module has {len(symtabs)} symbol tables, expected one")
+        st = symtabs[0]
+        self.symtab_index = st.index
+        if st.size % C.SYM_SIZE:
+            raise self._fail(f"size {st.size} is not a multiple of {C.SYM_SIZE}", st.name)
+        if not 0 < st.link < len(self.sections) or self.sections[st.link].type != C.SHT_STRTAB:
+            raise self._fail(f"sh_link {st.link} does not name a string table", st.name)
+        strsec = self.sections[st.link]
+        self.strtab = self.data[strsec.offset : strsec.offset + strsec.size]
+        count = st.size // C.SYM_SIZE
+        self.symbols: np.ndarray = np.frombuffer(self.data, dtype=sym_dtype(self.endian), count=count, offset=st.offset)
+        self.nsyms = count
+        names: list[str] = []
+        strtab = self.strtab
+        for i, off in enumerate(self.symbols["st_name"].tolist()):
+            name = _cstr(strtab, off)
+            if name is None:
+                raise self._fail(
+                    f"symbol #{i} name offset {off:#x} is outside the string table",
+                    st.name,
+                )
+            names.append(name)
+        self.symbol_names: list[str] = names
+        shndx = self.symbols["st_shndx"]
+        bad = np.nonzero((shndx >= len(self.sections)) & (shndx < C.SHN_LORESERVE))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise self._fail(
+                f"symbol #{i} ({names[i]}) has section index {int(shndx[i])} out of range",
+                st.name,
+            )
+
+    # ------------------------------------------------------------------- access
+    def section_data(self, index: int) -> bytes:
+        sec = self.sections[index]
+        if sec.is_nobits:
+            return bytes(sec.size)
+        orig = self._orig_size(index)
+        data = self.data[sec.offset : sec.offset + min(orig, sec.size)]
+        if sec.size > len(data):  # grown by arch setup: zero-filled tail
+            data += bytes(sec.size - len(data))
+        return data
+
+    @cached_property
+    def _orig_sizes(self) -> list[int]:
+        return [s.size for s in self.sections]
+
+    def _orig_size(self, index: int) -> int:
+        return self._orig_sizes[index]
+
+    def section_by_name(self, name: str) -> Section | None:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def relas(self, index: int) -> np.ndarray:
+        """The entries of SHT_RELA section ``index`` as a structured array.
+
+        The array is a private, writable copy cached per section so that arch
+        setup can reorder it in place, as the kernel sorts relocation sections
+        in the module image.  Symbol indexes are checked against the symtab.
+        """
+        arr = self._relas.get(index)
+        if arr is not None:
+            return arr
+        sec = self.sections[index]
+        if sec.type != C.SHT_RELA:
+            raise self._fail("not a SHT_RELA section", sec.name)
+        if sec.size % C.RELA_SIZE:
+            raise self._fail(f"size {sec.size} is not a multiple of {C.RELA_SIZE}", sec.name)
+        if sec.entsize not in (0, C.RELA_SIZE):
+            raise self._fail(f"sh_entsize {sec.entsize} is not {C.RELA_SIZE}", sec.name)
+        if sec.link != self.symtab_index:
+            raise self._fail(
+                f"sh_link {sec.link} is not the symbol table ({self.symtab_index})",
+                sec.name,
+            )
+        count = sec.size // C.RELA_SIZE
+        arr = np.frombuffer(self.data, dtype=rela_dtype(self.endian), count=count, offset=sec.offset).copy()
+        syms = arr["r_info"] >> np.uint64(32)
+        bad = np.nonzero(syms >= np.uint64(self.nsyms))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise ElfFormatError(
+                Diagnostic(
+                    f"symbol index {int(syms[i])} is outside the symbol table ({self.nsyms} entries)"
+                    + (f"; {bad.size} entries affected" if bad.size > 1 else ""),
+                    module=self.name,
+                    section=sec.name,
+                    index=i,
+                )
+            )
+        self._relas[index] = arr
+        return arr
+
+    def rela_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.type == C.SHT_RELA]
+
+    def symbol_name(self, index: int) -> str:
+        return self.symbol_names[index]
+
+    @cached_property
+    def modinfo(self) -> dict[str, list[str]]:
+        """``.modinfo`` key/value strings (a key may repeat)."""
+        out: dict[str, list[str]] = {}
+        sec = self.section_by_name(".modinfo")
+        if sec is None or sec.is_nobits:
+            return out
+        for item in self.data[sec.offset : sec.offset + sec.size].split(b"\0"):
+            if b"=" in item:
+                key, _, value = item.decode("utf-8", "replace").partition("=")
+                out.setdefault(key, []).append(value)
+        return out
+
+    @property
+    def is_livepatch(self) -> bool:
+        return self.modinfo.get("livepatch", [""])[-1] == "Y"
+
+    def _module_name(self) -> str:
+        names = self.modinfo.get("name")
+        if names and names[-1]:
+            return names[-1]
+        if self.path:
+            base = os.path.basename(self.path)
+            for ext in (".ko", ".o"):
+                base = base.removesuffix(ext)
+            return base.replace("-", "_")
+        return "module"
+
+
+def _etype(value: Any) -> int:
+    table = {"ET_NONE": 0, "ET_REL": 1, "ET_EXEC": 2, "ET_DYN": 3, "ET_CORE": 4}
+    return table.get(str(value), -1)
+
+
+def _machine_number(data: bytes, endian: str) -> int:
+    return int.from_bytes(data[18:20], "little" if endian == "<" else "big")
+
+
+def _section_type_number(value: Any, data: bytes, shoff: int, index: int, endian: str) -> int:
+    if isinstance(value, int):
+        return value
+    off = shoff + index * C.SHDR_SIZE + 4
+    return int.from_bytes(data[off : off + 4], "little" if endian == "<" else "big")

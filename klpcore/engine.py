@@ -1,0 +1,507 @@
+"""The relocation engine.
+
+Writes are staged: every relocation of a phase (module load, patch enable, a
+target module coming) is computed into copies of the affected sections, and
+only when the whole phase succeeds are the changed bytes committed to the
+module image.  Any error leaves the image exactly as it was.
+
+The generic engine applies an architecture's type table to a whole section
+with numpy: entries are grouped by type and each group is computed, checked
+and encoded as arrays.  Types with a sequential ``handler`` run afterwards,
+one entry at a time, in section order.  A section in which two relocations
+write overlapping bytes is applied strictly in order, entry by entry, so the
+result matches the kernel's sequential loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import constants as C
+from .arch import ArchSpec, Entry, RelocType
+from .elf import Section
+from .errors import Diagnostic
+from .kernel import KernelTarget
+from .memory import ModuleImage
+
+if TYPE_CHECKING:
+    from .loader import LoadingModule
+
+U64 = np.uint64
+MAX_DIAGS_PER_KIND = 20
+
+
+class RelocFailure(Exception):
+    """Raised by handlers to refuse one relocation."""
+
+    def __init__(self, message: str, kernel_message: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kernel_message = kernel_message
+
+
+class StagedMemory:
+    """Copy-on-write buffers of the module's placed sections for one phase."""
+
+    def __init__(self, image: ModuleImage, placed: list[tuple[int, str, int, int]]) -> None:
+        self.image = image
+        self._placed = sorted(placed, key=lambda p: p[2])  # (index, name, address, size)
+        self._starts = [p[2] for p in self._placed]
+        self._by_index = {p[0]: p for p in self._placed}
+        self.buffers: dict[int, np.ndarray] = {}
+        self._orig: dict[int, np.ndarray] = {}
+
+    def buffer(self, index: int) -> np.ndarray:
+        buf = self.buffers.get(index)
+        if buf is None:
+            _, _, addr, size = self._by_index[index]
+            orig = np.frombuffer(self.image.read(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
+            self._orig[index] = orig
+            buf = self.buffers[index] = orig.copy()
+        return buf
+
+    def address_of(self, index: int) -> int:
+        return self._by_index[index][2]
+
+    def locate(self, address: int, size: int) -> tuple[int, int]:
+        """(section index, offset) of ``size`` bytes at ``address``; they must
+        lie inside one placed section."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        while i >= 0:
+            index, name, start, ssize = self._placed[i]
+            if address + size <= start + ssize:
+                return index, address - start
+            if start + ssize <= address:
+                break
+            i -= 1
+        raise RelocFailure(f"access of {size} bytes at {address:#x} is outside every section of the module")
+
+    def read(self, address: int, size: int) -> bytes:
+        index, off = self.locate(address, size)
+        return self.buffer(index)[off : off + size].tobytes()
+
+    def write(self, address: int, data: bytes) -> None:
+        index, off = self.locate(address, len(data))
+        self.buffer(index)[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    def changes(self) -> Iterator[tuple[int, bytes]]:
+        """Runs of changed bytes as ``(address, data)``."""
+        for index, buf in self.buffers.items():
+            orig = self._orig[index]
+            diff = np.flatnonzero(buf != orig)
+            if not diff.size:
+                continue
+            base = self.address_of(index)
+            breaks = np.flatnonzero(np.diff(diff) != 1)
+            starts = np.concatenate(([diff[0]], diff[breaks + 1]))
+            ends = np.concatenate((diff[breaks], [diff[-1]])) + 1
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                yield base + s, buf[s:e].tobytes()
+
+
+@dataclass
+class ApplyContext:
+    """State of one phase: what every section application sees."""
+
+    module: LoadingModule
+    arch: ArchSpec
+    kernel: KernelTarget
+    staged: StagedMemory
+    symvals: np.ndarray  # uint64 value of every symtab entry for this phase
+    state: dict[str, Any]  # arch per-module state (a private copy for this phase)
+    phase: str
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def image(self) -> ModuleImage:
+        return self.staged.image
+
+    @property
+    def module_name(self) -> str:
+        return self.module.name
+
+    def read_uint(self, address: int, width: int, insn: bool = False) -> int:
+        order = self.arch.insn_order if insn else self.module.elf.byteorder
+        return int.from_bytes(self.staged.read(address, width), order)  # type: ignore[arg-type]
+
+    def write_uint(self, address: int, width: int, value: int, insn: bool = False) -> None:
+        order = self.arch.insn_order if insn else self.module.elf.byteorder
+        self.staged.write(address, (value & ((1 << (8 * width)) - 1)).to_bytes(width, order))  # type: ignore[arg-type]
+
+    def section_address(self, index: int) -> int | None:
+        return self.module.layout.address_of(index)
+
+
+@dataclass
+class SectionContext(ApplyContext):
+    """One relocation section being applied (or cleared)."""
+
+    relsec: Section = field(default=None)  # type: ignore[assignment]
+    target: Section = field(default=None)  # type: ignore[assignment]
+    target_address: int = 0
+    relas: np.ndarray = field(default=None)  # type: ignore[assignment]
+    objname: str | None = None  # klp object of a livepatch section
+
+    @classmethod
+    def for_section(
+        cls, ctx: ApplyContext, relsec: Section, relas: np.ndarray, objname: str | None = None
+    ) -> SectionContext:
+        target = ctx.module.sections[relsec.info]
+        addr = ctx.module.layout.address_of(target.index)
+        if addr is None:  # percpu or otherwise separately placed
+            addr = ctx.module.extra_addresses.get(target.index, 0)
+        return cls(
+            module=ctx.module,
+            arch=ctx.arch,
+            kernel=ctx.kernel,
+            staged=ctx.staged,
+            symvals=ctx.symvals,
+            state=ctx.state,
+            phase=ctx.phase,
+            diagnostics=ctx.diagnostics,
+            counts=ctx.counts,
+            relsec=relsec,
+            target=target,
+            target_address=addr,
+            relas=relas,
+            objname=objname,
+        )
+
+    # ------------------------------------------------------------ reporting
+    def diag(
+        self,
+        message: str,
+        index: int | None,
+        rtype: int | None = None,
+        sym: int | None = None,
+        kernel_message: str | None = None,
+        severity: str = "error",
+        **extra: Any,
+    ) -> Diagnostic:
+        d = Diagnostic(
+            message,
+            severity=severity,
+            module=self.module.name,
+            section=self.relsec.name,
+            index=index,
+            rtype=self.arch.type_name(rtype) if rtype is not None else None,
+            symbol=self.module.elf.symbol_names[sym] if sym is not None else None,
+            kernel_message=kernel_message,
+            extra=extra,
+        )
+        self.diagnostics.append(d)
+        return d
+
+    def entry(self, i: int) -> Entry:
+        r = self.relas[i]
+        info = int(r["r_info"])
+        sym = info >> 32
+        syms = self.module.elf.symbols
+        return Entry(
+            index=i,
+            offset=int(r["r_offset"]),
+            type=info & 0xFFFFFFFF,
+            sym=sym,
+            addend=int(r["r_addend"]),
+            S=int(self.symvals[sym]),
+            P=(self.target_address + int(r["r_offset"])) & 0xFFFFFFFFFFFFFFFF,
+            symbol_name=self.module.elf.symbol_names[sym],
+            st_shndx=int(syms["st_shndx"][sym]),
+            st_other=int(syms["st_other"][sym]),
+        )
+
+    def fmt(self, template: str | None, rt: RelocType | None, value: int, index: int, **kw: Any) -> str | None:
+        if template is None:
+            return None
+        e = self.entry(index)
+        return template.format(
+            module=self.module.name,
+            number=rt.number if rt else e.type,
+            name=rt.name if rt else "",
+            value=value & 0xFFFFFFFFFFFFFFFF,
+            svalue=value if value < (1 << 63) else value - (1 << 64),
+            loc=e.P,
+            symbol=e.symbol_name,
+            **kw,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Array helpers
+# ---------------------------------------------------------------------------
+def _shifts(width: int, order: str) -> np.ndarray:
+    s = np.arange(width, dtype=np.uint64) * U64(8)
+    return s if order == "little" else s[::-1].copy()
+
+
+def gather(buf: np.ndarray, offsets: np.ndarray, width: int, order: str) -> np.ndarray:
+    """Read ``width``-byte unsigned fields at ``offsets`` of ``buf``."""
+    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    b = buf[idx].astype(np.uint64)
+    return (b << _shifts(width, order)).sum(axis=1, dtype=np.uint64)
+
+
+def scatter(buf: np.ndarray, offsets: np.ndarray, width: int, order: str, values: np.ndarray) -> None:
+    """Write ``width``-byte fields at ``offsets`` of ``buf``."""
+    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    buf[idx] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# The generic engine
+# ---------------------------------------------------------------------------
+def _limited(ctx: SectionContext, idx: np.ndarray, kind: str, make: Any) -> None:
+    """Report entries ``idx`` with ``make(i)``, at most MAX_DIAGS_PER_KIND, then a summary."""
+    for i in idx[:MAX_DIAGS_PER_KIND].tolist():
+        make(int(i))
+    if idx.size > MAX_DIAGS_PER_KIND:
+        ctx.diag(f"... and {idx.size - MAX_DIAGS_PER_KIND} more entries with the same problem ({kind})", None)
+
+
+def apply_section(ctx: SectionContext) -> None:
+    """Apply ``ctx.relas`` to ``ctx.target`` with the arch's type table."""
+    rel = ctx.relas
+    n = len(rel)
+    if n == 0:
+        return
+    arch = ctx.arch
+    types = (rel["r_info"] & U64(0xFFFFFFFF)).astype(np.int64)
+    syms = (rel["r_info"] >> U64(32)).astype(np.int64)
+    offs = rel["r_offset"].astype(np.uint64)
+    A = rel["r_addend"].astype(np.int64)
+    S = ctx.symvals[syms]
+    P = U64(ctx.target_address) + offs
+    buf = ctx.staged.buffer(ctx.target.index) if ctx.target_address else None
+
+    uniq = np.unique(types).tolist()
+    known = [t for t in uniq if t in arch.types]
+    for t in uniq:
+        if t in arch.types:
+            continue
+        bad = np.flatnonzero(types == t)
+        first = int(bad[0])
+        ctx.diag(
+            f"unsupported relocation type {t} ({arch.type_name(t)}) in {bad.size} entr{'y' if bad.size == 1 else 'ies'}",
+            first,
+            rtype=t,
+            sym=int(syms[first]),
+            kernel_message=arch.unknown_type_error.format(module=ctx.module.name, number=t),
+            count=int(bad.size),
+        )
+
+    widths = np.zeros(n, dtype=np.uint64)
+    for t in known:
+        widths[types == t] = arch.types[t].width
+    out = (offs + widths > U64(ctx.target.size)) | (offs + widths < offs)
+    if out.any():
+        bad = np.flatnonzero(out)
+        _limited(
+            ctx,
+            bad,
+            "write outside the section",
+            lambda i: ctx.diag(
+                f"writes {int(widths[i])} bytes at offset {int(offs[i]):#x}, outside {ctx.target.name} "
+                f"(size {ctx.target.size:#x})",
+                i,
+                rtype=int(types[i]),
+                sym=int(syms[i]),
+            ),
+        )
+        return
+    if buf is None and any(arch.types[t].width or arch.types[t].handler for t in known):
+        ctx.diag(f"target section {ctx.target.name} is not placed in module memory", None)
+        return
+
+    active = widths > 0
+    for t in known:
+        if arch.types[t].handler is not None:
+            active |= types == t
+    if _overlaps(offs[active], np.maximum(widths[active], U64(1))):
+        _apply_sequential(ctx, types, buf)
+        return
+
+    for t in known:
+        rt = arch.types[t]
+        if rt.handler is not None or rt.width == 0:
+            continue
+        idx = np.flatnonzero(types == t)
+        _apply_group(ctx, rt, idx, S[idx], A[idx], P[idx], offs[idx], buf)  # type: ignore[arg-type]
+    handler_idx = np.flatnonzero(np.isin(types, [t for t in known if arch.types[t].handler is not None]))
+    for i in handler_idx.tolist():
+        _run_handler(ctx, int(i))
+    ctx.counts["applied"] += int(n)
+
+
+def _overlaps(offs: np.ndarray, widths: np.ndarray) -> bool:
+    if offs.size < 2:
+        return False
+    order = np.argsort(offs, kind="stable")
+    o = offs[order]
+    w = widths[order]
+    return bool(np.any(o[1:] < o[:-1] + w[:-1]))
+
+
+def _apply_group(
+    ctx: SectionContext,
+    rt: RelocType,
+    idx: np.ndarray,
+    S: np.ndarray,
+    A: np.ndarray,
+    P: np.ndarray,
+    offs: np.ndarray,
+    buf: np.ndarray,
+) -> bool:
+    """Compute, check and write one type's entries; False if any was refused."""
+    order = ctx.arch.insn_order if rt.insn else ctx.module.elf.byteorder
+    assert rt.compute is not None, f"{rt.name} has neither compute nor handler"
+    values = rt.compute(S, A, P, ctx)
+    ok = True
+    if rt.check is not None:
+        bad = np.flatnonzero(rt.check(values, ctx))
+        if bad.size:
+            ok = False
+            _limited(
+                ctx,
+                idx[bad],
+                rt.name + " range",
+                lambda i: ctx.diag(
+                    rt.error.format(value=int(values[np.searchsorted(idx, i)])),
+                    i,
+                    rtype=rt.number,
+                    sym=int(ctx.relas["r_info"][i] >> U64(32)),
+                    kernel_message=ctx.fmt(rt.kernel_error, rt, int(values[np.searchsorted(idx, i)]), i),
+                    value=hex(int(values[np.searchsorted(idx, i)])),
+                ),
+            )
+    old = gather(buf, offs, rt.width, order)
+    if rt.require_zero:
+        nz = np.flatnonzero(old != 0)
+        if nz.size:
+            ok = False
+            _limited(
+                ctx,
+                idx[nz],
+                rt.name + " nonzero target",
+                lambda i: ctx.diag(
+                    f"target already written: existing value {int(old[np.searchsorted(idx, i)]):#x} is nonzero",
+                    i,
+                    rtype=rt.number,
+                    sym=int(ctx.relas["r_info"][i] >> U64(32)),
+                    kernel_message=ctx.fmt(rt.zero_error, rt, int(values[np.searchsorted(idx, i)]), i),
+                ),
+            )
+    if rt.truncates is not None:
+        tr = np.flatnonzero(rt.truncates(values, ctx))
+        if tr.size:
+            _limited(
+                ctx,
+                idx[tr],
+                rt.name + " truncation",
+                lambda i: ctx.diag(
+                    f"value {int(values[np.searchsorted(idx, i)]):#x} does not fit the {8 * rt.width}-bit field; "
+                    "the kernel writes the truncated low bits without an error",
+                    i,
+                    rtype=rt.number,
+                    sym=int(ctx.relas["r_info"][i] >> U64(32)),
+                    severity="warning",
+                ),
+            )
+    if not ok:
+        return False
+    encode = rt.encode
+    new = (
+        encode(values, old, ctx)
+        if encode is not None
+        else values & U64((1 << (8 * rt.width)) - 1 if rt.width < 8 else 0xFFFFFFFFFFFFFFFF)
+    )
+    scatter(buf, offs, rt.width, order, new)
+    ctx.counts[rt.name] += int(idx.size)
+    return True
+
+
+def _run_handler(ctx: SectionContext, i: int) -> None:
+    e = ctx.entry(i)
+    rt = ctx.arch.types[e.type]
+    try:
+        assert rt.handler is not None
+        rt.handler(ctx, e)
+    except RelocFailure as f:
+        ctx.diag(f.message, i, rtype=e.type, sym=e.sym, kernel_message=f.kernel_message)
+    else:
+        ctx.counts[rt.name] += 1
+
+
+def _apply_sequential(ctx: SectionContext, types: np.ndarray, buf: np.ndarray) -> None:
+    """Entry-by-entry application, for sections whose writes overlap."""
+    rel = ctx.relas
+    syms = (rel["r_info"] >> U64(32)).astype(np.int64)
+    for i in range(len(rel)):
+        t = int(types[i])
+        rt = ctx.arch.types.get(t)
+        if rt is None:
+            continue
+        if rt.handler is not None:
+            _run_handler(ctx, i)
+            continue
+        if rt.width == 0:
+            continue
+        one = np.array([i])
+        S = ctx.symvals[syms[one]]
+        A = rel["r_addend"][one].astype(np.int64)
+        off = rel["r_offset"][one].astype(np.uint64)
+        if not _apply_group(ctx, rt, one, S, A, U64(ctx.target_address) + off, off, buf):
+            return  # the kernel stops at the first refused entry
+    ctx.counts["applied"] += len(rel)
+
+
+def clear_section(ctx: SectionContext) -> None:
+    """Clear the places of ``ctx.relas`` as x86's ``clear_relocate_add`` does:
+    each field must still hold the value applying would write (else a
+    warning, and clearing stops there, as in the kernel); it becomes zero."""
+    rel = ctx.relas
+    buf = ctx.staged.buffer(ctx.target.index)
+    for i in range(len(rel)):
+        e = ctx.entry(i)
+        rt = ctx.arch.types.get(e.type)
+        if rt is None or rt.width == 0 or rt.compute is None:
+            continue
+        order = ctx.arch.insn_order if rt.insn else ctx.module.elf.byteorder
+        value = rt.compute(
+            np.array([e.S], dtype=np.uint64),
+            np.array([e.addend], dtype=np.int64),
+            np.array([e.P], dtype=np.uint64),
+            ctx,
+        )
+        off = np.array([e.offset], dtype=np.uint64)
+        old = gather(buf, off, rt.width, order)
+        expect = (
+            rt.encode(value, old, ctx)
+            if rt.encode
+            else value & U64((1 << (8 * rt.width)) - 1 if rt.width < 8 else 0xFFFFFFFFFFFFFFFF)
+        )
+        if int(old[0]) != int(expect[0]):
+            ctx.diag(
+                f"existing value {int(old[0]):#x} does not match the expected {int(expect[0]):#x}; clearing stops here",
+                i,
+                rtype=e.type,
+                sym=e.sym,
+                severity="warning",
+                kernel_message=ctx.fmt(ctx.state.get("clear_mismatch_message"), rt, int(value[0]), i),
+            )
+            return
+        scatter(buf, off, rt.width, order, np.zeros(1, dtype=np.uint64))
+        ctx.counts["cleared"] += 1
+
+
+def section_symbols(ctx: SectionContext) -> np.ndarray:
+    return (ctx.relas["r_info"] >> U64(32)).astype(np.int64)
+
+
+_ = C  # constants re-exported for handlers' convenience

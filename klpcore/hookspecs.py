@@ -1,0 +1,179 @@
+"""Hook specifications for architecture plugins.
+
+An architecture plugin is a module (or object) registered in the entry-point
+group ``klpcore.arch``; its functions are marked with :data:`hookimpl`.
+The core calls the hooks below; it never imports a plugin by name.
+
+Adding an architecture, step by step
+====================================
+
+1. Create a distribution ``plugins/<arch>/`` with a ``pyproject.toml`` that
+   declares ``[project.entry-points."klpcore.arch"] <arch> = "<package>"``.
+2. Implement :func:`klp_arch_identify` (claim modules by ``e_machine``,
+   class and byte order) and :func:`klp_arch_reloc_types` (the kernel's
+   ``apply_relocate_add`` as a table of :class:`~klpcore.arch.RelocType`).
+   With only these two, every type that is plain arithmetic works.
+3. If the kernel's ``module_frob_arch_sections`` does anything, implement
+   :func:`klp_arch_frob_sections` (size stub/PLT/GOT sections, sort
+   relocations, adjust alignments).
+4. Types that need more than arithmetic get a sequential ``handler`` in
+   their :class:`~klpcore.arch.RelocType`; keep per-module state in
+   ``ctx.state`` (see :class:`~klpcore.engine.SectionContext`).
+5. Implement :func:`klp_arch_write_method` if the kernel writes late
+   (livepatch) relocations through a text-poking primitive, and
+   :func:`klp_arch_clear_section` if the kernel has ``clear_relocate_add``.
+6. Ship a test per type that compares bytes with an independent oracle;
+   ``docs/plugin-guide.md`` shows how.
+
+Hooks that concern one architecture are only called on the plugin that
+identified the module (plus non-architecture plugins such as an embedder's
+tracing plugin), so an implementation need not check which arch it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .arch import ArchSpec, RelocType
+    from .engine import ApplyContext, SectionContext
+    from .kernel import KernelTarget
+    from .loader import Example, LoadingModule
+    from .memory import ModuleImage, Region
+
+PROJECT = "klpcore"
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marker for hook implementations in plugins: ``@hookimpl def klp_arch_identify(...)``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------
+# Identification and description
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:  # type: ignore[empty-body]
+    """Claim a module by its ELF identification.
+
+    :param machine: ``e_machine`` of the module.
+    :param elfclass: ``EI_CLASS`` (2 for ELFCLASS64).
+    :param byteorder: ``"little"`` or ``"big"`` (``EI_DATA``).
+    :param e_flags: ``e_flags`` (e.g. the ppc64 ELF ABI version).
+    :return: an :class:`~klpcore.arch.ArchSpec` describing the architecture,
+        or ``None`` when the module is not for this plugin.  A plugin that
+        recognises the machine but refuses the module (for example a wrong
+        ABI version) raises :class:`~klpcore.errors.ElfFormatError` with the
+        kernel's message instead.
+
+    Stops at the first non-None result.  Called on every plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType] | None:  # type: ignore[empty-body]
+    """Describe every relocation type the kernel's ``apply_relocate_add`` handles.
+
+    :param arch: the spec returned by :func:`klp_arch_identify`.
+    :param kernel: the target kernel (version and options); the table may
+        depend on it.
+    :return: the types, each with number, name, width, formula, range check
+        and encoder (or a sequential handler).  A type absent from the table
+        is reported as unsupported, with ``arch.unknown_type_error``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
+    """Example modules shipped with the plugin, for ``klpcore apply --example``.
+
+    :return: :class:`~klpcore.loader.Example` records (module path, symbol
+        files, base address), or ``None``.
+
+    Called on every plugin; results are collected.
+    """
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+@hookspec
+def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
+    """Arch section setup before layout: the kernel's ``module_frob_arch_sections``.
+
+    :param module: the module being loaded; ``module.sections`` may be
+        changed (sizes, types, alignment), relocation arrays from
+        ``module.elf.relas(i)`` may be reordered in place, and
+        ``module.arch_state`` may be filled.
+    :param kernel: the target kernel.
+
+    Raise :class:`~klpcore.errors.ElfFormatError` with the kernel's message
+    when the kernel would refuse the module here.
+    """
+
+
+@hookspec
+def klp_arch_is_init_section(name: str, kernel: KernelTarget) -> bool | None:
+    """Override ``module_init_layout_section``: is section ``name`` init memory?
+
+    :return: True/False, or None to keep the default (``.init*``).
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_apply_section(ctx: SectionContext) -> bool | None:
+    """Apply one relocation section: the kernel's ``apply_relocate_add``.
+
+    :param ctx: the section, its entries as arrays, resolved symbol values
+        and staged memory to write to.
+    :return: True when handled.  The core's generic engine (registered as the
+        last implementation) applies the arch's type table; override only when
+        a whole section needs different treatment.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_clear_section(ctx: SectionContext) -> bool | None:
+    """Undo one livepatch relocation section when its target module unloads:
+    the kernel's ``clear_relocate_add`` (x86 only since Linux 6.3; on other
+    architectures the kernel's weak default does nothing).
+
+    :return: True when handled (the core's default does nothing and returns True).
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec
+def klp_arch_finalize(ctx: ApplyContext) -> None:
+    """After the load-time relocations: the kernel's ``module_finalize``
+    (e.g. ftrace stubs, PLT thunks).  Writes go through ``ctx``."""
+
+
+# --------------------------------------------------------------------------
+# Memory protection
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_write_method(
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget
+) -> str | None:  # type: ignore[empty-body]
+    """Decide how a write reaches module memory in the module's current state.
+
+    :param image: the module image (``image.state`` is the module state).
+    :param region: the region written to, with its current permissions.
+    :param address: first byte written.
+    :param size: number of bytes.
+    :param kernel: the target kernel (e.g. ``text_poke`` exists since 5.8).
+    :return: the name of the kernel primitive that performs the write
+        (``"memcpy"``, ``"text_poke"``, ``"set_memory_rw"``, ...), or None to
+        defer to other plugins.  If no plugin answers, writes to writable
+        memory are plain stores and writes to read-only memory are errors.
+
+    Stops at the first non-None result; an embedder's plugin registered with
+    ``tryfirst=True`` can override the architecture's decision.
+    """

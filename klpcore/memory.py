@@ -1,0 +1,210 @@
+"""The module image: memory regions, page permissions and the module state.
+
+A :class:`ModuleImage` holds one region per kernel memory type.  While the
+module is ``UNFORMED`` every region is writable (the loader uses ``memcpy``).
+:meth:`ModuleImage.form` applies the kernel's ``complete_formation``
+permissions: text read-only and executable, rodata read-only, data
+non-executable; ro_after_init becomes read-only when the module goes live.
+
+Every write is checked against the regions' bounds.  Once the module is
+formed, how a write may reach memory is decided by the architecture's
+memory-protection hook (``klp_arch_write_method``), e.g. ``text_poke`` on
+x86_64 since Linux 5.8; a write that no hook allows is an error, as it would
+be a fault in the kernel.
+
+Embedders supply their own storage by implementing :class:`MemoryBackend`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .constants import MemType, ModuleState
+from .errors import Diagnostic, MemoryAccessError
+
+
+class Perm(enum.Flag):
+    NONE = 0
+    R = enum.auto()
+    W = enum.auto()
+    X = enum.auto()
+
+    def __str__(self) -> str:
+        return "".join(c if self & getattr(Perm, c.upper()) else "-" for c in "rwx")
+
+
+@runtime_checkable
+class MemoryBackend(Protocol):
+    """Storage for the module image.  Addresses are kernel virtual addresses."""
+
+    def map(self, address: int, size: int) -> None:
+        """Allocate ``size`` zero bytes at ``address`` (called once per region)."""
+
+    def read(self, address: int, size: int) -> bytes:
+        """Return ``size`` bytes at ``address``."""
+
+    def write(self, address: int, data: bytes) -> None:
+        """Store ``data`` at ``address``."""
+
+
+class BytesBackend:
+    """The default backend: one ``bytearray`` per mapped range."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._bufs: list[bytearray] = []
+
+    def map(self, address: int, size: int) -> None:
+        i = bisect.bisect_left(self._starts, address)
+        self._starts.insert(i, address)
+        self._bufs.insert(i, bytearray(size))
+
+    def _find(self, address: int, size: int) -> tuple[bytearray, int]:
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0:
+            raise MemoryAccessError(f"address {address:#x} is not mapped")
+        buf = self._bufs[i]
+        off = address - self._starts[i]
+        if off + size > len(buf):
+            raise MemoryAccessError(f"access {address:#x}+{size:#x} is not mapped")
+        return buf, off
+
+    def read(self, address: int, size: int) -> bytes:
+        buf, off = self._find(address, size)
+        return bytes(buf[off : off + size])
+
+    def write(self, address: int, data: bytes) -> None:
+        buf, off = self._find(address, len(data))
+        buf[off : off + len(data)] = data
+
+
+@dataclass
+class Region:
+    memtype: MemType
+    address: int
+    size: int
+    perms: Perm = Perm.R | Perm.W
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    @property
+    def name(self) -> str:
+        return self.memtype.kernel_name
+
+
+@dataclass(frozen=True)
+class WriteRecord:
+    address: int
+    size: int
+    method: str
+    region: str
+    phase: str
+
+
+#: Decides how a write reaches a region: returns a method name ("memcpy",
+#: "text_poke", ...) or None when the write would fault.
+WritePolicy = Callable[["ModuleImage", Region, int, int], "str | None"]
+
+
+@dataclass
+class ModuleImage:
+    regions: list[Region]
+    backend: MemoryBackend = field(default_factory=BytesBackend)
+    state: ModuleState = ModuleState.UNFORMED
+    log: list[WriteRecord] = field(default_factory=list)
+    module: str = ""
+
+    def __post_init__(self) -> None:
+        self.regions.sort(key=lambda r: r.address)
+        self._starts = [r.address for r in self.regions]
+        for r in self.regions:
+            self.backend.map(r.address, r.size)
+
+    # ---------------------------------------------------------------- lookup
+    def region_at(self, address: int, size: int = 1) -> Region:
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0:
+            r = self.regions[i]
+            if address + size <= r.end:
+                return r
+        raise MemoryAccessError(
+            Diagnostic(
+                f"write of {size} bytes at {address:#x} is outside the module image",
+                module=self.module or None,
+            )
+        )
+
+    def read(self, address: int, size: int) -> bytes:
+        self.region_at(address, size)
+        return self.backend.read(address, size)
+
+    # ------------------------------------------------------------- protection
+    def form(self) -> None:
+        """``complete_formation``: rodata RO, data NX, text RO+X; state COMING."""
+        for r in self.regions:
+            if r.memtype.is_text:
+                r.perms = Perm.R | Perm.X
+            elif r.memtype in (MemType.RODATA, MemType.INIT_RODATA):
+                r.perms = Perm.R
+            else:
+                r.perms = Perm.R | Perm.W
+        self.state = ModuleState.COMING
+
+    def go_live(self) -> None:
+        """After ``do_init_module``: ro_after_init RO, init memory freed, state LIVE."""
+        for r in self.regions:
+            if r.memtype == MemType.RO_AFTER_INIT:
+                r.perms = Perm.R
+        self.regions = [r for r in self.regions if not r.memtype.is_init]
+        self._starts = [r.address for r in self.regions]
+        self.state = ModuleState.LIVE
+
+    def commit(self, writes: Iterable[tuple[int, bytes]], policy: WritePolicy, phase: str) -> None:
+        """Write every ``(address, data)``, or nothing.
+
+        Each write is checked for bounds and for a write method first; only
+        when all pass is any byte stored.
+        """
+        plan: list[tuple[int, bytes, str, Region]] = []
+        problems: list[Diagnostic] = []
+        for addr, data in writes:
+            try:
+                region = self.region_at(addr, len(data))
+            except MemoryAccessError as exc:
+                problems.extend(exc.diagnostics)
+                continue
+            method = policy(self, region, addr, len(data))
+            if method is None:
+                problems.append(
+                    Diagnostic(
+                        f"write of {len(data)} bytes at {addr:#x} in {region.name} ({region.perms}) would fault: "
+                        f"the module is {self.state.name} and no memory-protection hook allows it",
+                        module=self.module or None,
+                    )
+                )
+                continue
+            plan.append((addr, data, method, region))
+        if problems:
+            raise MemoryAccessError(problems)
+        for addr, data, method, region in plan:
+            self.backend.write(addr, data)
+            self.log.append(WriteRecord(addr, len(data), method, region.name, phase))
+
+    def write_methods(self) -> Counter[str]:
+        return Counter(rec.method for rec in self.log)
+
+
+def default_policy(image: ModuleImage, region: Region, address: int, size: int) -> str | None:
+    """Plain stores while unformed or into writable memory; otherwise a fault."""
+    if image.state == ModuleState.UNFORMED:
+        return "memcpy"
+    if region.perms & Perm.W:
+        return "store"
+    return None

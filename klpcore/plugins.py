@@ -1,0 +1,165 @@
+"""Finding architecture plugins (entry points) and calling their hooks.
+
+Plugins are discovered in the entry-point group ``klpcore.arch``.  Environment
+switches:
+
+* ``KLPCORE_LOAD_PLUGINS=a,b``: load only these entry points (empty = none);
+* ``KLPCORE_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point at all;
+* ``KLPCORE_TRACE_PLUGINS=1``: print every hook call and result to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import defaults, hookspecs
+from .arch import ArchSpec, RelocType
+from .errors import NoPluginError
+from .kernel import KernelTarget
+
+ENTRY_POINT_GROUP = "klpcore.arch"
+
+_MACHINES = {
+    3: "EM_386",
+    21: "EM_PPC64",
+    22: "EM_S390",
+    40: "EM_ARM",
+    62: "EM_X86_64",
+    183: "EM_AARCH64",
+    243: "EM_RISCV",
+}
+
+_HOOKS = (
+    "klp_arch_reloc_types",
+    "klp_arch_frob_sections",
+    "klp_arch_is_init_section",
+    "klp_arch_apply_section",
+    "klp_arch_clear_section",
+    "klp_arch_finalize",
+    "klp_arch_write_method",
+)
+
+
+def get_plugin_manager(*, autoload: bool = True, plugins: Sequence[Any] = ()) -> pluggy.PluginManager:
+    """A plugin manager with the hook specs, the core defaults, the installed
+    ``klpcore.arch`` entry points (unless disabled) and ``plugins``."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(defaults, name="klpcore.defaults")
+    if autoload and not os.environ.get("KLPCORE_DISABLE_PLUGIN_AUTOLOAD"):
+        only = os.environ.get("KLPCORE_LOAD_PLUGINS")
+        if only is None:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        else:
+            wanted = {n.strip() for n in only.split(",") if n.strip()}
+            for name in sorted(wanted):
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    for p in plugins:
+        pm.register(p)
+    if os.environ.get("KLPCORE_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    pm.check_pending()
+    return pm
+
+
+class ArchHooks:
+    """The hooks of one architecture: calls go to the plugin that identified
+    the module and to non-architecture plugins, never to other arches."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugin: object, spec: ArchSpec) -> None:
+        self.pm = pm
+        self.plugin = plugin
+        self.spec = spec
+        others = [p for p in _arch_plugins(pm) if p is not plugin]
+        for name in _HOOKS:
+            setattr(self, name, pm.subset_hook_caller(name, remove_plugins=others))
+
+    # typed accessors -------------------------------------------------------
+    def call(self, name: str, **kwargs: Any) -> Any:
+        return getattr(self, name)(**kwargs)
+
+
+def _arch_plugins(pm: pluggy.PluginManager) -> list[object]:
+    return [impl.plugin for impl in pm.hook.klp_arch_identify.get_hookimpls()]
+
+
+def _plugin_dist(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
+    for p, dist in pm.list_plugin_distinfo():
+        if p is plugin:
+            return dist.metadata["Name"] or "", dist.version or ""
+    return "", ""
+
+
+def identify(
+    pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int, kernel: KernelTarget
+) -> ArchHooks:
+    """Find the plugin that claims this ELF identification.
+
+    Raises :class:`NoPluginError` ("no installed plugin for machine N").
+    """
+    kwargs = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
+    # pluggy calls the most recently registered implementation first
+    for impl in reversed(pm.hook.klp_arch_identify.get_hookimpls()):
+        spec = impl.function(*(kwargs[a] for a in impl.argnames))
+        if spec is None:
+            continue
+        spec.plugin_name = pm.get_name(impl.plugin) or ""
+        spec.distribution, spec.version = _plugin_dist(pm, impl.plugin)
+        hooks = ArchHooks(pm, impl.plugin, spec)
+        types: Sequence[RelocType] | None = hooks.klp_arch_reloc_types(arch=spec, kernel=kernel)  # type: ignore[attr-defined]
+        spec.set_types(types or ())
+        return hooks
+    name = _MACHINES.get(machine, "")
+    raise NoPluginError(
+        f"no installed plugin for machine {machine}{f' ({name})' if name else ''}, "
+        f"{'little' if byteorder == 'little' else 'big'}-endian; installed: "
+        + (", ".join(sorted(pm.get_name(p) or "?" for p in _arch_plugins(pm))) or "none")
+        + " (install the plugin distribution, e.g. klpcore-<arch>)"
+    )
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    archs: list[ArchSpec]
+
+
+def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = None) -> list[PluginInfo]:
+    """Every installed architecture plugin with the arches it claims.
+
+    Plugins describe themselves through the module attribute ``ARCHES`` (a list
+    of ``(machine, elfclass, byteorder, e_flags)`` tuples they answer to).
+    """
+    kernel = kernel or KernelTarget()
+    out = []
+    for plugin in _arch_plugins(pm):
+        name = pm.get_name(plugin) or "?"
+        dist, version = _plugin_dist(pm, plugin)
+        specs = []
+        for ident in getattr(plugin, "ARCHES", ()):
+            spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
+            if spec is None:
+                continue
+            hooks = ArchHooks(pm, plugin, spec)
+            spec.set_types(hooks.klp_arch_reloc_types(arch=spec, kernel=kernel) or ())  # type: ignore[attr-defined]
+            spec.plugin_name, spec.distribution, spec.version = name, dist, version
+            specs.append(spec)
+        out.append(PluginInfo(name, dist, version, specs))
+    return sorted(out, key=lambda p: p.name)
+
+
+def installed_version() -> str:
+    try:
+        return metadata.version("klpcore")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,374 @@
+"""Kernel symbol tables and the kernel's symbol resolution rules.
+
+Sources: ``System.map``, ``/proc/kallsyms`` text (``[module]`` annotations make
+each module its own object), the ``.symtab`` of a vmlinux ELF, and the
+``.symtab`` of a module ``.ko`` loaded at a given base.  Several sources merge
+into one :class:`KernelSymbols`.
+
+Resolution follows the kernel:
+
+* livepatch symbols: ``klp_find_object_symbol`` (kernel/livepatch/core.c):
+  sympos 0 means the name must be unique in the object, n > 0 means the n-th
+  occurrence in the object's kallsyms order;
+* ordinary undefined symbols: ``simplify_symbols`` / ``resolve_symbol``
+  (kernel/module/main.c): exported symbols only; an unresolved weak symbol
+  becomes 0.
+
+Occurrence order: vmlinux symbols are counted in address order (kallsyms
+sorts by address; since 6.2 same-named symbols are sorted by address, then by
+original order), module symbols in their symtab order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import constants as C
+from .errors import Diagnostic, ResolutionError, SymbolFileError
+
+EXPORT_PREFIX = "__ksymtab_"
+
+
+@dataclass
+class ObjectSymbols:
+    """The symbols of one kernel object (``vmlinux`` or a module), in order."""
+
+    name: str
+    names: list[str] = field(default_factory=list)
+    addrs: list[int] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    _index: dict[str, list[int]] | None = field(default=None, repr=False)
+    _seen: set[tuple[str, int]] = field(default_factory=set, repr=False)
+
+    def add(self, name: str, addr: int, typ: str, source: str) -> None:
+        key = (name, addr)
+        if key in self._seen:  # the same symbol from a second source
+            return
+        self._seen.add(key)
+        self.names.append(name)
+        self.addrs.append(addr)
+        self.types.append(typ)
+        self.sources.append(source)
+        self._index = None
+
+    def sort_by_address(self) -> None:
+        order = sorted(range(len(self.names)), key=lambda i: self.addrs[i])  # stable
+        self.names = [self.names[i] for i in order]
+        self.addrs = [self.addrs[i] for i in order]
+        self.types = [self.types[i] for i in order]
+        self.sources = [self.sources[i] for i in order]
+        self._index = None
+
+    @property
+    def index(self) -> dict[str, list[int]]:
+        if self._index is None:
+            idx: dict[str, list[int]] = {}
+            for i, n in enumerate(self.names):
+                idx.setdefault(n, []).append(i)
+            self._index = idx
+        return self._index
+
+    def matches(self, name: str) -> list[int]:
+        """Addresses of every symbol called ``name``, in occurrence order."""
+        return [self.addrs[i] for i in self.index.get(name, ())]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Result of a successful lookup."""
+
+    address: int
+    objname: str
+    source: str
+
+
+class KernelSymbols:
+    """Symbols of vmlinux and of loaded modules, merged from several sources."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, ObjectSymbols] = {}
+        self.source_names: list[str] = []
+
+    # ------------------------------------------------------------- building
+    def obj(self, name: str) -> ObjectSymbols:
+        o = self.objects.get(name)
+        if o is None:
+            o = self.objects[name] = ObjectSymbols(name)
+        return o
+
+    def add(self, objname: str, name: str, addr: int, typ: str = "T", source: str = "") -> None:
+        self.obj(objname).add(name, addr, typ, source)
+
+    def merge(self, other: KernelSymbols) -> None:
+        for oname, o in other.objects.items():
+            dst = self.obj(oname)
+            for n, a, t, s in zip(o.names, o.addrs, o.types, o.sources, strict=True):
+                dst.add(n, a, t, s)
+        self.source_names.extend(other.source_names)
+        if C.VMLINUX in self.objects:
+            self.objects[C.VMLINUX].sort_by_address()
+
+    @property
+    def loaded_modules(self) -> list[str]:
+        return [n for n in self.objects if n != C.VMLINUX]
+
+    def has(self, objname: str) -> bool:
+        return objname in self.objects and len(self.objects[objname]) > 0
+
+    # ---------------------------------------------------------- livepatch
+    def find_object_symbol(self, objname: str | None, name: str, sympos: int) -> int:
+        """``klp_find_object_symbol``: the address of the ``sympos``-th ``name``
+        in ``objname`` (``None`` = vmlinux).  Raises :class:`ResolutionError`
+        with the kernel's message for each failure case."""
+        obj = self.objects.get(objname or C.VMLINUX)
+        addrs = obj.matches(name) if obj is not None else []
+        printed = objname if objname is not None else "(null)"
+        # The kernel counts matches and remembers the last one seen; it stops
+        # at position ``sympos`` or, for sympos 0, at the second match.
+        count = 0
+        addr = 0
+        for a in addrs:
+            addr = a
+            count += 1
+            if (sympos and count == sympos) or (not sympos and count > 1):
+                break
+        positions = ", ".join(f"{i + 1}: {a:#x}" for i, a in enumerate(addrs))
+        where = objname or C.VMLINUX
+        if addr == 0:
+            zero = " (a symbol at address 0 counts as not found)" if addrs else ""
+            raise ResolutionError(
+                Diagnostic(
+                    f"symbol '{name}' not found in {where}'s symbol table{zero}",
+                    symbol=name,
+                    kernel_message=f"symbol '{name}' not found in symbol table",
+                    extra={"object": where, "kind": "not-found"},
+                )
+            )
+        if count > 1 and sympos == 0:
+            raise ResolutionError(
+                Diagnostic(
+                    f"unresolvable ambiguity for symbol '{name}' in object '{where}': {len(addrs)} matches; "
+                    f"valid positions are {positions}",
+                    symbol=name,
+                    kernel_message=f"unresolvable ambiguity for symbol '{name}' in object '{printed}'",
+                    extra={
+                        "object": where,
+                        "kind": "ambiguous",
+                        "positions": [{"sympos": i + 1, "address": hex(a)} for i, a in enumerate(addrs)],
+                    },
+                )
+            )
+        if sympos and count != sympos:
+            raise ResolutionError(
+                Diagnostic(
+                    f"symbol position {sympos} for symbol '{name}' in object '{where}' not found "
+                    f"({len(addrs)} occurrence{'s' if len(addrs) != 1 else ''}: {positions})",
+                    symbol=name,
+                    kernel_message=f"symbol position {sympos} for symbol '{name}' in object '{where}' not found",
+                    extra={"object": where, "kind": "position-not-found"},
+                )
+            )
+        return addr
+
+    # ------------------------------------------------------------- exports
+    @property
+    def has_export_info(self) -> bool:
+        return any(o.index and any(n.startswith(EXPORT_PREFIX) for n in o.index) for o in self.objects.values())
+
+    def find_exported(self, name: str) -> Match | None:
+        """``find_symbol``: an exported symbol of vmlinux or a loaded module."""
+        for oname in [C.VMLINUX, *self.loaded_modules]:
+            obj = self.objects.get(oname)
+            if obj is None or EXPORT_PREFIX + name not in obj.index:
+                continue
+            idx = [i for i in obj.index.get(name, ()) if obj.types[i] not in ("U", "u")]
+            if not idx:
+                continue
+            best = [i for i in idx if obj.types[i].isupper()] or idx
+            i = best[0]
+            return Match(obj.addrs[i], oname, obj.sources[i])
+        return None
+
+    def find_global(self, name: str) -> list[Match]:
+        out = []
+        for oname, obj in self.objects.items():
+            for i in obj.index.get(name, ()):
+                if obj.types[i].isupper() and obj.types[i] != "U":
+                    out.append(Match(obj.addrs[i], oname, obj.sources[i]))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Parsers
+# ---------------------------------------------------------------------------
+_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise SymbolFileError(f"cannot read symbol file {path}: {exc.strerror or exc}") from exc
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise SymbolFileError(f"{path}: bad gzip data: {exc}") from exc
+    return data
+
+
+def _iter_lines(text: str, source: str) -> Iterator[tuple[int, str, str, str | None]]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            raise SymbolFileError(f"{source}:{lineno}: not a symbol line: {line[:80]!r}")
+        yield int(m.group(1), 16), m.group(2), m.group(3), m.group(4)
+
+
+def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
+    """Parse ``System.map`` or ``/proc/kallsyms`` text.
+
+    Lines with a ``[module]`` suffix belong to that module; others to vmlinux.
+    """
+    ks = KernelSymbols()
+    ks.source_names.append(source)
+    vmlinux = ks.obj(C.VMLINUX)
+    nonzero = False
+    for addr, typ, name, mod in _iter_lines(text, source):
+        nonzero = nonzero or addr != 0
+        if mod is None:
+            vmlinux.add(name, addr, typ, source)
+        else:
+            ks.add(mod, name, addr, typ, source)
+    if not nonzero and any(len(o) for o in ks.objects.values()):
+        raise SymbolFileError(
+            f"{source}: every address is zero (kallsyms read without privilege? read it as root, "
+            "or set kernel.kptr_restrict=0)"
+        )
+    vmlinux.sort_by_address()
+    if not len(vmlinux):
+        del ks.objects[C.VMLINUX]
+    return ks
+
+
+def symbols_from_elf(data: bytes, source: str, *, base: int | None = None, objname: str | None = None) -> KernelSymbols:
+    """Symbols of a vmlinux ELF (``ET_EXEC``/``ET_DYN``) or of a module ``.ko``
+    loaded at ``base`` (addresses from klpcore's own layout of that module)."""
+    from .elf import ElfModule
+
+    etype = int.from_bytes(data[16:18], "little" if data[5] == C.ELFDATA2LSB else "big") if len(data) > 18 else 0
+    ks = KernelSymbols()
+    ks.source_names.append(source)
+    if etype == C.ET_REL:
+        if base is None:
+            raise SymbolFileError(f"{source} is a module; give its load address as {source}@0xADDRESS")
+        from .loader import layout_module_for_symbols
+
+        mod = ElfModule(data, path=source)
+        name = objname or mod.name
+        for sym_name, addr, typ in layout_module_for_symbols(mod, base):
+            ks.add(name, sym_name, addr, typ, source)
+        return ks
+    vmlinux = ks.obj(objname or C.VMLINUX)
+    for sym_name, addr, typ in _elf_symtab_entries(data, source):
+        vmlinux.add(sym_name, addr, typ, source)
+    vmlinux.sort_by_address()
+    return ks
+
+
+def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, str]]:
+    import io
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise SymbolFileError(f"{source}: no .symtab (stripped vmlinux?)")
+        endian = "<" if elf.little_endian else ">"
+        from .elf import sym_dtype
+
+        arr = np.frombuffer(
+            data, dtype=sym_dtype(endian), count=symtab["sh_size"] // C.SYM_SIZE, offset=symtab["sh_offset"]
+        )
+        strtab = elf.get_section(symtab["sh_link"]).data()
+        sections = [elf.get_section(i) for i in range(elf.num_sections())]
+    except (ELFError, ValueError, IndexError, OSError) as exc:
+        raise SymbolFileError(f"{source}: unreadable ELF: {exc}") from exc
+    for sym in arr:
+        shndx = int(sym["st_shndx"])
+        stype = int(sym["st_info"]) & 0xF
+        if shndx == C.SHN_UNDEF or stype in (C.STT_SECTION, C.STT_FILE):
+            continue
+        off = int(sym["st_name"])
+        end = strtab.find(b"\0", off)
+        name = strtab[off:end].decode("utf-8", "surrogateescape")
+        if not name:
+            continue
+        yield name, int(sym["st_value"]), _type_char(int(sym["st_info"]), shndx, sections)
+
+
+def _type_char(st_info: int, shndx: int, sections: list[object]) -> str:
+    bind = st_info >> 4
+    if shndx == C.SHN_ABS:
+        ch = "a"
+    elif shndx >= C.SHN_LORESERVE or shndx >= len(sections):
+        ch = "?"
+    else:
+        sh = sections[shndx]
+        flags = int(sh["sh_flags"])  # type: ignore[index]
+        if flags & C.SHF_EXECINSTR:
+            ch = "t"
+        elif sh["sh_type"] == "SHT_NOBITS":  # type: ignore[index]
+            ch = "b"
+        elif flags & C.SHF_WRITE:
+            ch = "d"
+        else:
+            ch = "r"
+    if bind == C.STB_WEAK:
+        return "W" if ch == "t" else "V"
+    return ch.upper() if bind == C.STB_GLOBAL else ch
+
+
+def load_symbols(spec: str) -> KernelSymbols:
+    """Load one symbol source; the format is detected from the content.
+
+    ``spec`` is a path, optionally ``PATH@ADDRESS`` for a module ``.ko`` loaded
+    at ``ADDRESS`` (hex), optionally ``PATH@ADDRESS:NAME`` to name the module.
+    """
+    path, base, name = spec, None, None
+    m = re.match(r"^(.*)@(0x[0-9a-fA-F]+|\d+)(?::(\S+))?$", spec)
+    if m and not os.path.exists(spec):
+        path, base, name = m.group(1), int(m.group(2), 0), m.group(3)
+    data = _read_bytes(path)
+    if data[:4] == C.ELFMAG:
+        return symbols_from_elf(data, path, base=base, objname=name)
+    if base is not None:
+        raise SymbolFileError(f"{path}: a load address is only meaningful for a module ELF file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SymbolFileError(f"{path}: neither an ELF file nor System.map/kallsyms text") from exc
+    return parse_symbol_text(text, path)
+
+
+def load_many(specs: Iterable[str]) -> KernelSymbols:
+    ks = KernelSymbols()
+    for spec in specs:
+        ks.merge(load_symbols(spec))
+    return ks

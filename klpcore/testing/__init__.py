@@ -1,0 +1,1 @@
+"""Helpers for building klpcore test fixtures (not used at run time)."""
