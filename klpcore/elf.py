@@ -230,7 +230,10 @@ class ElfModule:
         strsec = self.sections[st.link]
         self.strtab = self.data[strsec.offset : strsec.offset + strsec.size]
         count = st.size // C.SYM_SIZE
-        self.symbols: np.ndarray = np.frombuffer(self.data, dtype=sym_dtype(self.endian), count=count, offset=st.offset)
+        # a writable copy: arch setup may change symbols as the kernel does in its image
+        self.symbols: np.ndarray = np.frombuffer(
+            self.data, dtype=sym_dtype(self.endian), count=count, offset=st.offset
+        ).copy()
         self.nsyms = count
         names: list[str] = []
         strtab = self.strtab

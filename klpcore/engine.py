@@ -56,6 +56,7 @@ class StagedMemory:
         self._by_index = {p[0]: p for p in self._placed}
         self.buffers: dict[int, np.ndarray] = {}
         self._orig: dict[int, np.ndarray] = {}
+        self.hints: dict[int, str] = {}  # address -> write method hint (e.g. "patch_instruction")
 
     def buffer(self, index: int) -> np.ndarray:
         buf = self.buffers.get(index)
@@ -86,12 +87,26 @@ class StagedMemory:
         index, off = self.locate(address, size)
         return self.buffer(index)[off : off + size].tobytes()
 
-    def write(self, address: int, data: bytes) -> None:
+    def write(self, address: int, data: bytes, hint: str | None = None) -> None:
+        """Stage ``data`` at ``address``.  ``hint`` names the kernel primitive
+        the kernel uses for this particular write (e.g. ``patch_instruction``);
+        it reaches the ``klp_arch_write_method`` hook when committing."""
         index, off = self.locate(address, len(data))
         self.buffer(index)[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        if hint is not None:
+            for a in range(address, address + len(data)):
+                self.hints[a] = hint
+
+    def hint_for(self, address: int, size: int) -> str | None:
+        for a in range(address, address + size):
+            h = self.hints.get(a)
+            if h is not None:
+                return h
+        return None
 
     def changes(self) -> Iterator[tuple[int, bytes]]:
-        """Runs of changed bytes as ``(address, data)``."""
+        """Runs of changed bytes as ``(address, data)``; a run never mixes hinted
+        and unhinted bytes."""
         for index, buf in self.buffers.items():
             orig = self._orig[index]
             diff = np.flatnonzero(buf != orig)
@@ -102,7 +117,14 @@ class StagedMemory:
             starts = np.concatenate(([diff[0]], diff[breaks + 1]))
             ends = np.concatenate((diff[breaks], [diff[-1]])) + 1
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                yield base + s, buf[s:e].tobytes()
+                if not self.hints:
+                    yield base + s, buf[s:e].tobytes()
+                    continue
+                cut = s
+                for k in range(s + 1, e + 1):
+                    if k == e or self.hints.get(base + k) != self.hints.get(base + cut):
+                        yield base + cut, buf[cut:k].tobytes()
+                        cut = k
 
 
 @dataclass
@@ -131,9 +153,10 @@ class ApplyContext:
         order = self.arch.insn_order if insn else self.module.elf.byteorder
         return int.from_bytes(self.staged.read(address, width), order)  # type: ignore[arg-type]
 
-    def write_uint(self, address: int, width: int, value: int, insn: bool = False) -> None:
+    def write_uint(self, address: int, width: int, value: int, insn: bool = False, hint: str | None = None) -> None:
         order = self.arch.insn_order if insn else self.module.elf.byteorder
-        self.staged.write(address, (value & ((1 << (8 * width)) - 1)).to_bytes(width, order))  # type: ignore[arg-type]
+        data = (value & ((1 << (8 * width)) - 1)).to_bytes(width, order)  # type: ignore[arg-type]
+        self.staged.write(address, data, hint)
 
     def section_address(self, index: int) -> int | None:
         return self.module.layout.address_of(index)

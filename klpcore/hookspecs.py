@@ -160,7 +160,7 @@ def klp_arch_finalize(ctx: ApplyContext) -> None:
 # --------------------------------------------------------------------------
 @hookspec(firstresult=True)
 def klp_arch_write_method(
-    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget, hint: str | None
 ) -> str | None:  # type: ignore[empty-body]
     """Decide how a write reaches module memory in the module's current state.
 
@@ -169,6 +169,9 @@ def klp_arch_write_method(
     :param address: first byte written.
     :param size: number of bytes.
     :param kernel: the target kernel (e.g. ``text_poke`` exists since 5.8).
+    :param hint: the primitive the code that staged this write says the
+        kernel uses for it (``ctx.write_uint(..., hint="patch_instruction")``),
+        or None for a plain store.
     :return: the name of the kernel primitive that performs the write
         (``"memcpy"``, ``"text_poke"``, ``"set_memory_rw"``, ...), or None to
         defer to other plugins.  If no plugin answers, writes to writable

@@ -461,14 +461,14 @@ class LoadedModule:
         if errors:
             raise RelocationError(errors)
 
-        def policy(image: ModuleImage, region: Region, address: int, size: int) -> str | None:
+        def policy(image: ModuleImage, region: Region, address: int, size: int, hint: str | None) -> str | None:
             method = mod.hooks.klp_arch_write_method(  # type: ignore[attr-defined]
-                image=image, region=region, address=address, size=size, kernel=self.kernel
+                image=image, region=region, address=address, size=size, kernel=self.kernel, hint=hint
             )
-            return method if method is not None else default_policy(image, region, address, size)
+            return method if method is not None else default_policy(image, region, address, size, hint)
 
         before = len(self.image.log)
-        self.image.commit(staged.changes(), policy, phase)
+        self.image.commit(staged.changes(), policy, phase, staged.hint_for)
         result.writes = len(self.image.log) - before
         self.symvals = symvals
         mod.arch_state.clear()

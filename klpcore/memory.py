@@ -110,7 +110,7 @@ class WriteRecord:
 
 #: Decides how a write reaches a region: returns a method name ("memcpy",
 #: "text_poke", ...) or None when the write would fault.
-WritePolicy = Callable[["ModuleImage", Region, int, int], "str | None"]
+WritePolicy = Callable[["ModuleImage", Region, int, int, "str | None"], "str | None"]
 
 
 @dataclass
@@ -166,7 +166,13 @@ class ModuleImage:
         self._starts = [r.address for r in self.regions]
         self.state = ModuleState.LIVE
 
-    def commit(self, writes: Iterable[tuple[int, bytes]], policy: WritePolicy, phase: str) -> None:
+    def commit(
+        self,
+        writes: Iterable[tuple[int, bytes]],
+        policy: WritePolicy,
+        phase: str,
+        hint: Callable[[int, int], str | None] | None = None,
+    ) -> None:
         """Write every ``(address, data)``, or nothing.
 
         Each write is checked for bounds and for a write method first; only
@@ -180,7 +186,7 @@ class ModuleImage:
             except MemoryAccessError as exc:
                 problems.extend(exc.diagnostics)
                 continue
-            method = policy(self, region, addr, len(data))
+            method = policy(self, region, addr, len(data), hint(addr, len(data)) if hint else None)
             if method is None:
                 problems.append(
                     Diagnostic(
@@ -201,7 +207,7 @@ class ModuleImage:
         return Counter(rec.method for rec in self.log)
 
 
-def default_policy(image: ModuleImage, region: Region, address: int, size: int) -> str | None:
+def default_policy(image: ModuleImage, region: Region, address: int, size: int, hint: str | None = None) -> str | None:
     """Plain stores while unformed or into writable memory; otherwise a fault."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
