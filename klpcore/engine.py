@@ -113,7 +113,8 @@ class StagedMemory:
             if not diff.size:
                 continue
             base = self.address_of(index)
-            breaks = np.flatnonzero(np.diff(diff) != 1)
+            # one write per run of changed bytes; runs closer than 8 bytes merge
+            breaks = np.flatnonzero(np.diff(diff) > 8)
             starts = np.concatenate(([diff[0]], diff[breaks + 1]))
             ends = np.concatenate((diff[breaks], [diff[-1]])) + 1
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True):

@@ -20,7 +20,7 @@ Two styles:
 
 * ``memory`` (Linux 6.4+, ``struct module_memory``): every memory type is its
   own allocation, page aligned.  klpcore places them one after another from
-  the base address, in memory-type order.
+  the base address: text, rodata, ro_after_init, data, then the init types.
 * ``legacy`` (before 6.4, ``core_layout``/``init_layout``): one core and one
   init allocation; inside each, the size is page aligned after the text, the
   rodata and the ro_after_init rows (``strict_align``), and at the end.
@@ -42,6 +42,18 @@ _ROWS: list[tuple[int, int, MemType, MemType | None]] = [
     (C.SHF_WRITE | C.SHF_ALLOC, 0, MemType.DATA, MemType.INIT_DATA),
     (C.SHF_ALLOC, 0, MemType.DATA, MemType.INIT_DATA),
 ]
+
+
+#: klpcore places the separate allocations of the ``memory`` style in this order
+_MEMORY_ORDER = (
+    MemType.TEXT,
+    MemType.RODATA,
+    MemType.RO_AFTER_INIT,
+    MemType.DATA,
+    MemType.INIT_TEXT,
+    MemType.INIT_RODATA,
+    MemType.INIT_DATA,
+)
 
 
 def align(value: int, alignment: int) -> int:
@@ -136,7 +148,7 @@ def layout_sections(
     lay = Layout(style=style, base=base)
     if style == "memory":
         addr = base
-        for mt in MemType:
+        for mt in _MEMORY_ORDER:
             if sizes.get(mt, 0) == 0 and not groups.get(mt):
                 continue
             size = sizes.get(mt, 0)

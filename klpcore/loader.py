@@ -233,7 +233,9 @@ class Loader:
         loaded._run_phase("load", loaded._load_sections(), finalize=True)
         image.form()
         if enable and mod.klp.objects:
-            loaded._run_phase("enable", loaded._enable_sections())
+            todo = list(loaded._enable_sections())
+            if todo:
+                loaded._run_phase("enable", todo)
         image.go_live() if enable else None
         return loaded
 

@@ -5,11 +5,15 @@ switches:
 
 * ``KLPCORE_LOAD_PLUGINS=a,b``: load only these entry points (empty = none);
 * ``KLPCORE_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point at all;
+* ``KLPCORE_PLUGINS=pkg.mod,...``: also register these importable modules as
+  plugins (an embedder's tracing or memory-protection plugin, a plugin under
+  development that is not installed);
 * ``KLPCORE_TRACE_PLUGINS=1``: print every hook call and result to stderr.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -61,6 +65,9 @@ def get_plugin_manager(*, autoload: bool = True, plugins: Sequence[Any] = ()) ->
             wanted = {n.strip() for n in only.split(",") if n.strip()}
             for name in sorted(wanted):
                 pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    for modname in filter(None, (m.strip() for m in os.environ.get("KLPCORE_PLUGINS", "").split(","))):
+        if pm.get_plugin(modname) is None:
+            pm.register(importlib.import_module(modname), name=modname)
     for p in plugins:
         pm.register(p)
     if os.environ.get("KLPCORE_TRACE_PLUGINS"):

@@ -1,0 +1,57 @@
+"""A toy architecture plugin for core tests: it lets the core be tested with
+no real architecture plugin installed.  Machine 0xBEEF, either byte order."""
+
+from __future__ import annotations
+
+from klpcore import ABS, PREL, ArchSpec, Entry, RelocFailure, RelocType, SectionContext, hookimpl, signed, unsigned
+from klpcore.constants import ModuleState
+
+TOY = 0xBEEF
+ARCHES = [(TOY, 2, "little", 0), (TOY, 2, "big", 0)]
+
+NONE, ABS64, PREL32, ABS32, CALL, ZERO32 = 0, 1, 2, 3, 4, 5
+
+
+def call_handler(ctx: SectionContext, e: Entry) -> None:
+    """Writes S + A as 4 bytes and counts calls in ctx.state; refuses S == 0xdead."""
+    if e.S == 0xDEAD:
+        raise RelocFailure("dead target", kernel_message=f"{ctx.module_name}: dead")
+    ctx.state["calls"] = ctx.state.get("calls", 0) + 1
+    ctx.write_uint(e.P, 4, e.S + e.addend, insn=True, hint="poke")
+
+
+TYPES = [
+    RelocType(NONE, "R_TOY_NONE"),
+    RelocType(ABS64, "R_TOY_ABS64", 8, "S + A", ABS),
+    RelocType(
+        PREL32, "R_TOY_PREL32", 4, "S + A - P", PREL, check=signed(32),
+        error="value {value:#x} out of signed 32-bit range", kernel_error="{module}: overflow type {number} val {value:x}",
+    ),
+    RelocType(ABS32, "R_TOY_ABS32", 4, "S + A", ABS, check=unsigned(32), kernel_error="{module}: ovf {value:x}"),
+    RelocType(CALL, "R_TOY_CALL", 4, "S + A", handler=call_handler),
+    RelocType(ZERO32, "R_TOY_ZERO32", 4, "S + A", ABS, require_zero=True, zero_error="{module}: nonzero at {loc:#x}"),
+]
+
+
+@hookimpl
+def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    if machine != TOY:
+        return None
+    return ArchSpec(
+        "toy", TOY, byteorder=byteorder, description="toy test architecture",
+        unknown_type_error="{module}: Unknown toy relocation: {number}", type_names={99: "R_TOY_UNKNOWN"},
+    )
+
+
+@hookimpl
+def klp_arch_reloc_types(arch: ArchSpec, kernel: object) -> list[RelocType]:
+    return TYPES
+
+
+@hookimpl
+def klp_arch_write_method(image: object, region: object, address: int, size: int, hint: str | None) -> str | None:
+    if getattr(image, "state", None) == ModuleState.UNFORMED:
+        return "memcpy"
+    if hint == "poke":
+        return "toy_poke"
+    return None
