@@ -105,8 +105,8 @@ class StagedMemory:
         return None
 
     def changes(self) -> Iterator[tuple[int, bytes]]:
-        """Runs of changed bytes as ``(address, data)``; a run never mixes hinted
-        and unhinted bytes."""
+        """Runs of changed bytes as ``(address, data)``; a run never mixes two
+        different write-method hints."""
         for index, buf in self.buffers.items():
             orig = self._orig[index]
             diff = np.flatnonzero(buf != orig)
@@ -121,11 +121,15 @@ class StagedMemory:
                 if not self.hints:
                     yield base + s, buf[s:e].tobytes()
                     continue
-                cut = s
-                for k in range(s + 1, e + 1):
-                    if k == e or self.hints.get(base + k) != self.hints.get(base + cut):
+                # split only where two different hints meet; unhinted bytes join their neighbours
+                cut, current = s, None
+                for k in range(s, e):
+                    h = self.hints.get(base + k)
+                    if h is not None and current is not None and h != current:
                         yield base + cut, buf[cut:k].tobytes()
                         cut = k
+                    current = h if h is not None else current
+                yield base + cut, buf[cut:e].tobytes()
 
 
 @dataclass

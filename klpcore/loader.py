@@ -448,6 +448,17 @@ class LoadedModule:
             except KlpError as exc:
                 ctx.diagnostics.extend(exc.diagnostics)
                 continue
+            placement = mod.layout.placements.get(s.info)
+            if placement is not None and placement.memtype.is_init and self.image.state == ModuleState.LIVE:
+                ctx.diagnostics.append(
+                    Diagnostic(
+                        f"target section {mod.sections[s.info].name} is init memory, freed when the module went "
+                        "live; the kernel would write to freed memory",
+                        module=mod.name,
+                        section=s.name,
+                    )
+                )
+                continue
             sctx = SectionContext.for_section(ctx, s, relas, rs.objname if rs else None)
             if rs is not None and not clear:
                 if not self._resolve_klp(sctx, rs, resolutions):
@@ -651,4 +662,3 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
     return out
 
 
-_unused = (ModuleState,)

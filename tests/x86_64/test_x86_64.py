@@ -1,0 +1,231 @@
+"""x86_64: klpcore's bytes against GNU ld's, recorded beside the fixtures.
+
+Each fixture object in ``fixtures/`` was compiled with kernel-module flags and
+linked by GNU ld 2.40 at the addresses klpcore gives it (``fixtures/build.py``
+regenerates everything; ``fixtures/README.md`` lists what each covers).  The
+tests need no compiler or linker.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.testing.klpify import KlpSym, klpify
+
+pytest.importorskip("klpcore_x86_64")
+
+FIX = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIX / "manifest.json").read_text())
+BASE = int(MANIFEST["base"], 16)
+
+
+def cases(outcomes: set[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for name, fx in MANIFEST["fixtures"].items():
+        for variant, m in fx["maps"].items():
+            if m["kernel"] in outcomes:
+                out.append((name, variant, m["symbols"]))
+    return out
+
+
+def expected(name: str, variant: str) -> dict:
+    p = FIX / "expected" / (f"{name}.json" if variant == "default" else f"{name}.{variant}.json")
+    return json.loads(p.read_text())
+
+
+@pytest.fixture(scope="module")
+def loader() -> Loader:
+    return Loader(get_plugin_manager())
+
+
+def load(loader: Loader, obj: str | bytes, symfile: str, **kw):
+    module = obj if isinstance(obj, bytes) else str(FIX / obj)
+    return loader.load(module, load_symbols(str(FIX / symfile)), BASE, **kw)
+
+
+@pytest.mark.parametrize(("name", "variant", "symfile"), cases({"ok", "ok-truncated"}))
+def test_bytes_equal_gnu_ld(loader, name, variant, symfile) -> None:
+    exp = expected(name, variant)
+    lm = load(loader, MANIFEST["fixtures"][name]["object"], symfile)
+    compared = 0
+    for sname, rec in exp["sections"].items():
+        sec = lm.module.section_by_name(sname)
+        assert sec is not None, sname
+        if rec.get("not_loaded"):
+            assert lm.section_address(sec.index) is None, f"{sname}: the kernel does not load it"
+            continue
+        assert lm.section_address(sec.index) == int(rec["address"], 16), sname
+        assert lm.section_bytes(sec.index).hex() == rec["bytes"], f"{name}/{variant}: {sname} differs from ld"
+        compared += 1
+    assert compared >= 1
+    truncations = [w for w in lm.warnings if "truncated" in w.message]
+    if MANIFEST["fixtures"][name]["maps"][variant]["kernel"] == "ok-truncated":
+        assert truncations, "the kernel truncates silently; klpcore must warn"
+        assert any("truncated to fit" in m for m in exp["ld_messages"]), "ld refuses what the kernel truncates"
+    else:
+        assert not truncations
+
+
+def test_fixtures_cover_every_kernel_type() -> None:
+    seen = set()
+    for fx in MANIFEST["fixtures"].values():
+        seen |= set(fx["relocation_types"])
+    kernel_types = {
+        "R_X86_64_NONE",
+        "R_X86_64_64",
+        "R_X86_64_PC32",
+        "R_X86_64_PLT32",
+        "R_X86_64_32",
+        "R_X86_64_32S",
+        "R_X86_64_PC64",
+    }
+    assert kernel_types <= seen
+
+
+@pytest.mark.parametrize(("name", "variant", "symfile"), cases({"overflow"}))
+def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) -> None:
+    exp = expected(name, variant)
+    assert any("truncated to fit" in m for m in exp["ld_messages"]), "ld agrees the value does not fit"
+    with pytest.raises(RelocationError) as ei:
+        load(loader, MANIFEST["fixtures"][name]["object"], symfile)
+    diags = ei.value.diagnostics
+    assert diags
+    for d in diags:
+        assert d.module == name and d.rtype in ("R_X86_64_32", "R_X86_64_32S")
+        number = 10 if d.rtype == "R_X86_64_32" else 11
+        assert d.kernel_message.startswith(f"overflow in relocation type {number} val ")
+        assert d.kernel_message.endswith(f"'{name}' likely not compiled with -mcmodel=kernel")
+        assert d.section and d.index is not None and d.symbol
+
+
+def test_limits_exactly(loader) -> None:
+    """Both sides of the 32 and 32S limits, by value."""
+    from klpcore import ElfModule
+
+    for name, lo_ok, hi_ok, lo_bad, hi_bad in [
+        ("range_32", 0, 0xFFFFFFFF, -1, 0x100000000),
+        ("range_32s", -(1 << 31), (1 << 31) - 1, -(1 << 31) - 1, 1 << 31),
+    ]:
+        obj = ElfModule.from_file(FIX / f"{name}.o")
+        kind = obj  # the fixtures' maps already sit on the limits; check their values here
+        for variant, ok in (("ok_max", True), ("ok_min", True), ("over_max", False), ("over_min", False)):
+            text = (FIX / f"{name}.{variant}.map").read_text()
+            assert text.strip()
+            if ok:
+                load(loader, f"{name}.o", f"{name}.{variant}.map")
+            else:
+                with pytest.raises(RelocationError):
+                    load(loader, f"{name}.o", f"{name}.{variant}.map")
+        assert kind is not None and lo_ok < hi_ok and lo_bad < lo_ok and hi_bad > hi_ok
+
+
+def test_nonzero_target_refused(loader) -> None:
+    with pytest.raises(RelocationError) as ei:
+        load(loader, "reject_nonzero.o", "reject_nonzero.map")
+    d = ei.value.diagnostics[0]
+    assert "target already written" in d.message
+    assert d.kernel_message.startswith(
+        "x86/modules: Invalid relocation target, existing value is nonzero for type 1, loc 0x"
+    )
+    # Linux 6.1 words it differently
+    with pytest.raises(RelocationError) as ei:
+        Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(
+            str(FIX / "reject_nonzero.o"), load_symbols(str(FIX / "reject_nonzero.map")), BASE
+        )
+    assert ei.value.diagnostics[0].kernel_message.startswith("x86/modules: Skipping invalid relocation target")
+
+
+def test_unknown_type_refused(loader) -> None:
+    with pytest.raises(RelocationError) as ei:
+        load(loader, "reject_unknown.o", "reject_unknown.map")
+    d = ei.value.diagnostics[0]
+    assert d.rtype == "R_X86_64_16"
+    assert d.kernel_message == "reject_unknown: Unknown rela relocation: 12"
+
+
+# ---------------------------------------------------------------- livepatch
+def klp_variant(fmt: str):
+    """mod_basic with its calls to `helper_*`-style externals turned into klp symbols."""
+    from klpcore import ElfModule
+
+    data = (FIX / "mod_basic.o").read_bytes()
+    m = ElfModule(data)
+    undefined = [
+        n
+        for i, n in enumerate(m.symbol_names)
+        if i and int(m.symbols["st_shndx"][i]) == 0 and n and not n.startswith("__")
+    ]
+    chosen = undefined[:3]
+    return data, klpify(data, {n: KlpSym("vmlinux") for n in chosen}, fmt=fmt), chosen
+
+
+@pytest.mark.parametrize("fmt", ["final", "rfc"])
+def test_livepatch_module_equals_ordinary_link(loader, fmt) -> None:
+    """A klp module made from mod_basic.o writes the bytes ld wrote for the ordinary object.
+
+    The converted object resolves the chosen symbols as livepatch symbols (by
+    name and position in vmlinux) instead of exports; the written bytes must be
+    the same as GNU ld's for the original.
+    """
+    orig, klp, chosen = klp_variant(fmt)
+    assert chosen
+    exp = expected("mod_basic", "default")
+    lm = loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    klp_phase = "load" if fmt == "final" else "enable"
+    assert any(s.startswith((".klp.rela.vmlinux", "__klp_rela_vmlinux")) for p in lm.phases for s in p.sections)
+    assert any(p.name == klp_phase for p in lm.phases)
+    for sname, rec in exp["sections"].items():
+        sec = lm.module.section_by_name(sname)
+        if rec.get("not_loaded"):
+            continue
+        if sec.flags & 0x4 or sname in (".data", ".rodata", ".init.text"):
+            assert lm.section_bytes(sec.index).hex() == rec["bytes"], sname
+
+
+def test_livepatch_late_write_uses_text_poke(loader) -> None:
+    """A module object's klp relocations are written after formation, via text_poke."""
+    from klpcore import parse_symbol_text
+
+    from klpcore import ElfModule
+
+    data = (FIX / "mod_basic.o").read_bytes()
+    m = ElfModule(data)
+    text_only = set()
+    other = set()
+    for s in m.rela_sections():
+        syms = {m.symbol_names[int(i) >> 32] for i in m.relas(s.index)["r_info"]}
+        (text_only if m.sections[s.info].name == ".text" else other).update(syms)
+    chosen = sorted(n for n in text_only - other if n and int(m.symbols["st_shndx"][m.symbol_names.index(n)]) == 0)
+    assert chosen
+    klp = klpify(data, {chosen[0]: KlpSym("ext4")})
+    syms = load_symbols(str(FIX / "mod_basic.map"))
+    lm = loader.load(klp, syms, BASE)
+    assert lm.pending_objects == ["ext4"]
+    lm.coming("ext4", parse_symbol_text(f"ffffffffc1000000 t {chosen[0]}\t[ext4]\n"))
+    late = [w for w in lm.write_log if w.phase == "coming:ext4"]
+    assert late and {w.method for w in late} == {"text_poke"}
+    # Linux 6.3+ clears on unload; applying again afterwards succeeds (no nonzero refusal)
+    lm.going("ext4")
+    cleared = [w for w in lm.write_log if w.phase == "going:ext4"]
+    assert cleared and all(w.method == "text_poke" for w in cleared)
+    lm.coming("ext4")
+    # Linux 6.1 does not clear: the second application hits the nonzero check
+    old = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    old.coming("ext4", parse_symbol_text(f"ffffffffc1000000 t {chosen[0]}\t[ext4]\n"))
+    old.going("ext4")
+    with pytest.raises(RelocationError, match="target already written"):
+        old.coming("ext4")
+
+
+def test_pc32_truncation_is_kernel_bytes(loader) -> None:
+    """Out-of-range PC32: the kernel writes the low 32 bits; klpcore too (and warns)."""
+    lm = load(loader, "range_pc32_ext.o", "range_pc32_ext.over_max.map")
+    exp = expected("range_pc32_ext", "over_max")
+    text = lm.module.section_by_name(".text")
+    assert lm.section_bytes(text.index).hex() == exp["sections"][".text"]["bytes"]
+    assert struct.calcsize("<I") == 4
