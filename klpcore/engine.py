@@ -75,7 +75,7 @@ class StagedMemory:
         lie inside one placed section."""
         i = bisect.bisect_right(self._starts, address) - 1
         while i >= 0:
-            index, name, start, ssize = self._placed[i]
+            index, _name, start, ssize = self._placed[i]
             if address + size <= start + ssize:
                 return index, address - start
             if start + ssize <= address:
@@ -174,7 +174,7 @@ class SectionContext(ApplyContext):
     relsec: Section = field(default=None)  # type: ignore[assignment]
     target: Section = field(default=None)  # type: ignore[assignment]
     target_address: int = 0
-    relas: np.ndarray = field(default=None)  # type: ignore[assignment]
+    relas: np.ndarray = field(default=None)  # type: ignore[assignment,arg-type]
     objname: str | None = None  # klp object of a livepatch section
 
     @classmethod
@@ -316,7 +316,8 @@ def apply_section(ctx: SectionContext) -> None:
         bad = np.flatnonzero(types == t)
         first = int(bad[0])
         ctx.diag(
-            f"unsupported relocation type {t} ({arch.type_name(t)}) in {bad.size} entr{'y' if bad.size == 1 else 'ies'}",
+            f"unsupported relocation type {t} ({arch.type_name(t)}) in {bad.size} "
+            f"entr{'y' if bad.size == 1 else 'ies'}",
             first,
             rtype=t,
             sym=int(syms[first]),
@@ -352,6 +353,7 @@ def apply_section(ctx: SectionContext) -> None:
         if arch.types[t].handler is not None:
             active |= types == t
     if _overlaps(offs[active], np.maximum(widths[active], U64(1))):
+        assert buf is not None
         _apply_sequential(ctx, types, buf)
         return
 

@@ -86,7 +86,7 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
     """Example modules shipped with the plugin, for ``klpcore apply --example``.
 

@@ -125,7 +125,8 @@ def _assign(
                 off = align(sizes.get(mt, 0), s.addralign or 1)
                 sizes[mt] = off + s.size
                 out.setdefault(mt, []).append((s, off))
-            row_ends[mt] = sizes.get(mt, 0) if mt is not None else 0
+            if mt is not None:
+                row_ends[mt] = sizes.get(mt, 0)
     return out, sizes, row_ends
 
 
@@ -173,14 +174,10 @@ def layout_sections(
         for k in kinds:
             region_start = offset
             for s, off in groups.get(k, []):
-                # offsets inside one running allocation: recompute with the region's start
-                real = align(region_start + off, 1)
+                real = region_start + off  # region_start is page aligned
                 lay.placements[s.index] = Placement(s.index, s.name, k, real, start + real, s.size)
-            offset = region_start + sizes.get(k, 0)
-            if k != MemType.DATA and k != MemType.INIT_DATA:
-                offset = align(offset, page_size)  # strict_align after rows 0, 1 and 2
-            else:
-                offset = align(offset, page_size)  # debug_align of the whole allocation
+            # strict_align after the text, rodata and ro_after_init rows; debug_align at the end
+            offset = align(region_start + sizes.get(k, 0), page_size)
             lay.regions[k] = Region(k, start + region_start, offset - region_start, offset - region_start)
         addr = start + offset
     return lay

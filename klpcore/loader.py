@@ -166,7 +166,9 @@ class Loader:
                             f"section has invalid WRITE|EXEC flags (index {s.index})",
                             module=mod.name,
                             section=s.name,
-                            kernel_message=f"{mod.name}: section {s.name} (index {s.index}) has invalid WRITE|EXEC flags",
+                            kernel_message=(
+                                f"{mod.name}: section {s.name} (index {s.index}) has invalid WRITE|EXEC flags"
+                            ),
                         )
                         for s in bad
                     ]
@@ -460,9 +462,8 @@ class LoadedModule:
                 )
                 continue
             sctx = SectionContext.for_section(ctx, s, relas, rs.objname if rs else None)
-            if rs is not None and not clear:
-                if not self._resolve_klp(sctx, rs, resolutions):
-                    continue
+            if rs is not None and not clear and not self._resolve_klp(sctx, rs, resolutions):
+                continue
             if clear:
                 mod.hooks.klp_arch_clear_section(ctx=sctx)  # type: ignore[attr-defined]
             else:
@@ -660,5 +661,3 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
         bind = int(syms["st_info"][i]) >> 4
         out.append((name, addr + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
     return out
-
-

@@ -32,6 +32,7 @@ def write_elf(loaded: LoadedModule) -> bytes:
         if sec.index == 0:
             headers.append((orig, stype, 0, 0, orig.size))  # keeps extended numbering
             continue
+        content: bytes | None
         if addr:
             content = loaded.section_bytes(sec.index)
             if stype == C.SHT_NOBITS and not content.strip(b"\0"):

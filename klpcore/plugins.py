@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -112,10 +112,10 @@ def identify(
 
     Raises :class:`NoPluginError` ("no installed plugin for machine N").
     """
-    kwargs = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
+    kwargs: dict[str, Any] = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
     # pluggy calls the most recently registered implementation first
     for impl in reversed(pm.hook.klp_arch_identify.get_hookimpls()):
-        spec = impl.function(*(kwargs[a] for a in impl.argnames))
+        spec = cast("ArchSpec | None", impl.function(*(kwargs[a] for a in impl.argnames)))
         if spec is None:
             continue
         spec.plugin_name = pm.get_name(impl.plugin) or ""

@@ -24,8 +24,9 @@ from __future__ import annotations
 import gzip
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -323,7 +324,7 @@ def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, st
         yield name, int(sym["st_value"]), _type_char(int(sym["st_info"]), shndx, sections)
 
 
-def _type_char(st_info: int, shndx: int, sections: list[object]) -> str:
+def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
     bind = st_info >> 4
     if shndx == C.SHN_ABS:
         ch = "a"

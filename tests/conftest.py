@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import toyarch  # noqa: E402
+import toyarch
 
-from klpcore import Loader, get_plugin_manager  # noqa: E402
+from klpcore import Loader, get_plugin_manager
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ class Obj:
         secs = list(self.sections)
         if self.modinfo:
             secs.append(
-                Sec(".modinfo", flags=C.SHF_ALLOC, data=b"".join(f"{k}={v}\0".encode() for k, v in self.modinfo.items()))
+                Sec(
+                    ".modinfo", flags=C.SHF_ALLOC, data=b"".join(f"{k}={v}\0".encode() for k, v in self.modinfo.items())
+                )
             )
         names = [s.name for s in secs]
         # group relas by (rela section name)
@@ -80,7 +82,11 @@ class Obj:
                     entsize=24,
                 )
             )
-        secs += [Sec(".symtab", C.SHT_SYMTAB, align=8, link=".strtab", entsize=24), Sec(".strtab", C.SHT_STRTAB), Sec(".shstrtab", C.SHT_STRTAB)]
+        secs += [
+            Sec(".symtab", C.SHT_SYMTAB, align=8, link=".strtab", entsize=24),
+            Sec(".strtab", C.SHT_STRTAB),
+            Sec(".shstrtab", C.SHT_STRTAB),
+        ]
         names = [s.name for s in secs]
 
         def idx(x: int | str) -> int:
@@ -130,12 +136,33 @@ class Obj:
         for s, off, no in zip(secs, offsets, name_off):
             size = s.size if s.size is not None else len(s.data)
             out += struct.pack(
-                e + "IIQQQQIIQQ", no, s.type, s.flags, 0, off, size, idx(s.link) if s.link else 0,
-                idx(s.info) if s.info else 0, s.align, s.entsize,
+                e + "IIQQQQIIQQ",
+                no,
+                s.type,
+                s.flags,
+                0,
+                off,
+                size,
+                idx(s.link) if s.link else 0,
+                idx(s.info) if s.info else 0,
+                s.align,
+                s.entsize,
             )
         ident = b"\x7fELF" + bytes([2, 1 if e == "<" else 2, 1, 0]) + bytes(8)
         out[0:64] = ident + struct.pack(
-            e + "HHIQQQIHHHHHH", C.ET_REL, self.machine, 1, 0, 0, shoff, self.e_flags, 64, 0, 0, 64, len(secs) + 1,
+            e + "HHIQQQIHHHHHH",
+            C.ET_REL,
+            self.machine,
+            1,
+            0,
+            0,
+            shoff,
+            self.e_flags,
+            64,
+            0,
+            0,
+            64,
+            len(secs) + 1,
             names.index(".shstrtab") + 1,
         )
         return bytes(out)

@@ -24,8 +24,14 @@ TYPES = [
     RelocType(NONE, "R_TOY_NONE"),
     RelocType(ABS64, "R_TOY_ABS64", 8, "S + A", ABS),
     RelocType(
-        PREL32, "R_TOY_PREL32", 4, "S + A - P", PREL, check=signed(32),
-        error="value {value:#x} out of signed 32-bit range", kernel_error="{module}: overflow type {number} val {value:x}",
+        PREL32,
+        "R_TOY_PREL32",
+        4,
+        "S + A - P",
+        PREL,
+        check=signed(32),
+        error="value {value:#x} out of signed 32-bit range",
+        kernel_error="{module}: overflow type {number} val {value:x}",
     ),
     RelocType(ABS32, "R_TOY_ABS32", 4, "S + A", ABS, check=unsigned(32), kernel_error="{module}: ovf {value:x}"),
     RelocType(CALL, "R_TOY_CALL", 4, "S + A", handler=call_handler),
@@ -38,8 +44,12 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
     if machine != TOY:
         return None
     return ArchSpec(
-        "toy", TOY, byteorder=byteorder, description="toy test architecture",
-        unknown_type_error="{module}: Unknown toy relocation: {number}", type_names={99: "R_TOY_UNKNOWN"},
+        "toy",
+        TOY,
+        byteorder=byteorder,
+        description="toy test architecture",
+        unknown_type_error="{module}: Unknown toy relocation: {number}",
+        type_names={99: "R_TOY_UNKNOWN"},
     )
 
 

@@ -74,29 +74,48 @@ from elftools.elf.relocation import RelocationSection
 # --------------------------------------------------------------------------
 ARCHES = {
     "x86_64": dict(
-        ld="x86_64-linux-gnu-ld", emulation="elf_x86_64", machine="EM_X86_64",
-        extra=[], toc=False, default_width=8, linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
+        ld="x86_64-linux-gnu-ld",
+        emulation="elf_x86_64",
+        machine="EM_X86_64",
+        extra=[],
+        toc=False,
+        default_width=8,
+        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
         generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt", ".plt.got", ".plt.sec"],
         # NONE 0, 64 1, PC32 2, GOT32 3, PLT32 4, GOTPCREL 9, 32 10, 32S 11,
         # 16 12, PC16 13, 8 14, PC8 15, PC64 24, GOTPCRELX 41, REX_GOTPCRELX 42
-        widths={0: 0, 1: 8, 2: 4, 3: 4, 4: 4, 9: 4, 10: 4, 11: 4, 12: 2, 13: 2,
-                14: 1, 15: 1, 24: 8, 41: 4, 42: 4},
+        widths={0: 0, 1: 8, 2: 4, 3: 4, 4: 4, 9: 4, 10: 4, 11: 4, 12: 2, 13: 2, 14: 1, 15: 1, 24: 8, 41: 4, 42: 4},
     ),
     "aarch64": dict(
-        ld="aarch64-linux-gnu-ld", emulation="aarch64linux", machine="EM_AARCH64",
-        extra=[], toc=False, default_width=4, linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
+        ld="aarch64-linux-gnu-ld",
+        emulation="aarch64linux",
+        machine="EM_AARCH64",
+        extra=[],
+        toc=False,
+        default_width=4,
+        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
         generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt"],
         widths={0: 0, 256: 0, 257: 8, 258: 4, 259: 2, 260: 8, 261: 4, 262: 2},
     ),
     "ppc64le": dict(
-        ld="powerpc64le-linux-gnu-ld", emulation="elf64lppc", machine="EM_PPC64",
-        extra=["--no-toc-optimize"], toc=True, default_width=4, linker_symbols={".TOC."},
+        ld="powerpc64le-linux-gnu-ld",
+        emulation="elf64lppc",
+        machine="EM_PPC64",
+        extra=["--no-toc-optimize"],
+        toc=True,
+        default_width=4,
+        linker_symbols={".TOC."},
         generated=[".got", ".plt", ".iplt", ".branch_lt", ".iglink", ".glink"],
         widths={0: 0, 38: 8, 44: 8, 1: 4, 26: 4},
     ),
     "s390x": dict(
-        ld="s390x-linux-gnu-ld", emulation="elf64_s390", machine="EM_S390",
-        extra=[], toc=False, default_width=4, linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
+        ld="s390x-linux-gnu-ld",
+        emulation="elf64_s390",
+        machine="EM_S390",
+        extra=[],
+        toc=False,
+        default_width=4,
+        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
         generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt"],
         widths={0: 0, 22: 8, 23: 8, 4: 4, 5: 4, 1: 1, 3: 2},
     ),
@@ -134,11 +153,21 @@ class _ShdrLayout:
     def field(self, name):
         """(offset within a header entry, struct format) of a field."""
         if self.is64:
-            table = {"sh_name": (0, "I"), "sh_flags": (8, "Q"), "sh_addr": (16, "Q"),
-                     "sh_offset": (24, "Q"), "sh_size": (32, "Q")}
+            table = {
+                "sh_name": (0, "I"),
+                "sh_flags": (8, "Q"),
+                "sh_addr": (16, "Q"),
+                "sh_offset": (24, "Q"),
+                "sh_size": (32, "Q"),
+            }
         else:
-            table = {"sh_name": (0, "I"), "sh_flags": (8, "I"), "sh_addr": (12, "I"),
-                     "sh_offset": (16, "I"), "sh_size": (20, "I")}
+            table = {
+                "sh_name": (0, "I"),
+                "sh_flags": (8, "I"),
+                "sh_addr": (12, "I"),
+                "sh_offset": (16, "I"),
+                "sh_size": (20, "I"),
+            }
         off, fmt = table[name]
         return off, self.endian + fmt
 
@@ -164,8 +193,9 @@ def _shstrndx(elf: ELFFile) -> int:
     return idx
 
 
-def patch_object(data: bytes, elf: ELFFile, addresses: dict[int, int] | None = None,
-                 rename: bool = True, clear_merge: bool = True) -> bytes:
+def patch_object(
+    data: bytes, elf: ELFFile, addresses: dict[int, int] | None = None, rename: bool = True, clear_merge: bool = True
+) -> bytes:
     """Return a copy of ``data`` with section headers patched.
 
     ``addresses``: section index -> new sh_addr.  ``rename``: allocated
@@ -253,23 +283,26 @@ def undefined_symbols(elf: ELFFile) -> list[tuple[str, bool]]:
             if isinstance(shndx, int) and SHN_LOOS <= shndx < SHN_ABS:
                 raise UsageError(
                     f"symbol {sym.name!r} has OS-specific section index {shndx:#x} "
-                    "(livepatch symbol?); not supported by this oracle")
+                    "(livepatch symbol?); not supported by this oracle"
+                )
             if shndx == "SHN_COMMON":
-                raise UsageError(f"symbol {sym.name!r} is COMMON (the kernel refuses "
-                                 "these; compile with -fno-common)")
+                raise UsageError(f"symbol {sym.name!r} is COMMON (the kernel refuses these; compile with -fno-common)")
             if shndx == "SHN_UNDEF":
                 weak = sym["st_info"]["bind"] == "STB_WEAK"
                 out[sym.name] = out.get(sym.name, True) and weak
     return sorted(out.items())
 
 
-def resolve_symbols(undefs, symfile: dict[str, set[int]],
-                    linker_symbols=frozenset()) -> tuple[dict[str, int], list[str]]:
+def resolve_symbols(
+    undefs, symfile: dict[str, set[int]], linker_symbols=frozenset()
+) -> tuple[dict[str, int], list[str]]:
     values, notes, errors = {}, [], []
     for name, weak in undefs:
         if name in linker_symbols:
-            notes.append(f"undefined symbol {name!r} left for ld to define (the kernel "
-                         "handles it differently: ld is no oracle for what uses it)")
+            notes.append(
+                f"undefined symbol {name!r} left for ld to define (the kernel "
+                "handles it differently: ld is no oracle for what uses it)"
+            )
             continue
         cands = symfile.get(name)
         if not cands:
@@ -280,8 +313,7 @@ def resolve_symbols(undefs, symfile: dict[str, set[int]],
                 errors.append(f"undefined symbol {name!r} is not in the symbol file")
         elif len(cands) > 1:
             addrs = ", ".join(f"{a:#x}" for a in sorted(cands))
-            errors.append(f"symbol {name!r} appears in the symbol file with "
-                          f"different addresses: {addrs}")
+            errors.append(f"symbol {name!r} appears in the symbol file with different addresses: {addrs}")
         else:
             values[name] = next(iter(cands))
     if errors:
@@ -298,8 +330,9 @@ def _quote(name: str, what: str) -> str:
     return f'"{name}"'
 
 
-def build_script(elf: ELFFile, arch: dict, placement: dict[int, int],
-                 compare: dict[int, bool], symbols: dict[str, int]) -> tuple[str, dict[int, str], list[str]]:
+def build_script(
+    elf: ELFFile, arch: dict, placement: dict[int, int], compare: dict[int, bool], symbols: dict[str, int]
+) -> tuple[str, dict[int, str], list[str]]:
     """Return (script text, section index -> output section name, notes)."""
     notes = []
     secs = {i: s for i, s in enumerate(elf.iter_sections()) if s.header.sh_flags & SHF_ALLOC}
@@ -325,11 +358,12 @@ def build_script(elf: ELFFile, arch: dict, placement: dict[int, int],
         align = max(1, h.sh_addralign)
         subalign = ""
         if addr % align:
-            notes.append(f"section [{i}] {secs[i].name} placed at {addr:#x}, not a multiple "
-                         f"of its alignment {align:#x} (SUBALIGN(1) used)")
+            notes.append(
+                f"section [{i}] {secs[i].name} placed at {addr:#x}, not a multiple "
+                f"of its alignment {align:#x} (SUBALIGN(1) used)"
+            )
             subalign = " SUBALIGN(1)"
-        lines.append(f"  {_quote(outname[i], 'section')} {addr:#x} :{subalign} "
-                     f"{{ KEEP(*({RENAME_PREFIX}{i})) }}")
+        lines.append(f"  {_quote(outname[i], 'section')} {addr:#x} :{subalign} {{ KEEP(*({RENAME_PREFIX}{i})) }}")
     # Sections ld itself may create; keep them away from the placed ones.
     gen = " ".join(f"*({n})" for n in arch.get("generated", []))
     lines.append(f"  .klpo.linker_generated {scratch:#x} : {{ {gen} }}")
@@ -381,10 +415,16 @@ def relocations_by_section(elf: ELFFile, arch: dict) -> dict[int, list[Reloc]]:
                     tname = f"<unknown type {t}>"
             except Exception:  # pragma: no cover - unknown machine
                 tname = str(t)
-            out.setdefault(target, []).append(Reloc(
-                offset=r["r_offset"], type=t, type_name=tname, symbol=name,
-                addend=r["r_addend"] if r.is_RELA() else 0,
-                width=arch["widths"].get(t, arch["default_width"])))
+            out.setdefault(target, []).append(
+                Reloc(
+                    offset=r["r_offset"],
+                    type=t,
+                    type_name=tname,
+                    symbol=name,
+                    addend=r["r_addend"] if r.is_RELA() else 0,
+                    width=arch["widths"].get(t, arch["default_width"]),
+                )
+            )
     for lst in out.values():
         lst.sort(key=lambda r: r.offset)
     return out
@@ -436,8 +476,7 @@ def input_addresses(mapfile: str) -> dict[int, int]:
     except OSError:
         return out
     text = text.split("Linker script and memory map", 1)[-1]
-    pat = re.compile(rf"^ {RENAME_PREFIX}(\d+)\s+0x([0-9a-fA-F]+)\s+0x[0-9a-fA-F]+\s+object\.o$",
-                     re.M)
+    pat = re.compile(rf"^ {RENAME_PREFIX}(\d+)\s+0x([0-9a-fA-F]+)\s+0x[0-9a-fA-F]+\s+object\.o$", re.M)
     for m in pat.finditer(text):
         out[int(m.group(1))] = int(m.group(2), 16)
     return out
@@ -455,9 +494,11 @@ def classify_messages(text: str) -> tuple[list[str], list[str]]:
     """(all message lines, error lines).  A line is an error unless it is a
     warning or a context line ("...: in function `f':")."""
     msgs = [l for l in text.splitlines() if l.strip()]
-    errors = [l for l in msgs
-              if "warning:" not in l and not re.search(r"in function `.*':$", l)
-              and not l.rstrip().endswith(":")]
+    errors = [
+        l
+        for l in msgs
+        if "warning:" not in l and not re.search(r"in function `.*':$", l) and not l.rstrip().endswith(":")
+    ]
     return msgs, errors
 
 
@@ -488,8 +529,7 @@ def run(args) -> Result:
     if orig.header.e_type != "ET_REL":
         raise UsageError(f"{args.object} is not a relocatable object")
     if orig.header.e_machine != arch["machine"]:
-        raise UsageError(f"{args.object} is {orig.header.e_machine}, expected "
-                         f"{arch['machine']} for --arch {args.arch}")
+        raise UsageError(f"{args.object} is {orig.header.e_machine}, expected {arch['machine']} for --arch {args.arch}")
 
     sections = list(orig.iter_sections())
     alloc = [i for i, s in enumerate(sections) if s.header.sh_flags & SHF_ALLOC]
@@ -515,8 +555,7 @@ def run(args) -> Result:
         placed_name = args.placed
         psecs = list(placed.iter_sections())
         if [s.name for s in psecs] != [s.name for s in sections]:
-            structural.append("placed file does not have the same sections (names/order) "
-                              "as the object")
+            structural.append("placed file does not have the same sections (names/order) as the object")
         for i in alloc:
             if i >= len(psecs):
                 continue
@@ -526,26 +565,29 @@ def run(args) -> Result:
                 # No module is loaded at 0: a section left at 0 is one the
                 # loader drops (the kernel does not load .modinfo/__versions).
                 loaded = False
-                notes.append(f"section [{i}] {sections[i].name} is at address 0 in the placed "
-                             "file: taken as not loaded; not compared")
+                notes.append(
+                    f"section [{i}] {sections[i].name} is at address 0 in the placed "
+                    "file: taken as not loaded; not compared"
+                )
             elif not loaded:
-                notes.append(f"section [{i}] {sections[i].name} is not SHF_ALLOC in the placed "
-                             "file (not loaded); not compared")
+                notes.append(
+                    f"section [{i}] {sections[i].name} is not SHF_ALLOC in the placed file (not loaded); not compared"
+                )
             if loaded or ph.sh_addr:
                 placement[i] = ph.sh_addr
             compare[i] = loaded
             if loaded and ph.sh_type != "SHT_NOBITS":
                 placed_bytes[i] = psecs[i].data()
             if sections[i].header.sh_type == "SHT_NOBITS" and ph.sh_type != "SHT_NOBITS":
-                structural.append(f"section [{i}] {sections[i].name} is NOBITS in the object "
-                                  f"but {ph.sh_type} in the placed file")
+                structural.append(
+                    f"section [{i}] {sections[i].name} is NOBITS in the object but {ph.sh_type} in the placed file"
+                )
         # Unloaded sections without an address get scratch addresses below.
     symfile: dict[str, set[int]] = {}
     for path in args.symbols:
         for name, values in read_symbol_file(path).items():
             symfile.setdefault(name, set()).update(values)
-    symbols, sym_notes = resolve_symbols(undefined_symbols(orig), symfile,
-                                         arch.get("linker_symbols", frozenset()))
+    symbols, sym_notes = resolve_symbols(undefined_symbols(orig), symfile, arch.get("linker_symbols", frozenset()))
     notes += sym_notes
 
     # Sections not placed anywhere: put them after everything, page by page.
@@ -573,28 +615,53 @@ def run(args) -> Result:
         linked = os.path.join(work, "linked.elf")
         if os.path.exists(linked):
             os.unlink(linked)
-        ld_args = ["-m", emulation, "-static", "-N", "--no-relax", "--noinhibit-exec",
-                   "--entry=0", "--no-warn-rwx-segments", "--no-warn-execstack",
-                   *arch["extra"], *args.extra_ld_arg,
-                   "-Map", "link.map", "-T", "link.ld", "-o", "linked.elf", "object.o"]
+        ld_args = [
+            "-m",
+            emulation,
+            "-static",
+            "-N",
+            "--no-relax",
+            "--noinhibit-exec",
+            "--entry=0",
+            "--no-warn-rwx-segments",
+            "--no-warn-execstack",
+            *arch["extra"],
+            *args.extra_ld_arg,
+            "-Map",
+            "link.map",
+            "-T",
+            "link.ld",
+            "-o",
+            "linked.elf",
+            "object.o",
+        ]
         version = ld_version(ld)
         try:
             p = subprocess.run([ld, *ld_args], cwd=work, capture_output=True, text=True)
         except OSError as e:
             raise UsageError(f"cannot run {ld}: {e}") from None
         # Give ld's messages the original section names back.
-        text = re.sub(rf"\b{RENAME_PREFIX}(\d+)\b",
-                      lambda m: sections[int(m.group(1))].name
-                      if int(m.group(1)) < len(sections) else m.group(0),
-                      p.stdout + p.stderr)
+        text = re.sub(
+            rf"\b{RENAME_PREFIX}(\d+)\b",
+            lambda m: sections[int(m.group(1))].name if int(m.group(1)) < len(sections) else m.group(0),
+            p.stdout + p.stderr,
+        )
         messages, ld_errors = classify_messages(text)
         ld_failed = p.returncode != 0 or not os.path.exists(linked)
 
         report = {
-            "object": args.object, "placed": placed_name, "symbols": list(args.symbols),
-            "arch": args.arch, "ld": ld, "ld_version": version, "ld_args": ld_args,
-            "ld_returncode": p.returncode, "ld_messages": messages, "ld_errors": ld_errors,
-            "notes": notes, "structural": structural,
+            "object": args.object,
+            "placed": placed_name,
+            "symbols": list(args.symbols),
+            "arch": args.arch,
+            "ld": ld,
+            "ld_version": version,
+            "ld_args": ld_args,
+            "ld_returncode": p.returncode,
+            "ld_messages": messages,
+            "ld_errors": ld_errors,
+            "notes": notes,
+            "structural": structural,
             "undefined_symbols": {k: f"{v:#x}" for k, v in symbols.items()},
             "sections": [],
         }
@@ -613,8 +680,13 @@ def run(args) -> Result:
             for i in alloc:
                 sec = sections[i]
                 h = sec.header
-                entry = {"index": i, "name": sec.name, "address": f"{placement[i]:#x}",
-                         "size": h.sh_size, "relocations": len(relocs.get(i, []))}
+                entry = {
+                    "index": i,
+                    "name": sec.name,
+                    "address": f"{placement[i]:#x}",
+                    "size": h.sh_size,
+                    "relocations": len(relocs.get(i, [])),
+                }
                 report["sections"].append(entry)
                 if h.sh_type == "SHT_NOBITS":
                     entry["status"] = "nobits"
@@ -635,22 +707,25 @@ def run(args) -> Result:
                     # the kernel's; ld is no oracle for them.
                     off = in_addr - lds.header.sh_addr
                     entry["ld_added"] = extra
-                    notes.append(f"section [{i}] {sec.name}: ld added {extra:#x} bytes of "
-                                 "its own (stubs/veneers); comparing the input part only")
-                    ld_bytes = ld_bytes[off:off + h.sh_size]
+                    notes.append(
+                        f"section [{i}] {sec.name}: ld added {extra:#x} bytes of "
+                        "its own (stubs/veneers); comparing the input part only"
+                    )
+                    ld_bytes = ld_bytes[off : off + h.sh_size]
                 if in_addr != placement[i] or len(ld_bytes) != h.sh_size:
                     if in_addr != placement[i] and extra > 0:
-                        notes.append(f"section [{i}] {sec.name}: ld put {extra:#x} bytes of its "
-                                     "own (stubs/veneers) before the input section, which "
-                                     "therefore is not at its address")
+                        notes.append(
+                            f"section [{i}] {sec.name}: ld put {extra:#x} bytes of its "
+                            "own (stubs/veneers) before the input section, which "
+                            "therefore is not at its address"
+                        )
                     entry["ld_input_address"] = f"{in_addr:#x}"
                     entry["status"] = "ld-misplaced"
                     entry["ld_address"] = f"{lds.header.sh_addr:#x}"
                     entry["ld_size"] = len(ld_bytes)
                     res.ok = False
                     continue
-                record[outname[i]] = {
-                    "address": f"{placement[i]:#x}", "bytes": ld_bytes.hex()}
+                record[outname[i]] = {"address": f"{placement[i]:#x}", "bytes": ld_bytes.hex()}
                 if not compare.get(i):
                     record[outname[i]]["not_loaded"] = True
                 if not compare.get(i):
@@ -672,15 +747,26 @@ def run(args) -> Result:
                 entry["differences"] = []
                 for start, end in _merge_by_relocs(ranges, rl):
                     cover = [r for r in rl if r.offset < end and start < r.offset + max(r.width, 1)]
-                    entry["differences"].append({
-                        "offset": start, "end": end,
-                        "address": f"{placement[i] + start:#x}",
-                        "ld": ld_bytes[start:end].hex(), "placed": mine[start:end].hex(),
-                        "relocations": [{
-                            "offset": r.offset, "type": r.type, "type_name": r.type_name,
-                            "symbol": r.symbol, "addend": r.addend, "width": r.width,
-                        } for r in cover],
-                    })
+                    entry["differences"].append(
+                        {
+                            "offset": start,
+                            "end": end,
+                            "address": f"{placement[i] + start:#x}",
+                            "ld": ld_bytes[start:end].hex(),
+                            "placed": mine[start:end].hex(),
+                            "relocations": [
+                                {
+                                    "offset": r.offset,
+                                    "type": r.type,
+                                    "type_name": r.type_name,
+                                    "symbol": r.symbol,
+                                    "addend": r.addend,
+                                    "width": r.width,
+                                }
+                                for r in cover
+                            ],
+                        }
+                    )
             report["record"] = record
         if structural:
             res.ok = False
@@ -701,8 +787,7 @@ def _addend(a: int) -> str:
 def print_text(report: dict, out=sys.stdout, max_diffs: int = 50) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"ld: {report['ld']} ({report['ld_version']})")
-    p(f"object: {report['object']}  placed: {report['placed']}  "
-      f"symbols: {', '.join(report['symbols'])}")
+    p(f"object: {report['object']}  placed: {report['placed']}  symbols: {', '.join(report['symbols'])}")
     for n in report["notes"]:
         p(f"note: {n}")
     for s in report["structural"]:
@@ -714,20 +799,22 @@ def print_text(report: dict, out=sys.stdout, max_diffs: int = 50) -> None:
     if report["ld_returncode"] != 0:
         p(f"ld exited with status {report['ld_returncode']}")
     for e in report["sections"]:
-        head = (f"[{e['index']:>2}] {e['name']:<28} {e['address']:>18} size {e['size']:#7x} "
-                f"relocs {e['relocations']:>4}: {e['status']}")
+        head = (
+            f"[{e['index']:>2}] {e['name']:<28} {e['address']:>18} size {e['size']:#7x} "
+            f"relocs {e['relocations']:>4}: {e['status']}"
+        )
         p(head)
         if e["status"] == "ld-misplaced":
-            p(f"      ld's output section is at {e['ld_address']} with size {e['ld_size']:#x}, "
-              f"the input section at {e['ld_input_address']}")
+            p(
+                f"      ld's output section is at {e['ld_address']} with size {e['ld_size']:#x}, "
+                f"the input section at {e['ld_input_address']}"
+            )
         if e["status"] == "size-differs":
             p(f"      placed size {e['placed_size']:#x}")
         for d in e.get("differences", [])[:max_diffs]:
-            p(f"      +{d['offset']:#x}..+{d['end']:#x} ({d['address']}): "
-              f"ld {d['ld']}  placed {d['placed']}")
+            p(f"      +{d['offset']:#x}..+{d['end']:#x} ({d['address']}): ld {d['ld']}  placed {d['placed']}")
             for r in d["relocations"]:
-                p(f"          {r['type_name']} at +{r['offset']:#x} {r['symbol'] or '?'} "
-                  f"{_addend(r['addend'])}")
+                p(f"          {r['type_name']} at +{r['offset']:#x} {r['symbol'] or '?'} {_addend(r['addend'])}")
             if not d["relocations"]:
                 p("          (no relocation covers this range)")
         more = len(e.get("differences", [])) - max_diffs
@@ -759,36 +846,42 @@ def write_record(path: str, report: dict) -> None:
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(
-        description="Compare klpcore's placed/relocated ELF with GNU ld linking the same "
-                    "object at the same addresses.",
+        description="Compare klpcore's placed/relocated ELF with GNU ld linking the same object at the same addresses.",
         epilog="exit status: 0 all compared sections identical (and no ld error); 1 a "
-               "section differs or ld failed/reported an error; 2 bad usage or input "
-               "(unreadable file, symbol missing from or ambiguous in the symbol file)")
+        "section differs or ld failed/reported an error; 2 bad usage or input "
+        "(unreadable file, symbol missing from or ambiguous in the symbol file)",
+    )
     ap.add_argument("--object", required=True, help="original relocatable object (.o/.ko)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--placed", help="klpcore's output (sh_addr = load address)")
-    src.add_argument("--fake-place", type=lambda s: int(s, 0), metavar="BASE",
-                     help="no klpcore output: assign addresses sequentially from BASE "
-                          "(contents unrelocated, so relocation sites will differ)")
-    ap.add_argument("--write-placed", metavar="FILE",
-                    help="with --fake-place: also write the fake placed copy")
-    ap.add_argument("--symbols", required=True, action="append",
-                    help="System.map-style file (.gz ok); repeatable, files are merged")
+    src.add_argument(
+        "--fake-place",
+        type=lambda s: int(s, 0),
+        metavar="BASE",
+        help="no klpcore output: assign addresses sequentially from BASE "
+        "(contents unrelocated, so relocation sites will differ)",
+    )
+    ap.add_argument("--write-placed", metavar="FILE", help="with --fake-place: also write the fake placed copy")
+    ap.add_argument(
+        "--symbols", required=True, action="append", help="System.map-style file (.gz ok); repeatable, files are merged"
+    )
     ap.add_argument("--arch", default="x86_64", choices=sorted(ARCHES))
     ap.add_argument("--ld", help="linker binary (default from --arch)")
     ap.add_argument("--emulation", help="ld -m value (default from --arch)")
-    ap.add_argument("--extra-ld-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument for ld (repeatable)")
-    ap.add_argument("--keep", metavar="DIR", help="keep the work files (patched object, "
-                    "link.ld, link.map, linked.elf) in DIR")
+    ap.add_argument(
+        "--extra-ld-arg", action="append", default=[], metavar="ARG", help="extra argument for ld (repeatable)"
+    )
+    ap.add_argument(
+        "--keep", metavar="DIR", help="keep the work files (patched object, link.ld, link.map, linked.elf) in DIR"
+    )
     ap.add_argument("--json", action="store_true", help="print a JSON report")
-    ap.add_argument("--record", metavar="FILE.json", help="write ld's bytes for every "
-                    "SHF_ALLOC non-NOBITS section")
-    ap.add_argument("--no-compare", action="store_true",
-                    help="only link (and record); exit 0 when ld produced output")
-    ap.add_argument("--allow-ld-errors", action="store_true",
-                    help="ld errors (e.g. 'relocation truncated to fit') do not by "
-                         "themselves make the exit status 1")
+    ap.add_argument("--record", metavar="FILE.json", help="write ld's bytes for every SHF_ALLOC non-NOBITS section")
+    ap.add_argument("--no-compare", action="store_true", help="only link (and record); exit 0 when ld produced output")
+    ap.add_argument(
+        "--allow-ld-errors",
+        action="store_true",
+        help="ld errors (e.g. 'relocation truncated to fit') do not by themselves make the exit status 1",
+    )
     args = ap.parse_args(argv)
     if args.write_placed and args.fake_place is None:
         ap.error("--write-placed needs --fake-place")

@@ -158,7 +158,11 @@ def test_handler_and_state_rollback(toy_loader) -> None:
     assert lm.module.arch_state["calls"] == 2
     text = lm.section_bytes(lm.module.section_by_name(".text").index)
     assert struct.unpack_from("<II", text, 0) == (0x81000001, 0x81000002)
-    bad = module([Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "dead", 0)], symbols_extra=None) if False else None
+    bad = (
+        module([Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "dead", 0)], symbols_extra=None)
+        if False
+        else None
+    )
     assert bad is None
 
 

@@ -97,10 +97,7 @@ class StrTab:
 
 def rela_bytes(e: str, entries: Sequence[tuple[int, int, int, int]]) -> bytes:
     """``entries``: (offset, type, symbol index, addend)."""
-    return b"".join(
-        struct.pack(e + "QQq", off, (sym << 32) | typ, add)
-        for off, typ, sym, add in entries
-    )
+    return b"".join(struct.pack(e + "QQq", off, (sym << 32) | typ, add) for off, typ, sym, add in entries)
 
 
 def build_elf(
@@ -170,9 +167,7 @@ def build_elf(
     return bytes(ehdr + headers + body)
 
 
-def symtab_sections(
-    e: str, syms: Sequence[Sym], sec_names: Sequence[str]
-) -> tuple[Sec, Sec]:
+def symtab_sections(e: str, syms: Sequence[Sym], sec_names: Sequence[str]) -> tuple[Sec, Sec]:
     strtab = StrTab()
     index = {n: i for i, n in enumerate(sec_names)}
     out = bytearray(bytes(24))
@@ -182,9 +177,7 @@ def symtab_sections(
             first_global = i
         shndx = index[s.shndx] if isinstance(s.shndx, str) else s.shndx
         name = 0 if s.type == STT_SECTION else strtab.add(s.name)
-        out += struct.pack(
-            e + "IBBHQQ", name, (s.bind << 4) | s.type, 0, shndx, s.value, s.size
-        )
+        out += struct.pack(e + "IBBHQQ", name, (s.bind << 4) | s.type, 0, shndx, s.value, s.size)
     return (
         Sec(
             ".symtab",
@@ -290,9 +283,7 @@ def make_object(
     ]
     names = ["", *(s.name for s in base), ".symtab", ".strtab"]
     names += [s.name for s in extra]
-    symtab, strtab = symtab_sections(
-        e, standard_syms() if syms is None else syms, names
-    )
+    symtab, strtab = symtab_sections(e, standard_syms() if syms is None else syms, names)
     tail = list(extra)
     if modinfo is not None:
         tail.append(Sec(".modinfo", SHT_PROGBITS, SHF_ALLOC, modinfo))
@@ -318,10 +309,7 @@ def elf_of(data: bytes) -> ELFFile:
 def relas(elf: ELFFile, name: str) -> list[tuple[int, int, int, int]]:
     sec = elf.get_section_by_name(name)
     assert isinstance(sec, RelocationSection), name
-    return [
-        (r["r_offset"], r["r_info_type"], r["r_info_sym"], r["r_addend"])
-        for r in sec.iter_relocations()
-    ]
+    return [(r["r_offset"], r["r_info_type"], r["r_info_sym"], r["r_addend"]) for r in sec.iter_relocations()]
 
 
 def symbols(elf: ELFFile) -> list[Any]:
@@ -341,9 +329,7 @@ def bind(sym: Any) -> int:
     value = sym["st_info"]["bind"]
     if isinstance(value, int):
         return value
-    return {"STB_LOCAL": STB_LOCAL, "STB_GLOBAL": STB_GLOBAL, "STB_WEAK": STB_WEAK}[
-        value
-    ]
+    return {"STB_LOCAL": STB_LOCAL, "STB_GLOBAL": STB_GLOBAL, "STB_WEAK": STB_WEAK}[value]
 
 
 def raw_sections(data: bytes) -> tuple[str, list[tuple[int, ...]]]:
@@ -354,9 +340,7 @@ def raw_sections(data: bytes) -> tuple[str, list[tuple[int, ...]]]:
     first = struct.unpack_from(e + "IIQQQQIIQQ", data, shoff)
     if shnum == 0:
         shnum = first[5]
-    return e, [
-        struct.unpack_from(e + "IIQQQQIIQQ", data, shoff + 64 * i) for i in range(shnum)
-    ]
+    return e, [struct.unpack_from(e + "IIQQQQIIQQ", data, shoff + 64 * i) for i in range(shnum)]
 
 
 def check_layout(data: bytes) -> None:
@@ -672,9 +656,7 @@ def test_symtab_shndx_cleared_for_marked_symbol(endian: str) -> None:
             entsize=4,
         )
     ]
-    out = klpify(
-        make_object(endian, extra=extra, syms=syms), {"helper": KlpSym("vmlinux")}
-    )
+    out = klpify(make_object(endian, extra=extra, syms=syms), {"helper": KlpSym("vmlinux")})
     elf = elf_of(out)
     assert section_data(elf, ".symtab_shndx") == bytes(4 * NSYMS)
     assert shndx(symbols(elf)[S_HELPER]) == SHN_LIVEPATCH

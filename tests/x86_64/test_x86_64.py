@@ -189,9 +189,7 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt) -> None:
 
 def test_livepatch_late_write_uses_text_poke(loader) -> None:
     """A module object's klp relocations are written after formation, via text_poke."""
-    from klpcore import parse_symbol_text
-
-    from klpcore import ElfModule
+    from klpcore import ElfModule, parse_symbol_text
 
     data = (FIX / "mod_basic.o").read_bytes()
     m = ElfModule(data)
@@ -215,7 +213,9 @@ def test_livepatch_late_write_uses_text_poke(loader) -> None:
     assert cleared and all(w.method == "text_poke" for w in cleared)
     lm.coming("ext4")
     # Linux 6.1 does not clear: the second application hits the nonzero check
-    old = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    old = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(
+        klp, load_symbols(str(FIX / "mod_basic.map")), BASE
+    )
     old.coming("ext4", parse_symbol_text(f"ffffffffc1000000 t {chosen[0]}\t[ext4]\n"))
     old.going("ext4")
     with pytest.raises(RelocationError, match="target already written"):

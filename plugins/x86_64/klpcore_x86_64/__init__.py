@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from klpcore import hookimpl
 from klpcore.arch import ABS, PREL, ArchSpec, RelocType, signed, unsigned
@@ -59,7 +60,7 @@ OTHER_TYPES = {
 def reloc_types(kernel: KernelTarget) -> list[RelocType]:
     """The x86_64 type table for ``kernel``."""
     zero = _NONZERO_NEW if kernel.at_least(6, 3) else _NONZERO_OLD
-    common = {"require_zero": True, "zero_error": zero}
+    common: dict[str, Any] = {"require_zero": True, "zero_error": zero}
     pc32 = signed(32)
     return [
         RelocType(0, "R_X86_64_NONE", 0, "none"),

@@ -1,0 +1,41 @@
+"""Regenerate the example livepatch module shipped in klpcore_x86_64/examples/.
+
+The example is tests/x86_64/fixtures/mod_basic.o (compiled with kernel-module
+flags, see that folder's build.py) turned into a livepatch module by the
+project's own converter: its calls to ``mod_basic_helper`` and
+``mod_basic_log`` become ``.klp.rela.vmlinux`` relocations against
+``.klp.sym.vmlinux.*`` symbols.  The symbol file is the fixture's map.
+
+    python plugins/x86_64/example-src/make_example.py
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from klpcore import ElfModule
+from klpcore.testing.klpify import KlpSym, klpify
+
+ROOT = Path(__file__).resolve().parents[3]
+FIX = ROOT / "tests" / "x86_64" / "fixtures"
+OUT = ROOT / "plugins" / "x86_64" / "klpcore_x86_64" / "examples"
+
+
+def main() -> None:
+    data = (FIX / "mod_basic.o").read_bytes()
+    m = ElfModule(data)
+    undefined = [
+        n
+        for i, n in enumerate(m.symbol_names)
+        if i and n and int(m.symbols["st_shndx"][i]) == 0 and not n.startswith("__")
+    ]
+    chosen = undefined[:2]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
+    shutil.copy(FIX / "mod_basic.map", OUT / "System.map")
+    print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
+
+
+if __name__ == "__main__":
+    main()
