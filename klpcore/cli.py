@@ -152,7 +152,8 @@ def _progress_done() -> None:
         sys.stderr.flush()
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO = sys.stdout) -> None:
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for n, r in enumerate(cells):
@@ -161,7 +162,8 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO = s
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
-def _print_diags(diags: Sequence[Diagnostic], out: TextIO = sys.stderr) -> None:
+def _print_diags(diags: Sequence[Diagnostic], out: TextIO | None = None) -> None:
+    out = out or sys.stderr
     for d in diags:
         out.write(f"{d.severity}: {d}\n")
 
