@@ -59,6 +59,15 @@ def _text(insn: Any | None) -> str:
     return f"{insn.bytes.hex()}  {insn.mnemonic} {insn.op_str}".rstrip()
 
 
+def _symbol_label(loaded: LoadedModule, index: int) -> str:
+    elf = loaded.module.elf
+    name = elf.symbol_names[index]
+    shndx = int(elf.symbols["st_shndx"][index])
+    if not name and 0 < shndx < len(elf.sections):
+        return elf.sections[shndx].name  # a section symbol
+    return name
+
+
 def relocation_sites(loaded: LoadedModule, only: str | None = None) -> list[Site]:
     """Every relocation site in an executable section that was applied."""
     mod = loaded.module
@@ -94,7 +103,7 @@ def relocation_sites(loaded: LoadedModule, only: str | None = None) -> list[Site
                     off,
                     addr,
                     mod.arch.type_name(info & 0xFFFFFFFF),
-                    mod.elf.symbol_names[info >> 32],
+                    _symbol_label(loaded, info >> 32),
                     _text(_at(bs, bi, addr)),
                     _text(after),
                     tgt,

@@ -229,3 +229,23 @@ def test_pc32_truncation_is_kernel_bytes(loader) -> None:
     text = lm.module.section_by_name(".text")
     assert lm.section_bytes(text.index).hex() == exp["sections"][".text"]["bytes"]
     assert struct.calcsize("<I") == 4
+
+
+def test_disasm_decodes_sites_and_targets(capsys) -> None:
+    """capstone decodes the written call: it reaches the resolved symbol."""
+    from klpcore.cli import main
+
+    ex = Path(__import__("klpcore_x86_64").__file__).parent / "examples"
+    assert main(["disasm", str(ex / "klpdemo.ko"), "-s", str(ex / "System.map"), "--json"]) == 0
+    sites = json.loads(capsys.readouterr().out)
+    thunk = [s for s in sites if s["symbol"] == "__x86_indirect_thunk_rax"]
+    assert thunk
+    symaddr = next(
+        int(line.split()[0], 16)
+        for line in (ex / "System.map").read_text().splitlines()
+        if line.endswith(" __x86_indirect_thunk_rax")
+    )
+    for s in thunk:
+        assert s["target"] == hex(symaddr)
+        assert s["after"].split()[1] in ("call", "jmp")
+    assert all(s["before"] != s["after"] for s in sites if s["rtype"] != "R_X86_64_NONE")

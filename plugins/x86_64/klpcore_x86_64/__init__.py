@@ -99,6 +99,21 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
     ]
 
 
+def insn_target(insn: Any) -> int | None:
+    """The address a decoded instruction reaches: a branch's immediate target or
+    a RIP-relative operand's address (capstone, detail mode)."""
+    from capstone import x86
+
+    for op in insn.operands:
+        if op.type == x86.X86_OP_MEM and op.mem.base == x86.X86_REG_RIP:
+            return (insn.address + insn.size + op.mem.disp) & 0xFFFFFFFFFFFFFFFF
+    if insn.group(x86.X86_GRP_JUMP) or insn.group(x86.X86_GRP_CALL):
+        for op in insn.operands:
+            if op.type == x86.X86_OP_IMM:
+                return int(op.imm) & 0xFFFFFFFFFFFFFFFF
+    return None
+
+
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     if machine != EM_X86_64 or elfclass != 2 or byteorder != "little":
@@ -110,6 +125,7 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         description="x86_64 (arch/x86/kernel/module.c)",
         unknown_type_error="{module}: Unknown rela relocation: {number}",
         capstone=("CS_ARCH_X86", "CS_MODE_64"),
+        insn_target=insn_target,
         ignored_undefined=frozenset({"_GLOBAL_OFFSET_TABLE_"}),
         type_names=OTHER_TYPES,
     )
