@@ -56,7 +56,8 @@ class StagedMemory:
         self._by_index = {p[0]: p for p in self._placed}
         self.buffers: dict[int, np.ndarray] = {}
         self._orig: dict[int, np.ndarray] = {}
-        self.hints: dict[int, str] = {}  # address -> write method hint (e.g. "patch_instruction")
+        #: per section: (offset, end, hint) of writes staged with a method hint
+        self.hints: dict[int, list[tuple[int, int, str]]] = {}
 
     def buffer(self, index: int) -> np.ndarray:
         buf = self.buffers.get(index)
@@ -94,42 +95,27 @@ class StagedMemory:
         index, off = self.locate(address, len(data))
         self.buffer(index)[off : off + len(data)] = np.frombuffer(data, dtype=np.uint8)
         if hint is not None:
-            for a in range(address, address + len(data)):
-                self.hints[a] = hint
+            self.hints.setdefault(index, []).append((off, off + len(data), hint))
 
-    def hint_for(self, address: int, size: int) -> str | None:
-        for a in range(address, address + size):
-            h = self.hints.get(a)
-            if h is not None:
-                return h
-        return None
-
-    def changes(self) -> Iterator[tuple[int, bytes]]:
-        """Runs of changed bytes as ``(address, data)``; a run never mixes two
-        different write-method hints."""
+    def changes(self) -> Iterator[tuple[int, bytes, str | None]]:
+        """The changes as ``(address, data, hint)``: per section one write from
+        the first to the last changed byte, split only where writes staged with
+        different hints meet (unhinted bytes join their neighbours)."""
         for index, buf in self.buffers.items():
-            orig = self._orig[index]
-            diff = np.flatnonzero(buf != orig)
+            diff = np.flatnonzero(buf != self._orig[index])
             if not diff.size:
                 continue
             base = self.address_of(index)
-            # one write per run of changed bytes; runs closer than 8 bytes merge
-            breaks = np.flatnonzero(np.diff(diff) > 8)
-            starts = np.concatenate(([diff[0]], diff[breaks + 1]))
-            ends = np.concatenate((diff[breaks], [diff[-1]])) + 1
-            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                if not self.hints:
-                    yield base + s, buf[s:e].tobytes()
-                    continue
-                # split only where two different hints meet; unhinted bytes join their neighbours
-                cut, current = s, None
-                for k in range(s, e):
-                    h = self.hints.get(base + k)
-                    if h is not None and current is not None and h != current:
-                        yield base + cut, buf[cut:k].tobytes()
-                        cut = k
-                    current = h if h is not None else current
-                yield base + cut, buf[cut:e].tobytes()
+            s, e = int(diff[0]), int(diff[-1]) + 1
+            ranges = sorted(r for r in self.hints.get(index, ()) if r[1] > s and r[0] < e)
+            cut, current = s, None
+            for off, _end, hint in ranges:
+                if current is not None and hint != current:
+                    split = max(off, cut)
+                    yield base + cut, buf[cut:split].tobytes(), current
+                    cut = split
+                current = hint
+            yield base + cut, buf[cut:e].tobytes(), current
 
 
 @dataclass
@@ -269,9 +255,20 @@ def _shifts(width: int, order: str) -> np.ndarray:
     return s if order == "little" else s[::-1].copy()
 
 
+_FIELD = {1: "u1", 2: "u2", 4: "u4", 8: "u8"}
+
+
+def _field_dtype(width: int, order: str) -> np.dtype[Any] | None:
+    code = _FIELD.get(width)
+    return np.dtype(("<" if order == "little" else ">") + code) if code else None
+
+
 def gather(buf: np.ndarray, offsets: np.ndarray, width: int, order: str) -> np.ndarray:
     """Read ``width``-byte unsigned fields at ``offsets`` of ``buf``."""
     idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    dt = _field_dtype(width, order)
+    if dt is not None:
+        return np.ascontiguousarray(buf[idx]).view(dt).reshape(-1).astype(np.uint64)
     b = buf[idx].astype(np.uint64)
     return (b << _shifts(width, order)).sum(axis=1, dtype=np.uint64)
 
@@ -279,6 +276,10 @@ def gather(buf: np.ndarray, offsets: np.ndarray, width: int, order: str) -> np.n
 def scatter(buf: np.ndarray, offsets: np.ndarray, width: int, order: str, values: np.ndarray) -> None:
     """Write ``width``-byte fields at ``offsets`` of ``buf``."""
     idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    dt = _field_dtype(width, order)
+    if dt is not None:
+        buf[idx] = values.astype(dt).view(np.uint8).reshape(-1, width)
+        return
     buf[idx] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
 
 

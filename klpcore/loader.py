@@ -482,7 +482,7 @@ class LoadedModule:
             return method if method is not None else default_policy(image, region, address, size, hint)
 
         before = len(self.image.log)
-        self.image.commit(staged.changes(), policy, phase, staged.hint_for)
+        self.image.commit(staged.changes(), policy, phase)
         result.writes = len(self.image.log) - before
         self.symvals = symvals
         mod.arch_state.clear()

@@ -166,27 +166,21 @@ class ModuleImage:
         self._starts = [r.address for r in self.regions]
         self.state = ModuleState.LIVE
 
-    def commit(
-        self,
-        writes: Iterable[tuple[int, bytes]],
-        policy: WritePolicy,
-        phase: str,
-        hint: Callable[[int, int], str | None] | None = None,
-    ) -> None:
-        """Write every ``(address, data)``, or nothing.
+    def commit(self, writes: Iterable[tuple[int, bytes, str | None]], policy: WritePolicy, phase: str) -> None:
+        """Write every ``(address, data, hint)``, or nothing.
 
         Each write is checked for bounds and for a write method first; only
         when all pass is any byte stored.
         """
         plan: list[tuple[int, bytes, str, Region]] = []
         problems: list[Diagnostic] = []
-        for addr, data in writes:
+        for addr, data, hint in writes:
             try:
                 region = self.region_at(addr, len(data))
             except MemoryAccessError as exc:
                 problems.extend(exc.diagnostics)
                 continue
-            method = policy(self, region, addr, len(data), hint(addr, len(data)) if hint else None)
+            method = policy(self, region, addr, len(data), hint)
             if method is None:
                 problems.append(
                     Diagnostic(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +46,15 @@ class ObjectSymbols:
     addrs: list[int] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    _index: dict[str, list[int]] | None = field(default=None, repr=False)
+    _first: dict[str, int] | None = field(default=None, repr=False)  # name -> first position
+    _dups: dict[str, list[int]] = field(default_factory=dict, repr=False)  # names that repeat
     _seen: set[tuple[str, int]] = field(default_factory=set, repr=False)
+    _sorted: bool = field(default=False, repr=False)
 
     def add(self, name: str, addr: int, typ: str, source: str) -> None:
+        if not getattr(self, "_seen_built", True):
+            self._seen = set(zip(self.names, self.addrs, strict=True))
+            self._seen_built = True
         key = (name, addr)
         if key in self._seen:  # the same symbol from a second source
             return
@@ -57,28 +63,69 @@ class ObjectSymbols:
         self.addrs.append(addr)
         self.types.append(typ)
         self.sources.append(source)
-        self._index = None
+        self._invalidate()
+
+    def extend(self, names: list[str], addrs: list[int], types: list[str], source: str) -> None:
+        """Add the symbols of one source at once.  Within one source every line
+        counts (kallsyms would list a repeated line twice too); across sources
+        :meth:`add` drops a (name, address) pair already present."""
+        if not self.names:
+            self.names, self.addrs, self.types = list(names), list(addrs), list(types)
+            self.sources = [source] * len(self.names)
+            self._seen = set()
+            self._seen_built = False
+            self._invalidate()
+            return
+        for n, a, t in zip(names, addrs, types, strict=True):
+            self.add(n, a, t, source)
+
+    def _invalidate(self) -> None:
+        self._first = None
+        self._dups = {}
+        self._sorted = False
 
     def sort_by_address(self) -> None:
-        order = sorted(range(len(self.names)), key=lambda i: self.addrs[i])  # stable
+        addrs = self.addrs
+        if self._sorted or all(addrs[i] <= addrs[i + 1] for i in range(len(addrs) - 1)):
+            self._sorted = True
+            return
+        order = sorted(range(len(self.names)), key=lambda i: addrs[i])  # stable
         self.names = [self.names[i] for i in order]
         self.addrs = [self.addrs[i] for i in order]
         self.types = [self.types[i] for i in order]
         self.sources = [self.sources[i] for i in order]
-        self._index = None
+        self._invalidate()
+        self._sorted = True
 
-    @property
-    def index(self) -> dict[str, list[int]]:
-        if self._index is None:
-            idx: dict[str, list[int]] = {}
-            for i, n in enumerate(self.names):
-                idx.setdefault(n, []).append(i)
-            self._index = idx
-        return self._index
+    def _build(self) -> dict[str, int]:
+        names = self.names
+        n = len(names)
+        first = dict(zip(reversed(names), range(n - 1, -1, -1), strict=True))
+        dups: dict[str, list[int]] = {}
+        if len(first) != n:
+            repeated = {k for k, c in Counter(names).items() if c > 1}
+            for i, name in enumerate(names):
+                if name in repeated:
+                    dups.setdefault(name, []).append(i)
+        self._first, self._dups = first, dups
+        return first
+
+    def positions(self, name: str) -> list[int]:
+        """Positions of every symbol called ``name``, in occurrence order."""
+        first = self._first if self._first is not None else self._build()
+        d = self._dups.get(name)
+        if d is not None:
+            return d
+        i = first.get(name)
+        return [] if i is None else [i]
+
+    def has_name(self, name: str) -> bool:
+        first = self._first if self._first is not None else self._build()
+        return name in first
 
     def matches(self, name: str) -> list[int]:
         """Addresses of every symbol called ``name``, in occurrence order."""
-        return [self.addrs[i] for i in self.index.get(name, ())]
+        return [self.addrs[i] for i in self.positions(name)]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -99,9 +146,11 @@ class KernelSymbols:
     def __init__(self) -> None:
         self.objects: dict[str, ObjectSymbols] = {}
         self.source_names: list[str] = []
+        self._export_info: bool | None = None
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
+        self._export_info = None
         o = self.objects.get(name)
         if o is None:
             o = self.objects[name] = ObjectSymbols(name)
@@ -111,8 +160,12 @@ class KernelSymbols:
         self.obj(objname).add(name, addr, typ, source)
 
     def merge(self, other: KernelSymbols) -> None:
+        self._export_info = None
         for oname, o in other.objects.items():
-            dst = self.obj(oname)
+            dst = self.objects.get(oname)
+            if dst is None or not dst.names:
+                self.objects[oname] = o
+                continue
             for n, a, t, s in zip(o.names, o.addrs, o.types, o.sources, strict=True):
                 dst.add(n, a, t, s)
         self.source_names.extend(other.source_names)
@@ -184,15 +237,17 @@ class KernelSymbols:
     # ------------------------------------------------------------- exports
     @property
     def has_export_info(self) -> bool:
-        return any(o.index and any(n.startswith(EXPORT_PREFIX) for n in o.index) for o in self.objects.values())
+        if self._export_info is None:
+            self._export_info = any(any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values())
+        return self._export_info
 
     def find_exported(self, name: str) -> Match | None:
         """``find_symbol``: an exported symbol of vmlinux or a loaded module."""
         for oname in [C.VMLINUX, *self.loaded_modules]:
             obj = self.objects.get(oname)
-            if obj is None or EXPORT_PREFIX + name not in obj.index:
+            if obj is None or not obj.has_name(EXPORT_PREFIX + name):
                 continue
-            idx = [i for i in obj.index.get(name, ()) if obj.types[i] not in ("U", "u")]
+            idx = [i for i in obj.positions(name) if obj.types[i] not in ("U", "u")]
             if not idx:
                 continue
             best = [i for i in idx if obj.types[i].isupper()] or idx
@@ -203,7 +258,7 @@ class KernelSymbols:
     def find_global(self, name: str) -> list[Match]:
         out = []
         for oname, obj in self.objects.items():
-            for i in obj.index.get(name, ()):
+            for i in obj.positions(name):
                 if obj.types[i].isupper() and obj.types[i] != "U":
                     out.append(Match(obj.addrs[i], oname, obj.sources[i]))
         return out
@@ -248,12 +303,47 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     ks.source_names.append(source)
     vmlinux = ks.obj(C.VMLINUX)
     nonzero = False
-    for addr, typ, name, mod in _iter_lines(text, source):
-        nonzero = nonzero or addr != 0
-        if mod is None:
-            vmlinux.add(name, addr, typ, source)
-        else:
-            ks.add(mod, name, addr, typ, source)
+    # fast path: split fields; the regex parser reports malformed lines
+    rows: dict[str | None, tuple[list[str], list[int], list[str]]] = {}
+    tokens = text.split() if "[" not in text else None
+    if tokens is not None and len(tokens) % 3 == 0 and all(len(t) == 1 for t in tokens[1::3]):
+        try:
+            addrs = [int(a, 16) for a in tokens[0::3]]
+        except ValueError:
+            addrs = None
+        if addrs is not None:
+            rows[None] = (tokens[2::3], addrs, tokens[1::3])
+            nonzero = any(addrs)
+            text = ""
+    try:
+        for line in text.splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            n = len(parts)
+            if n == 3:
+                mod = None
+            elif n == 4 and parts[3][0] == "[" and parts[3][-1] == "]":
+                mod = parts[3][1:-1]
+            else:
+                raise ValueError(line)
+            if len(parts[1]) != 1:
+                raise ValueError(line)
+            addr = int(parts[0], 16)
+            nonzero = nonzero or addr != 0
+            r = rows.get(mod)
+            if r is None:
+                r = rows[mod] = ([], [], [])
+            r[0].append(parts[2])
+            r[1].append(addr)
+            r[2].append(parts[1])
+    except ValueError:
+        for _ in _iter_lines(text, source):  # raises with the line number
+            pass
+        raise SymbolFileError(f"{source}: unreadable symbol text") from None
+    for mod, (names, addrs, types) in rows.items():
+        obj = vmlinux if mod is None else ks.obj(mod)
+        obj.extend(names, addrs, types, source)
     if not nonzero and any(len(o) for o in ks.objects.values()):
         raise SymbolFileError(
             f"{source}: every address is zero (kallsyms read without privilege? read it as root, "

@@ -253,10 +253,10 @@ def test_late_write_to_readonly_faults_without_hook(toy_pm) -> None:
     lm = loader.load(module([]), symbols(), BASE)
     text = [r for r in lm.image.regions if r.memtype == MemType.TEXT][0]
     with pytest.raises(MemoryAccessError, match=r"would fault: the module is LIVE"):
-        lm.image.commit([(text.address, b"\x01")], default_policy, "late")
+        lm.image.commit([(text.address, b"\x01", None)], default_policy, "late")
     assert lm.image.read(text.address, 1) == b"\x00"
     with pytest.raises(MemoryAccessError, match="outside the module image"):
-        lm.image.commit([(0x1000, b"\x01")], default_policy, "late")
+        lm.image.commit([(0x1000, b"\x01", None)], default_policy, "late")
 
 
 class RecordingBackend:
