@@ -69,6 +69,17 @@ class KernelTarget:
         return self.at_least(5, 8)
 
     @property
+    def relocates_percpu(self) -> bool:
+        """``apply_relocations`` relocates the ``.data..percpu`` section (in the
+        temporary image, copied to each CPU later).  Linux 6.1 skips it (its
+        ``SHF_ALLOC`` was cleared); the 6.17 tree applies it.  The release in
+        between that changed it is not confirmed, so only versions from 6.17 get
+        the new behaviour; ``options["relocate_percpu"]`` overrides."""
+        if "relocate_percpu" in self.options:
+            return bool(self.options["relocate_percpu"])
+        return self.at_least(6, 17)
+
+    @property
     def klp_vmlinux_symbol_check(self) -> bool:
         """Module-specific klp sections may not reference vmlinux symbols (5.8+)."""
         return self.at_least(5, 8)

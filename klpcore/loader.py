@@ -393,7 +393,7 @@ class LoadedModule:
             if s.info >= n:
                 continue
             target = mod.sections[s.info]
-            if not target.flags & C.SHF_ALLOC and s.info not in mod.extra_addresses:
+            if not target.flags & C.SHF_ALLOC and not (s.info in mod.extra_addresses and self.kernel.relocates_percpu):
                 continue
             rs = klp_by_index.get(s.index)
             if s.flags & C.SHF_RELA_LIVEPATCH or (rs is not None and rs.fmt == "rfc"):

@@ -391,3 +391,25 @@ def test_plugins_env_registers_module(monkeypatch) -> None:
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
     pm = get_plugin_manager()
     assert pm.get_plugin("toyarch") is not None
+
+
+def test_percpu_relocations_by_version(toy_pm) -> None:
+    """6.1 skips relocations into .data..percpu; the newest kernel applies them
+    to the percpu copy; symbols in it get the percpu base."""
+    obj = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16)),
+            Sec(".data..percpu", flags=DATA, data=bytes(16), align=8),
+        ],
+        symbols=[Sym("printk"), Sym("pcpu_var", ".data..percpu", 8, bind=C.STB_LOCAL, type=C.STT_OBJECT)],
+        relas=[Rela(".data..percpu", 0, T.ABS64, "printk", 0), Rela(".text", 0, T.ABS64, "pcpu_var", 0)],
+        modinfo={"name": "pcpu"},
+    ).build()
+    new = Loader(toy_pm, percpu_base=0xFFFFFFFFA0000000).load(obj, symbols(), BASE)
+    old = Loader(toy_pm, kernel=KernelTarget((6, 1)), percpu_base=0xFFFFFFFFA0000000).load(obj, symbols(), BASE)
+    idx = new.module.section_by_name(".data..percpu").index
+    tidx = new.module.section_by_name(".text").index
+    assert struct.unpack_from("<Q", new.section_bytes(idx), 0)[0] == 0xFFFFFFFF81000000
+    assert old.section_bytes(idx)[:8] == bytes(8)
+    for lm in (new, old):
+        assert struct.unpack_from("<Q", lm.section_bytes(tidx), 0)[0] == 0xFFFFFFFFA0000008

@@ -119,3 +119,69 @@ def test_load_detects_gzip_and_text(tmp_path) -> None:
     b.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SymbolFileError, match="neither an ELF file nor"):
         load_symbols(str(b))
+
+
+def test_module_ko_at_base(tmp_path, monkeypatch) -> None:
+    """A loaded module's .ko at an address: its symbols at klpcore's layout."""
+    from elfbuild import Obj, Sec, Sym
+
+    import klpcore.loader as L
+    from klpcore import constants as C
+
+    monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
+    monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
+    monkeypatch.setattr(L, "_PM_CACHE", [])
+    ko = Obj(
+        sections=[
+            Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(64), align=16),
+            Sec(".data", flags=C.SHF_ALLOC | C.SHF_WRITE, data=bytes(16), align=8),
+        ],
+        symbols=[
+            Sym("helper", ".text", 0x10, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("helper2", ".text", 0x20, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("api", ".text", 0x30, type=C.STT_FUNC),
+            Sym("counter", ".data", 8, type=C.STT_OBJECT),
+            Sym("undef"),
+        ],
+        modinfo={"name": "ext4"},
+    ).build()
+    p = tmp_path / "ext4.ko"
+    p.write_bytes(ko)
+    ks = load_symbols(f"{p}@0xffffffffc1000000")
+    assert list(ks.objects) == ["ext4"]
+    assert ks.find_object_symbol("ext4", "helper", 0) == 0xFFFFFFFFC1000010
+    assert ks.find_object_symbol("ext4", "api", 0) == 0xFFFFFFFFC1000030
+    assert ks.find_object_symbol("ext4", "counter", 0) == 0xFFFFFFFFC1001008  # data: next page
+    with pytest.raises(ResolutionError):
+        ks.find_object_symbol("ext4", "undef", 0)
+    named = load_symbols(f"{p}@0xffffffffc1000000:renamed")
+    assert list(named.objects) == ["renamed"]
+    with pytest.raises(SymbolFileError, match="give its load address"):
+        load_symbols(str(p))
+
+
+def test_vmlinux_elf(tmp_path) -> None:
+    import struct
+
+    from elfbuild import Obj, Sec, Sym
+
+    from klpcore import constants as C
+
+    data = bytearray(
+        Obj(
+            machine=62,
+            sections=[Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(16))],
+            symbols=[
+                Sym("printk", ".text", 0xFFFFFFFF81000000, type=C.STT_FUNC),
+                Sym("local_dup", ".text", 0xFFFFFFFF81000020, bind=C.STB_LOCAL),
+                Sym("local_dup", ".text", 0xFFFFFFFF81000010, bind=C.STB_LOCAL),
+            ],
+        ).build()
+    )
+    struct.pack_into("<H", data, 16, C.ET_EXEC)
+    p = tmp_path / "vmlinux"
+    p.write_bytes(bytes(data))
+    ks = load_symbols(str(p))
+    assert ks.find_object_symbol(None, "printk", 0) == 0xFFFFFFFF81000000
+    assert ks.find_object_symbol(None, "local_dup", 1) == 0xFFFFFFFF81000010  # address order
+    assert ks.objects["vmlinux"].types[ks.objects["vmlinux"].positions("printk")[0]] == "T"
