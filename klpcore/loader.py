@@ -48,6 +48,8 @@ from .symbols import KernelSymbols
 
 DEFAULT_BASE = 0xFFFFFFFFC0000000
 PERCPU_SECTION = ".data..percpu"
+#: Refuse images larger than this (the kernel's module area is 1 GiB on x86_64).
+MAX_IMAGE = 1 << 30
 #: Sections ``rewrite_section_headers`` keeps out of module memory.
 UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_ext_names")
 #: Sections ``module_mark_ro_after_init`` marks.
@@ -190,6 +192,19 @@ class Loader:
         mod.layout = layout_sections(mod.sections, base, style=self.kernel.layout_style, is_init=is_init)
 
     def _image(self, mod: LoadingModule) -> ModuleImage:
+        total = sum(r.alloc_size for r in mod.layout.regions.values())
+        total += sum(mod.sections[i].size for i in mod.extra_addresses)
+        if total > MAX_IMAGE:
+            biggest = max(mod.sections, key=lambda s: s.size if s.is_alloc else 0)
+            raise ElfFormatError(
+                Diagnostic(
+                    f"the module would need {total:#x} bytes of module memory (limit {MAX_IMAGE:#x}); "
+                    f"largest section {biggest.name} has sh_size {biggest.size:#x}",
+                    module=mod.name,
+                    section=biggest.name,
+                    kernel_message="module allocation fails (-ENOMEM)",
+                )
+            )
         regions = [Region(r.memtype, r.address, r.alloc_size) for r in mod.layout.regions.values() if r.alloc_size]
         extra = []
         for index, addr in mod.extra_addresses.items():

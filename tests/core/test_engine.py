@@ -413,3 +413,18 @@ def test_percpu_relocations_by_version(toy_pm) -> None:
     assert old.section_bytes(idx)[:8] == bytes(8)
     for lm in (new, old):
         assert struct.unpack_from("<Q", lm.section_bytes(tidx), 0)[0] == 0xFFFFFFFFA0000008
+
+
+def test_huge_nobits_section_refused(toy_loader) -> None:
+    obj = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16)),
+            Sec(".bss", type=C.SHT_NOBITS, flags=DATA, size=1 << 50, align=8),
+        ],
+        modinfo={"name": "huge"},
+    ).build()
+    with pytest.raises(
+        Exception,
+        match=r"would need 0x4000000001000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
+    ):
+        toy_loader.load(obj, symbols(), BASE)
