@@ -149,7 +149,7 @@ def test_unknown_type_refused(loader) -> None:
 
 
 # ---------------------------------------------------------------- livepatch
-def klp_variant(fmt: str):
+def klp_variant(fmt: str, style: str = "kpatch"):
     """mod_basic with its calls to `helper_*`-style externals turned into klp symbols."""
     from klpcore import ElfModule
 
@@ -161,18 +161,18 @@ def klp_variant(fmt: str):
         if i and int(m.symbols["st_shndx"][i]) == 0 and n and not n.startswith("__")
     ]
     chosen = undefined[:3]
-    return data, klpify(data, {n: KlpSym("vmlinux") for n in chosen}, fmt=fmt), chosen
+    return data, klpify(data, {n: KlpSym("vmlinux") for n in chosen}, fmt=fmt, style=style), chosen
 
 
-@pytest.mark.parametrize("fmt", ["final", "rfc"])
-def test_livepatch_module_equals_ordinary_link(loader, fmt) -> None:
+@pytest.mark.parametrize(("fmt", "style"), [("final", "kpatch"), ("final", "objtool"), ("rfc", "kpatch")])
+def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
     """A klp module made from mod_basic.o writes the bytes ld wrote for the ordinary object.
 
     The converted object resolves the chosen symbols as livepatch symbols (by
     name and position in vmlinux) instead of exports; the written bytes must be
     the same as GNU ld's for the original.
     """
-    orig, klp, chosen = klp_variant(fmt)
+    orig, klp, chosen = klp_variant(fmt, style)
     assert chosen
     exp = expected("mod_basic", "default")
     lm = loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
