@@ -66,6 +66,13 @@ from elftools.elf.relocation import RelocationSection
 #              types not listed are assumed to touch `default_width` bytes
 #   generated  sections ld itself creates (GOT, PLT, stubs...), placed in a
 #              scratch area above the module so they cannot overlap it
+#   not_oracle  optional function(elf) -> (rela patches, excluded ranges):
+#              relocations ld handles unlike the kernel (ppc64 calls to
+#              undefined symbols: the kernel's stub + ld r2 restore) are made
+#              R_*_NONE in the linked copy, and the bytes they write are
+#              excluded from the comparison (counted as "excluded")
+#   kernel_sections  NOBITS sections the kernel's arch code fills (ppc64
+#              .stubs); the placed file may have them as PROGBITS; not compared
 #   linker_symbols  undefined names left for ld to define (not looked up in
 #              the symbol file; the kernel treats them specially too, see the
 #              arch specs: s390 makes _GLOBAL_OFFSET_TABLE_ absolute 0, ppc64
@@ -106,7 +113,9 @@ ARCHES = {
         default_width=4,
         linker_symbols={".TOC."},
         generated=[".got", ".plt", ".iplt", ".branch_lt", ".iglink", ".glink"],
-        widths={0: 0, 38: 8, 44: 8, 1: 4, 26: 4},
+        widths={0: 0, 38: 8, 44: 8, 1: 4, 26: 4, 47: 2, 48: 2, 50: 2, 63: 2, 64: 2, 250: 2, 252: 2, 51: 8, 118: 8},
+        not_oracle="ppc64_external_calls",
+        kernel_sections={".stubs"},
     ),
     "s390x": dict(
         ld="s390x-linux-gnu-ld",
@@ -243,6 +252,49 @@ def fake_place(elf: ELFFile, base: int) -> dict[int, int]:
         out[i] = addr
         addr += h.sh_size
     return out
+
+
+def ppc64_external_calls(data: bytes, elf: ELFFile) -> tuple[list[tuple[int, int]], dict[int, list[tuple[int, int]]]]:
+    """ppc64: R_PPC64_REL24 (10) against undefined symbols.  The kernel sends
+    them through its own stub and rewrites the nop after a ``bl``; ld branches
+    directly or through its own stubs.  Returns (file offsets of the r_info
+    fields to turn into R_PPC64_NONE, target section -> excluded byte ranges:
+    the branch, and the next word when the branch sets LK)."""
+    patches: list[tuple[int, int]] = []
+    excluded: dict[int, list[tuple[int, int]]] = {}
+    endian = "<" if elf.little_endian else ">"
+    for sec in elf.iter_sections():
+        if not isinstance(sec, RelocationSection) or not sec.is_RELA():
+            continue
+        target = sec.header.sh_info
+        symtab = elf.get_section(sec.header.sh_link)
+        tdata = elf.get_section(target).data() if elf.get_section(target).header.sh_type != "SHT_NOBITS" else b""
+        for k, r in enumerate(sec.iter_relocations()):
+            if r["r_info_type"] != 10:
+                continue
+            sym = symtab.get_symbol(r["r_info_sym"])
+            if sym["st_shndx"] != "SHN_UNDEF":
+                continue
+            off = r["r_offset"]
+            info_at = sec.header.sh_offset + k * sec.header.sh_entsize + 8
+            patches.append((info_at, r["r_info"] & ~0xFFFFFFFF))
+            end = off + 4
+            if off + 4 <= len(tdata):
+                insn = struct.unpack_from(endian + "I", tdata, off)[0]
+                if insn & 3 == 1:  # bl: the kernel rewrites the following nop
+                    end = off + 8
+            excluded.setdefault(target, []).append((off, end))
+    return patches, excluded
+
+
+NOT_ORACLE = {"ppc64_external_calls": ppc64_external_calls}
+
+
+def apply_rela_patches(data: bytes, patches: list[tuple[int, int]], little: bool) -> bytes:
+    buf = bytearray(data)
+    for at, value in patches:
+        struct.pack_into("<Q" if little else ">Q", buf, at, value)
+    return bytes(buf)
 
 
 # --------------------------------------------------------------------------
@@ -578,6 +630,11 @@ def run(args) -> Result:
             compare[i] = loaded
             if loaded and ph.sh_type != "SHT_NOBITS":
                 placed_bytes[i] = psecs[i].data()
+            if sections[i].name in arch.get("kernel_sections", ()):
+                compare[i] = False
+                placed_bytes.pop(i, None)
+                notes.append(f"section [{i}] {sections[i].name} is filled by the kernel's arch code; not compared")
+                continue
             if sections[i].header.sh_type == "SHT_NOBITS" and ph.sh_type != "SHT_NOBITS":
                 structural.append(
                     f"section [{i}] {sections[i].name} is NOBITS in the object but {ph.sh_type} in the placed file"
@@ -601,6 +658,15 @@ def run(args) -> Result:
             spare += sections[i].header.sh_size + 0x1000
             compare[i] = False
 
+    rela_patches: list[tuple[int, int]] = []
+    excluded_ranges: dict[int, list[tuple[int, int]]] = {}
+    if arch.get("not_oracle"):
+        rela_patches, excluded_ranges = NOT_ORACLE[arch["not_oracle"]](orig_data, orig)
+        if rela_patches:
+            notes.append(
+                f"{len(rela_patches)} relocations ld handles unlike the kernel were made R_*_NONE for ld; "
+                "the bytes they write are excluded from the comparison"
+            )
     script, outname, script_notes = build_script(orig, arch, placement, compare, symbols)
     notes += script_notes
 
@@ -609,7 +675,10 @@ def run(args) -> Result:
     os.makedirs(work, exist_ok=True)
     try:
         with open(os.path.join(work, "object.o"), "wb") as f:
-            f.write(patch_object(orig_data, orig, rename=True, clear_merge=True))
+            linked_data = orig_data
+            if excluded_ranges or rela_patches:
+                linked_data = apply_rela_patches(orig_data, rela_patches, orig.little_endian)
+            f.write(patch_object(linked_data, orig, rename=True, clear_merge=True))
         with open(os.path.join(work, "link.ld"), "w") as f:
             f.write(script)
         linked = os.path.join(work, "linked.elf")
@@ -738,6 +807,12 @@ def run(args) -> Result:
                     res.ok = False
                     continue
                 ranges = diff_ranges(ld_bytes, mine)
+                excl = excluded_ranges.get(i, [])
+                if excl:
+                    entry["excluded"] = len(excl)
+                    ranges = [
+                        (a, b) for a, b in ranges if not all(any(x <= k < y for x, y in excl) for k in range(a, b))
+                    ]
                 if not ranges:
                     entry["status"] = "identical"
                     continue

@@ -1,0 +1,724 @@
+"""klpcore plugin for ppc64le (ELFv2): arch/powerpc/kernel/module_64.c in user space.
+
+What the kernel does, and what this plugin reproduces:
+
+* **Identification.**  ``EM_PPC64`` (21), ELFCLASS64, little-endian.  An ELFv2
+  kernel accepts only ``(e_flags & 3) == 2``; anything else is refused by the
+  generic loader with ``"Invalid module architecture in ELF header: %u"``
+  (``%u`` = ``e_machine``).
+* **module_frob_arch_sections.**  ``.stubs`` is required (``"%s: doesn't contain
+  .stubs."``); ``.toc`` gets ``sh_addralign`` >= 8; ``dedotify`` drops the
+  leading ``.`` of undefined symbol names and makes ``.TOC.`` an ``SHN_ABS``
+  symbol named ``TOC.``; every ``SHT_RELA`` section (``.klp.rela.*``
+  included) is sorted in place, descending by ``r_info`` then by signed
+  ``r_addend``; ``.stubs`` is sized ``(1 + count_relocs(REL24) per section +
+  DYNAMIC_FTRACE + DYNAMIC_FTRACE_WITH_REGS) * 40``.  The kernel sorts with
+  ``lib/sort.c``'s heap sort, which is *not* stable; klpcore uses a stable sort,
+  so only the order of entries with equal keys (same ``r_info`` and addend,
+  different ``r_offset``) can differ, and applying them is order-independent.
+* **TOC base.**  ``my_r2 = (sh_addr(.toc) & ~0xff) + 0x8000`` (``.stubs`` when
+  there is no ``.toc``).  On the first ``apply_relocate_add`` the ``TOC.``
+  symbol gets the value ``my_r2`` (``toc_fixed``).
+* **apply_relocate_add.**  ADDR32, ADDR64, TOC, TOC16, TOC16_LO, TOC16_HA,
+  TOC16_DS, TOC16_LO_DS, REL24, REL32, REL64, TOCSAVE (ignored), ENTRY,
+  REL16_HA, REL16_LO.  Everything else (``R_PPC64_NONE`` included, and the
+  PCREL-only REL24_NOTOC/PCREL34/GOT_PCREL34 on non-PCREL kernels) is
+  ``"%s: Unknown ADD relocation: %lu"``.
+* **REL24.**  A call to an ``SHN_UNDEF`` or ``SHN_LIVEPATCH`` symbol goes
+  through a 40-byte stub (``stub_for_addr``: first slot with the same target,
+  else the first empty one) and the ``nop`` after a ``bl`` becomes ``ld
+  r2,24(r1)``.  Linux 6.3+ accepts an ``ld r2,24(r1)`` already there (re-applied
+  livepatch relocations); 6.1 refuses it like any non-nop.  Module-local
+  calls go to the local entry point (``st_other`` bits 7:5).  Calls to the
+  mprofile-kernel ftrace entry points (``_mcount``, ``ftrace_caller``,
+  ``ftrace_regs_caller``) get the ftrace stub, which uses the kernel TOC
+  from the paca: its address and the paca offset are kernel-build facts that
+  klpcore takes from ``KernelTarget.options`` (``kernel_toc``,
+  ``paca_kernel_toc_offset``, ``ftrace_caller``, ``ftrace_regs_caller``).
+* **ENTRY** rewrites ``ld r2,-8(r12)`` / ``add r2,r2,r12`` into ``addis
+  r2,r12,HA`` / ``addi r2,r2,LO`` when ``my_r2 - P`` fits (plain stores).
+* **Writes.**  Since Linux 5.16 stubs, the ``ld r2`` restore and REL24
+  fields are written with ``patch_instruction`` (and so reach read-only
+  module text late, for livepatch); all other types are plain stores, which
+  fault on read-only memory once the module is formed.
+* **Layout.**  ``module_init_section`` always returns false on ppc64 (5.18+);
+  before 5.18 the arch renamed ``.init`` in section names to ``_init``, with
+  the same effect on layout: init sections live in core memory.
+* ppc64 has no ``clear_relocate_add``.
+
+Kernel messages are rendered with the module name as the kernel's ``%s``;
+the printk prefix (``pr_fmt`` = ``KBUILD_MODNAME ": "``) is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from klpcore import constants as C
+from klpcore import hookimpl
+from klpcore.arch import ABS, PREL, ArchSpec, Array, Entry, RelocType, any_of, misaligned, signed
+from klpcore.constants import ModuleState
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, apply_section
+from klpcore.errors import Diagnostic, ElfFormatError
+from klpcore.kernel import KernelTarget
+from klpcore.loader import LoadingModule
+from klpcore.memory import ModuleImage, Perm, Region
+
+EM_PPC64 = 21
+#: (e_machine, class, byte order, e_flags) this plugin answers to.
+ARCHES = [(EM_PPC64, 2, "little", 2)]
+
+U64 = np.uint64
+MASK64 = (1 << 64) - 1
+
+# --------------------------------------------------------------- constants
+STUB_SIZE = 40  # sizeof(struct ppc64_stub_entry) on ELFv2
+STUB_MAGIC = 0x73747562
+MAGIC_OFFSET = 28
+FUNCDATA_OFFSET = 32
+INSN_NOP = 0x60000000
+INSN_LD_TOC = 0xE8410018  # ld r2,24(r1)
+LI_MASK = 0x03FFFFFC
+#: ELFv2 call stub: addis r11,r2,HA / addi r11,r11,LO / std r2,24(r1) /
+#: ld r12,32(r11) / mtctr r12 / bctr
+STUB_INSNS = (0x3D620000, 0x396B0000, 0xF8410018, 0xE98B0020, 0x7D8903A6, 0x4E800420)
+#: mprofile-kernel ftrace stub: ld r12,PACATOC(r13) / addis r12,r12,HA /
+#: addi r12,r12,LO / mtctr r12 / bctr
+FTRACE_STUB_INSNS = (0xE98D0000, 0x3D8C0000, 0x398C0000, 0x7D8903A6, 0x4E800420)
+FTRACE_NAMES = ("_mcount", "ftrace_caller", "ftrace_regs_caller")
+ENTRY_LD = 0xE84C0000  # ld r2,0(r12)
+ENTRY_ADD = 0x7C426214  # add r2,r2,r12
+ENTRY_ADDIS = 0x3C4C0000  # addis r2,r12,0
+ENTRY_ADDI = 0x38420000  # addi r2,r2,0
+
+R_PPC64_ADDR32 = 1
+R_PPC64_REL24 = 10
+R_PPC64_REL32 = 26
+R_PPC64_ADDR64 = 38
+R_PPC64_REL64 = 44
+R_PPC64_TOC16 = 47
+R_PPC64_TOC16_LO = 48
+R_PPC64_TOC16_HA = 50
+R_PPC64_TOC = 51
+R_PPC64_TOC16_DS = 63
+R_PPC64_TOC16_LO_DS = 64
+R_PPC64_TOCSAVE = 109
+R_PPC64_ENTRY = 118
+R_PPC64_REL16_LO = 250
+R_PPC64_REL16_HA = 252
+
+#: Options in ``KernelTarget.options`` this plugin reads, with defaults.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "dynamic_ftrace": True,  # CONFIG_DYNAMIC_FTRACE (Debian: y)
+    "dynamic_ftrace_with_regs": True,  # CONFIG_DYNAMIC_FTRACE_WITH_REGS (Debian: y)
+    "mprofile_kernel": True,  # CONFIG_MPROFILE_KERNEL (Debian: y)
+    # offsetof(struct paca_struct, kernel_toc) (pseries build; believed 16, not verified against a Debian build)
+    "paca_kernel_toc_offset": 16,
+    "kernel_toc": None,  # kernel_toc_addr() (vmlinux's .TOC.), needed for ftrace stubs
+    "ftrace_caller": None,  # addresses module_finalize makes stubs for (None: not reproduced)
+    "ftrace_regs_caller": None,
+}
+
+#: Numbers the kernel does not handle, named for error messages.
+OTHER_TYPES = {
+    0: "R_PPC64_NONE",
+    2: "R_PPC64_ADDR24",
+    3: "R_PPC64_ADDR16",
+    4: "R_PPC64_ADDR16_LO",
+    5: "R_PPC64_ADDR16_HI",
+    6: "R_PPC64_ADDR16_HA",
+    7: "R_PPC64_ADDR14",
+    11: "R_PPC64_REL14",
+    14: "R_PPC64_GOT16",
+    18: "R_PPC64_PLTREL24",
+    20: "R_PPC64_GLOB_DAT",
+    21: "R_PPC64_JMP_SLOT",
+    22: "R_PPC64_RELATIVE",
+    24: "R_PPC64_UADDR32",
+    25: "R_PPC64_UADDR16",
+    37: "R_PPC64_ADDR30",
+    39: "R_PPC64_ADDR16_HIGHER",
+    40: "R_PPC64_ADDR16_HIGHERA",
+    41: "R_PPC64_ADDR16_HIGHEST",
+    42: "R_PPC64_ADDR16_HIGHESTA",
+    43: "R_PPC64_UADDR64",
+    49: "R_PPC64_TOC16_HI",
+    56: "R_PPC64_ADDR16_DS",
+    57: "R_PPC64_ADDR16_LO_DS",
+    58: "R_PPC64_GOT16_DS",
+    59: "R_PPC64_GOT16_LO_DS",
+    116: "R_PPC64_REL24_NOTOC",
+    123: "R_PPC64_PCREL_OPT",
+    132: "R_PPC64_PCREL34",
+    133: "R_PPC64_GOT_PCREL34",
+    249: "R_PPC64_REL16",
+    251: "R_PPC64_REL16_HI",
+}
+
+
+def option(kernel: KernelTarget, name: str) -> Any:
+    """``kernel.options[name]``, or this plugin's default."""
+    return kernel.options.get(name, DEFAULT_OPTIONS[name])
+
+
+# ------------------------------------------------------------- small helpers
+def ha16(v: int) -> int:
+    """``PPC_HA``: the high half, adjusted for the sign of the low half."""
+    return ((v + 0x8000) >> 16) & 0xFFFF
+
+
+def lo16(v: int) -> int:
+    return v & 0xFFFF
+
+
+def s64(v: int) -> int:
+    v &= MASK64
+    return v - (1 << 64) if v >> 63 else v
+
+
+def local_entry_offset(st_other: int) -> int:
+    """ELFv2 local entry point offset from ``st_other`` bits 7:5."""
+    return ((1 << ((st_other & 0xE0) >> 5)) >> 2) << 2
+
+
+def stub_words(stub: int, r2: int) -> list[int]:
+    """The six instruction words of an ELFv2 call stub at ``stub`` for TOC pointer ``r2``."""
+    reladdr = s64(stub - r2)
+    return [STUB_INSNS[0] | ha16(reladdr), STUB_INSNS[1] | lo16(reladdr), *STUB_INSNS[2:]]
+
+
+def entry_words(p: int, r2: int) -> tuple[int, int]:
+    """ENTRY's replacement for the global-entry pair at ``p``."""
+    v = (r2 - p) & MASK64
+    return ENTRY_ADDIS | ha16(v), ENTRY_ADDI | lo16(v)
+
+
+def branch_insn(old: int, p: int, target: int) -> int:
+    """``old`` (a b/bl) with its LI field pointing from ``p`` to ``target``."""
+    return (old & ~LI_MASK & 0xFFFFFFFF) | ((target - p) & LI_MASK)
+
+
+def toc_section(module: LoadingModule) -> int:
+    return int(module.arch_state["toc"])
+
+
+def my_r2(ctx: ApplyContext) -> int:
+    """The module's TOC pointer: ``(sh_addr(.toc) & ~0xff) + 0x8000``."""
+    addr = ctx.section_address(toc_section(ctx.module)) or 0
+    return ((addr & ~0xFF) + 0x8000) & MASK64
+
+
+def _patch(ctx: ApplyContext) -> str | None:
+    """The hint for writes the kernel does with ``patch_instruction`` (5.16+)."""
+    return "patch_instruction" if ctx.kernel.at_least(5, 16) else None
+
+
+def describe_address(ctx: ApplyContext, address: int) -> str:
+    """``%pS`` as the kernel prints it: ``func+0xoff/0xsize [module]``."""
+    elf = ctx.module.elf
+    syms = elf.symbols
+    best: tuple[int, int, str] | None = None
+    for i in range(1, elf.nsyms):
+        shndx = int(syms["st_shndx"][i])
+        if int(syms["st_info"][i]) & 0xF != C.STT_FUNC or not 0 < shndx < C.SHN_LORESERVE:
+            continue
+        base = ctx.section_address(shndx)
+        if base is None:
+            continue
+        start = base + int(syms["st_value"][i])
+        size = int(syms["st_size"][i])
+        if start <= address < start + max(size, 1) and (best is None or start > best[0]):
+            best = (start, size, elf.symbol_names[i])
+    if best is None:
+        return f"{address:#x}"
+    return f"{best[2]}+{address - best[0]:#x}/{best[1]:#x} [{ctx.module.name}]"
+
+
+# --------------------------------------------------------------- computes
+def _toc_rel(S: Array, A: Array, P: Array, ctx: Any) -> Array:
+    """S + A - my_r2"""
+    return S + A.view(U64) - U64(my_r2(ctx))
+
+
+def _toc(S: Array, A: Array, P: Array, ctx: Any) -> Array:
+    """my_r2 (S and A ignored)"""
+    return np.full(S.shape, my_r2(ctx), dtype=np.uint64)
+
+
+def _ha_encode(values: Array, old: Array, ctx: Any) -> Array:
+    return ((values + U64(0x8000)) >> U64(16)) & U64(0xFFFF)
+
+
+def _lo_encode(values: Array, old: Array, ctx: Any) -> Array:
+    return values & U64(0xFFFF)
+
+
+def _ds_encode(values: Array, old: Array, ctx: Any) -> Array:
+    return (old & U64(3)) | (values & U64(0xFFFC))
+
+
+def _fits_neither_32(values: Array, ctx: Any) -> Array:
+    v = values.view(np.int64)
+    return (v < -(1 << 31)) | (v > 0xFFFFFFFF)
+
+
+# --------------------------------------------------------------- stubs
+def _stub_area(ctx: ApplyContext) -> tuple[int, int]:
+    idx = int(ctx.module.arch_state["stubs"])
+    base = ctx.section_address(idx)
+    if base is None:
+        raise RelocFailure(".stubs is not placed in module memory")
+    return base, ctx.module.sections[idx].size // STUB_SIZE
+
+
+def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
+    """``stub_for_addr``: the stub jumping to ``addr`` (created if needed)."""
+    base, num = _stub_area(ctx)
+    i = 0
+    while True:
+        if i >= num:
+            # The kernel reads the slot past the end, WARN_ON(i >= num_stubs) and -ENOENT.
+            raise RelocFailure(
+                f"no free call stub: all {num} slots of .stubs are used (the kernel warns in stub_for_addr "
+                "and refuses the relocation with -ENOENT)",
+            )
+        slot = base + i * STUB_SIZE
+        funcdata = ctx.read_uint(slot + FUNCDATA_OFFSET, 8)
+        if funcdata == 0:
+            break
+        if funcdata == addr:
+            return slot
+        i += 1
+    if option(ctx.kernel, "mprofile_kernel") and name in _ftrace_names(ctx.kernel):
+        create_ftrace_stub(ctx, slot, addr, name)
+    else:
+        create_stub(ctx, slot, addr)
+    return slot
+
+
+def _ftrace_names(kernel: KernelTarget) -> tuple[str, ...]:
+    names = ["_mcount"]
+    if option(kernel, "dynamic_ftrace"):
+        names.append("ftrace_caller")
+        if option(kernel, "dynamic_ftrace_with_regs"):
+            names.append("ftrace_regs_caller")
+    return tuple(names)
+
+
+def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int) -> None:
+    hint = _patch(ctx)
+    # funcdata as two 32-bit halves, then the magic (patch_instruction in 6.1, patch_u32 later: same bytes)
+    ctx.write_uint(slot + FUNCDATA_OFFSET, 4, addr & 0xFFFFFFFF, hint=hint)
+    ctx.write_uint(slot + FUNCDATA_OFFSET + 4, 4, addr >> 32, hint=hint)
+    ctx.write_uint(slot + MAGIC_OFFSET, 4, STUB_MAGIC, hint=hint)
+
+
+def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
+    """The ELFv2 call stub: TOC-relative address of the stub, target in funcdata."""
+    hint = _patch(ctx)
+    for k, word in enumerate(STUB_INSNS):
+        ctx.write_uint(slot + 4 * k, 4, word, insn=True, hint=hint)
+    r2 = my_r2(ctx)
+    reladdr = s64(slot - r2)
+    if not -(1 << 31) <= reladdr <= (1 << 31) - 1:
+        raise RelocFailure(
+            f"call stub at {slot:#x} is {reladdr:#x} from the TOC pointer {r2:#x}: outside the signed 32-bit "
+            "reach of addis/addi",
+            f"{ctx.module.name}: Address {slot:016x} of stub out of range of {r2:016x}.",
+        )
+    words = stub_words(slot, r2)
+    ctx.write_uint(slot, 4, words[0], insn=True, hint=hint)
+    ctx.write_uint(slot + 4, 4, words[1], insn=True, hint=hint)
+    _write_stub_tail(ctx, slot, addr)
+
+
+def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> None:
+    """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to the kernel TOC."""
+    ktoc = option(ctx.kernel, "kernel_toc")
+    if ktoc is None:
+        raise RelocFailure(
+            f"the call to {name} needs the kernel's ftrace stub, which is relative to the kernel TOC "
+            "(kernel_toc_addr()); give it as KernelTarget(options={'kernel_toc': <vmlinux .TOC.>})"
+        )
+    hint = _patch(ctx)
+    first = FTRACE_STUB_INSNS[0] | (int(option(ctx.kernel, "paca_kernel_toc_offset")) & 0xFFFC)
+    words = (first, *FTRACE_STUB_INSNS[1:])
+    for k, word in enumerate(words):
+        ctx.write_uint(slot + 4 * k, 4, word, insn=True, hint=hint)
+    reladdr = s64(addr - int(ktoc))
+    if not -(1 << 31) <= reladdr <= (1 << 31) - 1:
+        raise RelocFailure(
+            f"{name} at {addr:#x} is out of the signed 32-bit reach of the kernel TOC {int(ktoc):#x}",
+            f"{ctx.module.name}: Address of {name} out of range of kernel_toc.",
+        )
+    ctx.write_uint(slot + 4, 4, words[1] | ha16(reladdr), insn=True, hint=hint)
+    ctx.write_uint(slot + 8, 4, words[2] | lo16(reladdr), insn=True, hint=hint)
+    _write_stub_tail(ctx, slot, addr)
+
+
+def is_relative_link_branch(insn: int) -> bool:
+    """I-form (18) or B-form (16) branch, AA clear, LK set."""
+    opcode = insn >> 26
+    return opcode in (16, 18) and insn & 3 == 1
+
+
+def restore_r2(ctx: SectionContext, e: Entry) -> None:
+    """After a call through a stub the caller's r2 comes back: nop -> ld r2,24(r1)."""
+    if option(ctx.kernel, "mprofile_kernel") and e.symbol_name in _ftrace_names(ctx.kernel):
+        return
+    if not is_relative_link_branch(ctx.read_uint(e.P, 4, insn=True)):
+        return  # sibling call (b): nothing to restore
+    after = e.P + 4
+    insn = ctx.read_uint(after, 4, insn=True)
+    if insn == INSN_LD_TOC and ctx.kernel.at_least(6, 3):
+        return  # already restored: a livepatch relocation applied again (6.3+)
+    if insn != INSN_NOP:
+        raise RelocFailure(
+            f"the call through a stub must be followed by a nop (to become ld r2,24(r1)), found {insn:08x}"
+            + (" (an already rewritten ld r2,24(r1) is accepted only since Linux 6.3)" if insn == INSN_LD_TOC else ""),
+            f"{ctx.module.name}: Expected nop after call, got {insn:08x} at {describe_address(ctx, after)}",
+        )
+    ctx.write_uint(after, 4, INSN_LD_TOC, insn=True, hint=_patch(ctx))
+
+
+def rel24(ctx: SectionContext, entry: Entry) -> None:
+    """R_PPC64_REL24: a stub for external/livepatch targets, else the local entry point."""
+    e = entry
+    value = (e.S + e.addend) & MASK64
+    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH):
+        value = stub_for_addr(ctx, value, e.symbol_name)
+        restore_r2(ctx, e)
+    else:
+        value = (value + local_entry_offset(e.st_other)) & MASK64
+    d = (value - e.P) & MASK64
+    if ((d + 0x2000000) & MASK64) > 0x3FFFFFF or d & 3:
+        raise RelocFailure(
+            f"branch displacement {s64(d):#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
+            f"{ctx.module.name}: REL24 {s64(d)} out of range!",
+        )
+    old = ctx.read_uint(e.P, 4, insn=True)
+    ctx.write_uint(e.P, 4, (old & ~LI_MASK & 0xFFFFFFFF) | (d & LI_MASK), insn=True, hint=_patch(ctx))
+
+
+def entry_reloc(ctx: SectionContext, entry: Entry) -> None:
+    """R_PPC64_ENTRY: turn the large-model global entry into addis/addi when my_r2 - P fits."""
+    e = entry
+    v = (my_r2(ctx) - e.P) & MASK64
+    if ((v + 0x80008000) & MASK64) > 0xFFFFFFFF:
+        return
+    w0 = ctx.read_uint(e.P, 4, insn=True)
+    w1 = ctx.read_uint(e.P + 4, 4, insn=True)
+    if (w0 & ~0xFFFC & 0xFFFFFFFF) != ENTRY_LD or w1 != ENTRY_ADD:
+        return
+    w0, w1 = entry_words(e.P, my_r2(ctx))
+    ctx.write_uint(e.P, 4, w0, insn=True, hint="store")
+    ctx.write_uint(e.P + 4, 4, w1, insn=True, hint="store")
+
+
+# ------------------------------------------------------------ type table
+def reloc_types(kernel: KernelTarget) -> list[RelocType]:
+    """The ppc64 (ELFv2, non-PCREL) type table."""
+    m = "{module}"
+    return [
+        RelocType(
+            R_PPC64_ADDR32,
+            "R_PPC64_ADDR32",
+            4,
+            "S + A",
+            ABS,
+            truncates=_fits_neither_32,
+            range_doc="none (low 32 bits stored)",
+        ),
+        RelocType(R_PPC64_ADDR64, "R_PPC64_ADDR64", 8, "S + A", ABS, range_doc="none"),
+        RelocType(R_PPC64_TOC, "R_PPC64_TOC", 8, "my_r2", _toc, range_doc="none"),
+        RelocType(
+            R_PPC64_TOC16,
+            "R_PPC64_TOC16",
+            2,
+            "S + A - my_r2",
+            _toc_rel,
+            check=signed(16),
+            error="TOC offset {value:#x} does not fit a signed 16-bit field",
+            kernel_error=m + ": bad TOC16 relocation (0x{value:x})",
+            encode=_lo_encode,
+            range_doc="-0x8000 <= S + A - my_r2 <= 0x7fff",
+        ),
+        RelocType(
+            R_PPC64_TOC16_LO, "R_PPC64_TOC16_LO", 2, "lo(S + A - my_r2)", _toc_rel, encode=_lo_encode, range_doc="none"
+        ),
+        RelocType(
+            R_PPC64_TOC16_HA, "R_PPC64_TOC16_HA", 2, "ha(S + A - my_r2)", _toc_rel, encode=_ha_encode, range_doc="none"
+        ),
+        RelocType(
+            R_PPC64_TOC16_DS,
+            "R_PPC64_TOC16_DS",
+            2,
+            "S + A - my_r2 (DS field)",
+            _toc_rel,
+            check=any_of(misaligned(4), signed(16)),
+            error="TOC offset {value:#x} is not a multiple of 4 in [-0x8000, 0x7fff]",
+            kernel_error=m + ": bad TOC16_DS relocation (0x{value:x})",
+            encode=_ds_encode,
+            range_doc="multiple of 4, -0x8000 <= S + A - my_r2 <= 0x7fff",
+        ),
+        RelocType(
+            R_PPC64_TOC16_LO_DS,
+            "R_PPC64_TOC16_LO_DS",
+            2,
+            "lo(S + A - my_r2) (DS field)",
+            _toc_rel,
+            check=misaligned(4),
+            error="TOC offset {value:#x} is not a multiple of 4",
+            kernel_error=m + ": bad TOC16_LO_DS relocation (0x{value:x})",
+            encode=_ds_encode,
+            range_doc="S + A - my_r2 multiple of 4",
+        ),
+        RelocType(
+            R_PPC64_REL24,
+            "R_PPC64_REL24",
+            4,
+            "stub or local entry - P",
+            handler=rel24,
+            insn=True,
+            range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
+        ),
+        RelocType(
+            R_PPC64_REL32,
+            "R_PPC64_REL32",
+            4,
+            "S + A - P",
+            PREL,
+            check=signed(32),
+            error="value {value:#x} does not fit a signed 32-bit field",
+            kernel_error=m + ": REL32 {svalue} out of range!",
+            range_doc="-2**31 <= S + A - P < 2**31",
+        ),
+        RelocType(R_PPC64_REL64, "R_PPC64_REL64", 8, "S + A - P", PREL, range_doc="none"),
+        RelocType(R_PPC64_TOCSAVE, "R_PPC64_TOCSAVE", 0, "none"),
+        RelocType(
+            R_PPC64_ENTRY,
+            "R_PPC64_ENTRY",
+            8,
+            "addis/addi r2,r12,my_r2 - P",
+            handler=entry_reloc,
+            insn=True,
+            range_doc="rewritten only if -0x80008000 <= my_r2 - P <= 0x7fff7fff",
+        ),
+        RelocType(R_PPC64_REL16_LO, "R_PPC64_REL16_LO", 2, "lo(S + A - P)", PREL, encode=_lo_encode, range_doc="none"),
+        RelocType(R_PPC64_REL16_HA, "R_PPC64_REL16_HA", 2, "ha(S + A - P)", PREL, encode=_ha_encode, range_doc="none"),
+    ]
+
+
+def insn_target(insn: Any) -> int | None:
+    """Where a decoded ``b``/``bl``/``bc`` (relative or absolute) goes."""
+    raw = bytes(insn.bytes)
+    if len(raw) != 4:
+        return None
+    word = int.from_bytes(raw, "little")
+    opcode = word >> 26
+    if opcode == 18:
+        disp = word & LI_MASK
+        if disp & 0x02000000:
+            disp -= 0x04000000
+    elif opcode == 16:
+        disp = word & 0xFFFC
+        if disp & 0x8000:
+            disp -= 0x10000
+    else:
+        return None
+    if word & 2:  # AA: absolute
+        return disp & MASK64
+    return (int(insn.address) + disp) & MASK64
+
+
+# ------------------------------------------------------------------ hooks
+@hookimpl
+def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    if machine != EM_PPC64 or elfclass != 2 or byteorder != "little":
+        return None
+    if e_flags & 3 != 2:
+        raise ElfFormatError(
+            Diagnostic(
+                f"ELF ABI version {e_flags & 3} in e_flags: a ppc64le (ELFv2) kernel loads only ELFv2 modules "
+                "((e_flags & 3) == 2)",
+                kernel_message=f"Invalid module architecture in ELF header: {machine}",
+            )
+        )
+    return ArchSpec(
+        name="ppc64le",
+        machine=EM_PPC64,
+        byteorder="little",
+        description="ppc64le ELFv2 (arch/powerpc/kernel/module_64.c)",
+        unknown_type_error="{module}: Unknown ADD relocation: {number}",
+        capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
+        insn_target=insn_target,
+        type_names=OTHER_TYPES,
+    )
+
+
+@hookimpl
+def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
+    return reloc_types(kernel)
+
+
+def count_relocs(relas: np.ndarray, rtype: int) -> int:
+    """The kernel's ``count_relocs``: REL24 entries whose (symbol, addend)
+    differ from the last counted pair, held in 32-bit unsigned variables."""
+    info = relas["r_info"]
+    sel = np.flatnonzero((info & U64(0xFFFFFFFF)) == U64(rtype))
+    count = 0
+    prev_sym = prev_add = 0
+    for sym, add in zip((info[sel] >> U64(32)).tolist(), relas["r_addend"][sel].astype(np.int64).tolist(), strict=True):
+        if sym != prev_sym or add != prev_add:
+            count += 1
+            prev_sym, prev_add = sym & 0xFFFFFFFF, add & 0xFFFFFFFF
+    return count
+
+
+def sort_relas(relas: np.ndarray) -> None:
+    """Sort in place: descending ``r_info``, then descending signed ``r_addend``
+    (stable; the kernel's heap sort is not, which matters only for equal keys)."""
+    if len(relas) < 2:
+        return
+    info = relas["r_info"].astype(np.uint64)
+    add = relas["r_addend"].astype(np.int64)
+    order = np.lexsort((~add, ~info))
+    relas[:] = relas[order]
+
+
+def _dedotify(module: LoadingModule) -> None:
+    elf = module.elf
+    syms = elf.symbols
+    for i in range(1, elf.nsyms):
+        name = elf.symbol_names[i]
+        if int(syms["st_shndx"][i]) != C.SHN_UNDEF or not name.startswith("."):
+            continue
+        if name == ".TOC.":
+            syms["st_shndx"][i] = C.SHN_ABS
+        syms["st_name"][i] += 1
+        elf.symbol_names[i] = name[1:]
+
+
+@hookimpl
+def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
+    """``module_frob_arch_sections`` for ELFv2 non-PCREL kernels."""
+    stubs = toc = None
+    for s in module.sections[1:]:
+        if s.name == ".stubs":
+            stubs = s
+        elif s.name == ".toc":
+            toc = s
+            if s.addralign < 8:
+                s.addralign = 8
+    if stubs is None:
+        raise ElfFormatError(
+            Diagnostic(
+                "the module has no .stubs section (ppc64 modules get one from asm/module.h)",
+                module=module.name,
+                kernel_message=f"{module.name}: doesn't contain .stubs.",
+            )
+        )
+    _dedotify(module)
+    total = 1
+    for s in module.sections[1:]:
+        if s.type != C.SHT_RELA:
+            continue
+        relas = module.elf.relas(s.index)
+        sort_relas(relas)
+        total += count_relocs(relas, R_PPC64_REL24)
+    total += int(bool(option(kernel, "dynamic_ftrace")))
+    total += int(bool(option(kernel, "dynamic_ftrace")) and bool(option(kernel, "dynamic_ftrace_with_regs")))
+    stubs.size = total * STUB_SIZE
+    module.arch_state["stubs"] = stubs.index
+    module.arch_state["toc"] = (toc or stubs).index
+    module.arch_state["toc_fixed"] = False
+
+
+@hookimpl
+def klp_arch_is_init_section(name: str, kernel: KernelTarget) -> bool | None:
+    """ppc64 keeps every section in core memory (one TOC, one stub area)."""
+    return False
+
+
+@hookimpl
+def klp_arch_apply_section(ctx: SectionContext) -> bool | None:
+    """``apply_relocate_add``: fix ``TOC.`` on the first call, then the table."""
+    if not ctx.state.get("toc_fixed"):
+        elf = ctx.module.elf
+        shndx = elf.symbols["st_shndx"]
+        for i in range(1, elf.nsyms):
+            if int(shndx[i]) == C.SHN_ABS and elf.symbol_names[i] == "TOC.":
+                ctx.symvals[i] = U64(my_r2(ctx))
+                break
+        ctx.state["toc_fixed"] = True
+    apply_section(ctx)
+    if ctx.image.state != ModuleState.UNFORMED:
+        _mark_plain_stores(ctx)
+    return True
+
+
+def _mark_plain_stores(ctx: SectionContext) -> None:
+    """Late writes: mark the fields of the arithmetic types as plain stores, so
+    that they are not committed together with a neighbouring
+    ``patch_instruction`` write of the same section (the kernel stores them
+    directly, which faults on read-only text)."""
+    if ctx.target.index not in ctx.staged.buffers:
+        return
+    types = (ctx.relas["r_info"] & U64(0xFFFFFFFF)).astype(np.int64).tolist()
+    offs = ctx.relas["r_offset"].astype(np.int64).tolist()
+    hints = ctx.staged.hints.setdefault(ctx.target.index, [])
+    for t, off in zip(types, offs, strict=True):
+        rt = ctx.arch.types.get(t)
+        if rt is not None and rt.handler is None and rt.width:
+            hints.append((off, off + rt.width, "store"))
+
+
+@hookimpl
+def klp_arch_finalize(ctx: ApplyContext) -> None:
+    """``module_finalize_ftrace``: stubs for ftrace_caller (and ftrace_regs_caller)."""
+    if not option(ctx.kernel, "dynamic_ftrace"):
+        return
+    wanted = ["ftrace_caller"]
+    if option(ctx.kernel, "dynamic_ftrace_with_regs"):
+        wanted.append("ftrace_regs_caller")
+    for name in wanted:
+        addr = option(ctx.kernel, name)
+        if addr is None:
+            ctx.diagnostics.append(
+                Diagnostic(
+                    f"module_finalize_ftrace's stub for {name} is not reproduced (give its address as "
+                    f"KernelTarget.options['{name}']); later stubs would take a different slot than in the kernel",
+                    severity="warning",
+                    module=ctx.module.name,
+                )
+            )
+            continue
+        try:
+            stub_for_addr(ctx, int(addr), name)
+        except RelocFailure as f:
+            ctx.diagnostics.append(
+                Diagnostic(f.message, module=ctx.module.name, kernel_message=f.kernel_message, symbol=name)
+            )
+
+
+@hookimpl
+def klp_arch_write_method(
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget, hint: str | None
+) -> str | None:
+    """memcpy while unformed; then ``patch_instruction`` for the writes the
+    kernel does with it (5.16+), plain stores into writable memory, and a
+    fault (None) otherwise.  Before 5.8 livepatch made the module writable
+    around its writes (``module_disable_ro``)."""
+    if image.state == ModuleState.UNFORMED:
+        return "memcpy"
+    if hint == "patch_instruction" and kernel.at_least(5, 16):
+        return "patch_instruction"
+    # hint "store" (or None): a plain store
+    if region.perms & Perm.W:
+        return "store"
+    if not kernel.at_least(5, 8):
+        return "module_disable_ro"
+    return None

@@ -1,0 +1,396 @@
+"""ppc64le: klpcore against GNU ld, hand-derived encodings, capstone and qemu.
+
+The fixtures in ``fixtures/`` were compiled with ppc64le kernel-module flags
+and linked by GNU ld 2.40 at the addresses klpcore gives them
+(``fixtures/build.py`` regenerates everything).  The tests need no cross
+compiler, linker or emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.errors import ElfFormatError, MemoryAccessError
+from klpcore.symbols import parse_symbol_text
+from klpcore.testing.klpify import KlpSym, klpify
+
+ppc = pytest.importorskip("klpcore_ppc64le")
+capstone = pytest.importorskip("capstone")
+
+FIX = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIX / "manifest.json").read_text())
+BASE = int(MANIFEST["base"], 16)
+SYMS = str(FIX / MANIFEST["symbols"])
+KSYMS = {line.split()[2]: int(line.split()[0], 16) for line in (FIX / "kernel.map").read_text().splitlines()}
+
+
+def loader(version: str | None = None, **options) -> Loader:
+    return Loader(get_plugin_manager(), kernel=KernelTarget.from_string(version, options=options))
+
+
+def load(obj: str | bytes, version: str | None = None, symbols=None, **kw):
+    module = obj if isinstance(obj, bytes) else str(FIX / obj)
+    return loader(version).load(module, symbols or load_symbols(SYMS), BASE, **kw)
+
+
+def words(data: bytes) -> list[int]:
+    return list(struct.unpack(f"<{len(data) // 4}I", data))
+
+
+def sym_address(lm, name: str) -> int:
+    elf = lm.module.elf
+    i = elf.symbol_names.index(name)
+    return int(lm.symvals[i])
+
+
+def section(lm, name: str):
+    sec = lm.module.section_by_name(name)
+    assert sec is not None, name
+    return sec, lm.section_address(sec.index), lm.section_bytes(sec.index)
+
+
+def my_r2(lm) -> int:
+    _, toc, _ = section(lm, ".toc")
+    return (toc & ~0xFF) + 0x8000
+
+
+# --------------------------------------------------------------------- ld
+def expected_files() -> list[str]:
+    return sorted(p.stem for p in (FIX / "expected").glob("*.json") if p.stem != "qemu")
+
+
+@pytest.mark.parametrize("name", expected_files())
+def test_bytes_equal_gnu_ld(name: str) -> None:
+    exp = json.loads((FIX / "expected" / f"{name}.json").read_text())
+    lm = load(MANIFEST["fixtures"][name]["object"])
+    compared = 0
+    for sname, rec in exp["sections"].items():
+        sec = lm.module.section_by_name(sname)
+        assert sec is not None, sname
+        if rec.get("not_loaded"):
+            continue
+        assert lm.section_address(sec.index) == int(rec["address"], 16), sname
+        mine = bytearray(lm.section_bytes(sec.index))
+        ld = bytearray(bytes.fromhex(rec["bytes"]))
+        for a, b in exp["excluded"].get(sname, []):  # calls through the kernel's stubs: checked below
+            mine[a:b] = ld[a:b] = bytes(b - a)
+        assert mine.hex() == ld.hex(), f"{name}: {sname} differs from ld"
+        compared += 1
+    assert compared >= 1
+
+
+def test_fixtures_cover_every_kernel_type() -> None:
+    seen = set()
+    for name in expected_files():
+        seen |= set(MANIFEST["fixtures"][name]["relocation_types"])
+    handled = {t.name for t in ppc.reloc_types(KernelTarget())}
+    assert handled <= seen, handled - seen
+
+
+REFUSED = [n for n, fx in MANIFEST["fixtures"].items() if fx["kernel"] == "refused"]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_range_refused_with_kernel_message(name: str) -> None:
+    with pytest.raises(RelocationError) as ei:
+        load(MANIFEST["fixtures"][name]["object"])
+    msgs = [d.kernel_message for d in ei.value.diagnostics]
+    assert msgs == [MANIFEST["fixtures"][name]["kernel_message"]]
+
+
+def test_range_pairs_complete() -> None:
+    """Every refused limit has its accepted neighbour compared with ld."""
+    ok = set(expected_files())
+    for kind in ("toc16", "toc16_ds", "rel32", "rel24"):
+        assert {f"range_{kind}_ok_max", f"range_{kind}_ok_min"} <= ok
+    assert "range_toc16_lo_ds_ok" in ok
+
+
+# ------------------------------------------------------ hand-derived values
+def test_worked_examples() -> None:
+    assert ppc.stub_words(0xC008000000200000, 0xC008000001238000)[:2] == [0x3D62FEFD, 0x396B8000]
+    assert ppc.branch_insn(0x48000001, 0xC008000000101000, 0xC008000000200000) == 0x480FF001
+    assert ppc.entry_words(0xC008000000101100, 0xC008000001238000) == (0x3C4C0113, 0x38426F00)
+    assert [ppc.local_entry_offset(k << 5) for k in range(8)] == [0, 0, 4, 8, 16, 32, 64, 128]
+    # TOC entry at my_r2 - 0x8000 + 0x12344: HA 0x0001, LO_DS 0xa344
+    assert ppc.ha16(0x12344 - 0x8000) == 0x0001 and (0x12344 - 0x8000) & 0xFFFC == 0xA344
+
+
+def test_stubs_and_r2_restore() -> None:
+    lm = load("all_types.o")
+    r2 = my_r2(lm)
+    stubs, sbase, sbytes = section(lm, ".stubs")
+    # 1 + distinct (sym, addend) REL24 pairs per section (5 REL24: ext_fn twice after sorting,
+    # ext_other+8, local_helper, ext_tail -> 4) + DYNAMIC_FTRACE + WITH_REGS
+    assert stubs.size == (1 + 4 + 2) * 40
+    text, tbase, tbytes = section(lm, ".text")
+    orig = lm.module.elf.section_data(text.index)
+    md = capstone.Cs(capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | capstone.CS_MODE_LITTLE_ENDIAN)
+    md.detail = True
+    md.skipdata = True  # the large-model .quad .TOC.-fn before the function
+    calls = {}
+    for insn in md.disasm(tbytes, tbase):
+        if insn.mnemonic in ("bl", "b"):
+            calls[insn.address - tbase] = (insn.mnemonic, ppc.insn_target(insn))
+    targets = {
+        "ext_fn": KSYMS["ext_fn"],
+        "ext_other": KSYMS["ext_other"] + 8,
+        "ext_tail": KSYMS["ext_tail"],
+    }
+    slots = {}
+    for k in range(stubs.size // 40):
+        fd = int.from_bytes(sbytes[k * 40 + 32 : k * 40 + 40], "little")
+        if fd:
+            slots[fd] = sbase + k * 40
+    assert set(slots) == set(targets.values()), "one stub per target address, reused"
+    for addr in slots.values():
+        k = addr - sbase
+        w = words(sbytes[k : k + 28])
+        assert w == [*ppc.stub_words(addr, r2), 0]
+        assert int.from_bytes(sbytes[k + 28 : k + 32], "little") == 0x73747562
+        dec = [(i.mnemonic, i.op_str) for i in md.disasm(sbytes[k : k + 24], addr)]
+        assert [m for m, _ in dec] == ["addis", "addi", "std", "ld", "mtctr", "bctr"]
+        assert dec[2][1] == "r2, 0x18(r1)" and dec[3][1] == "r12, 0x20(r11)"
+        hi, lo = (words(sbytes[k : k + 8])[0] & 0xFFFF), (words(sbytes[k : k + 8])[1] & 0xFFFF)
+        assert r2 + (hi << 16) + (lo - 0x10000 if lo & 0x8000 else lo) - (0x100000000 if hi & 0x8000 else 0) == addr
+    # each external bl goes to its stub and the nop became ld r2,24(r1); the b gets no restore
+    seen_ext = 0
+    for off, (mn, tgt) in calls.items():
+        after = words(tbytes[off + 4 : off + 8])[0] if off + 8 <= len(tbytes) else None
+        if tgt in slots.values():
+            seen_ext += 1
+            if mn == "bl":
+                assert after == 0xE8410018
+                assert words(orig[off + 4 : off + 8])[0] == 0x60000000
+            else:
+                assert after != 0xE8410018, "sibling call: no r2 restore"
+        else:  # local call: local entry of local_helper (.localentry 8)
+            assert tgt == sym_address(lm, "local_helper") + 8
+            assert after == 0x60000000, "direct local call keeps its nop"
+    assert seen_ext == 4
+
+
+def test_toc_symbol_and_entry() -> None:
+    lm = load("all_types.o")
+    elf = lm.module.elf
+    i = elf.symbol_names.index("TOC.")
+    assert int(elf.symbols["st_shndx"][i]) == 0xFFF1
+    assert int(lm.symvals[i]) == my_r2(lm)
+    assert lm.module.sections[lm.module.section_by_name(".toc").index].addralign >= 8
+    fn = sym_address(lm, "local_fn")
+    _, tbase, tbytes = section(lm, ".text")
+    w = words(tbytes[fn - tbase : fn - tbase + 8])
+    assert tuple(w) == ppc.entry_words(fn, my_r2(lm))
+    assert lm.image.write_methods() == {"memcpy": lm.image.write_methods()["memcpy"]}
+
+
+def test_rela_sections_sorted() -> None:
+    lm = load("mod_calls.o")
+    for s in lm.module.elf.rela_sections():
+        r = lm.module.elf.relas(s.index)
+        keys = list(zip(r["r_info"].tolist(), r["r_addend"].astype(np.int64).tolist()))
+        assert keys == sorted(keys, reverse=True)
+
+
+def test_count_relocs_rules() -> None:
+    dt = np.dtype([("r_offset", "<u8"), ("r_info", "<u8"), ("r_addend", "<i8")])
+
+    def rel(*entries):
+        return np.array([(0, (s << 32) | t, a) for s, t, a in entries], dtype=dt)
+
+    assert ppc.count_relocs(rel((1, 10, 0), (1, 10, 0), (2, 10, 0), (1, 10, 0)), 10) == 3
+    assert ppc.count_relocs(rel((0, 10, 0)), 10) == 0  # the kernel's counters start at (0, 0)
+    assert ppc.count_relocs(rel((3, 10, -4), (3, 10, -4)), 10) == 2  # u32 vs s64: negative never equal
+    assert ppc.count_relocs(rel((3, 38, 0), (4, 26, 0)), 10) == 0
+
+
+# -------------------------------------------------------- refusals / checks
+def test_elfv1_refused() -> None:
+    data = bytearray((FIX / "all_types.o").read_bytes())
+    struct.pack_into("<I", data, 48, 1)  # e_flags: ABI v1
+    with pytest.raises(ElfFormatError) as ei:
+        load(bytes(data))
+    assert ei.value.diagnostics[0].kernel_message == "Invalid module architecture in ELF header: 21"
+
+
+def _rename_section(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert len(old) == len(new)
+    i = data.rindex(old + b"\0")
+    return data[:i] + new + data[i + len(old) :]
+
+
+def test_missing_stubs_refused() -> None:
+    data = _rename_section((FIX / "all_types.o").read_bytes(), b".stubs", b".stabs")
+    with pytest.raises(ElfFormatError) as ei:
+        load(data)
+    assert ei.value.diagnostics[0].kernel_message == "all_types: doesn't contain .stubs."
+
+
+def _set_type(data: bytes, section: str, index: int, rtype: int) -> bytes:
+    from klpcore import ElfModule
+
+    elf = ElfModule(data)
+    sec = elf.section_by_name(section)
+    buf = bytearray(data)
+    at = sec.offset + 24 * index + 8
+    info = struct.unpack_from("<Q", buf, at)[0]
+    struct.pack_into("<Q", buf, at, (info & ~0xFFFFFFFF) | rtype)
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("rtype", [0, 116, 132, 133, 4, 49])
+def test_unknown_types(rtype: int, tmp_path: Path) -> None:
+    data = _set_type((FIX / "range_rel32_ok_max.o").read_bytes(), ".rela.data", 0, rtype)
+    (tmp_path / "range_rel32_ok_max.o").write_bytes(data)
+    with pytest.raises(RelocationError) as ei:
+        load(str(tmp_path / "range_rel32_ok_max.o"))
+    d = ei.value.diagnostics[0]
+    assert d.kernel_message == f"range_rel32_ok_max: Unknown ADD relocation: {rtype}"
+    assert d.rtype.startswith("R_PPC64_")
+
+
+def test_missing_nop_refused() -> None:
+    data = bytearray((FIX / "klp_late.o").read_bytes())
+    from klpcore import ElfModule
+
+    elf = ElfModule(bytes(data))
+    text = elf.section_by_name(".text")
+    struct.pack_into("<I", data, text.offset + 16, 0x7C0802A6)  # mflr r0 instead of the nop
+    with pytest.raises(RelocationError) as ei:
+        load(bytes(data), symbols=parse_symbol_text("c000000000100000 T tgt_fn\nc000000000200000 D tgt_data\n"))
+    assert ei.value.diagnostics[0].kernel_message == (
+        "klp_late: Expected nop after call, got 7c0802a6 at klp_fn+0x10/0x3c [klp_late]"
+    )
+
+
+def test_stub_out_of_range_of_toc() -> None:
+    """A .toc more than 2 GiB above .stubs: the stub's addis/addi cannot reach."""
+    from klpcore.memory import BytesBackend
+
+    class Sparse(BytesBackend):
+        def map(self, address, size):  # only the first pages of each region
+            super().map(address, min(size, 0x10000))
+
+    data = (FIX / "klp_late.o").read_bytes()
+    syms = parse_symbol_text("c000000000100000 T tgt_fn\nc000000000200000 D tgt_data\n")
+    lo = Loader(get_plugin_manager(), backend=Sparse())
+    mod = lo.open(data)
+    lo.prepare(mod, BASE)
+    # move .toc (and what follows it) 2 GiB up: relayout by hand
+    toc = mod.section_by_name(".toc").index
+    pl = mod.layout.placements[toc]
+    from dataclasses import replace
+
+    far = BASE + 0x80010000
+    mod.layout.placements[toc] = replace(pl, address=far)
+    for r in mod.layout.regions.values():
+        if r.address <= pl.address < r.address + max(r.size, 1):
+            r.address = far - pl.offset
+    with pytest.raises((RelocationError, MemoryAccessError)) as ei:
+        lo.load(mod, syms, BASE)
+    msgs = [d.kernel_message or "" for d in ei.value.diagnostics]
+    assert any(m.startswith("klp_late: Address ") and "of stub out of range of" in m for m in msgs), msgs
+
+
+# ------------------------------------------------------------- livepatch
+def _klp(names: list[str]) -> bytes:
+    return klpify((FIX / "klp_late.o").read_bytes(), {n: KlpSym("tgt_mod") for n in names}, fmt="final")
+
+
+TGT = "c008000010000000 t tgt_fn\t[tgt_mod]\nc008000010100000 d tgt_data\t[tgt_mod]\n"
+
+
+@pytest.mark.parametrize("version", ["6.1", None])
+def test_late_rel24_to_klp_symbol_uses_stub_and_patch_instruction(version) -> None:
+    syms = parse_symbol_text("c000000000200000 D tgt_data\n")
+    lm = load(_klp(["tgt_fn"]), version, symbols=syms)
+    assert lm.pending_objects == ["tgt_mod"]
+    lm.coming("tgt_mod", parse_symbol_text(TGT))
+    late = [w for w in lm.write_log if w.phase == "coming:tgt_mod"]
+    assert late and {w.method for w in late} == {"patch_instruction"}
+    _, tbase, tbytes = section(lm, ".text")
+    stubs, sbase, sbytes = section(lm, ".stubs")
+    assert int.from_bytes(sbytes[32:40], "little") == 0xC008000010000000
+    assert words(sbytes[:24]) == ppc.stub_words(sbase, my_r2(lm))
+    bl = words(tbytes[12:16])[0]
+    assert bl == ppc.branch_insn(0x48000001, tbase + 12, sbase)
+    assert words(tbytes[16:20])[0] == 0xE8410018
+
+
+def test_late_toc16_into_readonly_text_faults() -> None:
+    syms = parse_symbol_text("c000000000200000 D unrelated\n")
+    lm = load(_klp(["tgt_fn", "tgt_data"]), symbols=syms)
+    with pytest.raises(MemoryAccessError) as ei:
+        lm.coming("tgt_mod", parse_symbol_text(TGT))
+    assert any("would fault" in d.message for d in ei.value.diagnostics)
+    assert lm.pending_objects == ["tgt_mod"]
+
+
+def test_reapply_after_reload_6_1_vs_newest() -> None:
+    """6.3+ accepts the ld r2,24(r1) left by the first application; 6.1 refuses it."""
+    for version, ok in (("6.3", True), ("6.1", False)):
+        syms = parse_symbol_text("c000000000200000 D tgt_data\n")
+        lm = load(_klp(["tgt_fn"]), version, symbols=syms)
+        lm.coming("tgt_mod", parse_symbol_text(TGT))
+        lm.going("tgt_mod")  # no clear_relocate_add on ppc64: the bytes stay
+        if ok:
+            lm.coming("tgt_mod")
+        else:
+            with pytest.raises(RelocationError) as ei:
+                lm.coming("tgt_mod")
+            assert ei.value.diagnostics[0].kernel_message.startswith("klp_late: Expected nop after call, got e8410018")
+
+
+def test_vmlinux_klp_rel24_at_load() -> None:
+    data = klpify((FIX / "all_types.o").read_bytes(), {"ext_fn": KlpSym("vmlinux")}, fmt="final")
+    lm = load(data)
+    stubs, sbase, sbytes = section(lm, ".stubs")
+    fds = {int.from_bytes(sbytes[k + 32 : k + 40], "little") for k in range(0, stubs.size, 40)}
+    assert KSYMS["ext_fn"] in fds
+
+
+def test_write_method_policy() -> None:
+    from klpcore.constants import MemType, ModuleState
+    from klpcore.memory import ModuleImage, Perm, Region
+
+    img = ModuleImage([Region(MemType.TEXT, 0x1000, 0x1000)])
+    text = img.regions[0]
+    k = KernelTarget()
+    assert ppc.klp_arch_write_method(img, text, 0x1000, 4, k, None) == "memcpy"
+    img.form()
+    assert text.perms == Perm.R | Perm.X
+    assert ppc.klp_arch_write_method(img, text, 0x1000, 4, k, "patch_instruction") == "patch_instruction"
+    assert ppc.klp_arch_write_method(img, text, 0x1000, 4, k, None) is None
+    assert ppc.klp_arch_write_method(img, text, 0x1000, 4, KernelTarget((5, 15)), "patch_instruction") is None
+    img.state = ModuleState.LIVE
+    assert ppc.klp_arch_write_method(img, Region(MemType.DATA, 0x3000, 0x1000), 0x3000, 8, k, None) == "store"
+
+
+def test_init_sections_in_core() -> None:
+    lm = load("mod_calls.o")
+    assert all(not p.memtype.is_init for p in lm.module.layout.placements.values())
+
+
+def test_capstone_spec_and_insn_target() -> None:
+    lm = load("all_types.o")
+    spec = lm.module.arch.capstone
+    md = capstone.Cs(getattr(capstone, spec[0]), getattr(capstone, spec[1]))
+    insn = next(md.disasm(struct.pack("<I", 0x480FF001), 0xC008000000101000))
+    assert insn.mnemonic == "bl"
+    assert ppc.insn_target(insn) == 0xC008000000200000
+    insn = next(md.disasm(struct.pack("<I", 0x4BFFFFF0), 0x1000))
+    assert ppc.insn_target(insn) == 0x1000 - 16
+
+
+def test_qemu_recorded_result() -> None:
+    p = FIX / "expected" / "qemu.json"
+    if not p.exists():
+        pytest.skip("qemu execution not recorded")
+    rec = json.loads(p.read_text())
+    assert rec["exit_status"] == rec["expected_exit_status"]
