@@ -28,7 +28,10 @@ from .arch import ArchSpec, Entry, RelocType
 from .elf import Section
 from .errors import Diagnostic
 from .kernel import KernelTarget
-from .memory import ModuleImage
+from .memory import ModuleImage, WritePolicy
+
+if TYPE_CHECKING:
+    from .symbols import KernelSymbols
 
 if TYPE_CHECKING:
     from .loader import LoadingModule
@@ -98,24 +101,46 @@ class StagedMemory:
             self.hints.setdefault(index, []).append((off, off + len(data), hint))
 
     def changes(self) -> Iterator[tuple[int, bytes, str | None]]:
-        """The changes as ``(address, data, hint)``: per section one write from
-        the first to the last changed byte, split only where writes staged with
-        different hints meet (unhinted bytes join their neighbours)."""
+        """The changes as ``(address, data, hint)``.
+
+        Bytes written with a hint are committed as runs of that hint; every
+        other changed byte as plain writes, which never include hinted bytes
+        (so a plain store cannot ride along a ``patch_instruction``).  Plain
+        runs less than 8 unchanged bytes apart are merged; a section without
+        hints is one write from its first to its last changed byte.
+        """
         for index, buf in self.buffers.items():
-            diff = np.flatnonzero(buf != self._orig[index])
-            if not diff.size:
-                continue
+            changed = buf != self._orig[index]
+            ranges = self.hints.get(index)
             base = self.address_of(index)
-            s, e = int(diff[0]), int(diff[-1]) + 1
-            ranges = sorted(r for r in self.hints.get(index, ()) if r[1] > s and r[0] < e)
-            cut, current = s, None
-            for off, _end, hint in ranges:
-                if current is not None and hint != current:
-                    split = max(off, cut)
-                    yield base + cut, buf[cut:split].tobytes(), current
-                    cut = split
-                current = hint
-            yield base + cut, buf[cut:e].tobytes(), current
+            if not ranges:
+                diff = np.flatnonzero(changed)
+                if diff.size:
+                    s, e = int(diff[0]), int(diff[-1]) + 1
+                    yield base + s, buf[s:e].tobytes(), None
+                continue
+            names: list[str] = []
+            hid = np.zeros(len(buf), dtype=np.int32)
+            for off, end, hint in ranges:  # later writes win, as in memory
+                if hint not in names:
+                    names.append(hint)
+                hid[off:end] = names.index(hint) + 1
+            hinted = hid > 0
+            q = np.flatnonzero(hinted & changed)
+            if q.size:
+                cuts = np.flatnonzero((np.diff(q) != 1) | (np.diff(hid[q]) != 0)) + 1
+                for run in np.split(q, cuts):
+                    s, e = int(run[0]), int(run[-1]) + 1
+                    yield base + s, buf[s:e].tobytes(), names[int(hid[s]) - 1]
+            p = np.flatnonzero(changed & ~hinted)
+            if p.size:
+                seen_hinted = np.concatenate(([0], np.cumsum(hinted)))
+                gaps = np.diff(p)
+                between = seen_hinted[p[1:]] - seen_hinted[p[:-1] + 1]
+                cuts = np.flatnonzero((gaps > 8) | (between > 0)) + 1
+                for run in np.split(p, cuts):
+                    s, e = int(run[0]), int(run[-1]) + 1
+                    yield base + s, buf[s:e].tobytes(), None
 
 
 @dataclass
@@ -131,6 +156,10 @@ class ApplyContext:
     phase: str
     diagnostics: list[Diagnostic] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: decides how a write reaches memory (the arch's memory-protection hook)
+    write_policy: WritePolicy | None = None
+    #: the kernel's symbols (for arch code that needs e.g. the kernel's TOC)
+    kernel_symbols: KernelSymbols | None = None
 
     @property
     def image(self) -> ModuleImage:
@@ -181,6 +210,8 @@ class SectionContext(ApplyContext):
             phase=ctx.phase,
             diagnostics=ctx.diagnostics,
             counts=ctx.counts,
+            write_policy=ctx.write_policy,
+            kernel_symbols=ctx.kernel_symbols,
             relsec=relsec,
             target=target,
             target_address=addr,
@@ -349,6 +380,9 @@ def apply_section(ctx: SectionContext) -> None:
         ctx.diag(f"target section {ctx.target.name} is not placed in module memory", None)
         return
 
+    if not _plain_stores_allowed(ctx, types, syms, known):
+        return
+
     active = widths > 0
     for t in known:
         if arch.types[t].handler is not None:
@@ -368,6 +402,41 @@ def apply_section(ctx: SectionContext) -> None:
     for i in handler_idx.tolist():
         _run_handler(ctx, int(i))
     ctx.counts["applied"] += int(n)
+
+
+def _plain_stores_allowed(ctx: SectionContext, types: np.ndarray, syms: np.ndarray, known: list[int]) -> bool:
+    """Late phases: may plain stores (the array-shaped types) reach the target?
+
+    Each refused relocation is reported with its context, as the fault the
+    kernel would take on it."""
+    from .constants import ModuleState
+
+    if ctx.write_policy is None or ctx.image.state == ModuleState.UNFORMED:
+        return True
+    plain = [t for t in known if ctx.arch.types[t].handler is None and ctx.arch.types[t].width]
+    if not plain:
+        return True
+    try:
+        region = ctx.image.region_at(ctx.target_address, max(ctx.target.size, 1))
+    except Exception:
+        return True  # reported when committing
+    if ctx.write_policy(ctx.image, region, ctx.target_address, ctx.target.size, None) is not None:
+        return True
+    bad = np.flatnonzero(np.isin(types, plain))
+    _limited(
+        ctx,
+        bad,
+        "write to read-only memory",
+        lambda i: ctx.diag(
+            f"late write into {region.name} ({region.perms}) while the module is {ctx.image.state.name}: "
+            "the kernel writes this type with a plain store, which faults on read-only memory",
+            i,
+            rtype=int(types[i]),
+            sym=int(syms[i]),
+            kernel_message="Unable to handle kernel write to read-only memory",
+        ),
+    )
+    return False
 
 
 def _overlaps(offs: np.ndarray, widths: np.ndarray) -> bool:

@@ -278,7 +278,9 @@ def resolve_module(
     loaded = LoadedModule(loader, mod, loader._image(mod), symbols)
     errors = loaded._simplify_symbols()
     staged = StagedMemory(loaded.image, loaded._placed())
-    ctx = ApplyContext(mod, mod.arch, loader.kernel, staged, loaded.symvals.copy(), {}, "resolve")
+    ctx = ApplyContext(
+        mod, mod.arch, loader.kernel, staged, loaded.symvals.copy(), {}, "resolve", kernel_symbols=symbols
+    )
     pending = []
     for obj in mod.klp.objects.values():
         if not obj.is_vmlinux and not symbols.has(obj.name):
@@ -446,7 +448,16 @@ class LoadedModule:
         staged = StagedMemory(self.image, self._placed())
         symvals = self.symvals.copy()
         state = _copy_state(mod.arch_state)
-        ctx = ApplyContext(mod, mod.arch, self.kernel, staged, symvals, state, phase)
+
+        def policy(image: ModuleImage, region: Region, address: int, size: int, hint: str | None) -> str | None:
+            method = mod.hooks.klp_arch_write_method(  # type: ignore[attr-defined]
+                image=image, region=region, address=address, size=size, kernel=self.kernel, hint=hint
+            )
+            return method if method is not None else default_policy(image, region, address, size, hint)
+
+        ctx = ApplyContext(
+            mod, mod.arch, self.kernel, staged, symvals, state, phase, write_policy=policy, kernel_symbols=self.symbols
+        )
         result = PhaseResult(phase)
         resolutions: list[SymbolResolution] = []
         for s, rs in sections:
@@ -489,12 +500,6 @@ class LoadedModule:
         errors = [d for d in ctx.diagnostics if d.severity == "error"]
         if errors:
             raise RelocationError(errors)
-
-        def policy(image: ModuleImage, region: Region, address: int, size: int, hint: str | None) -> str | None:
-            method = mod.hooks.klp_arch_write_method(  # type: ignore[attr-defined]
-                image=image, region=region, address=address, size=size, kernel=self.kernel, hint=hint
-            )
-            return method if method is not None else default_policy(image, region, address, size, hint)
 
         before = len(self.image.log)
         self.image.commit(staged.changes(), policy, phase)

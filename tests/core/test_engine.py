@@ -428,3 +428,30 @@ def test_huge_nobits_section_refused(toy_loader) -> None:
         match=r"would need 0x4000000001000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
     ):
         toy_loader.load(obj, symbols(), BASE)
+
+
+def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
+    """Late phase: a hinted (poke) write is allowed into read-only text, a plain
+    store 2 bytes away is not, and is not merged into the poke."""
+    base = Obj(
+        sections=[Sec(".text.fn", flags=TEXT, data=bytes(32), align=16)],
+        symbols=[Sym("helper")],
+        relas=[Rela(".text.fn", 8, T.CALL, "helper", 0), Rela(".text.fn", 14, T.PREL32, "helper", 0)],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(base, {"helper": KlpSym("ext4")})
+    lm = toy_loader.load(klp, symbols(), BASE)
+    with pytest.raises(RelocationError) as ei:
+        lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
+    (d,) = ei.value.diagnostics
+    assert (d.section, d.index, d.rtype, d.symbol) == (
+        ".klp.rela.ext4..text.fn",
+        1,
+        "R_TOY_PREL32",
+        ".klp.sym.ext4.helper,0",
+    )
+    assert "late write into MOD_TEXT (r-x) while the module is LIVE" in d.message
+    assert d.kernel_message == "Unable to handle kernel write to read-only memory"
+    # nothing was written: the allowed poke is not committed either
+    text = lm.module.section_by_name(".text.fn").index
+    assert lm.section_bytes(text)[8:18] == bytes(10)

@@ -326,9 +326,13 @@ def test_late_rel24_to_klp_symbol_uses_stub_and_patch_instruction(version) -> No
 def test_late_toc16_into_readonly_text_faults() -> None:
     syms = parse_symbol_text("c000000000200000 D unrelated\n")
     lm = load(_klp(["tgt_fn", "tgt_data"]), symbols=syms)
-    with pytest.raises(MemoryAccessError) as ei:
+    with pytest.raises(RelocationError) as ei:
         lm.coming("tgt_mod", parse_symbol_text(TGT))
-    assert any("would fault" in d.message for d in ei.value.diagnostics)
+    bad = [d for d in ei.value.diagnostics if d.rtype == "R_PPC64_TOC16_HA"]
+    assert bad and bad[0].section == ".klp.rela.tgt_mod..text"
+    assert bad[0].symbol == ".klp.sym.tgt_mod.tgt_data,0"
+    assert bad[0].kernel_message == "Unable to handle kernel write to read-only memory"
+    assert "late write into MOD_TEXT (r-x)" in bad[0].message
     assert lm.pending_objects == ["tgt_mod"]
 
 

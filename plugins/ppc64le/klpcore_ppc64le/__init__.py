@@ -655,25 +655,7 @@ def klp_arch_apply_section(ctx: SectionContext) -> bool | None:
                 break
         ctx.state["toc_fixed"] = True
     apply_section(ctx)
-    if ctx.image.state != ModuleState.UNFORMED:
-        _mark_plain_stores(ctx)
     return True
-
-
-def _mark_plain_stores(ctx: SectionContext) -> None:
-    """Late writes: mark the fields of the arithmetic types as plain stores, so
-    that they are not committed together with a neighbouring
-    ``patch_instruction`` write of the same section (the kernel stores them
-    directly, which faults on read-only text)."""
-    if ctx.target.index not in ctx.staged.buffers:
-        return
-    types = (ctx.relas["r_info"] & U64(0xFFFFFFFF)).astype(np.int64).tolist()
-    offs = ctx.relas["r_offset"].astype(np.int64).tolist()
-    hints = ctx.staged.hints.setdefault(ctx.target.index, [])
-    for t, off in zip(types, offs, strict=True):
-        rt = ctx.arch.types.get(t)
-        if rt is not None and rt.handler is None and rt.width:
-            hints.append((off, off + rt.width, "store"))
 
 
 @hookimpl
