@@ -65,7 +65,10 @@ class StagedMemory:
     def buffer(self, index: int) -> np.ndarray:
         buf = self.buffers.get(index)
         if buf is None:
-            _, _, addr, size = self._by_index[index]
+            placed = self._by_index.get(index)
+            if placed is None:
+                raise RelocFailure(f"section [{index}] has no bytes in module memory")
+            _, _, addr, size = placed
             orig = np.frombuffer(self.image.read(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
             self._orig[index] = orig
             buf = self.buffers[index] = orig.copy()
@@ -338,7 +341,7 @@ def apply_section(ctx: SectionContext) -> None:
     A = rel["r_addend"].astype(np.int64)
     S = ctx.symvals[syms]
     P = U64(ctx.target_address) + offs
-    buf = ctx.staged.buffer(ctx.target.index) if ctx.target_address else None
+    buf = ctx.staged.buffer(ctx.target.index) if ctx.target_address and ctx.target.size else None
 
     uniq = np.unique(types).tolist()
     known = [t for t in uniq if t in arch.types]

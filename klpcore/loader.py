@@ -213,12 +213,14 @@ class Loader:
                 extra.append(Region(MemType.DATA, addr, (size + C.PAGE_SIZE - 1) & ~(C.PAGE_SIZE - 1)))
         image = ModuleImage(regions + extra, backend=self.backend or BytesBackend(), module=mod.name)
         for p in mod.layout.placements.values():
-            data = mod.elf.section_data(p.index)[: mod.sections[p.index].size]
             if mod.sections[p.index].is_nobits or mod.elf.sections[p.index].is_nobits:
-                continue
+                continue  # zero-filled by the allocation
+            data = mod.elf.section_data(p.index)[: mod.sections[p.index].size]
             if data.strip(b"\0"):
                 image.backend.write(p.address, data)
         for index, addr in mod.extra_addresses.items():
+            if mod.elf.sections[index].is_nobits:
+                continue
             data = mod.elf.section_data(index)
             if data.strip(b"\0"):
                 image.backend.write(addr, data)

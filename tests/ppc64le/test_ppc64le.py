@@ -398,3 +398,17 @@ def test_qemu_recorded_result() -> None:
         pytest.skip("qemu execution not recorded")
     rec = json.loads(p.read_text())
     assert rec["exit_status"] == rec["expected_exit_status"]
+
+
+def test_stubs_size_in_file_is_ignored() -> None:
+    """module_frob_arch_sections sizes .stubs itself: a hostile sh_size in the
+    file (found by fuzzing) neither matters nor gets allocated."""
+    from klpcore import ElfModule
+
+    data = bytearray((FIX / "all_types.o").read_bytes())
+    m = ElfModule(bytes(data))
+    stubs = m.section_by_name(".stubs")
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    struct.pack_into("<Q", data, shoff + 64 * stubs.index + 32, 1 << 62)
+    lm = load(bytes(data))
+    assert lm.module.sections[stubs.index].size == load("all_types.o").module.sections[stubs.index].size
