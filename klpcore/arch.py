@@ -189,6 +189,7 @@ class ArchSpec:
     insn_byteorder: str | None = None  # defaults to ``byteorder``
     description: str = ""
     unknown_type_error: str = "{module}: Unknown relocation: {number}"  # kernel message
+    default_base: int = 0xFFFFFFFFC0000000  # where the kernel's module area starts (layout base)
     capstone: tuple[str, str] | None = None  # capstone arch and mode constant names
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None

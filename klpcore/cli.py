@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
             default="newest",
             help="target kernel version, e.g. 6.1 or 5.4 (default: newest); selects version-specific behaviour",
         )
+        sp.add_argument(
+            "-O",
+            "--kernel-option",
+            metavar="KEY=VALUE",
+            action="append",
+            default=[],
+            help="a kernel configuration fact for plugins (repeatable), e.g. dynamic_ftrace=false, "
+            "kernel_toc=0xc000000001148100; numbers and true/false are converted",
+        )
         if symbols:
             sp.add_argument(
                 "--symbols",
@@ -83,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--base",
                 type=_int,
-                default=DEFAULT_BASE,
+                default=None,
                 metavar="ADDR",
-                help=f"module load address (default {DEFAULT_BASE:#x})",
+                help=f"module load address (default: the architecture's module area, e.g. {DEFAULT_BASE:#x} on x86_64)",
             )
 
     sp = sub.add_parser("plugins", help="list installed architecture plugins and their relocation types")
@@ -168,9 +177,27 @@ def _print_diags(diags: Sequence[Diagnostic], out: TextIO | None = None) -> None
         out.write(f"{d.severity}: {d}\n")
 
 
-def _kernel(args: argparse.Namespace) -> KernelTarget:
+def _option_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes", "on", "y"):
+        return True
+    if low in ("false", "no", "off", "n"):
+        return False
     try:
-        return KernelTarget.from_string(args.kernel)
+        return int(text, 0)
+    except ValueError:
+        return text
+
+
+def _kernel(args: argparse.Namespace) -> KernelTarget:
+    options: dict[str, Any] = {}
+    for item in getattr(args, "kernel_option", []):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InputError(f"--kernel-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = _option_value(value.strip())
+    try:
+        return KernelTarget.from_string(args.kernel, options=options)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
 
@@ -339,7 +366,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     loader = Loader(kernel=_kernel(args))
     symbols = _symbols(args)
     mod = _open(args, loader)
-    report = resolve_module(loader, mod, symbols, args.base)
+    report = resolve_module(loader, mod, symbols, args.base or mod.arch.default_base)
     _progress_done()
     if args.json:
         _emit_json(
@@ -370,7 +397,7 @@ def _load(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
     symbols = _symbols(args)
     mod = _open(args, loader)
     _progress(f"applying {mod.name} ...")
-    loaded = loader.load(mod, symbols, args.base)
+    loaded = loader.load(mod, symbols, args.base or mod.arch.default_base)
     _progress_done()
     return loader, loaded
 
@@ -426,7 +453,7 @@ def _example(args: argparse.Namespace) -> None:
     ex = chosen[0]
     args.module = str(ex.module)
     args.symbols = [str(p) for p in ex.symbols] + list(args.symbols)
-    if args.base == DEFAULT_BASE:
+    if args.base is None:
         args.base = ex.base
     if not args.output:
         args.output = f"{ex.module.stem}.relocated.ko"

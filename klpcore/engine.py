@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from .arch import ArchSpec, Entry, RelocType
 from .elf import Section
 from .errors import Diagnostic
 from .kernel import KernelTarget
-from .memory import ModuleImage, WritePolicy
+from .memory import Change, ModuleImage, WritePolicy
 
 if TYPE_CHECKING:
     from .symbols import KernelSymbols
@@ -103,47 +103,64 @@ class StagedMemory:
         if hint is not None:
             self.hints.setdefault(index, []).append((off, off + len(data), hint))
 
-    def changes(self) -> Iterator[tuple[int, bytes, str | None]]:
-        """The changes as ``(address, data, hint)``.
-
-        Bytes written with a hint are committed as runs of that hint; every
-        other changed byte as plain writes, which never include hinted bytes
-        (so a plain store cannot ride along a ``patch_instruction``).  Plain
-        runs less than 8 unchanged bytes apart are merged; a section without
-        hints is one write from its first to its last changed byte.
-        """
+    def changes(self) -> Iterator[Change]:
+        """One :class:`Change` per section: its first to last changed byte,
+        the hints staged in it, and (lazily) the runs of each hint."""
         for index, buf in self.buffers.items():
             changed = buf != self._orig[index]
-            ranges = self.hints.get(index)
-            base = self.address_of(index)
-            if not ranges:
-                diff = np.flatnonzero(changed)
-                if diff.size:
-                    s, e = int(diff[0]), int(diff[-1]) + 1
-                    yield base + s, buf[s:e].tobytes(), None
+            diff = np.flatnonzero(changed)
+            if not diff.size:
                 continue
-            names: list[str] = []
-            hid = np.zeros(len(buf), dtype=np.int32)
-            for off, end, hint in ranges:  # later writes win, as in memory
-                if hint not in names:
-                    names.append(hint)
-                hid[off:end] = names.index(hint) + 1
-            hinted = hid > 0
-            q = np.flatnonzero(hinted & changed)
-            if q.size:
-                cuts = np.flatnonzero((np.diff(q) != 1) | (np.diff(hid[q]) != 0)) + 1
-                for run in np.split(q, cuts):
-                    s, e = int(run[0]), int(run[-1]) + 1
-                    yield base + s, buf[s:e].tobytes(), names[int(hid[s]) - 1]
-            p = np.flatnonzero(changed & ~hinted)
-            if p.size:
-                seen_hinted = np.concatenate(([0], np.cumsum(hinted)))
-                gaps = np.diff(p)
-                between = seen_hinted[p[1:]] - seen_hinted[p[:-1] + 1]
-                cuts = np.flatnonzero((gaps > 8) | (between > 0)) + 1
-                for run in np.split(p, cuts):
-                    s, e = int(run[0]), int(run[-1]) + 1
-                    yield base + s, buf[s:e].tobytes(), None
+            s, e = int(diff[0]), int(diff[-1]) + 1
+            ranges = [r for r in self.hints.get(index, ()) if r[1] > s and r[0] < e]
+            hints: set[str | None] = {r[2] for r in ranges}
+            if not ranges or _covers(ranges, changed):
+                pass
+            else:
+                hints.add(None)
+            yield Change(self.address_of(index) + s, buf[s:e].tobytes(), hints, _segmenter(buf, changed, ranges, s))
+
+
+def _covers(ranges: list[tuple[int, int, str]], changed: np.ndarray) -> bool:
+    """Is every changed byte inside a hinted range?"""
+    hinted = np.zeros(len(changed), dtype=bool)
+    for off, end, _ in ranges:
+        hinted[off:end] = True
+    return not bool(np.any(changed & ~hinted))
+
+
+def _segmenter(
+    buf: np.ndarray, changed: np.ndarray, ranges: list[tuple[int, int, str]], start: int
+) -> Callable[[], list[tuple[int, int, str | None]]]:
+    def segments() -> list[tuple[int, int, str | None]]:
+        """Runs (offsets relative to the change) of one hint each; plain runs
+        never include hinted bytes, so a plain store cannot ride along a
+        ``patch_instruction``.  Plain runs less than 8 bytes apart merge."""
+        if not ranges:
+            return [(0, int(np.flatnonzero(changed)[-1]) + 1 - start, None)]
+        names: list[str] = []
+        hid = np.zeros(len(buf), dtype=np.int32)
+        for off, end, hint in ranges:  # later writes win, as in memory
+            if hint not in names:
+                names.append(hint)
+            hid[off:end] = names.index(hint) + 1
+        hinted = hid > 0
+        out: list[tuple[int, int, str | None]] = []
+        q = np.flatnonzero(hinted & changed)
+        if q.size:
+            cuts = np.flatnonzero((np.diff(q) != 1) | (np.diff(hid[q]) != 0)) + 1
+            for run in np.split(q, cuts):
+                out.append((int(run[0]) - start, int(run[-1]) + 1 - start, names[int(hid[run[0]]) - 1]))
+        p = np.flatnonzero(changed & ~hinted)
+        if p.size:
+            seen_hinted = np.concatenate(([0], np.cumsum(hinted)))
+            between = seen_hinted[p[1:]] - seen_hinted[p[:-1] + 1]
+            cuts = np.flatnonzero((np.diff(p) > 8) | (between > 0)) + 1
+            for run in np.split(p, cuts):
+                out.append((int(run[0]) - start, int(run[-1]) + 1 - start, None))
+        return sorted(out)
+
+    return segments
 
 
 @dataclass

@@ -164,6 +164,9 @@ def klp_arch_write_method(
 ) -> str | None:  # type: ignore[empty-body]
     """Decide how a write reaches module memory in the module's current state.
 
+    Asked once per memory region and hint for each batch of writes a phase
+    commits (the address and size are those of the first such write).
+
     :param image: the module image (``image.state`` is the module state).
     :param region: the region written to, with its current permissions.
     :param address: first byte written.

@@ -100,6 +100,16 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Change:
+    """Changed bytes of one section, as staged by a phase."""
+
+    address: int
+    data: bytes
+    hints: set[str | None]  # write-method hints staged in it (None: plain stores)
+    segments: Callable[[], list[tuple[int, int, str | None]]]  # (start, end, hint), relative to ``address``
+
+
+@dataclass(frozen=True)
 class WriteRecord:
     address: int
     size: int
@@ -166,31 +176,48 @@ class ModuleImage:
         self._starts = [r.address for r in self.regions]
         self.state = ModuleState.LIVE
 
-    def commit(self, writes: Iterable[tuple[int, bytes, str | None]], policy: WritePolicy, phase: str) -> None:
-        """Write every ``(address, data, hint)``, or nothing.
+    def commit(self, changes: Iterable[Change], policy: WritePolicy, phase: str) -> None:
+        """Store every change, or nothing.
 
-        Each write is checked for bounds and for a write method first; only
-        when all pass is any byte stored.
+        The write method depends on the region, the module state and the hint,
+        so ``policy`` is asked once per region and hint (with the first such
+        write's address and size).  A change whose hints all get the same
+        method is stored as one write; otherwise each run of one hint is
+        stored with its own method.  Every write is checked before any byte
+        is stored.
         """
         plan: list[tuple[int, bytes, str, Region]] = []
         problems: list[Diagnostic] = []
-        for addr, data, hint in writes:
+        decided: dict[tuple[int, str | None], str | None] = {}
+
+        def method_for(region: Region, addr: int, size: int, hint: str | None) -> str | None:
+            key = (region.address, hint)
+            if key not in decided:
+                decided[key] = policy(self, region, addr, size, hint)
+            return decided[key]
+
+        for ch in changes:
             try:
-                region = self.region_at(addr, len(data))
+                region = self.region_at(ch.address, len(ch.data))
             except MemoryAccessError as exc:
                 problems.extend(exc.diagnostics)
                 continue
-            method = policy(self, region, addr, len(data), hint)
-            if method is None:
-                problems.append(
-                    Diagnostic(
-                        f"write of {len(data)} bytes at {addr:#x} in {region.name} ({region.perms}) would fault: "
-                        f"the module is {self.state.name} and no memory-protection hook allows it",
-                        module=self.module or None,
-                    )
-                )
+            methods = {h: method_for(region, ch.address, len(ch.data), h) for h in ch.hints or {None}}
+            if len(set(methods.values())) == 1 and None not in methods.values():
+                plan.append((ch.address, ch.data, next(iter(methods.values())), region))  # type: ignore[arg-type]
                 continue
-            plan.append((addr, data, method, region))
+            for s, e, hint in ch.segments():
+                method = method_for(region, ch.address + s, e - s, hint)
+                if method is None:
+                    problems.append(
+                        Diagnostic(
+                            f"write of {e - s} bytes at {ch.address + s:#x} in {region.name} ({region.perms}) would "
+                            f"fault: the module is {self.state.name} and no memory-protection hook allows it",
+                            module=self.module or None,
+                        )
+                    )
+                    continue
+                plan.append((ch.address + s, ch.data[s:e], method, region))
         if problems:
             raise MemoryAccessError(problems)
         for addr, data, method, region in plan:

@@ -116,3 +116,15 @@ def test_usage_and_input_errors_exit_2(files, capsys) -> None:
 def test_no_command_prints_help(capsys) -> None:
     assert main([]) == 2
     assert "klpcore does in user space" in capsys.readouterr().out
+
+
+def test_kernel_options(files) -> None:
+    from klpcore.cli import _kernel, build_parser
+
+    args = build_parser().parse_args(
+        ["apply", "m.ko", "-O", "kernel_toc=0xc000000001148100", "-O", "dynamic_ftrace=false", "-O", "name=x"]
+    )
+    k = _kernel(args)
+    assert k.options == {"kernel_toc": 0xC000000001148100, "dynamic_ftrace": False, "name": "x"}
+    good, _, syms, _ = files
+    assert main(["resolve", str(good), "-s", str(syms), "-O", "novalue"]) == 2

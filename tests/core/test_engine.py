@@ -246,6 +246,12 @@ def test_formation_permissions(toy_loader) -> None:
     assert all(not r.memtype.is_init for r in lm.image.regions)
 
 
+def change(address: int, data: bytes):
+    from klpcore.memory import Change
+
+    return Change(address, data, {None}, lambda: [(0, len(data), None)])
+
+
 def test_late_write_to_readonly_faults_without_hook(toy_pm) -> None:
     from klpcore.memory import default_policy
 
@@ -253,10 +259,10 @@ def test_late_write_to_readonly_faults_without_hook(toy_pm) -> None:
     lm = loader.load(module([]), symbols(), BASE)
     text = [r for r in lm.image.regions if r.memtype == MemType.TEXT][0]
     with pytest.raises(MemoryAccessError, match=r"would fault: the module is LIVE"):
-        lm.image.commit([(text.address, b"\x01", None)], default_policy, "late")
+        lm.image.commit([change(text.address, b"\x01")], default_policy, "late")
     assert lm.image.read(text.address, 1) == b"\x00"
     with pytest.raises(MemoryAccessError, match="outside the module image"):
-        lm.image.commit([(0x1000, b"\x01", None)], default_policy, "late")
+        lm.image.commit([change(0x1000, b"\x01")], default_policy, "late")
 
 
 class RecordingBackend:

@@ -164,6 +164,23 @@ def option(kernel: KernelTarget, name: str) -> Any:
     return kernel.options.get(name, DEFAULT_OPTIONS[name])
 
 
+#: kernel-build addresses the plugin can read from vmlinux's symbols when no
+#: option gives them: option name -> vmlinux symbol
+_FROM_SYMBOLS = {"kernel_toc": ".TOC.", "ftrace_caller": "ftrace_caller", "ftrace_regs_caller": "ftrace_regs_caller"}
+
+
+def kernel_address(ctx: ApplyContext, name: str) -> int | None:
+    """An address option, else the unique vmlinux symbol that holds it."""
+    value = option(ctx.kernel, name)
+    if value is not None:
+        return int(value)
+    syms = ctx.kernel_symbols
+    if syms is None or "vmlinux" not in syms.objects:
+        return None
+    found = syms.objects["vmlinux"].matches(_FROM_SYMBOLS[name])
+    return found[0] if len(found) == 1 else None
+
+
 # ------------------------------------------------------------- small helpers
 def ha16(v: int) -> int:
     """``PPC_HA``: the high half, adjusted for the sign of the low half."""
@@ -274,9 +291,49 @@ def _stub_area(ctx: ApplyContext) -> tuple[int, int]:
     return base, ctx.module.sections[idx].size // STUB_SIZE
 
 
+def _stub_table(ctx: ApplyContext, base: int, num: int) -> dict[str, Any]:
+    """Target address -> slot of the stubs in use, and the first free slot.
+
+    The kernel scans the slots from 0 while ``funcdata`` is non-zero; slots are
+    only ever appended, so the first free slot is the number in use.  The table
+    is read from memory once and kept in ``ctx.state`` (committed with the phase).
+    """
+    tab: dict[str, Any] | None = ctx.state.get("stub_table")
+    if tab is None:
+        raw = np.frombuffer(ctx.staged.read(base, num * STUB_SIZE), dtype=np.uint8).reshape(num, STUB_SIZE)
+        funcdata = raw[:, FUNCDATA_OFFSET : FUNCDATA_OFFSET + 8].copy().view("<u8").reshape(-1)
+        empty = np.flatnonzero(funcdata == 0)
+        used = int(empty[0]) if empty.size else num
+        slots: dict[int, int] = {}
+        for i, a in enumerate(funcdata[:used].tolist()):
+            slots.setdefault(int(a), i)
+        tab = ctx.state["stub_table"] = {"slots": slots, "next": used}
+    return tab
+
+
 def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
     """``stub_for_addr``: the stub jumping to ``addr`` (created if needed)."""
     base, num = _stub_area(ctx)
+    if addr != 0:
+        tab = _stub_table(ctx, base, num)
+        found = tab["slots"].get(addr)
+        if found is not None:
+            return base + found * STUB_SIZE
+        i = tab["next"]
+        if i >= num:
+            raise RelocFailure(
+                f"no free call stub: all {num} slots of .stubs are used (the kernel warns in stub_for_addr "
+                "and refuses the relocation with -ENOENT)",
+            )
+        slot = base + i * STUB_SIZE
+        if option(ctx.kernel, "mprofile_kernel") and name in _ftrace_names(ctx.kernel):
+            create_ftrace_stub(ctx, slot, addr, name)
+        else:
+            create_stub(ctx, slot, addr)
+        tab["slots"][addr] = i
+        tab["next"] = i + 1
+        return slot
+    ctx.state.pop("stub_table", None)  # a stub to address 0 looks empty to the kernel: scan as it does
     i = 0
     while True:
         if i >= num:
@@ -337,11 +394,11 @@ def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
 
 def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> None:
     """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to the kernel TOC."""
-    ktoc = option(ctx.kernel, "kernel_toc")
+    ktoc = kernel_address(ctx, "kernel_toc")
     if ktoc is None:
         raise RelocFailure(
             f"the call to {name} needs the kernel's ftrace stub, which is relative to the kernel TOC "
-            "(kernel_toc_addr()); give it as KernelTarget(options={'kernel_toc': <vmlinux .TOC.>})"
+            "(kernel_toc_addr()): give vmlinux symbols with .TOC. (System.map) or the option kernel_toc=ADDR"
         )
     hint = _patch(ctx)
     first = FTRACE_STUB_INSNS[0] | (int(option(ctx.kernel, "paca_kernel_toc_offset")) & 0xFFFC)
@@ -553,6 +610,7 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         byteorder="little",
         description="ppc64le ELFv2 (arch/powerpc/kernel/module_64.c)",
         unknown_type_error="{module}: Unknown ADD relocation: {number}",
+        default_base=0xC008000000000000,  # start of the ppc64 module/vmalloc area (radix)
         capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
         insn_target=insn_target,
         type_names=OTHER_TYPES,
@@ -667,12 +725,12 @@ def klp_arch_finalize(ctx: ApplyContext) -> None:
     if option(ctx.kernel, "dynamic_ftrace_with_regs"):
         wanted.append("ftrace_regs_caller")
     for name in wanted:
-        addr = option(ctx.kernel, name)
+        addr = kernel_address(ctx, name)
         if addr is None:
             ctx.diagnostics.append(
                 Diagnostic(
-                    f"module_finalize_ftrace's stub for {name} is not reproduced (give its address as "
-                    f"KernelTarget.options['{name}']); later stubs would take a different slot than in the kernel",
+                    f"module_finalize_ftrace's stub for {name} is not reproduced (no vmlinux symbol {name}; give "
+                    f"the option {name}=ADDR); later stubs would take a different slot than in the kernel",
                     severity="warning",
                     module=ctx.module.name,
                 )
