@@ -10,7 +10,11 @@ calls on whole groups of entries at once:
 
 Types the kernel handles with more than arithmetic (stubs, PLTs, GOT slots,
 rewriting neighbouring instructions) supply a sequential ``handler`` instead,
-called once per entry in the kernel's order.
+called once per entry in the kernel's order.  A type can do both: ``split``
+picks the entries that need the handler (ppc64 calls through a stub) and the
+rest stay array-shaped (direct calls).  While these pieces run,
+``ctx.group`` holds the relocation indices of the entries they receive, for
+per-symbol data such as ``st_other``.
 
 Helpers below build the common pieces (:data:`ABS`, :data:`PREL`,
 :func:`signed`, :func:`unsigned`, :func:`insn_field`) so that a plugin's type
@@ -161,6 +165,17 @@ class RelocType:
     zero_error: str | None = None  # kernel message for a nonzero place
     truncates: Check | None = None  # the kernel writes a truncated value silently; warn where True
     handler: Handler | None = None  # sequential implementation (stubs, PLTs, ...)
+    #: with a handler: which entries of ``ctx.group`` need it (bool array); the
+    #: others take the array-shaped path (compute/check/encode).  None: all.
+    split: Callable[[SectionContext], Array] | None = None
+    #: instead of ``handler`` per entry: ``batch(ctx, indices)`` handles all
+    #: the entries of this type that need sequential treatment, in section
+    #: order, in one call (after the array-shaped groups; batches of different
+    #: types run in type-table order, then per-entry handlers in section order)
+    batch: Callable[[SectionContext, Array], None] | None = None
+    #: the primitive the kernel writes this type's field with (e.g.
+    #: "patch_instruction"); None: a plain store
+    write_hint: str | None = None
     range_doc: str = ""  # human-readable range rule, for ``klpcore plugins`` and docs
 
     @property

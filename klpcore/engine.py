@@ -211,6 +211,14 @@ class SectionContext(ApplyContext):
     target_address: int = 0
     relas: np.ndarray = field(default=None)  # type: ignore[assignment,arg-type]
     objname: str | None = None  # klp object of a livepatch section
+    #: while a type's compute/check/encode/split runs: the indices (into
+    #: ``relas``) of the entries in the arrays it receives
+    group: np.ndarray | None = None
+
+    def group_symbols(self) -> np.ndarray:
+        """Symbol indexes of the entries of the current group."""
+        assert self.group is not None
+        return (self.relas["r_info"][self.group] >> U64(32)).astype(np.int64)
 
     @classmethod
     def for_section(
@@ -412,15 +420,34 @@ def apply_section(ctx: SectionContext) -> None:
         _apply_sequential(ctx, types, buf)
         return
 
+    sequential: list[np.ndarray] = []
     for t in known:
         rt = arch.types[t]
-        if rt.handler is not None or rt.width == 0:
-            continue
         idx = np.flatnonzero(types == t)
+        if rt.handler is not None:
+            if rt.split is None:
+                sequential.append(idx)
+                continue
+            ctx.group = idx
+            needs = np.asarray(rt.split(ctx), dtype=bool)
+            sequential.append(idx[needs])
+            idx = idx[~needs]
+        if rt.width == 0 or not idx.size:
+            continue
         _apply_group(ctx, rt, idx, S[idx], A[idx], P[idx], offs[idx], buf)  # type: ignore[arg-type]
-    handler_idx = np.flatnonzero(np.isin(types, [t for t in known if arch.types[t].handler is not None]))
-    for i in handler_idx.tolist():
-        _run_handler(ctx, int(i))
+    ctx.group = None
+    if sequential:
+        order = np.sort(np.concatenate(sequential))
+        for t in known:  # batch handlers: all their entries at once, in section order
+            rt = arch.types[t]
+            if rt.batch is not None:
+                mine = order[types[order] == t]
+                if mine.size:
+                    rt.batch(ctx, mine)
+                    ctx.counts[rt.name] += int(mine.size)
+        for i in order.tolist():
+            if arch.types[int(types[i])].batch is None:
+                _run_handler(ctx, int(i))
     ctx.counts["applied"] += int(n)
 
 
@@ -433,7 +460,11 @@ def _plain_stores_allowed(ctx: SectionContext, types: np.ndarray, syms: np.ndarr
 
     if ctx.write_policy is None or ctx.image.state == ModuleState.UNFORMED:
         return True
-    plain = [t for t in known if ctx.arch.types[t].handler is None and ctx.arch.types[t].width]
+    plain = [
+        t
+        for t in known
+        if ctx.arch.types[t].handler is None and ctx.arch.types[t].width and ctx.arch.types[t].write_hint is None
+    ]
     if not plain:
         return True
     try:
@@ -481,6 +512,7 @@ def _apply_group(
     """Compute, check and write one type's entries; False if any was refused."""
     order = ctx.arch.insn_order if rt.insn else ctx.module.elf.byteorder
     assert rt.compute is not None, f"{rt.name} has neither compute nor handler"
+    ctx.group = idx
     values = rt.compute(S, A, P, ctx)
     ok = True
     if rt.check is not None:
@@ -492,7 +524,7 @@ def _apply_group(
                 idx[bad],
                 rt.name + " range",
                 lambda i: ctx.diag(
-                    rt.error.format(value=int(values[np.searchsorted(idx, i)])),
+                    _format_error(rt.error, int(values[np.searchsorted(idx, i)])),
                     i,
                     rtype=rt.number,
                     sym=int(ctx.relas["r_info"][i] >> U64(32)),
@@ -542,8 +574,16 @@ def _apply_group(
         else values & U64((1 << (8 * rt.width)) - 1 if rt.width < 8 else 0xFFFFFFFFFFFFFFFF)
     )
     scatter(buf, offs, rt.width, order, new)
+    if rt.write_hint is not None:
+        starts = offs.astype(np.int64).tolist()
+        ctx.staged.hints.setdefault(ctx.target.index, []).extend((s, s + rt.width, rt.write_hint) for s in starts)
     ctx.counts[rt.name] += int(idx.size)
     return True
+
+
+def _format_error(template: str, value: int) -> str:
+    value &= 0xFFFFFFFFFFFFFFFF
+    return template.format(value=value, svalue=value - (1 << 64) if value >> 63 else value)
 
 
 def _run_handler(ctx: SectionContext, i: int) -> None:
@@ -567,12 +607,18 @@ def _apply_sequential(ctx: SectionContext, types: np.ndarray, buf: np.ndarray) -
         rt = ctx.arch.types.get(t)
         if rt is None:
             continue
+        one = np.array([i])
         if rt.handler is not None:
-            _run_handler(ctx, i)
-            continue
+            ctx.group = one
+            if rt.split is None or bool(np.asarray(rt.split(ctx))[0]):
+                ctx.group = None
+                if rt.batch is not None:
+                    rt.batch(ctx, one)
+                else:
+                    _run_handler(ctx, i)
+                continue
         if rt.width == 0:
             continue
-        one = np.array([i])
         S = ctx.symvals[syms[one]]
         A = rel["r_addend"][one].astype(np.int64)
         off = rel["r_offset"][one].astype(np.uint64)

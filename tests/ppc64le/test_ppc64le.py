@@ -506,3 +506,19 @@ def test_stubs_size_in_file_is_ignored() -> None:
     struct.pack_into("<Q", data, shoff + 64 * stubs.index + 32, 1 << 62)
     lm = load(bytes(data))
     assert lm.module.sections[stubs.index].size == load("all_types.o").module.sections[stubs.index].size
+
+
+@pytest.mark.parametrize("obj", ["mod_calls.o", "all_types.o", "qemu/modfn.o", "qemu/modfn_klp.o"])
+@pytest.mark.parametrize("version", ["6.1", None])
+def test_batched_stub_calls_equal_entry_by_entry(obj, version, monkeypatch) -> None:
+    """The array-shaped stub-call path writes exactly what the kernel's
+    entry-by-entry loop (the plugin's ``rel24`` handler) writes."""
+    import dataclasses
+
+    from klpcore.output import write_elf
+
+    batched = write_elf(load(obj, version))
+    orig = ppc.reloc_types
+    monkeypatch.setattr(ppc, "reloc_types", lambda kernel: [dataclasses.replace(t, batch=None) for t in orig(kernel)])
+    entry_by_entry = write_elf(load(obj, version))
+    assert batched == entry_by_entry

@@ -59,9 +59,9 @@ import numpy as np
 
 from klpcore import constants as C
 from klpcore import hookimpl
-from klpcore.arch import ABS, PREL, ArchSpec, Array, Entry, RelocType, any_of, misaligned, signed
+from klpcore.arch import ABS, PREL, ArchSpec, Array, Entry, RelocType, any_of, insn_field, misaligned, signed
 from klpcore.constants import ModuleState
-from klpcore.engine import ApplyContext, RelocFailure, SectionContext, apply_section
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, apply_section, gather, scatter
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
@@ -460,6 +460,105 @@ def rel24(ctx: SectionContext, entry: Entry) -> None:
     ctx.write_uint(e.P, 4, (old & ~LI_MASK & 0xFFFFFFFF) | (d & LI_MASK), insn=True, hint=_patch(ctx))
 
 
+def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
+    """Calls through stubs, all of a section's at once (same result as the
+    kernel's entry-by-entry loop, which is :func:`rel24`): a stub per distinct
+    target address, allocated in order of first use; then the branches and the
+    nop -> ``ld r2,24(r1)`` rewrites as arrays."""
+    rel = ctx.relas
+    syms = (rel["r_info"][idx] >> U64(32)).astype(np.int64)
+    targets = ctx.symvals[syms] + rel["r_addend"][idx].astype(np.int64).view(U64)
+    P = U64(ctx.target_address) + rel["r_offset"][idx].astype(np.uint64)
+    names = ctx.module.elf.symbol_names
+    uniq, first = np.unique(targets, return_index=True)
+    stub_of = np.zeros(len(uniq), dtype=np.uint64)
+    failed = np.zeros(len(uniq), dtype=bool)
+    for k in np.argsort(first, kind="stable").tolist():
+        i = int(idx[first[k]])
+        try:
+            stub_of[k] = stub_for_addr(ctx, int(uniq[k]), names[int(syms[first[k]])])
+        except RelocFailure as f:
+            failed[k] = True
+            ctx.diag(f.message, i, rtype=R_PPC64_REL24, sym=int(syms[first[k]]), kernel_message=f.kernel_message)
+    where = np.searchsorted(uniq, targets)
+    ok = ~failed[where]
+    buf = ctx.staged.buffer(ctx.target.index)
+    offs = rel["r_offset"][idx].astype(np.uint64)
+    order = ctx.arch.insn_order
+    hint = _patch(ctx)
+    # restore_r2 for link branches (not for mprofile ftrace calls)
+    branch = gather(buf, offs, 4, order)
+    opcode = branch >> U64(26)
+    link = ((opcode == 18) | (opcode == 16)) & ((branch & U64(3)) == 1)
+    if option(ctx.kernel, "mprofile_kernel"):
+        ftrace = set(_ftrace_names(ctx.kernel))
+        link &= ~np.array([names[int(s)] in ftrace for s in syms], dtype=bool)
+    need = ok & link
+    after = offs + U64(4)
+    if need.any() and int(after[need].max()) + 4 > ctx.target.size:
+        for j in np.flatnonzero(need & (after + U64(4) > U64(ctx.target.size))).tolist():
+            ctx.diag("the instruction after the call is outside the section", int(idx[j]), R_PPC64_REL24, int(syms[j]))
+            need[j] = ok[j] = False
+    nxt = gather(buf, after[need], 4, order) if need.any() else np.zeros(0, np.uint64)
+    ld_ok = nxt == U64(INSN_LD_TOC)
+    accepted = ld_ok if ctx.kernel.at_least(6, 3) else np.zeros_like(ld_ok)
+    bad = ~accepted & (nxt != U64(INSN_NOP))
+    need_idx = np.flatnonzero(need)
+    for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):
+        at = int(P[j]) + 4
+        ctx.diag(
+            "the call through a stub must be followed by a nop (to become ld r2,24(r1)), found "
+            f"{word:08x}"
+            + (" (an already rewritten ld r2,24(r1) is accepted only since Linux 6.3)" if word == INSN_LD_TOC else ""),
+            int(idx[j]),
+            R_PPC64_REL24,
+            int(syms[j]),
+            kernel_message=f"{ctx.module.name}: Expected nop after call, got {word:08x} at {describe_address(ctx, at)}",
+        )
+        ok[j] = False
+    rewrite = need_idx[~bad & ~accepted]
+    # the kernel rewrites the nop before the range check; klpcore writes nothing when anything fails
+    d = (stub_of[where] - P).view(np.int64)
+    out = ok & ((d < -0x2000000) | (d > 0x1FFFFFF) | ((d & 3) != 0))
+    for j in np.flatnonzero(out).tolist():
+        ctx.diag(
+            f"branch displacement {int(d[j]):#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
+            int(idx[j]),
+            R_PPC64_REL24,
+            int(syms[j]),
+            kernel_message=f"{ctx.module.name}: REL24 {int(d[j])} out of range!",
+        )
+    good = ok & ~out
+    if rewrite.size:
+        scatter(buf, after[rewrite], 4, order, np.full(rewrite.size, INSN_LD_TOC, dtype=np.uint64))
+    new = (branch[good] & U64(~LI_MASK & 0xFFFFFFFF)) | (d[good].view(U64) & U64(LI_MASK))
+    scatter(buf, offs[good], 4, order, new)
+    if hint is not None:
+        spans = [(int(o), int(o) + 4, hint) for o in offs[good].tolist()]
+        spans += [(int(o), int(o) + 4, hint) for o in after[rewrite].tolist()]
+        ctx.staged.hints.setdefault(ctx.target.index, []).extend(spans)
+
+
+def rel24_needs_stub(ctx: SectionContext) -> np.ndarray:
+    """The REL24 entries of ``ctx.group`` that call through a stub: targets
+    that are undefined (resolved externals) or livepatch symbols."""
+    shndx = ctx.module.elf.symbols["st_shndx"][ctx.group_symbols()]
+    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH)
+
+
+def rel24_local(S: np.ndarray, A: np.ndarray, P: np.ndarray, ctx: SectionContext) -> np.ndarray:
+    """Direct calls: S + A + local entry offset (st_other bits 7:5) - P."""
+    k = (ctx.module.elf.symbols["st_other"][ctx.group_symbols()].astype(np.uint64) & U64(0xE0)) >> U64(5)
+    offset = ((U64(1) << k) >> U64(2)) << U64(2)
+    return S + A.view(U64) + offset - P
+
+
+def rel24_bad(values: np.ndarray, ctx: SectionContext) -> np.ndarray:
+    """Out of the +-32 MiB branch range, or not a multiple of 4."""
+    d = values.view(np.int64)
+    return (d < -0x2000000) | (d > 0x1FFFFFF) | ((values & U64(3)) != 0)
+
+
 def entry_reloc(ctx: SectionContext, entry: Entry) -> None:
     """R_PPC64_ENTRY: turn the large-model global entry into addis/addi when my_r2 - P fits."""
     e = entry
@@ -538,7 +637,15 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             "R_PPC64_REL24",
             4,
             "stub or local entry - P",
+            compute=rel24_local,
+            check=rel24_bad,
+            error="branch displacement {svalue:#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
+            kernel_error="{module}: REL24 {svalue} out of range!",
+            encode=insn_field(LI_MASK),
             handler=rel24,
+            batch=rel24_stub_calls,
+            split=rel24_needs_stub,
+            write_hint="patch_instruction" if kernel.at_least(5, 16) else None,
             insn=True,
             range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
         ),
