@@ -559,6 +559,28 @@ def rel24_bad(values: np.ndarray, ctx: SectionContext) -> np.ndarray:
     return (d < -0x2000000) | (d > 0x1FFFFFF) | ((values & U64(3)) != 0)
 
 
+def entry_batch(ctx: SectionContext, idx: np.ndarray) -> None:
+    """All R_PPC64_ENTRY entries of a section at once (same rule as :func:`entry_reloc`)."""
+    buf = ctx.staged.buffer(ctx.target.index)
+    offs = ctx.relas["r_offset"][idx].astype(np.uint64)
+    inside = offs + U64(8) <= U64(ctx.target.size)
+    offs = offs[inside]
+    P = U64(ctx.target_address) + offs
+    v = U64(my_r2(ctx)) - P
+    fits = (v + U64(0x80008000)) <= U64(0xFFFFFFFF)
+    order = ctx.arch.insn_order
+    w0 = gather(buf, offs, 4, order)
+    w1 = gather(buf, offs + U64(4), 4, order)
+    match = fits & ((w0 & U64(~0xFFFC & 0xFFFFFFFF)) == U64(ENTRY_LD)) & (w1 == U64(ENTRY_ADD))
+    vv = v[match]
+    ha = ((vv + U64(0x8000)) >> U64(16)) & U64(0xFFFF)
+    scatter(buf, offs[match], 4, order, U64(ENTRY_ADDIS) | ha)
+    scatter(buf, offs[match] + U64(4), 4, order, U64(ENTRY_ADDI) | (vv & U64(0xFFFF)))
+    ctx.staged.hints.setdefault(ctx.target.index, []).extend(
+        (int(o), int(o) + 8, "store") for o in offs[match].tolist()
+    )
+
+
 def entry_reloc(ctx: SectionContext, entry: Entry) -> None:
     """R_PPC64_ENTRY: turn the large-model global entry into addis/addi when my_r2 - P fits."""
     e = entry
@@ -668,6 +690,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             8,
             "addis/addi r2,r12,my_r2 - P",
             handler=entry_reloc,
+            batch=entry_batch,
             insn=True,
             range_doc="rewritten only if -0x80008000 <= my_r2 - P <= 0x7fff7fff",
         ),
