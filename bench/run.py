@@ -258,6 +258,8 @@ def bench_module(m: dict, d: Path, args: argparse.Namespace, work: Path) -> dict
         for s in m["klpcore_symbols"]:
             cmd += ["--symbols", str(d / s)]
         cmd += ["--base", m["base"], "--kernel", m["kernel"], "-o", str(out)]
+        for key, value in m.get("kernel_options", {}).items():
+            cmd += ["-O", f"{key}={value}"]
         res["klpcore_command"] = " ".join(cmd)
         log(f"{name}: (a) klpcore apply, whole process, {args.runs} runs ...")
         failure: list[str] = []
