@@ -18,7 +18,10 @@ Adding an architecture, step by step
    relocations, adjust alignments).
 4. Types that need more than arithmetic get a sequential ``handler`` in
    their :class:`~klpcore.arch.RelocType`; keep per-module state in
-   ``ctx.state`` (see :class:`~klpcore.engine.SectionContext`).
+   ``ctx.state`` (see :class:`~klpcore.engine.SectionContext`).  For speed,
+   ``split`` sends only the entries that need it to the handler, and
+   ``batch`` handles them all in one call with arrays (test that it writes
+   what the handler writes, as ``tests/ppc64le`` does).
 5. Implement :func:`klp_arch_write_method` if the kernel writes late
    (livepatch) relocations through a text-poking primitive, and
    :func:`klp_arch_clear_section` if the kernel has ``clear_relocate_add``.
