@@ -122,6 +122,8 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
 def klp_arch_is_init_section(name: str, kernel: KernelTarget) -> bool | None:
     """Override ``module_init_layout_section``: is section ``name`` init memory?
 
+    :param name: the section name.
+    :param kernel: the target kernel.
     :return: True/False, or None to keep the default (``.init*``).
     """
 
@@ -146,6 +148,8 @@ def klp_arch_clear_section(ctx: SectionContext) -> bool | None:
     the kernel's ``clear_relocate_add`` (x86 only since Linux 6.3; on other
     architectures the kernel's weak default does nothing).
 
+    :param ctx: the livepatch section being cleared, its entries and the
+        symbol values it was applied with; stage writes through ``ctx``.
     :return: True when handled (the core's default does nothing and returns True).
 
     Stops at the first non-None result.
@@ -155,7 +159,11 @@ def klp_arch_clear_section(ctx: SectionContext) -> bool | None:
 @hookspec
 def klp_arch_finalize(ctx: ApplyContext) -> None:
     """After the load-time relocations: the kernel's ``module_finalize``
-    (e.g. ftrace stubs, PLT thunks).  Writes go through ``ctx``."""
+    (e.g. ftrace stubs, PLT thunks).
+
+    :param ctx: the load phase; writes staged through it are committed with
+        the load's relocations (all or nothing).
+    """
 
 
 # --------------------------------------------------------------------------
