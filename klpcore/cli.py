@@ -492,9 +492,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         per_section: Counter[str] = Counter()
         for ph in loaded.phases:
             for name in ph.sections:
-                per_section[mod.sections[mod.elf.section_by_name(name).info].name] += (  # type: ignore[union-attr]
-                    mod.elf.section_by_name(name).size // C.RELA_SIZE  # type: ignore[union-attr]
-                )
+                relsec = mod.elf.section_by_name(name)
+                assert relsec is not None
+                per_section[mod.sections[relsec.info].name] += relsec.size // C.RELA_SIZE
         for s in report["sections"]:
             rows.append((s["name"], s["address"], s["region"], s["size"], per_section.get(s["name"], "")))
         _table(rows, ("section", "address", "region", "size", "relocations"))

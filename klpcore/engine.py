@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import constants as C
-from .arch import ArchSpec, Entry, RelocType
+from .arch import ArchSpec, Entry, RelocType, low_bits
 from .elf import Section
 from .errors import Diagnostic
 from .kernel import KernelTarget
@@ -567,18 +566,18 @@ def _apply_group(
             )
     if not ok:
         return False
-    encode = rt.encode
-    new = (
-        encode(values, old, ctx)
-        if encode is not None
-        else values & U64((1 << (8 * rt.width)) - 1 if rt.width < 8 else 0xFFFFFFFFFFFFFFFF)
-    )
+    new = _encode(rt, values, old, ctx)
     scatter(buf, offs, rt.width, order, new)
     if rt.write_hint is not None:
         starts = offs.astype(np.int64).tolist()
         ctx.staged.hints.setdefault(ctx.target.index, []).extend((s, s + rt.width, rt.write_hint) for s in starts)
     ctx.counts[rt.name] += int(idx.size)
     return True
+
+
+def _encode(rt: RelocType, values: np.ndarray, old: np.ndarray, ctx: SectionContext) -> np.ndarray:
+    """The new field contents: the type's encoder, or the value's low bits."""
+    return (rt.encode or low_bits(rt.width))(values, old, ctx)
 
 
 def _format_error(template: str, value: int) -> str:
@@ -647,11 +646,7 @@ def clear_section(ctx: SectionContext) -> None:
         )
         off = np.array([e.offset], dtype=np.uint64)
         old = gather(buf, off, rt.width, order)
-        expect = (
-            rt.encode(value, old, ctx)
-            if rt.encode
-            else value & U64((1 << (8 * rt.width)) - 1 if rt.width < 8 else 0xFFFFFFFFFFFFFFFF)
-        )
+        expect = _encode(rt, value, old, ctx)
         if int(old[0]) != int(expect[0]):
             ctx.diag(
                 f"existing value {int(old[0]):#x} does not match the expected {int(expect[0]):#x}; clearing stops here",
@@ -664,10 +659,3 @@ def clear_section(ctx: SectionContext) -> None:
             return
         scatter(buf, off, rt.width, order, np.zeros(1, dtype=np.uint64))
         ctx.counts["cleared"] += 1
-
-
-def section_symbols(ctx: SectionContext) -> np.ndarray:
-    return (ctx.relas["r_info"] >> U64(32)).astype(np.int64)
-
-
-_ = C  # constants re-exported for handlers' convenience

@@ -48,13 +48,12 @@ class ObjectSymbols:
     sources: list[str] = field(default_factory=list)
     _first: dict[str, int] | None = field(default=None, repr=False)  # name -> first position
     _dups: dict[str, list[int]] = field(default_factory=dict, repr=False)  # names that repeat
-    _seen: set[tuple[str, int]] = field(default_factory=set, repr=False)
+    _seen: set[tuple[str, int]] | None = field(default=None, repr=False)  # built on the first add()
     _sorted: bool = field(default=False, repr=False)
 
     def add(self, name: str, addr: int, typ: str, source: str) -> None:
-        if not getattr(self, "_seen_built", True):
+        if self._seen is None:
             self._seen = set(zip(self.names, self.addrs, strict=True))
-            self._seen_built = True
         key = (name, addr)
         if key in self._seen:  # the same symbol from a second source
             return
@@ -72,8 +71,7 @@ class ObjectSymbols:
         if not self.names:
             self.names, self.addrs, self.types = list(names), list(addrs), list(types)
             self.sources = [source] * len(self.names)
-            self._seen = set()
-            self._seen_built = False
+            self._seen = None
             self._invalidate()
             return
         for n, a, t in zip(names, addrs, types, strict=True):
