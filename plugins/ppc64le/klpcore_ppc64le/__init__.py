@@ -422,6 +422,25 @@ def is_relative_link_branch(insn: int) -> bool:
     return opcode in (16, 18) and insn & 3 == 1
 
 
+#: REL24 range failure: our message and the kernel's (``{svalue}`` = displacement)
+REL24_ERROR = "branch displacement {svalue:#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]"
+REL24_KERNEL_ERROR = "{module}: REL24 {svalue} out of range!"
+
+
+def rel24_range_failure(ctx: ApplyContext, d: int) -> RelocFailure:
+    d = s64(d)
+    return RelocFailure(REL24_ERROR.format(svalue=d), REL24_KERNEL_ERROR.format(module=ctx.module.name, svalue=d))
+
+
+def nop_failure(ctx: ApplyContext, insn: int, at: int) -> RelocFailure:
+    """restore_r2's refusal: the word after a call through a stub is not a nop."""
+    return RelocFailure(
+        f"the call through a stub must be followed by a nop (to become ld r2,24(r1)), found {insn:08x}"
+        + (" (an already rewritten ld r2,24(r1) is accepted only since Linux 6.3)" if insn == INSN_LD_TOC else ""),
+        f"{ctx.module.name}: Expected nop after call, got {insn:08x} at {describe_address(ctx, at)}",
+    )
+
+
 def restore_r2(ctx: SectionContext, e: Entry) -> None:
     """After a call through a stub the caller's r2 comes back: nop -> ld r2,24(r1)."""
     if option(ctx.kernel, "mprofile_kernel") and e.symbol_name in _ftrace_names(ctx.kernel):
@@ -433,11 +452,7 @@ def restore_r2(ctx: SectionContext, e: Entry) -> None:
     if insn == INSN_LD_TOC and ctx.kernel.at_least(6, 3):
         return  # already restored: a livepatch relocation applied again (6.3+)
     if insn != INSN_NOP:
-        raise RelocFailure(
-            f"the call through a stub must be followed by a nop (to become ld r2,24(r1)), found {insn:08x}"
-            + (" (an already rewritten ld r2,24(r1) is accepted only since Linux 6.3)" if insn == INSN_LD_TOC else ""),
-            f"{ctx.module.name}: Expected nop after call, got {insn:08x} at {describe_address(ctx, after)}",
-        )
+        raise nop_failure(ctx, insn, after)
     ctx.write_uint(after, 4, INSN_LD_TOC, insn=True, hint=_patch(ctx))
 
 
@@ -452,10 +467,7 @@ def rel24(ctx: SectionContext, entry: Entry) -> None:
         value = (value + local_entry_offset(e.st_other)) & MASK64
     d = (value - e.P) & MASK64
     if ((d + 0x2000000) & MASK64) > 0x3FFFFFF or d & 3:
-        raise RelocFailure(
-            f"branch displacement {s64(d):#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
-            f"{ctx.module.name}: REL24 {s64(d)} out of range!",
-        )
+        raise rel24_range_failure(ctx, d)
     old = ctx.read_uint(e.P, 4, insn=True)
     ctx.write_uint(e.P, 4, (old & ~LI_MASK & 0xFFFFFFFF) | (d & LI_MASK), insn=True, hint=_patch(ctx))
 
@@ -505,29 +517,16 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     bad = ~accepted & (nxt != U64(INSN_NOP))
     need_idx = np.flatnonzero(need)
     for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):
-        at = int(P[j]) + 4
-        ctx.diag(
-            "the call through a stub must be followed by a nop (to become ld r2,24(r1)), found "
-            f"{word:08x}"
-            + (" (an already rewritten ld r2,24(r1) is accepted only since Linux 6.3)" if word == INSN_LD_TOC else ""),
-            int(idx[j]),
-            R_PPC64_REL24,
-            int(syms[j]),
-            kernel_message=f"{ctx.module.name}: Expected nop after call, got {word:08x} at {describe_address(ctx, at)}",
-        )
+        nop = nop_failure(ctx, word, int(P[j]) + 4)
+        ctx.diag(nop.message, int(idx[j]), R_PPC64_REL24, int(syms[j]), kernel_message=nop.kernel_message)
         ok[j] = False
     rewrite = need_idx[~bad & ~accepted]
     # the kernel rewrites the nop before the range check; klpcore writes nothing when anything fails
     d = (stub_of[where] - P).view(np.int64)
     out = ok & ((d < -0x2000000) | (d > 0x1FFFFFF) | ((d & 3) != 0))
     for j in np.flatnonzero(out).tolist():
-        ctx.diag(
-            f"branch displacement {int(d[j]):#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
-            int(idx[j]),
-            R_PPC64_REL24,
-            int(syms[j]),
-            kernel_message=f"{ctx.module.name}: REL24 {int(d[j])} out of range!",
-        )
+        far = rel24_range_failure(ctx, int(d[j]))
+        ctx.diag(far.message, int(idx[j]), R_PPC64_REL24, int(syms[j]), kernel_message=far.kernel_message)
     good = ok & ~out
     if rewrite.size:
         scatter(buf, after[rewrite], 4, order, np.full(rewrite.size, INSN_LD_TOC, dtype=np.uint64))
@@ -661,8 +660,8 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             "stub or local entry - P",
             compute=rel24_local,
             check=rel24_bad,
-            error="branch displacement {svalue:#x} is not a multiple of 4 in [-0x2000000, 0x1fffffc]",
-            kernel_error="{module}: REL24 {svalue} out of range!",
+            error=REL24_ERROR,
+            kernel_error=REL24_KERNEL_ERROR,
             encode=insn_field(LI_MASK),
             handler=rel24,
             batch=rel24_stub_calls,
