@@ -243,7 +243,7 @@ def my_r2(ctx: ApplyContext) -> int:
 
 def _patch(ctx: ApplyContext) -> str | None:
     """The hint for writes the kernel does with ``patch_instruction`` (5.16+)."""
-    return "patch_instruction" if ctx.kernel.at_least(5, 16) else None
+    return "patch_instruction" if ctx.kernel.has("ppc64_patch_instruction") else None
 
 
 def describe_address(ctx: ApplyContext, address: int) -> str:
@@ -462,7 +462,7 @@ def restore_r2(ctx: SectionContext, e: Entry) -> None:
         return  # sibling call (b): nothing to restore
     after = e.P + 4
     insn = ctx.read_uint(after, 4, insn=True)
-    if insn == INSN_LD_TOC and ctx.kernel.at_least(6, 3):
+    if insn == INSN_LD_TOC and ctx.kernel.has("ppc64_restore_r2_accepts_ld"):
         return  # already restored: a livepatch relocation applied again (6.3+)
     if insn != INSN_NOP:
         raise nop_failure(ctx, insn, after)
@@ -526,7 +526,7 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
             need[j] = ok[j] = False
     nxt = gather(buf, after[need], 4, order) if need.any() else np.zeros(0, np.uint64)
     ld_ok = nxt == U64(INSN_LD_TOC)
-    accepted = ld_ok if ctx.kernel.at_least(6, 3) else np.zeros_like(ld_ok)
+    accepted = ld_ok if ctx.kernel.has("ppc64_restore_r2_accepts_ld") else np.zeros_like(ld_ok)
     bad = ~accepted & (nxt != U64(INSN_NOP))
     need_idx = np.flatnonzero(need)
     for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):
@@ -679,7 +679,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             handler=rel24,
             batch=rel24_stub_calls,
             split=rel24_needs_stub,
-            write_hint="patch_instruction" if kernel.at_least(5, 16) else None,
+            write_hint="patch_instruction" if kernel.has("ppc64_patch_instruction") else None,
             insn=True,
             range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
         ),
@@ -927,11 +927,11 @@ def klp_arch_write_method(
     around its writes (``module_disable_ro``)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == "patch_instruction" and kernel.at_least(5, 16):
+    if hint == "patch_instruction" and kernel.has("ppc64_patch_instruction"):
         return "patch_instruction"
     # hint "store" (or None): a plain store
     if region.perms & Perm.W:
         return "store"
-    if not kernel.at_least(5, 8):
+    if not kernel.has("klp_no_module_disable_ro"):
         return "module_disable_ro"
     return None
