@@ -129,13 +129,6 @@ _TABLE = [
         "kallsyms: increase maximum kernel symbol length to 512 (6.1)",
     ),
     Behaviour(
-        "klp_newline_fix",
-        (6, 2),
-        "core",
-        "the 'invalid access to vmlinux symbol' message ends with a newline (no effect on klpcore's text)",
-        "livepatch: add missing newline to error message (6.2)",
-    ),
-    Behaviour(
         "x86_write_relocate_add",
         (6, 3),
         "x86_64",
