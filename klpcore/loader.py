@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,15 @@ from .arch import ArchSpec
 from .constants import MemType, ModuleState
 from .elf import ElfModule, Section
 from .engine import ApplyContext, SectionContext, StagedMemory
-from .errors import Diagnostic, ElfFormatError, InputError, KlpError, RelocationError, ResolutionError
+from .errors import (
+    Diagnostic,
+    ElfFormatError,
+    InputError,
+    KlpError,
+    LivepatchFormatError,
+    RelocationError,
+    ResolutionError,
+)
 from .kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
 from .layout import Layout, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
@@ -181,6 +189,17 @@ class Loader:
 
         ``init_base`` places the init memory (the kernel's separate init
         allocation) there; by default it follows the core memory."""
+        if mod.klp.fmt == "rfc" and self.kernel.has("final_klp_format"):
+            raise LivepatchFormatError(
+                Diagnostic(
+                    "2015 RFC livepatch format (__klp_rela_ sections, symbols in section 0xff21): only the RFC "
+                    f"prototype kernels of the 4.3/4.4 era handled it (--kernel 4.4); Linux {self.kernel.label} "
+                    "would apply these sections at load as ordinary relocations and index sechdrs[0xff21] "
+                    "for their symbols",
+                    module=mod.name,
+                    section=mod.klp.reloc_secs[0].name if mod.klp.reloc_secs else None,
+                )
+            )
         mod.settings = self.settings(mod)
         on = {name: st.value in ("y", "m") for name, st in mod.settings.items() if name != "PAGE_SIZE"}
         for s in mod.sections:
@@ -488,7 +507,9 @@ class LoadedModule:
             yield from self._object_sections(obj)
 
     def _object_sections(self, obj: KlpObject) -> Iterator[tuple[Section, KlpRelocSec | None]]:
-        for rs in sorted(obj.reloc_secs, key=lambda r: r.index):
+        # the 2015 prototype built each object's list by inserting at the head: descending index order
+        rfc = self.module.klp.fmt == "rfc"
+        for rs in sorted(obj.reloc_secs, key=lambda r: r.index, reverse=rfc):
             if not self.module.sections[rs.target].flags & C.SHF_ALLOC:
                 continue
             yield self.module.sections[rs.index], rs
@@ -592,14 +613,14 @@ class LoadedModule:
                 k = klp_syms.get(sym)
                 try:
                     if k is not None and k.external:
+                        # klp_find_external_symbol: an export, else the patch module's own kallsyms
                         match = self.symbols.find_exported(name)
-                        if match is None:
-                            raise ResolutionError(
-                                Diagnostic(f"external symbol '{name}' is not exported by any loaded object")
-                            )
-                        addr = match.address
+                        if match is not None:
+                            addr = match.address
+                        else:
+                            addr = self.symbols.find_object_symbol_rfc(mod.name, name, self._own_symbol(name))
                     else:
-                        addr = self.symbols.find_object_symbol(None if sec_vmlinux else rs.objname, name, 0)
+                        addr = self.symbols.find_object_symbol_rfc(None if sec_vmlinux else rs.objname, name)
                 except ResolutionError as exc:
                     for d in exc.diagnostics:
                         ctx.diag(d.message, i, sym=sym, kernel_message=d.kernel_message, **d.extra)
@@ -651,6 +672,16 @@ class LoadedModule:
             out.append(SymbolResolution(sym, name, addr, "livepatch", p.objname, ctx.phase))
         return ok
 
+    def _own_symbol(self, name: str) -> list[int]:
+        """Addresses of ``name`` among the module's own defined symbols (its kallsyms while it initialises)."""
+        elf = self.module.elf
+        shndx = elf.symbols["st_shndx"]
+        return [
+            int(self.symvals[i])
+            for i, n in enumerate(elf.symbol_names)
+            if n == name and i and int(shndx[i]) not in (C.SHN_UNDEF, C.SHN_LIVEPATCH, C.SHN_LIVEPATCH_RFC)
+        ]
+
     # ------------------------------------------------------ later transitions
     def coming(self, objname: str, symbols: KernelSymbols | None = None) -> PhaseResult | None:
         """A patched module loads (``klp_module_coming``): apply its sections."""
@@ -663,6 +694,23 @@ class LoadedModule:
         obj = self.module.klp.objects.get(objname)
         if obj is None:
             return None
+        if self.module.klp.fmt == "rfc":
+            # the RFC era's module notifier only warned; the target module still loaded, unpatched
+            try:
+                result = self._run_phase(f"coming:{objname}", self._object_sections(obj))
+            except KlpError as exc:
+                self.warnings.extend(replace(d, severity="warning") for d in exc.diagnostics)
+                self.warnings.append(
+                    Diagnostic(
+                        f"patch not applied to '{objname}': the RFC-era kernel warns and loads '{objname}' unpatched",
+                        severity="warning",
+                        module=self.module.name,
+                        kernel_message=f"failed to apply patch '{self.module.name}' to module '{objname}' (-22)",
+                    )
+                )
+                return None
+            self.applied_objects.add(objname)
+            return result
         result = self._run_phase(f"coming:{objname}", self._object_sections(obj))
         self.applied_objects.add(objname)
         return result

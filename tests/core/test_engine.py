@@ -383,7 +383,8 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
 
 def test_rfc_format_applied_at_enable(toy_loader) -> None:
     ext4 = "ffffffffc1000000 t helper\t[ext4]\n"
-    lm = toy_loader.load(patch_module(KlpSym("ext4"), fmt="rfc"), symbols(ext4), BASE)
+    rfc_era = Loader(toy_loader.pm, kernel=KernelTarget((4, 4)))
+    lm = rfc_era.load(patch_module(KlpSym("ext4"), fmt="rfc"), symbols(ext4), BASE)
     phases = {p.name: p.sections for p in lm.phases}
     assert phases["load"] == [".rela.text.fn"]
     assert phases["enable"] == ["__klp_rela_vmlinux.text.fn", "__klp_rela_ext4.text.fn"]

@@ -562,7 +562,7 @@ def rel24(ctx: SectionContext, entry: Entry) -> None:
     """R_PPC64_REL24: a stub for external/livepatch targets, else the local entry point."""
     e = entry
     value = (e.S + e.addend) & MASK64
-    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH):
+    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH, C.SHN_LIVEPATCH_RFC):
         value = stub_for_addr(ctx, value, e.symbol_name)
         restore_r2(ctx, e)
     else:
@@ -644,7 +644,7 @@ def rel24_needs_stub(ctx: SectionContext) -> np.ndarray:
     """The REL24 entries of ``ctx.group`` that call through a stub: targets
     that are undefined (resolved externals) or livepatch symbols."""
     shndx = ctx.module.elf.symbols["st_shndx"][ctx.group_symbols()]
-    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH)
+    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH) | (shndx == C.SHN_LIVEPATCH_RFC)
 
 
 def rel24_local(S: np.ndarray, A: np.ndarray, P: np.ndarray, ctx: SectionContext) -> np.ndarray:
