@@ -191,10 +191,13 @@ def discover(module: ElfModule, ksym_name_len: int = 512) -> LivepatchInfo:
                 )
                 continue
             if len(obj) > C.KLP_OBJNAME_MAX:
-                errors.append(
+                # sscanf's %55[^.] keeps the first 55 characters, which name no object: the kernel
+                # silently never applies the section (klpcore does the same and says so)
+                warnings.append(
                     Diagnostic(
                         f"object name '{obj}' is {len(obj)} characters, more than {C.KLP_OBJNAME_MAX}; the kernel "
-                        f"would read it as '{obj[: C.KLP_OBJNAME_MAX]}' and never apply this section",
+                        f"reads it as '{obj[: C.KLP_OBJNAME_MAX]}' and silently never applies this section",
+                        severity="warning",
                         module=module.name,
                         section=sec.name,
                     )
@@ -203,7 +206,9 @@ def discover(module: ElfModule, ksym_name_len: int = 512) -> LivepatchInfo:
             if not sec.flags & C.SHF_ALLOC:
                 warnings.append(
                     Diagnostic(
-                        "livepatch relocation section lacks SHF_ALLOC; the kernel does not keep or apply it",
+                        "livepatch relocation section lacks SHF_ALLOC: its contents are not kept after load; the "
+                        "kernel applies a vmlinux section at load (5.8+) normally, but a later application "
+                        "(module-specific, or any before 5.8) reads the freed load copy",
                         severity="warning",
                         module=module.name,
                         section=sec.name,

@@ -389,6 +389,8 @@ class LoadedModule:
         self.phases: list[PhaseResult] = []
         self.warnings: list[Diagnostic] = list(mod.klp.warnings)
         self.applied_objects: set[str] = set()
+        #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
+        self._resolve_failed: set[str] = set()
 
     # -------------------------------------------------------------- symbols
     def _simplify_symbols(self) -> list[Diagnostic]:
@@ -511,6 +513,16 @@ class LoadedModule:
         rfc = self.module.klp.fmt == "rfc"
         for rs in sorted(obj.reloc_secs, key=lambda r: r.index, reverse=rfc):
             if not self.module.sections[rs.target].flags & C.SHF_ALLOC:
+                # klp_write_object_relocs does not check the target: its sh_addr points into the load copy
+                self.warnings.append(
+                    Diagnostic(
+                        f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
+                        "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
+                        severity="warning",
+                        module=self.module.name,
+                        section=rs.name,
+                    )
+                )
                 continue
             yield self.module.sections[rs.index], rs
 
@@ -567,6 +579,7 @@ class LoadedModule:
                 continue
             sctx = SectionContext.for_section(ctx, s, relas, rs.objname if rs else None)
             if rs is not None and not clear and not self._resolve_klp(sctx, rs, resolutions):
+                self._resolve_failed.add(s.name)
                 continue
             if clear:
                 mod.hooks.klp_arch_clear_section(ctx=sctx)  # type: ignore[attr-defined]
@@ -672,6 +685,41 @@ class LoadedModule:
             out.append(SymbolResolution(sym, name, addr, "livepatch", p.objname, ctx.phase))
         return ok
 
+    def _left_behind(
+        self, objname: str, sections: Sequence[tuple[Section, KlpRelocSec | None]], errors: Sequence[Diagnostic]
+    ) -> Diagnostic | None:
+        """What a failing ``klp_module_coming`` leaves in the patch module (D6):
+        the kernel writes entry by entry and section by section and stops at the
+        first failure, and does not clean up the failing patch; klpcore writes
+        nothing.  Returns a warning naming what the kernel would keep."""
+        order = [s.name for s, _ in sections]
+        failing = [(order.index(d.section), d.index) for d in errors if d.section in order]
+        if not failing:
+            return None
+        pos, index = min(failing, key=lambda t: (t[0], t[1] if t[1] is not None else -1))
+        done = order[:pos]
+        partial = index if index is not None and order[pos] not in self._resolve_failed else 0
+        parts = [f"{', '.join(done)} applied completely"] if done else []
+        if partial:
+            parts.append(f"the first {partial} relocation(s) of {order[pos]}")
+        if not parts:
+            return None
+        x86 = self.module.arch.name == "x86_64"
+        return Diagnostic(
+            f"the kernel would leave behind in {self.module.name}: {' and '.join(parts)} (klp_module_coming does not "
+            f"undo the failing patch); '{objname}' is refused"
+            + (
+                f", and every later load of '{objname}' fails at the first already-written place "
+                "('existing value is nonzero') until the patch is removed"
+                if x86
+                else ""
+            )
+            + ". klpcore leaves the image unchanged (all or nothing).",
+            severity="warning",
+            module=self.module.name,
+            section=order[pos],
+        )
+
     def _own_symbol(self, name: str) -> list[int]:
         """Addresses of ``name`` among the module's own defined symbols (its kallsyms while it initialises)."""
         elf = self.module.elf
@@ -711,7 +759,14 @@ class LoadedModule:
                 return None
             self.applied_objects.add(objname)
             return result
-        result = self._run_phase(f"coming:{objname}", self._object_sections(obj))
+        sections = list(self._object_sections(obj))
+        try:
+            result = self._run_phase(f"coming:{objname}", sections)
+        except KlpError as exc:
+            note = self._left_behind(objname, sections, exc.diagnostics)
+            if note is not None:
+                exc.diagnostics.append(note)
+            raise
         self.applied_objects.add(objname)
         return result
 

@@ -458,7 +458,10 @@ def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
     lm = toy_loader.load(klp, symbols(), BASE)
     with pytest.raises(RelocationError) as ei:
         lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
-    (d,) = ei.value.diagnostics
+    d, note = ei.value.diagnostics
+    # what the kernel keeps of the failing patch (it writes entry by entry; D6)
+    assert note.severity == "warning"
+    assert "the first 1 relocation(s) of .klp.rela.ext4..text.fn" in note.message
     assert (d.section, d.index, d.rtype, d.symbol) == (
         ".klp.rela.ext4..text.fn",
         1,
@@ -470,3 +473,24 @@ def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
     # nothing was written: the allowed poke is not committed either
     text = lm.module.section_by_name(".text.fn").index
     assert lm.section_bytes(text)[8:18] == bytes(10)
+
+
+def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader) -> None:
+    """D6: klpcore stays all-or-nothing; the warning names the sections the
+    kernel would already have applied to the patch module when it refuses."""
+    base = Obj(
+        sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16), Sec(".text.b", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("helper"), Sym("missing")],
+        relas=[Rela(".text.a", 0, T.CALL, "helper", 0), Rela(".text.b", 0, T.CALL, "missing", 0)],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(base, {"helper": KlpSym("ext4"), "missing": KlpSym("ext4")})
+    lm = toy_loader.load(klp, symbols(), BASE)
+    with pytest.raises(RelocationError) as ei:
+        lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
+    note = ei.value.diagnostics[-1]
+    assert note.severity == "warning"
+    assert "leave behind in lp: .klp.rela.ext4..text.a applied completely" in note.message
+    assert "'ext4' is refused" in note.message
+    text = lm.section_bytes(lm.module.section_by_name(".text.a").index)
+    assert text[:4] == bytes(4)  # klpcore itself wrote nothing
