@@ -64,6 +64,8 @@ UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
 #: Marked too since 6.16 with ``CONFIG_HAVE_STATIC_CALL_INLINE``.
 STATIC_CALL_SITES = ".static_call_sites"
+#: Loaded outside module memory since 6.13 with ``CONFIG_MEM_ALLOC_PROFILING``.
+CODETAG_SECTION = ".codetag.alloc_tags"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class LoadingModule:
     #: build facts used for this module (page size, STRICT_MODULE_RWX, ...) and
     #: where they came from (config, arch default, core default)
     settings: dict[str, Setting] = field(default_factory=dict)
+    #: warnings from preparing the module (layout facts the user should know)
+    notes: list[Diagnostic] = field(default_factory=list)
 
     @property
     def page_size(self) -> int:
@@ -182,6 +186,8 @@ class Loader:
         }
         if k.has("static_call_sites_ro_after_init"):
             out["HAVE_STATIC_CALL_INLINE"] = config_setting(mod.hooks, k, "HAVE_STATIC_CALL_INLINE")
+        if k.has("codetag_separate") and mod.section_by_name(CODETAG_SECTION) is not None:
+            out["MEM_ALLOC_PROFILING"] = config_setting(mod.hooks, k, "MEM_ALLOC_PROFILING")
         return out
 
     def prepare(self, mod: LoadingModule, base: int = DEFAULT_BASE, init_base: int | None = None) -> None:
@@ -226,6 +232,31 @@ class Loader:
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
             mod.extra_addresses[percpu.index] = self.percpu_base
+        codetag = mod.section_by_name(CODETAG_SECTION)
+        if on.get("MEM_ALLOC_PROFILING") and codetag is not None and codetag.size and codetag.flags & C.SHF_ALLOC:
+            # layout_sections skips it (codetag_needs_module_section); it lives in the alloc-tag area
+            codetag.flags &= ~C.SHF_ALLOC
+            mod.notes.append(
+                Diagnostic(
+                    f"{CODETAG_SECTION} is loaded into the kernel's separate alloc-tag area, not module memory "
+                    "(MEM_ALLOC_PROFILING, 6.13+): klpcore leaves it out of the layout as the kernel does, and "
+                    "does not reproduce relocations into it or addresses of symbols in it",
+                    severity="warning",
+                    module=mod.name,
+                    section=CODETAG_SECTION,
+                )
+            )
+        if mod.klp.objects and not on["LIVEPATCH"]:
+            mod.notes.append(
+                Diagnostic(
+                    "the target kernel has no CONFIG_LIVEPATCH"
+                    + (" (from --config)" if mod.settings["LIVEPATCH"].source == "config" else "")
+                    + ": its .klp.rela sections are never applied (klp_apply_section_relocs is a stub) and the "
+                    "livepatch core's symbols (klp_enable_patch) are missing, so the kernel refuses this module",
+                    severity="warning",
+                    module=mod.name,
+                )
+            )
         ro_after_init: tuple[str, ...] = RO_AFTER_INIT_SECTIONS
         if on.get("HAVE_STATIC_CALL_INLINE"):
             ro_after_init += (STATIC_CALL_SITES,)
@@ -387,7 +418,7 @@ class LoadedModule:
         self.symvals = np.zeros(mod.elf.nsyms, dtype=np.uint64)
         self.resolutions: list[SymbolResolution] = []
         self.phases: list[PhaseResult] = []
-        self.warnings: list[Diagnostic] = list(mod.klp.warnings)
+        self.warnings: list[Diagnostic] = [*mod.klp.warnings, *mod.notes]
         self.applied_objects: set[str] = set()
         #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
         self._resolve_failed: set[str] = set()

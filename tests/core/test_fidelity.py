@@ -286,3 +286,51 @@ def test_percpu_backport_option(toy_pm) -> None:
     lm = Loader(toy_pm, kernel=k).load(_percpu_module(), parse_symbol_text(SYMS), BASE)
     idx = lm.module.section_by_name(".data..percpu").index
     assert struct.unpack_from("<Q", lm.section_bytes(idx))[0] == 0xFFFFFFFF81000000
+
+
+# ------------------------------------------------- codetag (6.13), LIVEPATCH
+def _codetag_module() -> bytes:
+    return Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16)),
+            Sec(".codetag.alloc_tags", flags=DATA, data=bytes(0x40), align=8),
+            Sec(".data", flags=DATA, data=bytes(8), align=8),
+        ],
+        symbols=[Sym("printk")],
+        relas=[Rela(".data", 0, T.ABS64, "printk", 0)],
+        modinfo={"name": "ct"},
+    ).build()
+
+
+class AllocProfiling:
+    @hookimpl
+    def klp_arch_config_default(self, name: str, kernel: KernelTarget) -> str | None:
+        return "y" if name == "MEM_ALLOC_PROFILING" else None
+
+
+@pytest.mark.parametrize(("version", "separate"), [((6, 12), False), ((6, 13), True)])
+def test_codetag_section_outside_module_memory_from_6_13(version, separate) -> None:
+    pm = get_plugin_manager(autoload=False, plugins=[T, AllocProfiling()])
+    lm = Loader(pm, kernel=KernelTarget(version)).load(_codetag_module(), parse_symbol_text(SYMS), BASE)
+    a = addresses(lm)
+    assert (".codetag.alloc_tags" not in a) == separate
+    assert a[".data"] == (BASE + 0x1000 if separate else BASE + 0x1040)
+    assert any("alloc-tag area" in w.message for w in lm.warnings) == separate
+
+
+def test_no_livepatch_in_config_warns(toy_pm) -> None:
+    from klpcore.testing.klpify import KlpSym, klpify
+
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("secret")],
+        relas=[Rela(".text", 0, T.ABS64, "secret")],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(obj, {"secret": KlpSym("vmlinux")})
+    syms = SYMS + "ffffffff81000100 t secret\n"
+    k = KernelTarget(config=KernelConfig.from_text("# CONFIG_LIVEPATCH is not set\nCONFIG_STRICT_MODULE_RWX=y\n"))
+    lm = Loader(toy_pm, kernel=k).load(klp, parse_symbol_text(syms), BASE)
+    assert any("no CONFIG_LIVEPATCH (from --config)" in w.message for w in lm.warnings)
+    lm = Loader(toy_pm).load(klp, parse_symbol_text(syms), BASE)
+    assert not any("CONFIG_LIVEPATCH" in w.message for w in lm.warnings)
