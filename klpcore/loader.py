@@ -853,7 +853,10 @@ def default_plugin_manager() -> pluggy.PluginManager:
 
 
 def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, int, str]]:
-    """Symbols a module loaded at ``base`` shows in kallsyms (klpcore's layout)."""
+    """Symbols a module loaded at ``base`` shows in kallsyms once it is LIVE
+    (``is_core_symbol`` with ``CONFIG_KALLSYMS_ALL``, which livepatch needs):
+    named symbols of loaded, non-init sections and of the per-CPU section (at
+    the loader's default per-CPU base); no undefined, absolute or FILE symbols."""
     loader = Loader(default_plugin_manager())
     mod = loader.open(elf)
     loader.prepare(mod, base)
@@ -861,19 +864,17 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
     out = []
     for i in range(1, elf.nsyms):
         shndx = int(syms["st_shndx"][i])
-        stype = int(syms["st_info"][i]) & 0xF
         name = elf.symbol_names[i]
-        if not name or stype in (C.STT_SECTION, C.STT_FILE) or shndx == C.SHN_UNDEF:
+        if not name or shndx == C.SHN_UNDEF or shndx >= min(len(mod.sections), C.SHN_LORESERVE):
             continue
-        if shndx >= C.SHN_LORESERVE:
-            if shndx == C.SHN_ABS:
-                out.append((name, int(syms["st_value"][i]), "a"))
+        bind = int(syms["st_info"][i]) >> 4
+        if shndx in mod.extra_addresses:  # the per-CPU section
+            out.append((name, mod.extra_addresses[shndx] + int(syms["st_value"][i]), "D" if bind else "d"))
             continue
-        addr = mod.layout.address_of(shndx)
-        if addr is None:
+        p = mod.layout.placements.get(shndx)
+        if p is None or p.memtype.is_init:
             continue
         sec = mod.sections[shndx]
         ch = "t" if sec.is_exec else ("b" if sec.is_nobits else ("d" if sec.is_write else "r"))
-        bind = int(syms["st_info"][i]) >> 4
-        out.append((name, addr + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
+        out.append((name, p.address + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
     return out

@@ -334,3 +334,36 @@ def test_no_livepatch_in_config_warns(toy_pm) -> None:
     assert any("no CONFIG_LIVEPATCH (from --config)" in w.message for w in lm.warnings)
     lm = Loader(toy_pm).load(klp, parse_symbol_text(syms), BASE)
     assert not any("CONFIG_LIVEPATCH" in w.message for w in lm.warnings)
+
+
+# ---------------------------------------------- D12 a LIVE module's kallsyms
+def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
+    """A loaded (LIVE) module's kallsyms is its core table: init-section
+    symbols are gone, per-CPU symbols are in, absolute symbols are out; so a
+    static name in .text and .init.text is unique (sympos 0 resolves)."""
+    import klpcore.loader as L
+    from klpcore import load_symbols
+
+    monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
+    monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
+    monkeypatch.setattr(L, "_PM_CACHE", [])
+    ko = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(32), align=16),
+            Sec(".init.text", flags=TEXT, data=bytes(16), align=16),
+            Sec(".data..percpu", flags=DATA, data=bytes(16), align=8),
+        ],
+        symbols=[
+            Sym("foo", ".text", 0x10, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("foo", ".init.text", 0x4, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("pcpu_var", ".data..percpu", 8, bind=C.STB_LOCAL, type=C.STT_OBJECT),
+            Sym("absval", C.SHN_ABS, 0x1234, bind=C.STB_LOCAL),
+        ],
+        modinfo={"name": "tgt"},
+    ).build()
+    p = tmp_path / "tgt.ko"
+    p.write_bytes(ko)
+    ks = load_symbols(f"{p}@0xffffffffc1000000")
+    assert ks.find_object_symbol("tgt", "foo", 0) == 0xFFFFFFFFC1000010
+    assert ks.find_object_symbol("tgt", "pcpu_var", 0) == 0xFFFFFFFFA0000008
+    assert ks.objects["tgt"].matches("absval") == []
