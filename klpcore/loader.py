@@ -529,13 +529,35 @@ class LoadedModule:
             yield s, None
 
     def _enable_sections(self) -> Iterator[tuple[Section, KlpRelocSec | None]]:
-        """``klp_init_object_loaded`` for each patched object that is loaded."""
+        """``klp_init_object_loaded`` for each patched object that is loaded, in
+        the order of the patch's ``klp_object`` array.  That order is C data
+        klpcore does not read: ``-O klp_object_order=a,b`` gives it; otherwise
+        objects go in order of their first section, with a warning when the
+        order can change bytes (several objects applied at once)."""
+        todo = []
         for obj in self.module.klp.objects.values():
             if obj.is_vmlinux and self.module.klp.fmt == "final" and self.kernel.early_vmlinux_klp:
                 self.applied_objects.add(obj.name)
                 continue
             if not obj.is_vmlinux and not self.symbols.has(obj.name):
                 continue  # not loaded: applied when it comes (see coming())
+            todo.append(obj)
+        given = self.kernel.options.get("klp_object_order")
+        if given:
+            rank = {name.strip(): i for i, name in enumerate(str(given).split(","))}
+            todo.sort(key=lambda o: rank.get(o.name, len(rank)))
+        elif len(todo) > 1:
+            self.warnings.append(
+                Diagnostic(
+                    f"objects {', '.join(o.name for o in todo)} are applied in the order of their first section; "
+                    "the kernel uses the order of the patch's klp_object array, which can change which stub or "
+                    "PLT slot each call gets: give it with -O klp_object_order="
+                    + ",".join(o.name for o in todo),
+                    severity="warning",
+                    module=self.module.name,
+                )
+            )
+        for obj in todo:
             self.applied_objects.add(obj.name)
             yield from self._object_sections(obj)
 

@@ -494,3 +494,25 @@ def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader) -> None:
     assert "'ext4' is refused" in note.message
     text = lm.section_bytes(lm.module.section_by_name(".text.a").index)
     assert text[:4] == bytes(4)  # klpcore itself wrote nothing
+
+
+def test_klp_object_order_option(toy_loader) -> None:
+    """D11: the kernel initialises objects in klp_object array order (C data);
+    -O klp_object_order gives it, else a warning says the order is assumed."""
+    base = Obj(
+        sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16), Sec(".text.b", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("fa"), Sym("fb")],
+        relas=[Rela(".text.a", 0, T.CALL, "fa", 0), Rela(".text.b", 0, T.CALL, "fb", 0)],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(base, {"fa": KlpSym("moda"), "fb": KlpSym("modb")})
+    syms = "ffffffffc1000000 t fa\t[moda]\nffffffffc2000000 t fb\t[modb]\n"
+    lm = toy_loader.load(klp, symbols(syms), BASE)
+    enable = next(p for p in lm.phases if p.name == "enable")
+    assert enable.sections == [".klp.rela.moda..text.a", ".klp.rela.modb..text.b"]
+    assert any("klp_object_order=moda,modb" in w.message for w in lm.warnings)
+    k = KernelTarget(options={"klp_object_order": "modb,moda"})
+    lm = Loader(toy_loader.pm, kernel=k).load(klp, symbols(syms), BASE)
+    enable = next(p for p in lm.phases if p.name == "enable")
+    assert enable.sections == [".klp.rela.modb..text.b", ".klp.rela.moda..text.a"]
+    assert not any("klp_object_order" in w.message for w in lm.warnings)
