@@ -256,9 +256,11 @@ def _module_elf(args: argparse.Namespace) -> ElfModule:
 
 def kernel_summary(kernel: KernelTarget, settings: dict[str, Setting] | None = None) -> dict[str, Any]:
     """What every report says about the rules it used."""
-    source = {"newest": "newest modelled release", "option": "--kernel"}.get(
+    source = {"newest": "newest checked release", "option": "--kernel"}.get(
         kernel.version_source, kernel.version_source
     )
+    if kernel.beyond_newest:
+        source += f"; newer than the newest checked release {NEWEST[0]}.{NEWEST[1]}, whose rules are used"
     out: dict[str, Any] = {
         "version": kernel.label,
         "version_source": source,

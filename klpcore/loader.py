@@ -442,6 +442,30 @@ class LoadedModule:
                 addr = mod.extra_addresses.get(idx, 0)
             vals[shndx == idx] += np.uint64(addr)
         errors: list[Diagnostic] = []
+        handled = (C.SHN_UNDEF, C.SHN_ABS, C.SHN_COMMON, C.SHN_LIVEPATCH)
+        bad = np.flatnonzero((shndx >= len(elf.sections)) & ~np.isin(shndx, handled))
+        for i in bad.tolist():
+            if i == 0 or (int(shndx[i]) == C.SHN_LIVEPATCH_RFC and mod.klp.fmt == "rfc"):
+                continue  # the RFC-era kernel handled its own section index
+            name = elf.symbol_names[i]
+            n = int(shndx[i])
+            errors.append(
+                Diagnostic(
+                    f"symbol has section index {n:#x}, past the {len(elf.sections)} section headers"
+                    + (
+                        ""
+                        if self.kernel.has("invalid_shndx_refused")
+                        else " (this kernel reads past its section header table for it; 7.0+ refuses the module)"
+                    ),
+                    module=mod.name,
+                    symbol=name,
+                    kernel_message=(
+                        f"{mod.name}: Symbol {name} has an invalid section index {n} (max {len(elf.sections) - 1})"
+                        if self.kernel.has("invalid_shndx_refused")
+                        else None
+                    ),
+                )
+            )
         if np.any(shndx == C.SHN_COMMON):
             for i in np.flatnonzero(shndx == C.SHN_COMMON).tolist():
                 if elf.symbol_names[i].startswith("__gnu_lto"):

@@ -35,9 +35,12 @@ class Behaviour:
         return f"{self.since[0]}.{self.since[1]}"
 
 
-#: The newest released kernel whose rules klpcore models (the default target
-#: when a module carries no usable ``vermagic``).
-NEWEST: tuple[int, int] = (6, 19)
+#: The newest release whose module loader and livepatch code were checked
+#: against klpcore (the default target when a module carries no usable
+#: ``vermagic``).  7.1 (7.1.5) differs from 6.19 in these files only by
+#: ``invalid_shndx_refused``; later releases were not available to check and
+#: get 7.1's rules (reports say so).
+NEWEST: tuple[int, int] = (7, 1)
 #: The oldest kernel klpcore models (the 2015 livepatch RFC era).
 OLDEST: tuple[int, int] = (4, 3)
 
@@ -194,6 +197,15 @@ _TABLE = [
         "powerpc64/modules: fix ool-ftrace-stub vs. livepatch relocation corruption (6.17)",
     ),
     Behaviour(
+        "invalid_shndx_refused",
+        (7, 0),
+        "core",
+        "simplify_symbols refuses a symbol whose section index is past the section headers (and not UNDEF, "
+        "ABS, COMMON or LIVEPATCH): '%s: Symbol %s has an invalid section index %u (max %u)'; before, the "
+        "kernel read past its section header table (absent in 6.19, present in 7.1.5; in stable trees too)",
+        "module: Fix kernel panic when a symbol st_shndx is out of bounds (posted Dec 2025)",
+    ),
+    Behaviour(
         "reloc_messages_sec_idx",
         (6, 19),
         "core",
@@ -222,7 +234,7 @@ def render_markdown() -> str:
         "",
         "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
         "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-amd64` -> 6.1), and the",
-        f"newest modelled release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
+        f"newest checked release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
         "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
         "kernel with a backport).",
         "",

@@ -367,3 +367,26 @@ def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
     assert ks.find_object_symbol("tgt", "foo", 0) == 0xFFFFFFFFC1000010
     assert ks.find_object_symbol("tgt", "pcpu_var", 0) == 0xFFFFFFFFA0000008
     assert ks.objects["tgt"].matches("absval") == []
+
+
+# --------------------------------------------- 7.0 invalid section index
+@pytest.mark.parametrize("version", [(6, 19), (7, 0)])
+def test_symbol_with_section_index_past_the_headers_is_refused(toy_pm, version) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+        # a reserved index the loader has no case for (indexes below 0xff00 past the headers are
+        # refused earlier, when klpcore reads the ELF)
+        symbols=[Sym("printk"), Sym("broken", 0xFF10, 0, bind=C.STB_LOCAL)],
+        relas=[Rela(".text", 0, T.ABS64, "broken")],
+        modinfo={"name": "bad"},
+    ).build()
+    from klpcore import ResolutionError
+
+    with pytest.raises(ResolutionError) as ei:
+        Loader(toy_pm, kernel=KernelTarget(version)).load(obj, parse_symbol_text(SYMS), BASE)
+    d = ei.value.diagnostics[0]
+    assert d.symbol == "broken" and "section index 0xff10" in d.message
+    if version >= (7, 0):
+        assert d.kernel_message.startswith("bad: Symbol broken has an invalid section index 65296 (max ")
+    else:
+        assert d.kernel_message is None and "reads past its section header table" in d.message
