@@ -39,6 +39,7 @@ symbol files (--symbols, repeatable; the format is detected from the content):
   kallsyms                  /proc/kallsyms text; [module] lines become that module's symbols
   vmlinux                   an ELF with .symtab
   mod.ko@0xADDR[:NAME]      a module loaded at ADDR (laid out by klpcore)
+  Module.symvers            export CRCs, GPL-only flags, namespaces (checked as resolve_symbol does)
 
 exit codes: 0 success, 1 relocation or resolution errors, 2 bad usage or unreadable input
 """
