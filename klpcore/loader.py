@@ -426,6 +426,7 @@ class LoadedModule:
         self.applied_objects: set[str] = set()
         #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
         self._resolve_failed: set[str] = set()
+        self._cache: dict[str, Any] = {}
 
     # -------------------------------------------------------------- symbols
     def _simplify_symbols(self) -> list[Diagnostic]:
@@ -563,12 +564,11 @@ class LoadedModule:
                 f"exported GPL-only (EXPORT_SYMBOL_GPL) and the module's license {license!r} is not GPL-compatible",
                 [],
             )
-        cfg = self.kernel.config
-        modversions = (
-            cfg.enabled("MODVERSIONS")
-            if cfg is not None
-            else bool(self.symbols.export_meta and any(m.crc for m in self.symbols.export_meta.values()))
-        )
+        if "modversions" not in self._cache:
+            cfg = self.kernel.config
+            meta_all = self.symbols.export_meta.values()
+            self._cache["modversions"] = cfg.enabled("MODVERSIONS") if cfg is not None else any(m.crc for m in meta_all)
+        modversions = bool(self._cache["modversions"])
         if modversions:
             versions = self._versions()
             if versions is None:
@@ -596,15 +596,18 @@ class LoadedModule:
 
     def _versions(self) -> dict[str, int] | None:
         """The module's ``__versions`` (struct modversion_info: unsigned long crc, char name[56])."""
+        if "versions" in self._cache:
+            return self._cache["versions"]  # type: ignore[no-any-return]
         elf = self.module.elf
         sec = elf.section_by_name("__versions")
-        if sec is None or sec.is_nobits:
-            return None
-        data = elf.section_data(sec.index)
-        out: dict[str, int] = {}
-        for k in range(0, len(data) - 63, 64):
-            crc = int.from_bytes(data[k : k + 8], elf.byteorder)  # type: ignore[arg-type]
-            out.setdefault(data[k + 8 : k + 64].split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
+        out: dict[str, int] | None = None
+        if sec is not None and not sec.is_nobits:
+            data = elf.section_data(sec.index)
+            out = {}
+            for k in range(0, len(data) - 63, 64):
+                crc = int.from_bytes(data[k : k + 8], elf.byteorder)  # type: ignore[arg-type]
+                out.setdefault(data[k + 8 : k + 64].split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
+        self._cache["versions"] = out
         return out
 
     # --------------------------------------------------------------- phases
@@ -693,6 +696,7 @@ class LoadedModule:
         clear: bool = False,
     ) -> PhaseResult:
         mod = self.module
+        self._resolve_failed.clear()
         staged = StagedMemory(self.image, self._placed())
         symvals = self.symvals.copy()
         state = _copy_state(mod.arch_state)
