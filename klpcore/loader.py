@@ -728,6 +728,22 @@ class LoadedModule:
             except KlpError as exc:
                 ctx.diagnostics.extend(exc.diagnostics)
                 continue
+            if s.info in mod.extra_addresses:
+                # the per-CPU section (6.16+): the kernel relocates its template in the temporary load copy
+                types = np.unique((relas["r_info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)).tolist()
+                prel = [mod.arch.type_name(t) for t in types if "P" in (getattr(mod.arch.types.get(t), "formula", ""))]
+                if prel:
+                    ctx.diagnostics.append(
+                        Diagnostic(
+                            f"PC-relative relocations ({', '.join(prel)}) into the per-CPU section: the kernel "
+                            "computes P in its temporary copy of the template (an address klpcore does not know) "
+                            "and copies the result to each CPU; klpcore uses the per-CPU base, so these values "
+                            "differ by the distance between the two",
+                            severity="warning",
+                            module=mod.name,
+                            section=s.name,
+                        )
+                    )
             placement = mod.layout.placements.get(s.info)
             if placement is not None and placement.memtype.is_init and self.image.state == ModuleState.LIVE:
                 ctx.diagnostics.append(

@@ -390,3 +390,17 @@ def test_symbol_with_section_index_past_the_headers_is_refused(toy_pm, version) 
         assert d.kernel_message.startswith("bad: Symbol broken has an invalid section index 65296 (max ")
     else:
         assert d.kernel_message is None and "reads past its section header table" in d.message
+
+
+def test_pc_relative_percpu_relocation_warns(toy_pm) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16)), Sec(".data..percpu", flags=DATA, data=bytes(16), align=8)],
+        symbols=[Sym("printk")],
+        relas=[Rela(".data..percpu", 0, T.PREL32, "printk", 0), Rela(".data..percpu", 8, T.ABS64, "printk", 0)],
+        modinfo={"name": "pcpu"},
+    ).build()
+    lm = Loader(toy_pm, kernel=KernelTarget((6, 16)), percpu_base=0xFFFFFFFF80100000).load(
+        obj, parse_symbol_text(SYMS), BASE
+    )
+    assert any("R_TOY_PREL32" in w.message and "temporary copy" in w.message for w in lm.warnings)
+    assert not any("R_TOY_ABS64" in w.message for w in lm.warnings)
