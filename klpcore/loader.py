@@ -274,8 +274,8 @@ class Loader:
                     return bool(answer)
             return name.startswith(".init")
 
-        # legacy layout: strict_align (6.0-6.3, CONFIG_STRICT_MODULE_RWX) or
-        # debug_align (before 6.0, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
+        # legacy layout: strict_align (5.19-6.3, CONFIG_STRICT_MODULE_RWX) or
+        # debug_align (before 5.19, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
         rwx = "STRICT_MODULE_RWX" if self.kernel.has("strict_align_config") else "ARCH_HAS_STRICT_MODULE_RWX"
         page_size = mod.page_size
         try:

@@ -118,11 +118,12 @@ _TABLE = [
     ),
     Behaviour(
         "strict_align_config",
-        (6, 0),
+        (5, 19),
         "core",
         "the legacy layout page-aligns its rows when CONFIG_STRICT_MODULE_RWX is set (strict_align); before, "
         "when the arch has CONFIG_ARCH_HAS_STRICT_MODULE_RWX (debug_align)",
-        "module: Move strict rwx support to a separate file (5.19/6.0 kernel/module/ split)",
+        "module: Rework layout alignment to avoid BUG_ON()s; Rename debug_align() as strict_align() "
+        "(modules pull for 5.19, with the kernel/module/ split; the audit had 6.0)",
     ),
     Behaviour(
         "ksym_name_len_512",

@@ -214,13 +214,13 @@ def test_no_strict_module_rwx_packs_legacy_and_leaves_text_writable(version) -> 
     assert str(next(r for r in lm.image.regions if r.memtype == MemType.TEXT).perms) == "r-x"
 
 
-def test_strict_align_keys_on_strict_module_rwx_from_6_0() -> None:
-    """6.0-6.3 strict_align follows CONFIG_STRICT_MODULE_RWX; 5.x debug_align
+def test_strict_align_keys_on_strict_module_rwx_from_5_19() -> None:
+    """5.19-6.3 strict_align follows CONFIG_STRICT_MODULE_RWX; before, debug_align
     follows CONFIG_ARCH_HAS_STRICT_MODULE_RWX."""
     cfg = KernelConfig.from_text("CONFIG_ARCH_HAS_STRICT_MODULE_RWX=y\n# CONFIG_STRICT_MODULE_RWX is not set\n")
     pm = get_plugin_manager(autoload=False, plugins=[T])
-    old = Loader(pm, kernel=KernelTarget((5, 19), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
-    new = Loader(pm, kernel=KernelTarget((6, 0), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
+    old = Loader(pm, kernel=KernelTarget((5, 18), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
+    new = Loader(pm, kernel=KernelTarget((5, 19), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
     assert addresses(old)[".rodata"] == BASE + 0x1000
     assert addresses(new)[".rodata"] == BASE + 0x10
 
