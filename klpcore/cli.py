@@ -238,11 +238,16 @@ def _kernel(args: argparse.Namespace, elf: ElfModule | None = None) -> KernelTar
     text = args.kernel
     if text is None:
         magic = _vermagic(elf)
-        if magic:
+        candidates = [(magic, f"vermagic {magic.split()[0]}" if magic else "")]
+        if config is not None and config.release:
+            candidates.append((config.release, f"--config header {config.release}"))
+        for found, source in candidates:
+            if not found:
+                continue
             try:
-                return KernelTarget(version=parse_version(magic), version_source=f"vermagic {magic.split()[0]}", **kw)
+                return KernelTarget(version=parse_version(found), version_source=source, **kw)
             except ValueError:
-                pass
+                continue
         text = "newest"
     try:
         return KernelTarget.from_string(text, **kw)
