@@ -609,15 +609,15 @@ class LoadedModule:
         for rs in sorted(obj.reloc_secs, key=lambda r: r.index, reverse=rfc):
             if not self.module.sections[rs.target].flags & C.SHF_ALLOC:
                 # klp_write_object_relocs does not check the target: its sh_addr points into the load copy
-                self.warnings.append(
-                    Diagnostic(
-                        f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
-                        "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
-                        severity="warning",
-                        module=self.module.name,
-                        section=rs.name,
-                    )
+                note = Diagnostic(
+                    f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
+                    "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
+                    severity="warning",
+                    module=self.module.name,
+                    section=rs.name,
                 )
+                if note not in self.warnings:
+                    self.warnings.append(note)
                 continue
             yield self.module.sections[rs.index], rs
 
