@@ -14,6 +14,10 @@ refused, in the kernel's order:
    ``MODULE_IMPORT_NS`` (``.modinfo`` ``import_ns=``).
 
 Refusals 2 and 3 are error pointers (``-EINVAL``): even a weak reference fails.
+
+Before any of that, ``check_modstruct_version`` compares the CRC of
+``module_layout`` (the layout of ``struct module``): a mismatch refuses the
+whole module (``-ENOEXEC``, "Invalid module format" for insmod).
 """
 
 from __future__ import annotations
@@ -80,6 +84,19 @@ class ExportChecker:
         if self._versions is False:
             self._versions = module_versions(self.elf)
         return self._versions  # type: ignore[return-value]
+
+    def check_modstruct(self) -> Refusal | None:
+        """``check_modstruct_version``: the module's ``module_layout`` CRC."""
+        meta = self.meta.get("module_layout")
+        versions = self.versions() if self.modversions and meta is not None else None
+        if meta is None or versions is None or versions.get("module_layout", meta.crc) == meta.crc:
+            return None
+        return Refusal(
+            -8,
+            f"built for a different struct module: module_layout CRC {versions['module_layout']:#010x} in "
+            f"__versions, the kernel's is {meta.crc:#010x} (insmod: Invalid module format)",
+            [f"{self.elf.name}: disagrees about version of symbol module_layout"],
+        )
 
     def check(self, name: str) -> Refusal | None:
         meta = self.meta.get(name)

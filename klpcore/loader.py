@@ -477,6 +477,16 @@ class LoadedModule:
                 )
         info = syms["st_info"]
         exports = ExportChecker(elf, self.symbols, self.kernel, mod.hooks)
+        layout_refusal = exports.check_modstruct()
+        if layout_refusal is not None:
+            return [
+                Diagnostic(
+                    layout_refusal.why,
+                    module=mod.name,
+                    symbol="module_layout",
+                    kernel_message="\n".join(layout_refusal.kernel_lines),
+                )
+            ]
         warned_no_exports = False
         for i in np.flatnonzero(shndx == C.SHN_UNDEF).tolist():
             if i == 0:
