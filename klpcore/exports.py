@@ -50,8 +50,24 @@ class Refusal:
     kernel_lines: list[str] = field(default_factory=list)
 
 
-def module_versions(elf: ElfModule) -> dict[str, int] | None:
-    """The module's ``__versions`` (name -> CRC), or None without the section."""
+def module_versions(elf: ElfModule, extended: bool = False) -> dict[str, int] | None:
+    """The module's symbol CRCs (name -> CRC), or None without them.
+
+    ``extended`` (6.14+): ``__version_ext_crcs`` (u32 each) with
+    ``__version_ext_names`` (the names, NUL-terminated, in the same order) are
+    used instead of ``__versions`` when present."""
+    if extended:
+        crcs, names = elf.section_by_name("__version_ext_crcs"), elf.section_by_name("__version_ext_names")
+        if crcs is not None and names is not None and not crcs.is_nobits and not names.is_nobits:
+            raw = elf.section_data(crcs.index)
+            name_list = elf.section_data(names.index).split(b"\0")
+            ext: dict[str, int] = {}
+            for k in range(len(raw) // 4):
+                if k >= len(name_list):
+                    break
+                crc = int.from_bytes(raw[4 * k : 4 * k + 4], elf.byteorder)  # type: ignore[arg-type]
+                ext.setdefault(name_list[k].decode("utf-8", "replace"), crc)
+            return ext
     sec = elf.section_by_name("__versions")
     if sec is None or sec.is_nobits:
         return None
@@ -82,7 +98,7 @@ class ExportChecker:
 
     def versions(self) -> dict[str, int] | None:
         if self._versions is False:
-            self._versions = module_versions(self.elf)
+            self._versions = module_versions(self.elf, self.kernel.has("extended_modversions"))
         return self._versions  # type: ignore[return-value]
 
     def check_modstruct(self) -> Refusal | None:
