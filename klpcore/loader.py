@@ -207,6 +207,16 @@ class Loader:
                     section=mod.klp.reloc_secs[0].name if mod.klp.reloc_secs else None,
                 )
             )
+        if mod.klp.fmt == "final" and not self.kernel.has("final_klp_format"):
+            raise LivepatchFormatError(
+                Diagnostic(
+                    f"the final livepatch format (.klp.rela sections, SHN_LIVEPATCH symbols) needs Linux 4.7 or "
+                    f"later; Linux {self.kernel.label} would apply these sections at load as ordinary relocations "
+                    "and index sechdrs[0xff20] for their symbols",
+                    module=mod.name,
+                    section=mod.klp.reloc_secs[0].name if mod.klp.reloc_secs else None,
+                )
+            )
         mod.settings = self.settings(mod)
         on = {name: st.value in ("y", "m") for name, st in mod.settings.items() if name != "PAGE_SIZE"}
         for s in mod.sections:

@@ -132,3 +132,22 @@ def test_coming_failure_only_warns(toy_pm) -> None:
     assert lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t other\t[ext4]\n")) is None
     assert lm.pending_objects == ["ext4"]
     assert any(w.kernel_message == "failed to apply patch 'rfcpatch' to module 'ext4' (-22)" for w in lm.warnings)
+
+
+@pytest.mark.parametrize(("version", "refused"), [((4, 6), True), ((4, 7), False)])
+def test_final_format_needs_4_7(toy_pm, version, refused) -> None:
+    data = klpify(
+        Obj(
+            sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16)],
+            symbols=[Sym("secret")],
+            relas=[Rela(".text.a", 0, T.ABS64, "secret")],
+            modinfo={"name": "fin"},
+        ).build(),
+        {"secret": KlpSym("vmlinux")},
+    )
+    loader = Loader(toy_pm, kernel=KernelTarget(version, strict_module_rwx=False))
+    if refused:
+        with pytest.raises(LivepatchFormatError, match="needs Linux 4.7 or later"):
+            loader.load(data, parse_symbol_text(SYMS), BASE)
+    else:
+        loader.load(data, parse_symbol_text(SYMS), BASE)
