@@ -56,8 +56,12 @@ SORTED_TABLES: dict[str, tuple[int, tuple[str, ...]]] = {
     "__jump_table": (16, ("rel", "rel", "key64")),
     ".static_call_sites": (8, ("rel", "sckey")),
 }
-EXTABLE = {EM_X86_64: (12, ("rel", "rel", "raw4")), EM_AARCH64: (12, ("rel", "rel", "raw4")),
-           EM_PPC64: (8, ("rel", "rel")), EM_S390: (12, ("rel", "rel", "raw4"))}
+EXTABLE = {
+    EM_X86_64: (12, ("rel", "rel", "raw4")),
+    EM_AARCH64: (12, ("rel", "rel", "raw4")),
+    EM_PPC64: (8, ("rel", "rel")),
+    EM_S390: (12, ("rel", "rel", "raw4")),
+}
 
 #: sections holding run-time state that the running kernel changes after load
 RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once")
@@ -104,8 +108,11 @@ class Recording:
 
     def page_size(self) -> int:
         """PAGE_SIZE of the recorded kernel, from its configuration."""
-        for option, size in (("CONFIG_PPC_64K_PAGES", 65536), ("CONFIG_ARM64_64K_PAGES", 65536),
-                             ("CONFIG_ARM64_16K_PAGES", 16384)):
+        for option, size in (
+            ("CONFIG_PPC_64K_PAGES", 65536),
+            ("CONFIG_ARM64_64K_PAGES", 65536),
+            ("CONFIG_ARM64_16K_PAGES", 16384),
+        ):
             if self.config_value(option) == "y":
                 return size
         return 4096
@@ -221,7 +228,9 @@ def _u(data: bytes, off: int, size: int, endian: str, signed: bool = False) -> i
     return int.from_bytes(data[off : off + size], "little" if endian == "<" else "big", signed=signed)
 
 
-def table_entries(data: bytes, address: int, layout: tuple[int, tuple[str, ...]], endian: str) -> Counter[tuple[int, ...]]:
+def table_entries(
+    data: bytes, address: int, layout: tuple[int, tuple[str, ...]], endian: str
+) -> Counter[tuple[int, ...]]:
     """The entries of a sorted table as absolute values (multiset)."""
     size, fields = layout
     out: Counter[tuple[int, ...]] = Counter()
@@ -281,6 +290,13 @@ class _Context:
         # .orc_unwind is sorted together with .orc_unwind_ip: compare (ip, entry) pairs
         if ".orc_unwind_ip" in rec.sections and ".orc_unwind" in rec.sections:
             self.sorted_ok[".orc_unwind_ip"] = self.sorted_ok[".orc_unwind"] = self._orc_pairs(k) is True
+
+    def rec_bytes(self, address: int, size: int) -> bytes:
+        """The kernel's bytes at [address, address+size) (zeros where nothing was recorded)."""
+        for s in self.rec.sections.values():
+            if s.data is not None and s.address <= address and address + size <= s.address + len(s.data):
+                return s.data[address - s.address : address - s.address + size]
+        return bytes(size)
 
     def _sorted_tables(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         t = dict(SORTED_TABLES)
@@ -354,9 +370,12 @@ def _rule_ftrace(ctx: _Context, site: Site) -> str | None:
 
 def _rule_return_thunk(ctx: _Context, site: Site) -> str | None:
     for a in ctx.return_sites:
-        if a <= site.address < a + 5:
-            if ctx.rec_bytes(a, 5) == b"\xc3\xcc\xcc\xcc\xcc" and ctx.placed.read(a, 1) == b"\xe9":
-                return "x86:return-thunk-to-ret"
+        if (
+            a <= site.address < a + 5
+            and ctx.rec_bytes(a, 5) == b"\xc3\xcc\xcc\xcc\xcc"
+            and ctx.placed.read(a, 1) == b"\xe9"
+        ):
+            return "x86:return-thunk-to-ret"
     return None
 
 
@@ -414,16 +433,6 @@ RULES: list[Rule] = [
 ]
 
 
-def _rec_bytes(self: _Context, address: int, size: int) -> bytes:
-    for s in self.rec.sections.values():
-        if s.data is not None and s.address <= address and address + size <= s.address + len(s.data):
-            return s.data[address - s.address : address - s.address + size]
-    return bytes(size)
-
-
-_Context.rec_bytes = _rec_bytes  # type: ignore[attr-defined]
-
-
 def relocation_sites(elf: ElfModule) -> Iterable[tuple[str, int, int, str]]:
     """(target section, offset, width, description) of every relocation entry of the module."""
     widths = WIDTHS.get(elf.machine, {})
@@ -458,7 +467,9 @@ def compare(rec: Recording, placed: Placed, rules: list[Rule] | None = None) -> 
             if symtab_at[name] == s.address:
                 res.counts["section:symtab-copy-in-init"] += 1
             else:
-                res.misplaced.append(f"{name}: kernel {s.address:#x}, end of klpcore's init layout {symtab_at[name]:#x}")
+                res.misplaced.append(
+                    f"{name}: kernel {s.address:#x}, end of klpcore's init layout {symtab_at[name]:#x}"
+                )
         elif got is None:
             res.misplaced.append(f"{name}: kernel {s.address:#x}, klpcore did not place it")
         elif got[0] != s.address:
@@ -475,15 +486,15 @@ def compare(rec: Recording, placed: Placed, rules: list[Rule] | None = None) -> 
 
     covered: dict[str, list[tuple[int, int]]] = {}
     for sec, off, width, what in relocation_sites(elf):
-        s = rec.sections.get(sec)
-        if s is None:
+        target = rec.sections.get(sec)
+        if target is None:
             res.counts["not-in-memory:not-loaded"] += 1
             continue
-        if s.data is None:
+        if target.data is None:
             res.counts["not-in-memory:init-freed"] += 1
             continue
-        a = s.address + off
-        site = Site(sec, off, a, width, what, s.data[off : off + width], placed.read(a, width))
+        a = target.address + off
+        site = Site(sec, off, a, width, what, target.data[off : off + width], placed.read(a, width))
         site.klass = classify(site)
         covered.setdefault(sec, []).append((off, off + max(width, 1)))
         res.counts[site.klass] += 1
@@ -534,13 +545,13 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
         end = (end + page - 1) // page * page
     out = {}
     for name in (".symtab", ".strtab"):
-        sec = elf.section_by_name(name)
-        if sec is None:
+        table = elf.section_by_name(name)
+        if table is None:
             continue
-        align = max(sec.addralign, 1)
+        align = max(table.addralign, 1)
         end = (end + align - 1) // align * align
         out[name] = end
-        end += sec.size
+        end += table.size
     return out
 
 
@@ -570,11 +581,11 @@ def corrupt(rec: Recording, section: str, offset: int) -> Recording:
 
 
 __all__ = [
+    "RULES",
     "Placed",
     "RecSection",
     "Recording",
     "Result",
-    "RULES",
     "Site",
     "compare",
     "corrupt",

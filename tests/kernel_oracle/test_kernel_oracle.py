@@ -30,11 +30,29 @@ RECORDINGS = ko.recordings(FIX)
 DEBIAN_TYPES = {
     "x86_64": {2: "PC32", 4: "PLT32", 1: "64", 11: "32S", 24: "PC64", 0: "NONE"},
     "arm64": {
-        283: "CALL26", 257: "ABS64", 275: "ADR_PREL_PG_HI21", 277: "ADD_ABS_LO12_NC", 261: "PREL32",
-        260: "PREL64", 286: "LDST64", 285: "LDST32", 278: "LDST8", 284: "LDST16", 299: "LDST128", 282: "JUMP26",
+        283: "CALL26",
+        257: "ABS64",
+        275: "ADR_PREL_PG_HI21",
+        277: "ADD_ABS_LO12_NC",
+        261: "PREL32",
+        260: "PREL64",
+        286: "LDST64",
+        285: "LDST32",
+        278: "LDST8",
+        284: "LDST16",
+        299: "LDST128",
+        282: "JUMP26",
     },
-    "ppc64le": {10: "REL24", 38: "ADDR64", 50: "TOC16_HA", 64: "TOC16_LO_DS", 44: "REL64", 118: "ENTRY",
-                48: "TOC16_LO", 26: "REL32"},
+    "ppc64le": {
+        10: "REL24",
+        38: "ADDR64",
+        50: "TOC16_HA",
+        64: "TOC16_LO_DS",
+        44: "REL64",
+        118: "ENTRY",
+        48: "TOC16_LO",
+        26: "REL32",
+    },
     "s390x": {20: "PLT32DBL", 22: "64", 19: "PC32DBL", 5: "PC32", 23: "PC64", 26: "GOTENT", 17: "PC16DBL"},
 }
 
@@ -138,8 +156,14 @@ def test_klpcore_writes_what_the_kernel_wrote(folder: str, module: str, tmp_path
 
 EXPECTED_CLASSES = {
     # recording: classes that must occur (so each rule is exercised by real kernel bytes)
-    ("x86_64", "koc_basic"): ["ftrace:call-to-nop5", "x86:return-thunk-to-ret", "sorted-table:.orc_unwind_ip",
-                              "sorted-table:__jump_table", "not-in-memory:init-freed", "runtime:struct-module"],
+    ("x86_64", "koc_basic"): [
+        "ftrace:call-to-nop5",
+        "x86:return-thunk-to-ret",
+        "sorted-table:.orc_unwind_ip",
+        "sorted-table:__jump_table",
+        "not-in-memory:init-freed",
+        "runtime:struct-module",
+    ],
     ("x86_64", "koc_lp"): ["ftrace:call-to-nop5", "runtime:.data"],
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
 }

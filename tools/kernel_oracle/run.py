@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import gzip
 import io
 import json
@@ -232,7 +231,7 @@ def load_order(targets: list[Path], index: dict[str, Path]) -> list[tuple[Path, 
             if dep not in index:
                 print(f"kernel_oracle: {name}: dependency {dep} not in the package (built in?)", file=sys.stderr)
                 continue
-            visit(index[dep], stack + (name,))
+            visit(index[dep], (*stack, name))
         seen.add(name)
         order.append((ko, name in target_names))
 
@@ -258,7 +257,22 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
             shutil.copy("/bin/busybox", root / "bin/busybox")
         else:
             shutil.copy(extract(find_one(arch.busybox_glob)) / "bin/busybox", root / "bin/busybox")
-        applets = "sh mount cat echo mkdir insmod grep tr gzip tar base64 dmesg poweroff read".split()
+        applets = [
+            "sh",
+            "mount",
+            "cat",
+            "echo",
+            "mkdir",
+            "insmod",
+            "grep",
+            "tr",
+            "gzip",
+            "tar",
+            "base64",
+            "dmesg",
+            "poweroff",
+            "read",
+        ]
         for a in applets:
             os.symlink("busybox", root / "bin" / a)
         shutil.copy(helper, root / "kcore_read")
