@@ -186,10 +186,12 @@ class Result:
     unexplained: list[Site] = field(default_factory=list)
     misplaced: list[str] = field(default_factory=list)  # sections at a different address
     sites: list[Site] = field(default_factory=list)
+    bytes_compared: int = 0  # recorded kernel bytes compared with klpcore's
+    bytes_identical: int = 0
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
-        lines = [f"{self.recording}: {parts}"]
+        lines = [f"{self.recording}: {parts}; bytes {self.bytes_identical}/{self.bytes_compared} identical"]
         lines += [f"  misplaced: {m}" for m in self.misplaced]
         lines += [
             f"  unexplained: {s.section}+{s.offset:#x} ({s.address:#x}) {s.what}: "
@@ -507,6 +509,8 @@ def compare(rec: Recording, placed: Placed, rules: list[Rule] | None = None) -> 
         if s.data is None:
             continue
         mine = placed.read(s.address, len(s.data))
+        res.bytes_compared += len(mine)
+        res.bytes_identical += sum(1 for x, y in zip(mine, s.data, strict=True) if x == y)
         mask = bytearray(len(s.data))
         for lo, hi in covered.get(name, []):
             mask[lo:hi] = b"\1" * (min(hi, len(mask)) - lo) if lo < len(mask) else b""
@@ -538,7 +542,9 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     end = rec.init_base or 0
     for sec in elf.sections:
         got = placed.sections.get(sec.name)
-        if got and sec.is_alloc and not rec.core_base <= got[0] < core_end:
+        # init sections: placed outside core and listed by the kernel (the
+        # per-CPU section is placed elsewhere too, but not in sysfs)
+        if got and sec.is_alloc and sec.name in rec.sections and not rec.core_base <= got[0] < core_end:
             end = max(end, got[0] + sec.size)
     if rec.config_value("CONFIG_STRICT_MODULE_RWX") == "y":  # strict_align() of the whole init layout
         page = rec.page_size()
