@@ -388,6 +388,8 @@ class LoadedModule:
         errors: list[Diagnostic] = []
         if np.any(shndx == C.SHN_COMMON):
             for i in np.flatnonzero(shndx == C.SHN_COMMON).tolist():
+                if elf.symbol_names[i].startswith("__gnu_lto"):
+                    continue  # simplify_symbols ignores LTO's common markers
                 errors.append(
                     Diagnostic(
                         "common symbol; compile with -fno-common",
@@ -427,7 +429,7 @@ class LoadedModule:
             if bind == C.STB_WEAK:
                 self.resolutions.append(SymbolResolution(i, name, int(vals[i]), "weak-undefined"))
                 continue
-            if name in mod.arch.ignored_undefined:
+            if name in mod.arch.ignored_undefined and self.kernel.has("ignore_undef_symbol"):
                 self.resolutions.append(SymbolResolution(i, name, int(vals[i]), "ignored"))
                 continue
             found = self.symbols.find_global(name)
@@ -611,7 +613,12 @@ class LoadedModule:
                     "symbol is not marked as a livepatch symbol (st_shndx is not SHN_LIVEPATCH)",
                     i,
                     sym=sym,
-                    kernel_message=f"symbol {name} is not marked as a livepatch symbol",
+                    kernel_message=(
+                        # 6.19 prints the symbol table's index where it says "rela sec" (klp_resolve_symbols' symndx)
+                        f"symbol {name} at rela sec {elf.symtab_index} idx {i} is not marked as a livepatch symbol"
+                        if self.kernel.messages_with_index
+                        else f"symbol {name} is not marked as a livepatch symbol"
+                    ),
                 )
                 ok = False
                 continue

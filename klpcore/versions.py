@@ -75,6 +75,15 @@ _TABLE = [
         "livepatch: Prevent module-specific KLP rela sections from referencing vmlinux symbols (5.8)",
     ),
     Behaviour(
+        "klp_no_module_disable_ro",
+        (5, 8),
+        "core",
+        "livepatch no longer makes module memory writable around late relocations (module_disable_ro is "
+        "gone); architectures must write read-only text with their own primitive (x86 text_poke, ppc64 "
+        "patch_instruction from 5.16)",
+        "livepatch: Remove module_disable_ro() usage (5.8)",
+    ),
+    Behaviour(
         "x86_text_poke",
         (5, 8),
         "x86_64",
@@ -118,13 +127,6 @@ _TABLE = [
         "core",
         "KSYM_NAME_LEN is 512: .klp.sym names are parsed with %55[^.].%511[^,] (before: %127[^,])",
         "kallsyms: increase maximum kernel symbol length to 512 (6.1)",
-    ),
-    Behaviour(
-        "klp_newline_fix",
-        (6, 2),
-        "core",
-        "the 'invalid access to vmlinux symbol' message ends with a newline (no effect on klpcore's text)",
-        "livepatch: add missing newline to error message (6.2)",
     ),
     Behaviour(
         "x86_write_relocate_add",
