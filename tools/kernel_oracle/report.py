@@ -64,7 +64,10 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     folders = args.folders or sorted({d for d, _ in ko.recordings(FIXTURES)})
-    print("| recording | sites | relocation sites by class | differing byte runs by class | bytes | misplaced | unexplained |")
+    print(
+        "| recording | sites | relocation sites by class | differing byte runs by class | bytes "
+        "| misplaced | unexplained |"
+    )
     print("|---|---|---|---|---|---|---|")
     bad = 0
     for folder in folders:
