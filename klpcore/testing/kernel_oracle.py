@@ -311,15 +311,17 @@ class _Context:
         a, d = self.placed.sections[name]
         return {(a + o + _u(d, o, 4, self.endian, True)) & (2**64 - 1) for o in range(0, len(d) - 3, stride)}
 
-    def _alternatives(self) -> list[tuple[int, int]]:
-        """x86 .altinstructions: (site start, site length) from klpcore's bytes (6.1 layout, 12-byte entries)."""
+    def _alternatives(self) -> list[tuple[int, int, int, int]]:
+        """x86 .altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen):
+        (site, site length, replacement, replacement length), from klpcore's bytes."""
         if self.machine != EM_X86_64 or ".altinstructions" not in self.placed.sections:
             return []
         a, d = self.placed.sections[".altinstructions"]
         out = []
         for o in range(0, len(d) - 11, 12):
-            instr = a + o + _u(d, o, 4, "<", True)
-            out.append((instr & (2**64 - 1), d[o + 10]))
+            instr = (a + o + _u(d, o, 4, "<", True)) & (2**64 - 1)
+            repl = (a + o + 4 + _u(d, o + 4, 4, "<", True)) & (2**64 - 1)
+            out.append((instr, d[o + 10], repl, d[o + 11]))
         return out
 
     def _orc_pairs(self, kmem: dict[int, bytes]) -> bool:
@@ -399,10 +401,67 @@ def _rule_jump_label(ctx: _Context, site: Site) -> str | None:
     return None
 
 
+#: x86 NOPs the 6.1 kernel pads with (x86_nops[] for 64-bit), longest first
+X86_NOPS = [
+    bytes.fromhex(h)
+    for h in (
+        "0f1f840000000000",
+        "0f1f8000000000",
+        "660f1f440000",
+        "0f1f440000",
+        "0f1f4000",
+        "0f1f00",
+        "6690",
+        "90",
+    )
+]
+
+
+def _is_x86_padding(b: bytes) -> bool:
+    """NOPs from the kernel's table, or a short jmp over int3s (add_nops for long runs)."""
+    if len(b) >= 2 and b[0] == 0xEB and b[1] == len(b) - 2 and set(b[2:]) <= {0xCC}:
+        return True
+    i = 0
+    while i < len(b):
+        n = next((len(nop) for nop in X86_NOPS if b[i : i + len(nop)] == nop), 0)
+        if not n:
+            return False
+        i += n
+    return True
+
+
 def _rule_alternative(ctx: _Context, site: Site) -> str | None:
-    for a, n in ctx.alt_ranges:
-        if a <= site.address < a + n:
-            return "x86:alternative-applied"
+    """apply_alternatives: the kernel wrote the replacement (a leading call/jmp
+    re-targeted to the same place) padded with NOPs, or kept the original
+    with its padding NOPs optimized."""
+    for a, n, repl_addr, repl_len in ctx.alt_ranges:
+        if not a <= site.address < a + n:
+            continue
+        k = ctx.rec_bytes(a, n)
+        orig = ctx.placed.read(a, n)
+        repl = ctx.placed.read(repl_addr, repl_len)
+        if repl_len <= n and _is_x86_padding(k[repl_len:]):
+            if k[:repl_len] == repl:
+                return "x86:alternative-applied"
+            if repl_len >= 5 and repl[0] in (0xE8, 0xE9) and k[0] == repl[0]:
+                t_repl = repl_addr + 5 + _u(repl, 1, 4, "<", True)
+                t_k = a + 5 + _u(k, 1, 4, "<", True)
+                if t_repl == t_k and k[5:repl_len] == repl[5:]:
+                    return "x86:alternative-applied"
+        for cut in range(n, 0, -1):  # original kept, trailing NOPs rewritten
+            if k[:cut] == orig[:cut] and _is_x86_padding(k[cut:]) and _is_x86_padding(orig[cut:]):
+                return "x86:alternative-nops-optimized"
+    return None
+
+
+def _rule_static_call_trampoline(ctx: _Context, site: Site) -> str | None:
+    """x86 static_call_update rewrites the module's own trampoline (__SCT__*):
+    jmp to the new function, or ret for NULL."""
+    if ctx.machine != EM_X86_64 or site.section != ".static_call.text":
+        return None
+    start = site.address - 1 if site.what != "bytes" else site.address
+    if ctx.placed.read(start, 1) == b"\xe9" and ctx.rec_bytes(start, 1) in (b"\xe9", b"\xc3"):
+        return "x86:static-call-trampoline"
     return None
 
 
@@ -430,6 +489,7 @@ RULES: list[Rule] = [
     _rule_static_call,
     _rule_jump_label,
     _rule_alternative,
+    _rule_static_call_trampoline,
     _rule_arm64_ftrace_plt,
     _rule_runtime,
 ]
