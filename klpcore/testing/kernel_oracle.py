@@ -117,6 +117,18 @@ class Recording:
                 return size
         return 4096
 
+    def static_call_keys(self) -> dict[int, int]:
+        """``__SCT__x`` address -> ``__SCK__x`` address, from the recorded symbol lines."""
+        addr: dict[str, int] = {}
+        for path in self.symbol_files:
+            for line in path.read_text().splitlines():
+                w = line.split()
+                if len(w) >= 3 and w[2].startswith(("__SCT__", "__SCK__")):
+                    addr.setdefault(w[2], int(w[0], 16))
+        return {
+            a: addr["__SCK__" + n[7:]] for n, a in addr.items() if n.startswith("__SCT__") and "__SCK__" + n[7:] in addr
+        }
+
     def kernel_memory(self) -> dict[int, bytes]:
         """Start address -> the kernel's bytes, for each recorded span."""
         return {s.address: s.data for s in self.sections.values() if s.data is not None}
@@ -231,9 +243,16 @@ def _u(data: bytes, off: int, size: int, endian: str, signed: bool = False) -> i
 
 
 def table_entries(
-    data: bytes, address: int, layout: tuple[int, tuple[str, ...]], endian: str
+    data: bytes,
+    address: int,
+    layout: tuple[int, tuple[str, ...]],
+    endian: str,
+    key_map: dict[int, int] | None = None,
 ) -> Counter[tuple[int, ...]]:
-    """The entries of a sorted table as absolute values (multiset)."""
+    """The entries of a sorted table as absolute values (multiset).
+
+    ``key_map`` maps static-call trampolines (``__SCT__x``) to their keys
+    (``__SCK__x``), as ``static_call_add_module`` rewrites the key field."""
     size, fields = layout
     out: Counter[tuple[int, ...]] = Counter()
     for base in range(0, len(data) - size + 1, size):
@@ -249,8 +268,10 @@ def table_entries(
             elif f == "key64":  # relative key with flag bits; the loader sets/clears bit 1 (init)
                 vals.append((address + off + _u(data, off, 8, endian, True)) & (2**64 - 1) & ~2)
                 off += 8
-            elif f == "sckey":  # static call key: trampoline in the file, __SCK__ key after load
-                vals.append(0)
+            elif f == "sckey":  # static call key: bit 1 tail (objtool), bit 0 init (set by the kernel)
+                raw = (address + off + _u(data, off, 4, endian, True)) & (2**64 - 1)
+                key = raw & ~3
+                vals.append((key_map or {}).get(key, key) | (raw & 2))
                 off += 4
             else:
                 n = int(f[3:])
@@ -279,6 +300,7 @@ class _Context:
             a, d = placed.sections["__jump_table"]
             self.jump_sites = {e[0] for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian)}
         self.alt_ranges = self._alternatives()
+        self.static_call_keys = rec.static_call_keys()
         self.sorted_ok: dict[str, bool] = {}
         for name, layout in self._sorted_tables().items():
             s = rec.sections.get(name)
@@ -287,7 +309,7 @@ class _Context:
             a, d = placed.sections[name]
             kd = s.data[: len(d)]
             self.sorted_ok[name] = table_entries(kd, s.address, layout, self.endian) == table_entries(
-                d, a, layout, self.endian
+                d, a, layout, self.endian, self.static_call_keys
             )
         # .orc_unwind is sorted together with .orc_unwind_ip: compare (ip, entry) pairs
         if ".orc_unwind_ip" in rec.sections and ".orc_unwind" in rec.sections:

@@ -305,3 +305,21 @@ def test_negative_control_alternative_padding(tmp_path: Path) -> None:
     # the relocation site and the replacement bytes before it in the same 6-byte alternative
     assert (alt.section, alt.offset) in [(s.section, s.offset) for s in bad.unexplained]
     assert all(s.section == alt.section and alt.offset - 6 < s.offset <= alt.offset for s in bad.unexplained)
+
+
+def test_negative_control_default_init_base(tmp_path: Path) -> None:
+    """Without --init-base klpcore puts init memory after core: the init sections are reported misplaced."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_basic")
+    res = ko.compare(rec, klpcore_apply(dataclasses.replace(rec, init_base=None), tmp_path))
+    assert any(m.startswith(".init.text:") for m in res.misplaced), res.summary()
+
+
+def test_negative_control_static_call_site_key(tmp_path: Path) -> None:
+    """.static_call_sites is compared as a set of (site, key): a changed key is unexplained."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_x86")
+    placed = klpcore_apply(rec, tmp_path)
+    assert ko.compare(rec, placed).unexplained == []
+    bad = ko.compare(ko.corrupt(rec, ".static_call_sites", 5), placed)  # the key field of entry 0
+    assert [s.section for s in bad.unexplained] == [".static_call_sites"]
