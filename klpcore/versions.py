@@ -162,6 +162,14 @@ _TABLE = [
         "powerpc64/ftrace: Move ftrace sequence out of line (6.13)",
     ),
     Behaviour(
+        "codetag_separate",
+        (6, 13),
+        "core",
+        "with CONFIG_MEM_ALLOC_PROFILING the .codetag.alloc_tags section is loaded into a separate "
+        "alloc-tag area, not laid out in module memory (later MOD_DATA offsets move)",
+        "alloc_tag: load module tags into separate contiguous memory (6.13)",
+    ),
+    Behaviour(
         "relocates_percpu",
         (6, 16),
         "core",

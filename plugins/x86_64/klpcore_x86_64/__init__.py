@@ -17,11 +17,11 @@ from typing import Any
 
 from klpcore import hookimpl
 from klpcore.arch import ABS, PREL, ArchSpec, RelocType, signed, unsigned
-from klpcore.constants import ModuleState
+from klpcore.constants import MemType, ModuleState
 from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
-from klpcore.memory import ModuleImage, Region
+from klpcore.memory import ModuleImage, Perm, Region
 
 EM_X86_64 = 62
 #: (e_machine, class, byte order, e_flags) this plugin answers to.
@@ -182,7 +182,9 @@ def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
 
 
 @hookimpl
-def klp_arch_write_method(image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget) -> str:
+def klp_arch_write_method(
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget
+) -> str | None:
     """``write_relocate_add`` uses memcpy while the module is unformed and
     text_poke afterwards (5.8+).  Before 5.8 livepatch made the module
     writable around its writes (``module_disable_ro``, 4.5-5.7; the 2015 RFC
@@ -193,7 +195,10 @@ def klp_arch_write_method(image: ModuleImage, region: Region, address: int, size
         return "text_poke"
     if kernel.has("module_rwx_helpers"):
         return "module_disable_ro"
-    return "set_memory_rw"
+    # the 2015 RFC made only the core text writable (set_memory_rw on module_core..core_text_size)
+    if region.memtype == MemType.TEXT:
+        return "set_memory_rw"
+    return "store" if region.perms & Perm.W else None
 
 
 @hookimpl
