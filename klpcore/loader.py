@@ -117,7 +117,8 @@ class Loader:
     :param pm: plugin manager (default: installed plugins).
     :param kernel: the target kernel.
     :param backend: memory backend factory for module images.
-    :param percpu_base: address given to the module's percpu section.
+    :param percpu_base: address given to the module's percpu section (default: the
+        architecture's ``ArchSpec.percpu_base``).
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class Loader:
         pm: pluggy.PluginManager | None = None,
         kernel: KernelTarget | None = None,
         backend: MemoryBackend | None = None,
-        percpu_base: int = 0xFFFFFFFFA0000000,
+        percpu_base: int | None = None,
     ) -> None:
         self.pm = pm or get_plugin_manager()
         self.kernel = kernel or KernelTarget()
@@ -178,7 +179,8 @@ class Loader:
         percpu = mod.section_by_name(PERCPU_SECTION)
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
-            mod.extra_addresses[percpu.index] = self.percpu_base
+            base = self.percpu_base if self.percpu_base is not None else mod.arch.percpu_base
+            mod.extra_addresses[percpu.index] = base
         for s in mod.sections:
             if s.name in RO_AFTER_INIT_SECTIONS:
                 s.flags |= C.SHF_RO_AFTER_INIT

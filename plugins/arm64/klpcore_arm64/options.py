@@ -1,0 +1,74 @@
+"""Kernel-build and CPU facts the arm64 plugin reads, with Debian 6.1's values
+as defaults.
+
+Each fact is read from ``KernelTarget.options`` (``-O KEY=VALUE``) first,
+then from the target's kernel configuration when klpcore has one
+(``KernelTarget.config``), then the default below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klpcore.kernel import KernelTarget
+
+#: option name -> (CONFIG_ symbol or None, default)
+FACTS: dict[str, tuple[str | None, Any]] = {
+    # the CPU needs the Cortex-A53 erratum 843419 workaround
+    # (ARM64_WORKAROUND_843419); only the user knows the CPU
+    "erratum_843419": (None, True),
+    "config_erratum_843419": ("CONFIG_ARM64_ERRATUM_843419", True),
+    # 6.1 gates the branch partition and PLT counting on CONFIG_RANDOMIZE_BASE
+    "randomize_base": ("CONFIG_RANDOMIZE_BASE", True),
+    # 6.1: CONFIG_ARM64_MODULE_PLTS (always on in newer kernels)
+    "module_plts": ("CONFIG_ARM64_MODULE_PLTS", True),
+    "dynamic_ftrace": ("CONFIG_DYNAMIC_FTRACE", True),
+    "dynamic_ftrace_with_regs": ("CONFIG_DYNAMIC_FTRACE_WITH_REGS", True),
+    # addresses for the ftrace trampoline (None: vmlinux's symbol of that name)
+    "ftrace_caller": (None, None),
+    "ftrace_regs_caller": (None, None),
+}
+
+
+def _config_value(kernel: KernelTarget, symbol: str) -> Any:
+    config = getattr(kernel, "config", None)
+    if config is None:
+        return None
+    getter = getattr(config, "get", None)
+    if getter is None:
+        return None
+    value = getter(symbol)
+    if value is None:
+        return False if getattr(config, "complete", True) else None
+    if isinstance(value, str):
+        return value in ("y", "m") if value in ("y", "m", "n") else value
+    return value
+
+
+def fact(kernel: KernelTarget, name: str) -> Any:
+    """The value of ``name`` for ``kernel``: option, configuration, default."""
+    if name in kernel.options:
+        return kernel.options[name]
+    symbol, default = FACTS[name]
+    if symbol is not None:
+        found = _config_value(kernel, symbol)
+        if found is not None:
+            return found
+    return default
+
+
+def erratum_843419(kernel: KernelTarget) -> bool:
+    """``cpus_have_const_cap(ARM64_WORKAROUND_843419)``: the kernel was built
+    with CONFIG_ARM64_ERRATUM_843419 and the CPU is affected."""
+    return bool(fact(kernel, "config_erratum_843419")) and bool(fact(kernel, "erratum_843419"))
+
+
+def plts_enabled(kernel: KernelTarget) -> bool:
+    """Module PLTs exist (always since the 6.5 module VA rework; before,
+    only with CONFIG_ARM64_MODULE_PLTS)."""
+    return kernel.at_least(6, 5) or bool(fact(kernel, "module_plts"))
+
+
+def branch_plts_counted(kernel: KernelTarget) -> bool:
+    """6.1-6.4 partition and count branch PLTs only with CONFIG_RANDOMIZE_BASE."""
+    return kernel.at_least(6, 5) or bool(fact(kernel, "randomize_base"))
