@@ -302,7 +302,24 @@ def _plt_sec(ctx: ApplyContext, loc: int) -> tuple[dict[str, int], int]:
 
 def _write_entry(ctx: ApplyContext, addr: int, words: tuple[int, int, int]) -> None:
     data = b"".join(w.to_bytes(4, "little") for w in words)
+    _check_plain_store(ctx, addr)
     ctx.staged.write(addr, data)  # plain stores (plt[i] = ...), also late
+
+
+def _check_plain_store(ctx: ApplyContext, addr: int) -> None:
+    """Late (module formed), the kernel still writes PLT entries and veneers
+    with plain stores: on read-only module text that faults."""
+    from klpcore.constants import ModuleState
+
+    if ctx.write_policy is None or ctx.image.state == ModuleState.UNFORMED:
+        return
+    region = ctx.image.region_at(addr, PLT_ENTRY)
+    if ctx.write_policy(ctx.image, region, addr, PLT_ENTRY, None) is None:
+        raise RelocFailure(
+            f"a new PLT entry at {addr:#x} is written with a plain store (plt[i] = ...), but {region.name} is "
+            f"{region.perms} once the module is {ctx.image.state.name}: the kernel faults",
+            "Unable to handle kernel write to read-only memory",
+        )
 
 
 def _slot_limit(sec: dict[str, int]) -> RelocFailure:
