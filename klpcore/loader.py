@@ -179,8 +179,8 @@ class Loader:
         percpu = mod.section_by_name(PERCPU_SECTION)
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
-            base = self.percpu_base if self.percpu_base is not None else mod.arch.percpu_base
-            mod.extra_addresses[percpu.index] = base
+            pcpu = self.percpu_base if self.percpu_base is not None else mod.arch.percpu_base
+            mod.extra_addresses[percpu.index] = pcpu
         for s in mod.sections:
             if s.name in RO_AFTER_INIT_SECTIONS:
                 s.flags |= C.SHF_RO_AFTER_INIT

@@ -485,3 +485,22 @@ def test_missing_plt_sections_refused(tmp_path: Path) -> None:
     with pytest.raises(ElfFormatError) as ei:
         load(str(tmp_path / "all_types.o"))
     assert ei.value.diagnostics[0].kernel_message == "all_types: module PLT section(s) missing"
+
+
+def test_conformance_suite_catches_gaps() -> None:
+    """The suite fails a plugin whose tests leave a type or a limit side out."""
+    gaps = conformance_tests(
+        plugin="arm64",
+        module=FIX / "all_types.o",
+        symbols=FIX / "kernel.map",
+        byte_tested=lambda: byte_tested() - {"R_AARCH64_PREL16"},
+        range_cases=lambda: [c for c in range_cases() if c != ("R_AARCH64_ABS16", REFUSED)],
+        unsupported=[283],
+        kernel="6.1",
+    )()
+    with pytest.raises(AssertionError, match="R_AARCH64_PREL16"):
+        gaps.test_every_type_has_a_byte_test()
+    with pytest.raises(AssertionError, match="R_AARCH64_ABS16"):
+        gaps.test_every_range_has_both_sides()
+    with pytest.raises(AssertionError, match="283 is in the plugin's table"):
+        gaps.test_unsupported_types_are_errors_naming_the_type()
