@@ -82,7 +82,9 @@ class LivepatchInfo:
         return sorted(out, key=lambda rs: rs.index)
 
 
-_NUM = re.compile(r"\s*([+-]?)(\d+)")
+#: vsscanf's ``%lu``: skip white space (the kernel's isspace, ASCII here),
+#: then decimal digits; unsigned conversions take no sign, so ``-1``/``+1`` fail
+_NUM = re.compile(r"[ \t\n\v\f\r]*([0-9]+)")
 
 
 def parse_rela_objname(name: str) -> str | None:
@@ -114,10 +116,7 @@ def parse_klp_symbol_name(name: str, ksym_name_len: int = 512) -> KlpSymbolName 
     m = _NUM.match(rest)
     if m is None:
         return None
-    value = int(m.group(2))
-    if m.group(1) == "-":
-        value = (-value) % (1 << 64)  # %lu of a negative number wraps
-    value %= 1 << 64
+    value = int(m.group(1)) % (1 << 64)  # simple_strntoull wraps on overflow
     return KlpSymbolName(obj, sym, value, rest[m.end() :])
 
 

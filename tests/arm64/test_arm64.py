@@ -362,9 +362,14 @@ def test_ftrace_trampoline_by_version() -> None:
     lm = load("plt_calls.o", "6.1")
     _, base, data = section(lm, ".text.ftrace_trampoline")
     assert plt_targets(data, base) == [KSYMS["ftrace_caller"], KSYMS["ftrace_regs_caller"]]
-    lm = load("plt_calls.o", None)
+    lm = load("plt_calls.o", "6.16")
     _, base, data = section(lm, ".text.ftrace_trampoline")
     assert plt_targets(data, base) == [KSYMS["ftrace_caller"]]
+    assert lm.module.section_by_name(".init.text.ftrace_trampoline").size == 1  # a plain 1-byte section
+    lm = load("plt_calls.o", None)  # 6.17+: the init trampoline too
+    for name in (".text.ftrace_trampoline", ".init.text.ftrace_trampoline"):
+        _, base, data = section(lm, name)
+        assert plt_targets(data, base) == [KSYMS["ftrace_caller"]]
     lm = load("plt_calls.o", "6.1", dynamic_ftrace_with_regs=False)
     _, base, data = section(lm, ".text.ftrace_trampoline")
     assert plt_targets(data, base) == [KSYMS["ftrace_caller"], None]
@@ -504,3 +509,38 @@ def test_conformance_suite_catches_gaps() -> None:
         gaps.test_every_range_has_both_sides()
     with pytest.raises(AssertionError, match="283 is in the plugin's table"):
         gaps.test_unsupported_types_are_errors_naming_the_type()
+
+
+def _config(text: str):
+    from klpcore.config import KernelConfig
+
+    return KernelConfig.from_text(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "page"), [("", 4096), ("CONFIG_ARM64_16K_PAGES=y", 16384), ("CONFIG_ARM64_64K_PAGES=y", 65536)]
+)
+def test_page_size_from_config(line: str, page: int) -> None:
+    cfg = _config(f"CONFIG_ARM64=y\nCONFIG_STRICT_MODULE_RWX=y\nCONFIG_ARCH_HAS_STRICT_MODULE_RWX=y\n{line}\n")
+    assert a64.klp_arch_page_size(KernelTarget(config=cfg)) == page
+    lm = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1), config=cfg, options=NO_ERRATUM)).load(
+        str(FIX / "mod_calls.o"), load_symbols(SYMS), BASE
+    )
+    starts = sorted(r.address for r in lm.module.layout.regions.values() if r.size)
+    assert len(starts) >= 3 and starts[0] == BASE
+    assert all(a % page == 0 for a in starts)
+    assert starts[1] - starts[0] == page  # text fits one page of any size
+    assert a64.klp_arch_page_size(KernelTarget()) == 4096
+
+
+def test_erratum_from_config() -> None:
+    """CONFIG_ARM64_ERRATUM_843419 off in the config: no workaround whatever the CPU."""
+    cfg = _config("CONFIG_ARM64=y\n# CONFIG_ARM64_ERRATUM_843419 is not set\nCONFIG_RANDOMIZE_BASE=y\n")
+    lm = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1), config=cfg)).load(
+        str(FIX / "erratum.o"), load_symbols(SYMS), BASE
+    )
+    _, tb, tbytes = section(lm, ".text")
+    assert [i.mnemonic for i in disasm(tbytes[0xFF8:0x1000], tb + 0xFF8)] == ["adrp", "adrp"]
+    assert a64.klp_arch_config_default("LIVEPATCH", KernelTarget((6, 16))) == "n"
+    assert a64.klp_arch_config_default("LIVEPATCH", KernelTarget((6, 17))) == "y"
+    assert a64.klp_arch_config_default("ARM64_ERRATUM_843419", KernelTarget()) == "y"

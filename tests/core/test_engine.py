@@ -22,6 +22,7 @@ from klpcore import (
     parse_symbol_text,
 )
 from klpcore import constants as C
+from klpcore.elf import ElfModule
 from klpcore.layout import layout_sections
 from klpcore.testing.klpify import KlpSym, klpify
 
@@ -370,6 +371,13 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
     ).build()
     with pytest.raises(RelocationError) as ei:
         toy_loader.load(base, symbols(), BASE)
+    symtab = ElfModule(base).symtab_index
+    # 6.19 (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
+    assert ei.value.diagnostics[0].kernel_message == (
+        f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
+    )
+    with pytest.raises(RelocationError) as ei:
+        Loader(toy_loader.pm, kernel=KernelTarget((6, 18))).load(base, symbols(), BASE)
     assert ei.value.diagnostics[0].kernel_message == "symbol printk is not marked as a livepatch symbol"
 
 

@@ -122,3 +122,14 @@ def test_objtool_style_tombstones_accepted() -> None:
     info = discover(m)
     assert [r.name for r in info.objects["vmlinux"].reloc_secs][0] == ".klp.rela.vmlinux..text.fn"
     assert any(n.startswith(".klp.tombstone.") for n in m.symbol_names)
+
+
+@pytest.mark.parametrize("pos", ["-1", "+1", "- 1", "x1", ""])
+def test_signed_or_missing_sympos_is_malformed_like_vsscanf(pos: str) -> None:
+    """``%lu`` takes no sign: the kernel refuses these names as incorrectly formatted (D7)."""
+    assert parse_klp_symbol_name(f".klp.sym.vmlinux.foo,{pos}") is None
+
+
+def test_sympos_whitespace_and_wrap() -> None:
+    assert parse_klp_symbol_name(".klp.sym.vmlinux.foo, 2").sympos == 2
+    assert parse_klp_symbol_name(".klp.sym.vmlinux.foo,18446744073709551617").sympos == 1

@@ -9,6 +9,7 @@ tests need no compiler or linker.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -108,6 +109,13 @@ TestConformance = conformance_tests(
 )
 
 
+def lm_relsec(name: str, section: str) -> int:
+    from klpcore.elf import ElfModule
+
+    elf = ElfModule.from_file(str(FIX / MANIFEST["fixtures"][name]["object"]))
+    return next(s.index for s in elf.rela_sections() if section in (s.name, s.name[5:]))
+
+
 @pytest.mark.parametrize(("name", "variant", "symfile"), cases({"overflow"}))
 def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) -> None:
     exp = expected(name, variant)
@@ -119,8 +127,10 @@ def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) ->
     for d in diags:
         assert d.module == name and d.rtype in ("R_X86_64_32", "R_X86_64_32S")
         number = 10 if d.rtype == "R_X86_64_32" else 11
-        assert d.kernel_message.startswith(f"overflow in relocation type {number} val ")
-        assert d.kernel_message.endswith(f"'{name}' likely not compiled with -mcmodel=kernel")
+        first, second = d.kernel_message.split("\n")  # two pr_err lines, as the kernel prints them
+        assert first.startswith(f"overflow in relocation type {number} val ")
+        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19 (the newest) adds both
+        assert second == f"`{name}' likely not compiled with -mcmodel=kernel"
         assert d.section and d.index is not None and d.symbol
 
 
@@ -150,15 +160,32 @@ def test_nonzero_target_refused(loader) -> None:
         load(loader, "reject_nonzero.o", "reject_nonzero.map")
     d = ei.value.diagnostics[0]
     assert "target already written" in d.message
-    assert d.kernel_message.startswith(
-        "x86/modules: Invalid relocation target, existing value is nonzero for type 1, loc 0x"
+    loc = int(d.extra.get("address", 0)) if "address" in d.extra else None
+    # 6.19: section and index, unhashed %lx location
+    assert re.fullmatch(
+        r"x86/modules: Invalid relocation target, existing value is nonzero for sec \d+, idx 0, type 1, "
+        r"loc ffffffffc[0-9a-f]{7}, val [0-9a-f]+",
+        d.kernel_message,
+    ), (d.kernel_message, loc)
+
+    def message(version):
+        with pytest.raises(RelocationError) as ei:
+            Loader(get_plugin_manager(), kernel=KernelTarget(version)).load(
+                str(FIX / "reject_nonzero.o"), load_symbols(str(FIX / "reject_nonzero.map")), BASE
+            )
+        return ei.value.diagnostics[0].kernel_message
+
+    # 6.3-6.18: %p (printed as with no_hash_pointers: 16 digits, no 0x)
+    assert re.fullmatch(
+        r"x86/modules: Invalid relocation target, existing value is nonzero for type 1, "
+        r"loc ffffffffc[0-9a-f]{7}, val [0-9a-f]+",
+        message((6, 18)),
     )
-    # Linux 6.1 words it differently
-    with pytest.raises(RelocationError) as ei:
-        Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(
-            str(FIX / "reject_nonzero.o"), load_symbols(str(FIX / "reject_nonzero.map")), BASE
-        )
-    assert ei.value.diagnostics[0].kernel_message.startswith("x86/modules: Skipping invalid relocation target")
+    assert message((6, 3)) == message((6, 18))
+    # up to 6.2 it was "Skipping"
+    assert message((6, 2)).startswith(
+        "x86/modules: Skipping invalid relocation target, existing value is nonzero for type 1, loc ffffffffc"
+    )
 
 
 def test_unknown_type_refused(loader) -> None:
@@ -258,7 +285,9 @@ def test_disasm_decodes_sites_and_targets(capsys) -> None:
 
     ex = Path(__import__("klpcore_x86_64").__file__).parent / "examples"
     assert main(["disasm", str(ex / "klpdemo.ko"), "-s", str(ex / "System.map"), "--json"]) == 0
-    sites = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert report["kernel"]["version"] == "6.1" and report["kernel"]["version_source"].startswith("vermagic 6.1.")
+    sites = report["sites"]
     thunk = [s for s in sites if s["symbol"] == "__x86_indirect_thunk_rax"]
     assert thunk
     symaddr = next(

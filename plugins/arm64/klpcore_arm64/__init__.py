@@ -82,6 +82,18 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
 
 
 @hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """``CONFIG_ARM64_64K_PAGES`` / ``CONFIG_ARM64_16K_PAGES``, else 4 KiB (Debian, most distributions)."""
+    return options.page_size(kernel)
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    """Distribution arm64 settings (Debian's arm64 config); ``LIVEPATCH`` only from 6.17."""
+    return options.config_default(name, kernel)
+
+
+@hookimpl
 def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
     """Refuse livepatch modules before 6.17, then ``module_frob_arch_sections``."""
     protection.check_livepatch(module.name, module.klp.is_livepatch, kernel)
@@ -117,6 +129,3 @@ def klp_arch_examples() -> Sequence[Example]:
             base=DEFAULT_BASE,
         )
     ]
-
-
-_ = options  # re-exported for plugin users: klpcore_arm64.options.FACTS

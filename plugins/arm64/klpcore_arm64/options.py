@@ -2,8 +2,9 @@
 as defaults.
 
 Each fact is read from ``KernelTarget.options`` (``-O KEY=VALUE``) first,
-then from the target's kernel configuration when klpcore has one
-(``KernelTarget.config``), then the default below.
+then from the target's kernel configuration when the user gave one
+(``--config``: ``KernelTarget.config``), then the default below.  Page size:
+``CONFIG_ARM64_16K_PAGES`` / ``CONFIG_ARM64_64K_PAGES``, else 4 KiB (Debian).
 """
 
 from __future__ import annotations
@@ -31,17 +32,13 @@ FACTS: dict[str, tuple[str | None, Any]] = {
 
 
 def _config_value(kernel: KernelTarget, symbol: str) -> Any:
-    config = getattr(kernel, "config", None)
+    """``symbol`` from the user's ``--config`` (absent from a .config = not set)."""
+    config = kernel.config
     if config is None:
         return None
-    getter = getattr(config, "get", None)
-    if getter is None:
-        return None
-    value = getter(symbol)
-    if value is None:
-        return False if getattr(config, "complete", True) else None
-    if isinstance(value, str):
-        return value in ("y", "m") if value in ("y", "m", "n") else value
+    value = config.get(symbol)
+    if value is None or value in ("y", "m", "n"):
+        return value in ("y", "m")
     return value
 
 
@@ -66,9 +63,43 @@ def erratum_843419(kernel: KernelTarget) -> bool:
 def plts_enabled(kernel: KernelTarget) -> bool:
     """Module PLTs exist (always since the 6.5 module VA rework; before,
     only with CONFIG_ARM64_MODULE_PLTS)."""
-    return kernel.at_least(6, 5) or bool(fact(kernel, "module_plts"))
+    return kernel.has("arm64_module_plts_always") or bool(fact(kernel, "module_plts"))
 
 
 def branch_plts_counted(kernel: KernelTarget) -> bool:
     """6.1-6.4 partition and count branch PLTs only with CONFIG_RANDOMIZE_BASE."""
-    return kernel.at_least(6, 5) or bool(fact(kernel, "randomize_base"))
+    return kernel.has("arm64_module_plts_always") or bool(fact(kernel, "randomize_base"))
+
+
+#: distribution arm64 settings for options the core asks about (``klp_arch_config_default``)
+CONFIG_DEFAULTS = {
+    "STRICT_MODULE_RWX": "y",
+    "ARCH_HAS_STRICT_MODULE_RWX": "y",
+    "HAVE_STATIC_CALL_INLINE": "n",
+    "ARM64_4K_PAGES": "y",
+    "ARM64_16K_PAGES": "n",
+    "ARM64_64K_PAGES": "n",
+}
+
+
+def page_size(kernel: KernelTarget) -> int:
+    """``PAGE_SIZE`` from ``CONFIG_ARM64_{4K,16K,64K}_PAGES`` (default 4 KiB)."""
+    config = kernel.config
+    if config is not None:
+        if config.enabled("ARM64_64K_PAGES"):
+            return 65536
+        if config.enabled("ARM64_16K_PAGES"):
+            return 16384
+    return 4096
+
+
+def config_default(name: str, kernel: KernelTarget) -> str | None:
+    """The distribution value of ``CONFIG_<name>`` when no --config is given."""
+    if name == "LIVEPATCH":
+        return "y" if kernel.has("arm64_livepatch") else "n"
+    if name in CONFIG_DEFAULTS:
+        return CONFIG_DEFAULTS[name]
+    for symbol, default in FACTS.values():
+        if symbol == "CONFIG_" + name and isinstance(default, bool):
+            return "y" if default else "n"
+    return None

@@ -64,6 +64,8 @@ INSN_ADRP = 0x90000000
 INSN_ADD_IMM64 = 0x91000000
 INSN_B = 0x14000000
 SZ_128M = 1 << 27
+TRAMPOLINE = ".text.ftrace_trampoline"
+INIT_TRAMPOLINE = ".init.text.ftrace_trampoline"
 
 
 # ------------------------------------------------------------ encodings
@@ -213,7 +215,7 @@ def frob(module: Any, kernel: KernelTarget) -> None:
     name = module.name
     core = init = None
     tramps = []
-    init_tramp_name = ".init.text.ftrace_trampoline" if kernel.at_least(6, 5) else None
+    init_tramp_name = INIT_TRAMPOLINE if kernel.has("arm64_init_ftrace_trampoline") else None
     for s in module.sections[1:]:
         if s.name == ".plt":
             core = s
@@ -278,7 +280,7 @@ def frob(module: Any, kernel: KernelTarget) -> None:
 def nr_ftrace_plts(kernel: KernelTarget) -> int:
     """``NR_FTRACE_PLTS``: 2 in 6.1 (ftrace_caller, ftrace_regs_caller), 1 once
     arm64 moved to DYNAMIC_FTRACE_WITH_ARGS (6.2)."""
-    return 1 if kernel.at_least(6, 2) else 2
+    return 1 if kernel.has("arm64_single_ftrace_plt") else 2
 
 
 # ------------------------------------------------------------ emission
@@ -467,38 +469,46 @@ def _kernel_address(ctx: ApplyContext, name: str) -> int | None:
 
 def ftrace_trampoline(ctx: ApplyContext) -> None:
     """``module_init_ftrace_plt``: PLT entries to ftrace_caller (and, in 6.1,
-    ftrace_regs_caller) in ``.text.ftrace_trampoline``."""
+    ftrace_regs_caller) in ``.text.ftrace_trampoline``; since 6.17 also one
+    in ``.init.text.ftrace_trampoline``.  A missing section makes
+    ``module_finalize`` fail with -ENOEXEC (no message)."""
     if not options.plts_enabled(ctx.kernel) or not options.fact(ctx.kernel, "dynamic_ftrace"):
-        return
-    sec = ctx.module.section_by_name(".text.ftrace_trampoline")
-    if sec is None:
-        ctx.diagnostics.append(
-            Diagnostic(
-                "the module has no .text.ftrace_trampoline section (module_finalize fails with -ENOEXEC)",
-                module=ctx.module.name,
-            )
-        )
-        return
-    base = ctx.section_address(sec.index)
-    if base is None:
         return
     wanted = ["ftrace_caller"]
     if nr_ftrace_plts(ctx.kernel) == 2 and options.fact(ctx.kernel, "dynamic_ftrace_with_regs"):
         wanted.append("ftrace_regs_caller")
-    for k, name in enumerate(wanted):
-        addr = _kernel_address(ctx, name)
-        if addr is None:
+    names = [TRAMPOLINE]
+    if ctx.kernel.has("arm64_init_ftrace_trampoline"):
+        names.append(INIT_TRAMPOLINE)
+    for secname in names:
+        sec = ctx.module.section_by_name(secname)
+        if sec is None:
             ctx.diagnostics.append(
                 Diagnostic(
-                    f"the ftrace trampoline entry for {name} is not written (no vmlinux symbol {name}; give "
-                    f"-O {name}=ADDR)",
-                    severity="warning",
+                    f"the module has no {secname} section: module_finalize fails with -ENOEXEC (arm64 modules "
+                    "get it from module.lds)",
                     module=ctx.module.name,
+                    kernel_message=None,
                 )
             )
+            return
+        base = ctx.section_address(sec.index)
+        if base is None:
             continue
-        at = base + k * PLT_ENTRY
-        _write_entry(ctx, at, plt_entry(addr, at))
+        for k, name in enumerate(wanted):
+            addr = _kernel_address(ctx, name)
+            if addr is None:
+                ctx.diagnostics.append(
+                    Diagnostic(
+                        f"the ftrace trampoline entry for {name} in {secname} is not written (no vmlinux symbol "
+                        f"{name}; give -O {name}=ADDR)",
+                        severity="warning",
+                        module=ctx.module.name,
+                    )
+                )
+                continue
+            at = base + k * PLT_ENTRY
+            _write_entry(ctx, at, plt_entry(addr, at))
 
 
 __all__ = [

@@ -1,14 +1,9 @@
 """How late writes reach arm64 module memory, by kernel version.
 
-============================================================  =======
-behaviour                                                      since
-============================================================  =======
-``NR_FTRACE_PLTS`` 1 (ftrace_caller only; 2 before)             6.2
-module PLTs always built; branch partition/count not gated     6.5
-on CONFIG_RANDOMIZE_BASE (module VA rework)
-``HAVE_LIVEPATCH``; relocation writes after the module is      6.17
-formed go through ``aarch64_insn_copy`` (``WRITE_PLACE``)
-============================================================  =======
+The version rules live in ``klpcore/versions.py`` (``arm64_*`` behaviours):
+``arm64_livepatch`` and ``arm64_late_text_poke`` (6.17) here,
+``arm64_single_ftrace_plt`` (6.2), ``arm64_module_plts_always`` (6.5) and
+``arm64_init_ftrace_trampoline`` (6.17) in :mod:`.plt` and :mod:`.options`.
 
 Before 6.17 every write of ``apply_relocate_add`` is a plain store, which
 faults on read-only module memory.  Since 6.17 the helpers write with
@@ -24,19 +19,18 @@ from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage, Perm, Region
 
-LIVEPATCH_SINCE = (6, 17)
 TEXT_POKE = "aarch64_insn_copy"
 
 
 def insn_hint(kernel: KernelTarget) -> str | None:
     """The primitive relocation writes use once the module is formed."""
-    return TEXT_POKE if kernel.at_least(*LIVEPATCH_SINCE) else None
+    return TEXT_POKE if kernel.has("arm64_late_text_poke") else None
 
 
 def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) -> None:
     """``check_modinfo_livepatch`` on a kernel without CONFIG_LIVEPATCH: arm64
     selects HAVE_LIVEPATCH only since 6.17."""
-    if not is_livepatch or kernel.at_least(*LIVEPATCH_SINCE):
+    if not is_livepatch or kernel.has("arm64_livepatch"):
         return
     raise ElfFormatError(
         Diagnostic(
@@ -51,7 +45,7 @@ def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) 
 def write_method(image: ModuleImage, region: Region, kernel: KernelTarget, hint: str | None) -> str | None:
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == TEXT_POKE and kernel.at_least(*LIVEPATCH_SINCE):
+    if hint == TEXT_POKE and kernel.has("arm64_late_text_poke"):
         return TEXT_POKE
     if region.perms & Perm.W:
         return "store"

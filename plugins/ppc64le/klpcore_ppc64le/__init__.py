@@ -115,6 +115,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "dynamic_ftrace": True,  # CONFIG_DYNAMIC_FTRACE (Debian: y)
     "dynamic_ftrace_with_regs": True,  # CONFIG_DYNAMIC_FTRACE_WITH_REGS (Debian: y)
     "mprofile_kernel": True,  # CONFIG_MPROFILE_KERNEL (Debian: y)
+    # CONFIG_PPC_FTRACE_OUT_OF_LINE (6.13+, needs a compiler that passes the patchable-function-entry
+    # check; Debian's GCC 12 builds stay on -mprofile-kernel)
+    "ftrace_out_of_line": False,
+    # sizeof(struct ftrace_ool_stub): u32 insn[4] plus the ftrace_ops pointer (DYNAMIC_FTRACE_WITH_CALL_OPS,
+    # selected with PPC_FTRACE_OUT_OF_LINE)
+    "ftrace_ool_stub_size": 24,
     # offsetof(struct paca_struct, kernel_toc) (pseries build; believed 16, not verified against a Debian build)
     "paca_kernel_toc_offset": 16,
     "kernel_toc": None,  # kernel_toc_addr() (vmlinux's .TOC.), needed for ftrace stubs
@@ -159,9 +165,23 @@ OTHER_TYPES = {
 }
 
 
+#: options that are kernel .config facts: option name -> CONFIG_ name
+_CONFIG_OPTIONS = {
+    "ftrace_out_of_line": "PPC_FTRACE_OUT_OF_LINE",
+    "dynamic_ftrace": "DYNAMIC_FTRACE",
+    "dynamic_ftrace_with_regs": "DYNAMIC_FTRACE_WITH_REGS",
+    "mprofile_kernel": "MPROFILE_KERNEL",
+}
+
+
 def option(kernel: KernelTarget, name: str) -> Any:
-    """``kernel.options[name]``, or this plugin's default."""
-    return kernel.options.get(name, DEFAULT_OPTIONS[name])
+    """``kernel.options[name]``, else the kernel's ``.config`` (``--config``)
+    for build facts, else this plugin's default."""
+    if name in kernel.options:
+        return kernel.options[name]
+    if kernel.config is not None and name in _CONFIG_OPTIONS:
+        return kernel.config.enabled(_CONFIG_OPTIONS[name])
+    return DEFAULT_OPTIONS[name]
 
 
 #: kernel-build addresses the plugin can read from vmlinux's symbols when no
@@ -230,7 +250,7 @@ def my_r2(ctx: ApplyContext) -> int:
 
 def _patch(ctx: ApplyContext) -> str | None:
     """The hint for writes the kernel does with ``patch_instruction`` (5.16+)."""
-    return "patch_instruction" if ctx.kernel.at_least(5, 16) else None
+    return "patch_instruction" if ctx.kernel.has("ppc64_patch_instruction") else None
 
 
 def describe_address(ctx: ApplyContext, address: int) -> str:
@@ -294,16 +314,22 @@ def _stub_area(ctx: ApplyContext) -> tuple[int, int]:
 def _stub_table(ctx: ApplyContext, base: int, num: int) -> dict[str, Any]:
     """Target address -> slot of the stubs in use, and the first free slot.
 
-    The kernel scans the slots from 0 while ``funcdata`` is non-zero; slots are
-    only ever appended, so the first free slot is the number in use.  The table
-    is read from memory once and kept in ``ctx.state`` (committed with the phase).
+    Up to 6.16 the kernel scans the slots from 0 while ``funcdata`` is
+    non-zero; slots are only ever appended, so the first free slot is the
+    number in use.  From 6.17 it looks only at the first ``me->arch.stub_count``
+    slots and appends at ``stub_count`` (which also counts the out-of-line
+    ftrace block).  The table is read from memory once and kept in
+    ``ctx.state`` (committed with the phase); ``next`` is ``stub_count``.
     """
     tab: dict[str, Any] | None = ctx.state.get("stub_table")
     if tab is None:
         raw = np.frombuffer(ctx.staged.read(base, num * STUB_SIZE), dtype=np.uint8).reshape(num, STUB_SIZE)
         funcdata = raw[:, FUNCDATA_OFFSET : FUNCDATA_OFFSET + 8].copy().view("<u8").reshape(-1)
         empty = np.flatnonzero(funcdata == 0)
-        used = int(empty[0]) if empty.size else num
+        if ctx.kernel.has("ppc64_stub_count"):
+            used = 0  # module_frob_arch_sections: stub_count starts at 0
+        else:
+            used = int(empty[0]) if empty.size else num
         slots: dict[int, int] = {}
         for i, a in enumerate(funcdata[:used].tolist()):
             slots.setdefault(int(a), i)
@@ -322,9 +348,15 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         i = tab["next"]
         if i >= num:
             raise RelocFailure(
-                f"no free call stub: all {num} slots of .stubs are used (the kernel warns in stub_for_addr "
-                "and refuses the relocation with -ENOENT)",
+                f"no free call stub: all {num} slots of .stubs are used "
+                + (
+                    "(Linux 6.17+ would write this stub past the end of .stubs, then warn in stub_for_addr on "
+                    "the next search; klpcore refuses)"
+                    if ctx.kernel.has("ppc64_stub_count")
+                    else "(the kernel warns in stub_for_addr and refuses the relocation with -ENOENT)"
+                ),
             )
+        _warn_ool_overwrite(ctx, i)
         slot = base + i * STUB_SIZE
         if option(ctx.kernel, "mprofile_kernel") and name in _ftrace_names(ctx.kernel):
             create_ftrace_stub(ctx, slot, addr, name)
@@ -333,6 +365,17 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         tab["slots"][addr] = i
         tab["next"] = i + 1
         return slot
+    if ctx.kernel.has("ppc64_stub_count"):
+        tab = _stub_table(ctx, base, num)
+        if 0 in tab["slots"]:
+            return base + int(tab["slots"][0]) * STUB_SIZE
+        i = tab["next"]
+        if i >= num:
+            raise RelocFailure(f"no free call stub: all {num} slots of .stubs are used")
+        create_stub(ctx, base + i * STUB_SIZE, addr)
+        tab["slots"][0] = i
+        tab["next"] = i + 1
+        return base + i * STUB_SIZE
     ctx.state.pop("stub_table", None)  # a stub to address 0 looks empty to the kernel: scan as it does
     i = 0
     while True:
@@ -354,6 +397,65 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
     else:
         create_stub(ctx, slot, addr)
     return slot
+
+
+def ool_slots(module: LoadingModule, kernel: KernelTarget) -> int:
+    """Stub slots for the out-of-line ftrace stubs (``CONFIG_PPC_FTRACE_OUT_OF_LINE``,
+    6.13+): roundup(entries * sizeof(struct ftrace_ool_stub), 40) / 40, with one
+    entry per 8-byte pointer in ``__patchable_function_entries``."""
+    if not kernel.has("ppc64_ool_ftrace_stubs") or not option(kernel, "ftrace_out_of_line"):
+        return 0
+    sec = module.section_by_name("__patchable_function_entries")
+    if sec is None:
+        return 0
+    entries = sec.size // 8
+    size = int(option(kernel, "ftrace_ool_stub_size"))
+    return (entries * size + STUB_SIZE - 1) // STUB_SIZE
+
+
+def setup_ftrace_ool_stubs(ctx: ApplyContext) -> None:
+    """``setup_ftrace_ool_stubs`` (after the ftrace stubs, at load).
+
+    6.17+: the block is the next ``n`` slots and ``stub_count`` moves past it.
+    6.13-6.16: the block starts at the first slot whose funcdata is zero and
+    only that slot's funcdata gets a ``nop`` word (patch_u32), so later
+    livepatch stubs are allocated inside the block, over the ftrace stubs."""
+    n = int(ctx.module.arch_state.get("ool_slots", 0))
+    if not ctx.kernel.has("ppc64_ool_ftrace_stubs") or not option(ctx.kernel, "ftrace_out_of_line"):
+        return
+    base, num = _stub_area(ctx)
+    tab = _stub_table(ctx, base, num)
+    first = int(tab["next"])
+    if first + n > num:
+        ctx.diagnostics.append(
+            Diagnostic(
+                f"no room for {n} out-of-line ftrace stub slots after slot {first} of {num}",
+                module=ctx.module.name,
+                kernel_message="WARNING in setup_ftrace_ool_stubs (module_finalize_ftrace returns -ENOENT)",
+            )
+        )
+        return
+    ctx.state["ool_block"] = (first, first + n)
+    if ctx.kernel.has("ppc64_stub_count"):
+        tab["next"] = first + n
+    elif n:
+        ctx.write_uint(base + first * STUB_SIZE + FUNCDATA_OFFSET, 4, INSN_NOP, hint=_patch(ctx))
+        tab["slots"].setdefault(INSN_NOP, first)
+        tab["next"] = first + 1
+
+
+def _warn_ool_overwrite(ctx: ApplyContext, slot: int) -> None:
+    block = ctx.state.get("ool_block")
+    if block and block[0] <= slot < block[1]:
+        ctx.diagnostics.append(
+            Diagnostic(
+                f"call stub {slot} lies inside the out-of-line ftrace stub block (slots {block[0]}-{block[1] - 1}): "
+                "Linux 6.13-6.16 writes it over the module's ftrace stubs, corrupting function tracing of this "
+                "module (fixed in 6.17 by allocating at stub_count)",
+                severity="warning",
+                module=ctx.module.name,
+            )
+        )
 
 
 def _ftrace_names(kernel: KernelTarget) -> tuple[str, ...]:
@@ -449,7 +551,7 @@ def restore_r2(ctx: SectionContext, e: Entry) -> None:
         return  # sibling call (b): nothing to restore
     after = e.P + 4
     insn = ctx.read_uint(after, 4, insn=True)
-    if insn == INSN_LD_TOC and ctx.kernel.at_least(6, 3):
+    if insn == INSN_LD_TOC and ctx.kernel.has("ppc64_restore_r2_accepts_ld"):
         return  # already restored: a livepatch relocation applied again (6.3+)
     if insn != INSN_NOP:
         raise nop_failure(ctx, insn, after)
@@ -513,7 +615,7 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
             need[j] = ok[j] = False
     nxt = gather(buf, after[need], 4, order) if need.any() else np.zeros(0, np.uint64)
     ld_ok = nxt == U64(INSN_LD_TOC)
-    accepted = ld_ok if ctx.kernel.at_least(6, 3) else np.zeros_like(ld_ok)
+    accepted = ld_ok if ctx.kernel.has("ppc64_restore_r2_accepts_ld") else np.zeros_like(ld_ok)
     bad = ~accepted & (nxt != U64(INSN_NOP))
     need_idx = np.flatnonzero(need)
     for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):
@@ -666,7 +768,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             handler=rel24,
             batch=rel24_stub_calls,
             split=rel24_needs_stub,
-            write_hint="patch_instruction" if kernel.at_least(5, 16) else None,
+            write_hint="patch_instruction" if kernel.has("ppc64_patch_instruction") else None,
             insn=True,
             range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
         ),
@@ -751,6 +853,37 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
     return reloc_types(kernel)
 
 
+#: ``PAGE_SIZE`` with ``CONFIG_PPC_64K_PAGES``: the Book3S-64 Kconfig default
+#: and what Debian, Fedora, RHEL, SUSE and Ubuntu ppc64el kernels use.
+PAGE_64K = 1 << 16
+
+
+@hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """64 KiB unless the config says ``CONFIG_PPC_4K_PAGES`` (or 16K/256K on
+    other PowerPC platforms, which this ELFv2 plugin does not model)."""
+    cfg = kernel.config
+    if cfg is not None and cfg.enabled("PPC_4K_PAGES"):
+        return 4096
+    return PAGE_64K
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    """Distribution ppc64el settings; Book3S-64 selects
+    ``ARCH_HAS_STRICT_MODULE_RWX`` only from 5.14 (before it, module memory is
+    never made read-only and the legacy layout does not page-align)."""
+    if name in ("STRICT_MODULE_RWX", "ARCH_HAS_STRICT_MODULE_RWX"):
+        return "y" if kernel.has("ppc64_strict_module_rwx") else "n"
+    if name in _CONFIG_OPTIONS.values():
+        return "y"
+    if name == "LIVEPATCH":
+        return "y"  # Fedora/RHEL/SUSE/Ubuntu; Debian's ppc64el kernel has it off
+    if name in ("HAVE_STATIC_CALL_INLINE", "PPC_FTRACE_OUT_OF_LINE", "PPC_KERNEL_PCREL"):
+        return "n"
+    return None
+
+
 def count_relocs(relas: np.ndarray, rtype: int) -> int:
     """The kernel's ``count_relocs``: REL24 entries whose (symbol, addend)
     differ from the last counted pair, held in 32-bit unsigned variables."""
@@ -809,7 +942,8 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
             )
         )
     _dedotify(module)
-    total = 1
+    # up to 6.16 one spare slot keeps the funcdata scan terminated
+    total = 0 if kernel.has("ppc64_stub_count") else 1
     for s in module.sections[1:]:
         if s.type != C.SHT_RELA:
             continue
@@ -818,6 +952,8 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
         total += count_relocs(relas, R_PPC64_REL24)
     total += int(bool(option(kernel, "dynamic_ftrace")))
     total += int(bool(option(kernel, "dynamic_ftrace")) and bool(option(kernel, "dynamic_ftrace_with_regs")))
+    module.arch_state["ool_slots"] = ool_slots(module, kernel)
+    total += module.arch_state["ool_slots"]
     stubs.size = total * STUB_SIZE
     module.arch_state["stubs"] = stubs.index
     module.arch_state["toc"] = (toc or stubs).index
@@ -871,6 +1007,7 @@ def klp_arch_finalize(ctx: ApplyContext) -> None:
             ctx.diagnostics.append(
                 Diagnostic(f.message, module=ctx.module.name, kernel_message=f.kernel_message, symbol=name)
             )
+    setup_ftrace_ool_stubs(ctx)
 
 
 @hookimpl
@@ -883,11 +1020,11 @@ def klp_arch_write_method(
     around its writes (``module_disable_ro``)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == "patch_instruction" and kernel.at_least(5, 16):
+    if hint == "patch_instruction" and kernel.has("ppc64_patch_instruction"):
         return "patch_instruction"
     # hint "store" (or None): a plain store
     if region.perms & Perm.W:
         return "store"
-    if not kernel.at_least(5, 8):
+    if not kernel.has("klp_no_module_disable_ro"):
         return "module_disable_ro"
     return None
