@@ -278,3 +278,22 @@ def test_negative_control_4k_pages_on_ppc64le(tmp_path: Path) -> None:
     assert main(args) == 0
     res = ko.compare(rec, ko.Placed.from_elf((tmp_path / "o.ko").read_bytes()))
     assert res.misplaced
+
+
+@pytest.mark.parametrize("folder", ["arm64-nokaslr", "arm64-kaslr"])
+def test_arm64_plt_veneer_and_ftrace_trampoline_identical(folder: str, tmp_path: Path) -> None:
+    """arm64: the .plt the kernel filled (PLT entries with KASLR, an erratum-843419
+    veneer without) and the ftrace trampoline are byte-identical in klpcore's output."""
+    need_plugin(folder)
+    used = 0
+    for module in ("koc_asm", "koc_basic"):
+        rec = recording(folder, module)
+        placed = klpcore_apply(rec, tmp_path)
+        for name in (".plt", ".text.ftrace_trampoline"):
+            kernel = rec.sections[name]
+            address, mine = placed.sections[name]
+            assert kernel.data is not None and address == kernel.address
+            assert kernel.data[: len(mine)] == mine and not kernel.data[len(mine) :].strip(b"\0"), (module, name)
+            used += len(mine.rstrip(b"\0")) if name == ".plt" else 0
+        assert len(placed.sections[".text.ftrace_trampoline"][1].rstrip(b"\0")) == 24  # 6.1: two entries
+    assert used >= 12
