@@ -299,23 +299,13 @@ def test_plt_slots_exhausted_without_randomize_base() -> None:
 
 def test_plt_entry_skips_a_forbidden_slot() -> None:
     """module_emit_plt_entry: a slot whose adrp sits at page offset >= 0xff8 is skipped."""
+    buf = np.zeros(400 * 12, dtype=np.uint8)
 
     class Ctx:
         kernel = KernelTarget((6, 1))
         state = {"plt": {"core": {"shndx": 1, "num": 340, "max": 400}}}
         write_policy = None
-
-        class staged:
-            mem: dict[int, bytes] = {}
-
-            @classmethod
-            def write(cls, address, data, hint=None):
-                cls.mem[address] = data
-
-            @classmethod
-            def read(cls, address, size):
-                return cls.mem.get(address, bytes(size))
-
+        staged = type("S", (), {"buffer": staticmethod(lambda index: buf)})()
         module = type("M", (), {"layout": type("L", (), {"regions": {}})()})()
 
         def section_address(self, index):
@@ -326,8 +316,11 @@ def test_plt_entry_skips_a_forbidden_slot() -> None:
     assert at == 0x10000 + 340 * 12 and ctx.state["plt"]["core"]["num"] == 341
     at = plt.emit_plt_entry(ctx, 0x20000, 0x22345678)  # slot 341 at 0x10ffc: forbidden, slot 342 used
     assert at == 0x10000 + 342 * 12 and ctx.state["plt"]["core"]["num"] == 343
+    assert not buf[341 * 12 : 342 * 12].any()
     again = plt.emit_plt_entry(ctx, 0x20000, 0x22345678)  # the same target right after: de-duplicated
     assert again == at and ctx.state["plt"]["core"]["num"] == 343
+    # the scratch copy of the duplicate stays in the next slot, as in the kernel
+    assert words(buf[343 * 12 : 344 * 12].tobytes()) == list(plt.plt_entry(0x22345678, 0x10000 + 343 * 12))
 
 
 # ------------------------------------------------------------- erratum
@@ -544,3 +537,17 @@ def test_erratum_from_config() -> None:
     assert a64.klp_arch_config_default("LIVEPATCH", KernelTarget((6, 16))) == "n"
     assert a64.klp_arch_config_default("LIVEPATCH", KernelTarget((6, 17))) == "y"
     assert a64.klp_arch_config_default("ARM64_ERRATUM_843419", KernelTarget()) == "y"
+
+
+@pytest.mark.parametrize("obj", ["plt_calls.o", "erratum.o"])
+def test_batch_equals_entry_by_entry(obj: str, monkeypatch) -> None:
+    """The array-shaped batch writes exactly what the per-entry handler writes."""
+
+    def image(lm) -> dict[str, bytes]:
+        return {s.name: lm.section_bytes(s.index) for s in lm.module.sections if lm.section_address(s.index)}
+
+    batch = image(load(obj))
+    monkeypatch.setattr(plt, "sequential_batch", None)
+    single = load(obj)
+    assert all(t.batch is None for t in single.module.arch.types.values())
+    assert image(single) == batch

@@ -42,10 +42,17 @@ def _config_value(kernel: KernelTarget, symbol: str) -> Any:
     return value
 
 
+_WORDS = {"true": True, "yes": True, "y": True, "1": True, "false": False, "no": False, "n": False, "0": False}
+
+
 def fact(kernel: KernelTarget, name: str) -> Any:
-    """The value of ``name`` for ``kernel``: option, configuration, default."""
+    """The value of ``name`` for ``kernel``: option, configuration, default.
+    An option for a yes/no fact may be given as text (``"false"``, ``"n"``...)."""
     if name in kernel.options:
-        return kernel.options[name]
+        value = kernel.options[name]
+        if isinstance(FACTS[name][1], bool) and isinstance(value, str) and value.lower() in _WORDS:
+            return _WORDS[value.lower()]
+        return value
     symbol, default = FACTS[name]
     if symbol is not None:
         found = _config_value(kernel, symbol)

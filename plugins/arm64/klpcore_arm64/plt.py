@@ -31,7 +31,7 @@ import numpy as np
 
 from klpcore import constants as C
 from klpcore.arch import Entry
-from klpcore.engine import ApplyContext, RelocFailure, SectionContext
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 
@@ -285,27 +285,92 @@ def nr_ftrace_plts(kernel: KernelTarget) -> int:
 
 # ------------------------------------------------------------ emission
 def _in_init(ctx: ApplyContext, loc: int) -> bool:
+    """``in_init(mod, loc)``: is ``loc`` in the module's init memory?"""
     for r in ctx.module.layout.regions.values():
         if r.memtype.is_init and r.address <= loc < r.address + max(r.size, 1):
             return True
     return False
 
 
-def _plt_sec(ctx: ApplyContext, loc: int) -> tuple[dict[str, int], int]:
-    state = ctx.state.get("plt")
-    if state is None:
-        raise RelocFailure("module PLTs are not set up (no .plt section)")
-    sec = state["init" if _in_init(ctx, loc) else "core"]
-    base = ctx.section_address(sec["shndx"])
-    if base is None:
-        raise RelocFailure("the PLT section is not placed in module memory")
-    return sec, base
+def _slot_limit(sec: dict[str, int]) -> RelocFailure:
+    return RelocFailure(
+        f"no free PLT slot: the section was sized for {sec['max']} entries "
+        "(the kernel warns in module_emit_plt_entry / module_emit_veneer_for_adrp and fails with -ENOEXEC)"
+    )
+
+
+class PltArea:
+    """``.plt`` or ``.init.plt`` of the module during one phase: its slot
+    counters (``struct mod_plt_sec``, kept in ``ctx.state``) and its staged bytes."""
+
+    def __init__(self, ctx: ApplyContext, init: bool) -> None:
+        state = ctx.state.get("plt")
+        if state is None:
+            raise RelocFailure("module PLTs are not set up (no .plt section)")
+        self.sec: dict[str, int] = state["init" if init else "core"]
+        base = ctx.section_address(self.sec["shndx"])
+        if base is None:
+            raise RelocFailure("the PLT section is not placed in module memory")
+        self.base = base
+        self.ctx = ctx
+        self.kernel = ctx.kernel
+        self.buf = ctx.staged.buffer(self.sec["shndx"])
+        self.checked = False
+
+    def read(self, i: int) -> tuple[int, int, int]:
+        raw = self.buf[i * PLT_ENTRY : (i + 1) * PLT_ENTRY].tobytes()
+        return (
+            int.from_bytes(raw[0:4], "little"),
+            int.from_bytes(raw[4:8], "little"),
+            int.from_bytes(raw[8:12], "little"),
+        )
+
+    def write(self, i: int, words: tuple[int, int, int]) -> None:
+        if not self.checked:
+            _check_plain_store(self.ctx, self.base + i * PLT_ENTRY)
+            self.checked = True
+        if (i + 1) * PLT_ENTRY > self.buf.size:
+            raise _slot_limit(self.sec)
+        data = b"".join(w.to_bytes(4, "little") for w in words)  # plain stores (plt[i] = ...)
+        self.buf[i * PLT_ENTRY : (i + 1) * PLT_ENTRY] = np.frombuffer(data, dtype=np.uint8)
+
+    def emit_plt(self, val: int) -> int:
+        """``module_emit_plt_entry``: the address of the PLT entry for ``val``."""
+        sec, base = self.sec, self.base
+        i = sec["num"]
+        j = i - 1
+        if forbidden(self.kernel, base + i * PLT_ENTRY):
+            i += 1
+        new = plt_entry(val, base + i * PLT_ENTRY)
+        self.write(i, new)  # written even when it turns out to be a duplicate
+        if j >= 0 and entries_equal(new, base + i * PLT_ENTRY, self.read(j), base + j * PLT_ENTRY):
+            return base + j * PLT_ENTRY
+        sec["num"] += i - j
+        if sec["num"] > sec["max"]:
+            raise _slot_limit(sec)
+        return base + i * PLT_ENTRY
+
+    def emit_veneer(self, loc: int, val: int, rd: int) -> int:
+        """``module_emit_veneer_for_adrp``: adrp rd / add rd / b loc + 4."""
+        sec, base = self.sec, self.base
+        i = sec["num"]
+        sec["num"] += 1
+        if sec["num"] > sec["max"]:
+            raise _slot_limit(sec)
+        if forbidden(self.kernel, base + i * PLT_ENTRY):
+            i = sec["num"]
+            sec["num"] += 1
+        at = base + i * PLT_ENTRY
+        br = gen_branch(at + 8, loc + 4)
+        adrp, add = plt_words(val, at, rd)
+        self.write(i, (adrp, add, br))
+        return at
 
 
 def _write_entry(ctx: ApplyContext, addr: int, words: tuple[int, int, int]) -> None:
     data = b"".join(w.to_bytes(4, "little") for w in words)
     _check_plain_store(ctx, addr)
-    ctx.staged.write(addr, data)  # plain stores (plt[i] = ...), also late
+    ctx.staged.write(addr, data)
 
 
 def _check_plain_store(ctx: ApplyContext, addr: int) -> None:
@@ -324,48 +389,14 @@ def _check_plain_store(ctx: ApplyContext, addr: int) -> None:
         )
 
 
-def _slot_limit(sec: dict[str, int]) -> RelocFailure:
-    return RelocFailure(
-        f"no free PLT slot: the section was sized for {sec['max']} entries "
-        "(the kernel warns in module_emit_plt_entry / module_emit_veneer_for_adrp and fails with -ENOEXEC)"
-    )
-
-
 def emit_plt_entry(ctx: ApplyContext, loc: int, val: int) -> int:
-    """``module_emit_plt_entry``: the address of the PLT entry for ``val``."""
-    sec, base = _plt_sec(ctx, loc)
-    i = sec["num"]
-    j = i - 1
-    if forbidden(ctx.kernel, base + i * PLT_ENTRY):
-        i += 1
-    new = plt_entry(val, base + i * PLT_ENTRY)
-    _write_entry(ctx, base + i * PLT_ENTRY, new)
-    if j >= 0:
-        raw = ctx.staged.read(base + j * PLT_ENTRY, PLT_ENTRY)
-        prev = tuple(int.from_bytes(raw[k : k + 4], "little") for k in (0, 4, 8))
-        if entries_equal(new, base + i * PLT_ENTRY, prev, base + j * PLT_ENTRY):  # type: ignore[arg-type]
-            return base + j * PLT_ENTRY
-    sec["num"] += i - j
-    if sec["num"] > sec["max"]:
-        raise _slot_limit(sec)
-    return base + i * PLT_ENTRY
+    """``module_emit_plt_entry`` for a branch at ``loc`` to ``val``."""
+    return PltArea(ctx, _in_init(ctx, loc)).emit_plt(val)
 
 
 def emit_veneer(ctx: ApplyContext, loc: int, val: int, rd: int) -> int:
-    """``module_emit_veneer_for_adrp``: adrp rd / add rd / b loc + 4."""
-    sec, base = _plt_sec(ctx, loc)
-    i = sec["num"]
-    sec["num"] += 1
-    if sec["num"] > sec["max"]:
-        raise _slot_limit(sec)
-    if forbidden(ctx.kernel, base + i * PLT_ENTRY):
-        i = sec["num"]
-        sec["num"] += 1
-    at = base + i * PLT_ENTRY
-    br = gen_branch(at + 8, loc + 4)
-    adrp, add = plt_words(val, at, rd)
-    _write_entry(ctx, at, (adrp, add, br))
-    return at
+    """``module_emit_veneer_for_adrp`` for the ADRP at ``loc``."""
+    return PltArea(ctx, _in_init(ctx, loc)).emit_veneer(loc, val, rd)
 
 
 # ------------------------------------------------------------ the sequential family
@@ -385,9 +416,9 @@ def branch_split(ctx: SectionContext) -> np.ndarray:
     """CALL26/JUMP26 entries out of direct range when PLTs exist."""
     from .types import imm_check
 
-    if not options.plts_enabled(ctx.kernel):
-        return np.zeros(ctx.group.size if ctx.group is not None else 0, dtype=bool)
     assert ctx.group is not None
+    if not options.plts_enabled(ctx.kernel):
+        return np.zeros(ctx.group.size, dtype=bool)
     rel = ctx.relas[ctx.group]
     S = ctx.symvals[(rel["r_info"] >> U64(32)).astype(np.int64)]
     val = S + rel["r_addend"].astype(np.int64).view(U64)
@@ -406,53 +437,74 @@ def adrp_split(ctx: SectionContext) -> np.ndarray:
 
 def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
     """Apply every recorded branch/ADRP entry of this section, in section order
-    (they share the PLT slot counter, so the order is the kernel's)."""
+    (they share the PLT slot counter, so the order is the kernel's).  The
+    instruction words are gathered and scattered as arrays; the PLT slots are
+    allocated one entry at a time, as the kernel does."""
     pending = ctx.state.pop(_PENDING, None)
     if not pending:
         return
-    for i in np.unique(np.concatenate(pending)).tolist():
-        e = ctx.entry(int(i))
+    idx = np.unique(np.concatenate(pending))
+    rel = ctx.relas[idx]
+    types = (rel["r_info"] & U64(0xFFFFFFFF)).astype(np.int64).tolist()
+    syms = (rel["r_info"] >> U64(32)).astype(np.int64)
+    offs = rel["r_offset"].astype(np.uint64)
+    vals = (ctx.symvals[syms] + rel["r_addend"].astype(np.int64).view(U64)).tolist()
+    buf = ctx.staged.buffer(ctx.target.index)
+    olds = gather(buf, offs, 4, "little").tolist()
+    start = ctx.target_address
+    plts = PltArea(ctx, _in_init(ctx, start))
+    new: list[int] = []
+    for k, off in enumerate(offs.tolist()):
+        loc = (start + off) & MASK64
         try:
-            apply_one(ctx, e)
+            if types[k] in BRANCH_TYPES:
+                new.append(_branch(plts, loc, vals[k], types[k], olds[k], ctx.module.name))
+            else:
+                new.append(_adrp(plts, loc, vals[k], olds[k]))
         except RelocFailure as f:
-            ctx.diag(f.message, int(i), rtype=e.type, sym=e.sym, kernel_message=f.kernel_message)
+            i = int(idx[k])
+            ctx.diag(f.message, i, rtype=types[k], sym=int(syms[k]), kernel_message=f.kernel_message)
             return  # apply_relocate_add returns at the first error
+    scatter(buf, offs, 4, "little", np.array(new, dtype=np.uint64))
+    hint = insn_hint(ctx.kernel)
+    if hint is not None:
+        ctx.staged.hints.setdefault(ctx.target.index, []).extend((o, o + 4, hint) for o in offs.tolist())
 
 
 def apply_one(ctx: SectionContext, e: Entry) -> None:
-    """One branch through a PLT, or one ADRP at a forbidden offset."""
+    """One branch through a PLT, or one ADRP at a forbidden offset (the
+    per-entry form of :func:`sequential_batch`)."""
     ctx.state.pop(_PENDING, None)
-    hint = insn_hint(ctx.kernel)
-    if e.type in BRANCH_TYPES:
-        _branch(ctx, e.P, (e.S + e.addend) & MASK64, e.type, hint)
-    else:
-        _adrp(ctx, e.P, (e.S + e.addend) & MASK64, hint)
+    old = ctx.read_uint(e.P, 4, insn=True)
+    plts = PltArea(ctx, _in_init(ctx, e.P))
+    val = (e.S + e.addend) & MASK64
+    word = (
+        _branch(plts, e.P, val, e.type, old, ctx.module.name) if e.type in BRANCH_TYPES else _adrp(plts, e.P, val, old)
+    )
+    ctx.write_uint(e.P, 4, word, insn=True, hint=insn_hint(ctx.kernel))
 
 
-def _branch(ctx: SectionContext, loc: int, val: int, rtype: int, hint: str | None) -> None:
-    insn = ctx.read_uint(loc, 4, insn=True)
-    plt = emit_plt_entry(ctx, loc, val)
+def _branch(plts: PltArea, loc: int, val: int, rtype: int, insn: int, module: str) -> int:
+    """The branch's new word, through a PLT entry (the direct branch is out of range)."""
+    plt = plts.emit_plt(val)
     new, overflow = insn_imm(OP_PREL, loc, plt, 2, 26, IMM_26, insn)
     if overflow:
         raise RelocFailure(
             f"the PLT entry at {plt:#x} is out of branch range too (+-128 MiB from {loc:#x})",
-            KERNEL_OVERFLOW.format(module=ctx.module.name, number=rtype, value=plt),
+            KERNEL_OVERFLOW.format(module=module, number=rtype, value=plt),
         )
-    ctx.write_uint(loc, 4, new, insn=True, hint=hint)
+    return new
 
 
-def _adrp(ctx: SectionContext, loc: int, val: int, hint: str | None) -> None:
+def _adrp(plts: PltArea, loc: int, val: int, insn: int) -> int:
     """``reloc_insn_adrp`` at a forbidden offset: ADR if Page(val) is within
     +-1 MiB, else ``b`` to a veneer.  Never an overflow error."""
-    insn = ctx.read_uint(loc, 4, insn=True)
     page = val & ~0xFFF
     adr, overflow = insn_imm(OP_PREL, loc, page, 0, 21, IMM_ADR, insn)
     if not overflow:
-        new = adr & ~(1 << 31)
-    else:
-        veneer = emit_veneer(ctx, loc, page, insn & 0x1F)
-        new = gen_branch(loc, veneer)
-    ctx.write_uint(loc, 4, new, insn=True, hint=hint)
+        return adr & ~(1 << 31)
+    veneer = plts.emit_veneer(loc, page, insn & 0x1F)
+    return gen_branch(loc, veneer)
 
 
 # ------------------------------------------------------------ ftrace
