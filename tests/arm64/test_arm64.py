@@ -551,3 +551,15 @@ def test_batch_equals_entry_by_entry(obj: str, monkeypatch) -> None:
     single = load(obj)
     assert all(t.batch is None for t in single.module.arch.types.values())
     assert image(single) == batch
+
+
+def test_shipped_example(tmp_path: Path) -> None:
+    from klpcore.cli import main
+
+    (ex,) = a64.klp_arch_examples()
+    out = tmp_path / "demo.ko"
+    assert main(["apply", "--example", "arm64", "-o", str(out), "-q"]) == 0
+    lm = Loader(get_plugin_manager()).load(str(ex.module), load_symbols(str(ex.symbols[0])), ex.base)
+    assert lm.module.klp.is_livepatch and [o for o in lm.module.klp.objects] == ["vmlinux"]
+    _, pbase, pbytes = section(lm, ".plt")
+    assert {KSYMS["far_a"], KSYMS["far_b"]} <= set(plt_targets(pbytes, pbase))
