@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gensyms import layout_addresses, modinfo, norm, symbols, type_char  # noqa: E402
+from gensyms import layout_addresses, modinfo, norm, symbols, type_char
 
 
 def module_paths(root: str) -> dict[str, str]:
