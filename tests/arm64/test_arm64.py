@@ -563,3 +563,10 @@ def test_shipped_example(tmp_path: Path) -> None:
     assert lm.module.klp.is_livepatch and [o for o in lm.module.klp.objects] == ["vmlinux"]
     _, pbase, pbytes = section(lm, ".plt")
     assert {KSYMS["far_a"], KSYMS["far_b"]} <= set(plt_targets(pbytes, pbase))
+    # .klp.rela sections are sized like the others: .rela.text (ext_add, local_fn, far_c: 3 + 1 spare)
+    # and .klp.rela.vmlinux..text (far_a twice, far_b, far_b+8: 3 + 1 spare), plus one slot
+    assert lm.module.section_by_name(".plt").size == (4 + 4 + 1) * 12
+    klp = lm.module.section_by_name(".klp.rela.vmlinux..text")
+    rel = lm.module.elf.relas(klp.index)
+    keys = [(int(i) >> 32, int(a)) for i, a in zip(rel["r_info"].tolist(), rel["r_addend"].tolist(), strict=True)]
+    assert keys == sorted(keys[:-1]) + keys[-1:]  # every entry needs a PLT: the last is left out of the sort

@@ -167,6 +167,8 @@ EXPECTED_CLASSES = {
     ],
     ("x86_64", "koc_lp"): ["ftrace:call-to-nop5", "runtime:.data"],
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
+    ("arm64-kaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
+    ("arm64-nokaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
 }
 
 
