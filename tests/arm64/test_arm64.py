@@ -386,6 +386,18 @@ def test_livepatch_refused_before_6_17(version: str) -> None:
     assert "6.17" in d.message
 
 
+def test_livepatch_refused_when_the_config_lacks_it() -> None:
+    for text, ok in (("CONFIG_ARM64=y\n# CONFIG_LIVEPATCH is not set\n", False), ("CONFIG_LIVEPATCH=y\n", True)):
+        target = KernelTarget((6, 17), config=_config(text))
+        lo = Loader(get_plugin_manager(), kernel=target)
+        if ok:
+            lo.load(_klp(), load_symbols(SYMS), BASE)
+            continue
+        with pytest.raises(ElfFormatError) as ei:
+            lo.load(_klp(), load_symbols(SYMS), BASE)
+        assert "CONFIG_LIVEPATCH off" in ei.value.diagnostics[0].message
+
+
 TGT_NEAR = "ffff800000f00000 t tgt_fn\t[tgt_mod]\nffff800000f10000 d tgt_data\t[tgt_mod]\n"
 TGT_FAR = "ffff80000e000000 t tgt_fn\t[tgt_mod]\nffff800000f10000 d tgt_data\t[tgt_mod]\n"
 

@@ -29,15 +29,24 @@ def insn_hint(kernel: KernelTarget) -> str | None:
 
 def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) -> None:
     """``check_modinfo_livepatch`` on a kernel without CONFIG_LIVEPATCH: arm64
-    selects HAVE_LIVEPATCH only since 6.17."""
-    if not is_livepatch or kernel.has("arm64_livepatch"):
+    selects HAVE_LIVEPATCH only since 6.17, and a given ``--config`` may leave
+    CONFIG_LIVEPATCH off."""
+    if not is_livepatch:
+        return
+    if not kernel.has("arm64_livepatch"):
+        reason = (
+            f"arm64 kernels support livepatch only since 6.17 (HAVE_LIVEPATCH); a {kernel.label} kernel refuses "
+            "livepatch modules"
+        )
+    elif kernel.config is not None and not kernel.config.enabled("LIVEPATCH"):
+        reason = f"the kernel's configuration ({kernel.config.source}) has CONFIG_LIVEPATCH off"
+    else:
         return
     raise ElfFormatError(
         Diagnostic(
-            f"arm64 kernels support livepatch only since 6.17 (HAVE_LIVEPATCH); a {kernel.label} kernel refuses "
-            "livepatch modules",
+            reason,
             module=module_name,
-            kernel_message=(f"{module_name}: module is marked as livepatch module, but livepatch support is disabled"),
+            kernel_message=f"{module_name}: module is marked as livepatch module, but livepatch support is disabled",
         )
     )
 
