@@ -490,7 +490,7 @@ def _branch(plts: PltArea, loc: int, val: int, rtype: int, insn: int, module: st
     new, overflow = insn_imm(OP_PREL, loc, plt, 2, 26, IMM_26, insn)
     if overflow:
         raise RelocFailure(
-            f"the PLT entry at {plt:#x} is out of branch range too (+-128 MiB from {loc:#x})",
+            f"the PLT entry at {plt:#x} is out of branch range too (+-128 MiB from {loc:#x}); -ENOEXEC",
             KERNEL_OVERFLOW.format(module=module, number=rtype, value=plt),
         )
     return new
