@@ -73,11 +73,13 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
 
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    """``EM_AARCH64``, ELFCLASS64, either byte order (``elf_check_arch``)."""
     return identify(machine, elfclass, byteorder)
 
 
 @hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
+    """The ``apply_relocate_add`` table (write hints by version)."""
     return reloc_types(kernel)
 
 

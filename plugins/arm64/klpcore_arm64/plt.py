@@ -408,7 +408,7 @@ def record(ctx: SectionContext, needs: np.ndarray) -> np.ndarray:
     applied together, in section order, by :func:`sequential_batch`."""
     assert ctx.group is not None
     if needs.any():
-        ctx.state.setdefault(_PENDING, []).append(ctx.group[needs])
+        ctx.state.setdefault(_PENDING, {}).setdefault(ctx.relsec.index, []).append(ctx.group[needs])
     return needs
 
 
@@ -440,7 +440,10 @@ def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
     (they share the PLT slot counter, so the order is the kernel's).  The
     instruction words are gathered and scattered as arrays; the PLT slots are
     allocated one entry at a time, as the kernel does."""
-    pending = ctx.state.pop(_PENDING, None)
+    waiting = ctx.state.get(_PENDING, {})
+    pending = waiting.pop(ctx.relsec.index, None)
+    if not waiting:
+        ctx.state.pop(_PENDING, None)
     if not pending:
         return
     idx = np.unique(np.concatenate(pending))
@@ -474,7 +477,7 @@ def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
 def apply_one(ctx: SectionContext, e: Entry) -> None:
     """One branch through a PLT, or one ADRP at a forbidden offset (the
     per-entry form of :func:`sequential_batch`)."""
-    ctx.state.pop(_PENDING, None)
+    ctx.state.get(_PENDING, {}).pop(ctx.relsec.index, None)
     old = ctx.read_uint(e.P, 4, insn=True)
     plts = PltArea(ctx, _in_init(ctx, e.P))
     val = (e.S + e.addend) & MASK64
