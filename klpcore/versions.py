@@ -173,6 +173,15 @@ _TABLE = [
         "alloc_tag: load module tags into separate contiguous memory (6.13)",
     ),
     Behaviour(
+        "x86_clang_stack_cookie_gotpcrel",
+        (6, 15),
+        "x86_64",
+        "with CONFIG_STACKPROTECTOR and clang < 17 (CONFIG_CLANG_VERSION < 170000) R_X86_64_REX_GOTPCRELX "
+        "against __stack_chk_guard is accepted as a PC32 to a static pointer; anything else is "
+        "'Unsupported GOTPCREL relocation' (a later kbuild series reverts it; still present in 7.1.5)",
+        "x86/module: Deal with GOT based stack cookie load on Clang < 17 (tip, Feb 2025)",
+    ),
+    Behaviour(
         "relocates_percpu",
         (6, 16),
         "core",
