@@ -39,6 +39,7 @@ symbol files (--symbols, repeatable; the format is detected from the content):
   kallsyms                  /proc/kallsyms text; [module] lines become that module's symbols
   vmlinux                   an ELF with .symtab
   mod.ko@0xADDR[:NAME]      a module loaded at ADDR (laid out by klpcore)
+  Module.symvers            export CRCs, GPL-only flags, namespaces (checked as resolve_symbol does)
 
 exit codes: 0 success, 1 relocation or resolution errors, 2 bad usage or unreadable input
 """
@@ -256,9 +257,11 @@ def _module_elf(args: argparse.Namespace) -> ElfModule:
 
 def kernel_summary(kernel: KernelTarget, settings: dict[str, Setting] | None = None) -> dict[str, Any]:
     """What every report says about the rules it used."""
-    source = {"newest": "newest modelled release", "option": "--kernel"}.get(
+    source = {"newest": "newest checked release", "option": "--kernel"}.get(
         kernel.version_source, kernel.version_source
     )
+    if kernel.beyond_newest:
+        source += f"; newer than the newest checked release {NEWEST[0]}.{NEWEST[1]}, whose rules are used"
     out: dict[str, Any] = {
         "version": kernel.label,
         "version_source": source,

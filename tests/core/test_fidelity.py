@@ -286,3 +286,121 @@ def test_percpu_backport_option(toy_pm) -> None:
     lm = Loader(toy_pm, kernel=k).load(_percpu_module(), parse_symbol_text(SYMS), BASE)
     idx = lm.module.section_by_name(".data..percpu").index
     assert struct.unpack_from("<Q", lm.section_bytes(idx))[0] == 0xFFFFFFFF81000000
+
+
+# ------------------------------------------------- codetag (6.13), LIVEPATCH
+def _codetag_module() -> bytes:
+    return Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16)),
+            Sec(".codetag.alloc_tags", flags=DATA, data=bytes(0x40), align=8),
+            Sec(".data", flags=DATA, data=bytes(8), align=8),
+        ],
+        symbols=[Sym("printk")],
+        relas=[Rela(".data", 0, T.ABS64, "printk", 0)],
+        modinfo={"name": "ct"},
+    ).build()
+
+
+class AllocProfiling:
+    @hookimpl
+    def klp_arch_config_default(self, name: str, kernel: KernelTarget) -> str | None:
+        return "y" if name == "MEM_ALLOC_PROFILING" else None
+
+
+@pytest.mark.parametrize(("version", "separate"), [((6, 12), False), ((6, 13), True)])
+def test_codetag_section_outside_module_memory_from_6_13(version, separate) -> None:
+    pm = get_plugin_manager(autoload=False, plugins=[T, AllocProfiling()])
+    lm = Loader(pm, kernel=KernelTarget(version)).load(_codetag_module(), parse_symbol_text(SYMS), BASE)
+    a = addresses(lm)
+    assert (".codetag.alloc_tags" not in a) == separate
+    assert a[".data"] == (BASE + 0x1000 if separate else BASE + 0x1040)
+    assert any("alloc-tag area" in w.message for w in lm.warnings) == separate
+
+
+def test_no_livepatch_in_config_warns(toy_pm) -> None:
+    from klpcore.testing.klpify import KlpSym, klpify
+
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("secret")],
+        relas=[Rela(".text", 0, T.ABS64, "secret")],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(obj, {"secret": KlpSym("vmlinux")})
+    syms = SYMS + "ffffffff81000100 t secret\n"
+    k = KernelTarget(config=KernelConfig.from_text("# CONFIG_LIVEPATCH is not set\nCONFIG_STRICT_MODULE_RWX=y\n"))
+    lm = Loader(toy_pm, kernel=k).load(klp, parse_symbol_text(syms), BASE)
+    assert any("no CONFIG_LIVEPATCH (from --config)" in w.message for w in lm.warnings)
+    lm = Loader(toy_pm).load(klp, parse_symbol_text(syms), BASE)
+    assert not any("CONFIG_LIVEPATCH" in w.message for w in lm.warnings)
+
+
+# ---------------------------------------------- D12 a LIVE module's kallsyms
+def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
+    """A loaded (LIVE) module's kallsyms is its core table: init-section
+    symbols are gone, per-CPU symbols are in, absolute symbols are out; so a
+    static name in .text and .init.text is unique (sympos 0 resolves)."""
+    import klpcore.loader as L
+    from klpcore import load_symbols
+
+    monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
+    monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
+    monkeypatch.setattr(L, "_PM_CACHE", [])
+    ko = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(32), align=16),
+            Sec(".init.text", flags=TEXT, data=bytes(16), align=16),
+            Sec(".data..percpu", flags=DATA, data=bytes(16), align=8),
+        ],
+        symbols=[
+            Sym("foo", ".text", 0x10, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("foo", ".init.text", 0x4, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("pcpu_var", ".data..percpu", 8, bind=C.STB_LOCAL, type=C.STT_OBJECT),
+            Sym("absval", C.SHN_ABS, 0x1234, bind=C.STB_LOCAL),
+        ],
+        modinfo={"name": "tgt"},
+    ).build()
+    p = tmp_path / "tgt.ko"
+    p.write_bytes(ko)
+    ks = load_symbols(f"{p}@0xffffffffc1000000")
+    assert ks.find_object_symbol("tgt", "foo", 0) == 0xFFFFFFFFC1000010
+    assert ks.find_object_symbol("tgt", "pcpu_var", 0) == 0xFFFFFFFFA0000008
+    assert ks.objects["tgt"].matches("absval") == []
+
+
+# --------------------------------------------- 7.0 invalid section index
+@pytest.mark.parametrize("version", [(6, 19), (7, 0)])
+def test_symbol_with_section_index_past_the_headers_is_refused(toy_pm, version) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+        # a reserved index the loader has no case for (indexes below 0xff00 past the headers are
+        # refused earlier, when klpcore reads the ELF)
+        symbols=[Sym("printk"), Sym("broken", 0xFF10, 0, bind=C.STB_LOCAL)],
+        relas=[Rela(".text", 0, T.ABS64, "broken")],
+        modinfo={"name": "bad"},
+    ).build()
+    from klpcore import ResolutionError
+
+    with pytest.raises(ResolutionError) as ei:
+        Loader(toy_pm, kernel=KernelTarget(version)).load(obj, parse_symbol_text(SYMS), BASE)
+    d = ei.value.diagnostics[0]
+    assert d.symbol == "broken" and "section index 0xff10" in d.message
+    if version >= (7, 0):
+        assert d.kernel_message.startswith("bad: Symbol broken has an invalid section index 65296 (max ")
+    else:
+        assert d.kernel_message is None and "reads past its section header table" in d.message
+
+
+def test_pc_relative_percpu_relocation_warns(toy_pm) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16)), Sec(".data..percpu", flags=DATA, data=bytes(16), align=8)],
+        symbols=[Sym("printk")],
+        relas=[Rela(".data..percpu", 0, T.PREL32, "printk", 0), Rela(".data..percpu", 8, T.ABS64, "printk", 0)],
+        modinfo={"name": "pcpu"},
+    ).build()
+    lm = Loader(toy_pm, kernel=KernelTarget((6, 16)), percpu_base=0xFFFFFFFF80100000).load(
+        obj, parse_symbol_text(SYMS), BASE
+    )
+    assert any("R_TOY_PREL32" in w.message and "temporary copy" in w.message for w in lm.warnings)
+    assert not any("R_TOY_ABS64" in w.message for w in lm.warnings)

@@ -129,7 +129,7 @@ def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) ->
         number = 10 if d.rtype == "R_X86_64_32" else 11
         first, second = d.kernel_message.split("\n")  # two pr_err lines, as the kernel prints them
         assert first.startswith(f"overflow in relocation type {number} val ")
-        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19 (the newest) adds both
+        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19+ (the newest) adds both
         assert second == f"`{name}' likely not compiled with -mcmodel=kernel"
         assert d.section and d.index is not None and d.symbol
 
@@ -223,6 +223,10 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
     orig, klp, chosen = klp_variant(fmt, style)
     assert chosen
     exp = expected("mod_basic", "default")
+    if fmt == "rfc":
+        # only the 4.3/4.4-era RFC prototype kernel loads this format; its relocations into .init.text
+        # need a kernel without module RO protection (CONFIG_DEBUG_SET_MODULE_RONX, see the next test)
+        loader = Loader(get_plugin_manager(), kernel=KernelTarget((4, 4), strict_module_rwx=False))
     lm = loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
     klp_phase = "load" if fmt == "final" else "enable"
     assert any(s.startswith((".klp.rela.vmlinux", "__klp_rela_vmlinux")) for p in lm.phases for s in p.sections)
@@ -233,6 +237,17 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
             continue
         if sec.flags & 0x4 or sname in (".data", ".rodata", ".init.text"):
             assert lm.section_bytes(sec.index).hex() == rec["bytes"], sname
+
+
+def test_rfc_era_protection_makes_only_core_text_writable() -> None:
+    """The 2015 RFC wrapped its writes in set_memory_rw/ro of the core text only:
+    with module RO protection a relocation into init text (or rodata) faults."""
+    _, klp, _ = klp_variant("rfc", "kpatch")
+    lm_loader = Loader(get_plugin_manager(), kernel=KernelTarget((4, 4)))
+    with pytest.raises(RelocationError) as ei:
+        lm_loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    assert {d.section for d in ei.value.diagnostics} == {"__klp_rela_vmlinux.init.text"}
+    assert all("MOD_INIT_TEXT (r-x)" in d.message for d in ei.value.diagnostics)
 
 
 def test_livepatch_late_write_uses_text_poke(loader) -> None:

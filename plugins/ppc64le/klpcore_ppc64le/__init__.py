@@ -467,8 +467,7 @@ def _ftrace_names(kernel: KernelTarget) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int) -> None:
-    hint = _patch(ctx)
+def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int, hint: str | None = None) -> None:
     # funcdata as two 32-bit halves, then the magic (patch_instruction in 6.1, patch_u32 later: same bytes)
     ctx.write_uint(slot + FUNCDATA_OFFSET, 4, addr & 0xFFFFFFFF, hint=hint)
     ctx.write_uint(slot + FUNCDATA_OFFSET + 4, 4, addr >> 32, hint=hint)
@@ -486,23 +485,33 @@ def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
         raise RelocFailure(
             f"call stub at {slot:#x} is {reladdr:#x} from the TOC pointer {r2:#x}: outside the signed 32-bit "
             "reach of addis/addi",
-            f"{ctx.module.name}: Address {slot:016x} of stub out of range of {r2:016x}.",
+            # "%p of stub out of range of %p" with (void *)reladdr and the *function* my_r2, as printed
+            # with no_hash_pointers (16 hex digits); the function's address comes from vmlinux's symbols
+            f"{ctx.module.name}: Address {reladdr & MASK64:016x} of stub out of range of {_my_r2_function(ctx)}.",
         )
     words = stub_words(slot, r2)
     ctx.write_uint(slot, 4, words[0], insn=True, hint=hint)
     ctx.write_uint(slot + 4, 4, words[1], insn=True, hint=hint)
-    _write_stub_tail(ctx, slot, addr)
+    _write_stub_tail(ctx, slot, addr, hint)
+
+
+def _my_r2_function(ctx: ApplyContext) -> str:
+    syms = ctx.kernel_symbols
+    found = syms.objects["vmlinux"].matches("my_r2") if syms is not None and "vmlinux" in syms.objects else []
+    return f"{found[0]:016x}" if len(found) == 1 else "<address of my_r2()>"
 
 
 def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> None:
-    """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to the kernel TOC."""
+    """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to
+    the kernel TOC.  The kernel builds it with memcpy and plain stores in every
+    version (no patch_instruction)."""
     ktoc = kernel_address(ctx, "kernel_toc")
     if ktoc is None:
         raise RelocFailure(
             f"the call to {name} needs the kernel's ftrace stub, which is relative to the kernel TOC "
             "(kernel_toc_addr()): give vmlinux symbols with .TOC. (System.map) or the option kernel_toc=ADDR"
         )
-    hint = _patch(ctx)
+    hint = "store"
     first = FTRACE_STUB_INSNS[0] | (int(option(ctx.kernel, "paca_kernel_toc_offset")) & 0xFFFC)
     words = (first, *FTRACE_STUB_INSNS[1:])
     for k, word in enumerate(words):
@@ -515,7 +524,7 @@ def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> No
         )
     ctx.write_uint(slot + 4, 4, words[1] | ha16(reladdr), insn=True, hint=hint)
     ctx.write_uint(slot + 8, 4, words[2] | lo16(reladdr), insn=True, hint=hint)
-    _write_stub_tail(ctx, slot, addr)
+    _write_stub_tail(ctx, slot, addr, hint)
 
 
 def is_relative_link_branch(insn: int) -> bool:
@@ -562,7 +571,7 @@ def rel24(ctx: SectionContext, entry: Entry) -> None:
     """R_PPC64_REL24: a stub for external/livepatch targets, else the local entry point."""
     e = entry
     value = (e.S + e.addend) & MASK64
-    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH):
+    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH, C.SHN_LIVEPATCH_RFC):
         value = stub_for_addr(ctx, value, e.symbol_name)
         restore_r2(ctx, e)
     else:
@@ -644,7 +653,7 @@ def rel24_needs_stub(ctx: SectionContext) -> np.ndarray:
     """The REL24 entries of ``ctx.group`` that call through a stub: targets
     that are undefined (resolved externals) or livepatch symbols."""
     shndx = ctx.module.elf.symbols["st_shndx"][ctx.group_symbols()]
-    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH)
+    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH) | (shndx == C.SHN_LIVEPATCH_RFC)
 
 
 def rel24_local(S: np.ndarray, A: np.ndarray, P: np.ndarray, ctx: SectionContext) -> np.ndarray:
