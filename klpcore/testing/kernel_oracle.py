@@ -117,6 +117,18 @@ class Recording:
                 return size
         return 4096
 
+    def static_call_keys(self) -> dict[int, int]:
+        """``__SCT__x`` address -> ``__SCK__x`` address, from the recorded symbol lines."""
+        addr: dict[str, int] = {}
+        for path in self.symbol_files:
+            for line in path.read_text().splitlines():
+                w = line.split()
+                if len(w) >= 3 and w[2].startswith(("__SCT__", "__SCK__")):
+                    addr.setdefault(w[2], int(w[0], 16))
+        return {
+            a: addr["__SCK__" + n[7:]] for n, a in addr.items() if n.startswith("__SCT__") and "__SCK__" + n[7:] in addr
+        }
+
     def kernel_memory(self) -> dict[int, bytes]:
         """Start address -> the kernel's bytes, for each recorded span."""
         return {s.address: s.data for s in self.sections.values() if s.data is not None}
@@ -231,9 +243,16 @@ def _u(data: bytes, off: int, size: int, endian: str, signed: bool = False) -> i
 
 
 def table_entries(
-    data: bytes, address: int, layout: tuple[int, tuple[str, ...]], endian: str
+    data: bytes,
+    address: int,
+    layout: tuple[int, tuple[str, ...]],
+    endian: str,
+    key_map: dict[int, int] | None = None,
 ) -> Counter[tuple[int, ...]]:
-    """The entries of a sorted table as absolute values (multiset)."""
+    """The entries of a sorted table as absolute values (multiset).
+
+    ``key_map`` maps static-call trampolines (``__SCT__x``) to their keys
+    (``__SCK__x``), as ``static_call_add_module`` rewrites the key field."""
     size, fields = layout
     out: Counter[tuple[int, ...]] = Counter()
     for base in range(0, len(data) - size + 1, size):
@@ -249,8 +268,10 @@ def table_entries(
             elif f == "key64":  # relative key with flag bits; the loader sets/clears bit 1 (init)
                 vals.append((address + off + _u(data, off, 8, endian, True)) & (2**64 - 1) & ~2)
                 off += 8
-            elif f == "sckey":  # static call key: trampoline in the file, __SCK__ key after load
-                vals.append(0)
+            elif f == "sckey":  # static call key: bit 1 tail (objtool), bit 0 init (set by the kernel)
+                raw = (address + off + _u(data, off, 4, endian, True)) & (2**64 - 1)
+                key = raw & ~3
+                vals.append((key_map or {}).get(key, key) | (raw & 2))
                 off += 4
             else:
                 n = int(f[3:])
@@ -279,6 +300,7 @@ class _Context:
             a, d = placed.sections["__jump_table"]
             self.jump_sites = {e[0] for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian)}
         self.alt_ranges = self._alternatives()
+        self.static_call_keys = rec.static_call_keys()
         self.sorted_ok: dict[str, bool] = {}
         for name, layout in self._sorted_tables().items():
             s = rec.sections.get(name)
@@ -287,7 +309,7 @@ class _Context:
             a, d = placed.sections[name]
             kd = s.data[: len(d)]
             self.sorted_ok[name] = table_entries(kd, s.address, layout, self.endian) == table_entries(
-                d, a, layout, self.endian
+                d, a, layout, self.endian, self.static_call_keys
             )
         # .orc_unwind is sorted together with .orc_unwind_ip: compare (ip, entry) pairs
         if ".orc_unwind_ip" in rec.sections and ".orc_unwind" in rec.sections:
@@ -311,15 +333,17 @@ class _Context:
         a, d = self.placed.sections[name]
         return {(a + o + _u(d, o, 4, self.endian, True)) & (2**64 - 1) for o in range(0, len(d) - 3, stride)}
 
-    def _alternatives(self) -> list[tuple[int, int]]:
-        """x86 .altinstructions: (site start, site length) from klpcore's bytes (6.1 layout, 12-byte entries)."""
+    def _alternatives(self) -> list[tuple[int, int, int, int]]:
+        """x86 .altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen):
+        (site, site length, replacement, replacement length), from klpcore's bytes."""
         if self.machine != EM_X86_64 or ".altinstructions" not in self.placed.sections:
             return []
         a, d = self.placed.sections[".altinstructions"]
         out = []
         for o in range(0, len(d) - 11, 12):
-            instr = a + o + _u(d, o, 4, "<", True)
-            out.append((instr & (2**64 - 1), d[o + 10]))
+            instr = (a + o + _u(d, o, 4, "<", True)) & (2**64 - 1)
+            repl = (a + o + 4 + _u(d, o + 4, 4, "<", True)) & (2**64 - 1)
+            out.append((instr, d[o + 10], repl, d[o + 11]))
         return out
 
     def _orc_pairs(self, kmem: dict[int, bytes]) -> bool:
@@ -399,10 +423,67 @@ def _rule_jump_label(ctx: _Context, site: Site) -> str | None:
     return None
 
 
+#: x86 NOPs the 6.1 kernel pads with (x86_nops[] for 64-bit), longest first
+X86_NOPS = [
+    bytes.fromhex(h)
+    for h in (
+        "0f1f840000000000",
+        "0f1f8000000000",
+        "660f1f440000",
+        "0f1f440000",
+        "0f1f4000",
+        "0f1f00",
+        "6690",
+        "90",
+    )
+]
+
+
+def _is_x86_padding(b: bytes) -> bool:
+    """NOPs from the kernel's table, or a short jmp over int3s (add_nops for long runs)."""
+    if len(b) >= 2 and b[0] == 0xEB and b[1] == len(b) - 2 and set(b[2:]) <= {0xCC}:
+        return True
+    i = 0
+    while i < len(b):
+        n = next((len(nop) for nop in X86_NOPS if b[i : i + len(nop)] == nop), 0)
+        if not n:
+            return False
+        i += n
+    return True
+
+
 def _rule_alternative(ctx: _Context, site: Site) -> str | None:
-    for a, n in ctx.alt_ranges:
-        if a <= site.address < a + n:
-            return "x86:alternative-applied"
+    """apply_alternatives: the kernel wrote the replacement (a leading call/jmp
+    re-targeted to the same place) padded with NOPs, or kept the original
+    with its padding NOPs optimized."""
+    for a, n, repl_addr, repl_len in ctx.alt_ranges:
+        if not a <= site.address < a + n:
+            continue
+        k = ctx.rec_bytes(a, n)
+        orig = ctx.placed.read(a, n)
+        repl = ctx.placed.read(repl_addr, repl_len)
+        if repl_len <= n and _is_x86_padding(k[repl_len:]):
+            if k[:repl_len] == repl:
+                return "x86:alternative-applied"
+            if repl_len >= 5 and repl[0] in (0xE8, 0xE9) and k[0] == repl[0]:
+                t_repl = repl_addr + 5 + _u(repl, 1, 4, "<", True)
+                t_k = a + 5 + _u(k, 1, 4, "<", True)
+                if t_repl == t_k and k[5:repl_len] == repl[5:]:
+                    return "x86:alternative-applied"
+        for cut in range(n, 0, -1):  # original kept, trailing NOPs rewritten
+            if k[:cut] == orig[:cut] and _is_x86_padding(k[cut:]) and _is_x86_padding(orig[cut:]):
+                return "x86:alternative-nops-optimized"
+    return None
+
+
+def _rule_static_call_trampoline(ctx: _Context, site: Site) -> str | None:
+    """x86 static_call_update rewrites the module's own trampoline (__SCT__*):
+    jmp to the new function, or ret for NULL."""
+    if ctx.machine != EM_X86_64 or site.section != ".static_call.text":
+        return None
+    start = site.address - 1 if site.what != "bytes" else site.address
+    if ctx.placed.read(start, 1) == b"\xe9" and ctx.rec_bytes(start, 1) in (b"\xe9", b"\xc3"):
+        return "x86:static-call-trampoline"
     return None
 
 
@@ -430,6 +511,7 @@ RULES: list[Rule] = [
     _rule_static_call,
     _rule_jump_label,
     _rule_alternative,
+    _rule_static_call_trampoline,
     _rule_arm64_ftrace_plt,
     _rule_runtime,
 ]

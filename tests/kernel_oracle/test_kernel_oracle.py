@@ -166,6 +166,12 @@ EXPECTED_CLASSES = {
         "runtime:struct-module",
     ],
     ("x86_64", "koc_lp"): ["ftrace:call-to-nop5", "runtime:.data"],
+    ("x86_64", "koc_x86"): [
+        "x86:alternative-applied",
+        "x86:static-call-site",
+        "x86:static-call-trampoline",
+        "x86:return-thunk-to-ret",
+    ],
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
     ("arm64-kaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
     ("arm64-nokaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
@@ -280,6 +286,45 @@ def test_negative_control_4k_pages_on_ppc64le(tmp_path: Path) -> None:
     assert main(args) == 0
     res = ko.compare(rec, ko.Placed.from_elf((tmp_path / "o.ko").read_bytes()))
     assert res.misplaced
+
+
+def test_retpoline_sites_identical(tmp_path: Path) -> None:
+    """spectre_v2=retpoline,generic: the kernel keeps the calls to __x86_indirect_thunk_* as relocated."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_x86")
+    res = ko.compare(rec, klpcore_apply(rec, tmp_path))
+    thunks = [s for s in res.sites if "__x86_indirect_thunk_" in s.what]
+    assert thunks and all(s.klass == "identical" for s in thunks)
+
+
+def test_negative_control_alternative_padding(tmp_path: Path) -> None:
+    """An alternative site whose padding is not a NOP is not explained."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_x86")
+    placed = klpcore_apply(rec, tmp_path)
+    alt = next(s for s in ko.compare(rec, placed).sites if s.klass == "x86:alternative-applied" and s.what != "bytes")
+    bad = ko.compare(ko.corrupt(rec, alt.section, alt.offset + 1), placed)
+    # the relocation site and the replacement bytes before it in the same 6-byte alternative
+    assert (alt.section, alt.offset) in [(s.section, s.offset) for s in bad.unexplained]
+    assert all(s.section == alt.section and alt.offset - 6 < s.offset <= alt.offset for s in bad.unexplained)
+
+
+def test_negative_control_default_init_base(tmp_path: Path) -> None:
+    """Without --init-base klpcore puts init memory after core: the init sections are reported misplaced."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_basic")
+    res = ko.compare(rec, klpcore_apply(dataclasses.replace(rec, init_base=None), tmp_path))
+    assert any(m.startswith(".init.text:") for m in res.misplaced), res.summary()
+
+
+def test_negative_control_static_call_site_key(tmp_path: Path) -> None:
+    """.static_call_sites is compared as a set of (site, key): a changed key is unexplained."""
+    need_plugin("x86_64")
+    rec = recording("x86_64", "koc_x86")
+    placed = klpcore_apply(rec, tmp_path)
+    assert ko.compare(rec, placed).unexplained == []
+    bad = ko.compare(ko.corrupt(rec, ".static_call_sites", 5), placed)  # the key field of entry 0
+    assert [s.section for s in bad.unexplained] == [".static_call_sites"]
 
 
 @pytest.mark.parametrize("folder", ["arm64-nokaslr", "arm64-kaslr"])
