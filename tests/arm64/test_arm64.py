@@ -620,7 +620,7 @@ def _kernel_reference(row, S: int, A: int, P: int, insn: int) -> tuple[int, bool
     elif row.imm == "IMM_ADR":
         new = (insn & ~((3 << 29) | (0x7FFFF << 5))) | ((imm & 3) << 29) | (((imm >> 2) & 0x7FFFF) << 5)
     else:
-        m, s = types.IMM_FIELDS[row.imm]
+        m, s = {"IMM_26": (0x3FFFFFF, 0), "IMM_19": (0x7FFFF, 5), "IMM_14": (0x3FFF, 5), "IMM_12": (0xFFF, 10)}[row.imm]
         new = (insn & ~(m << s)) | ((imm & m) << s)
     upper = (sh & ~(((1 << (row.lsb + row.length)) - 1) >> row.lsb >> 1)) >> (row.length - 1)
     return new & 0xFFFFFFFF, (upper + 1) & MASK64 >= 2
