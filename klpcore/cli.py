@@ -405,13 +405,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for s in mod.elf.rela_sections()
         ],
         "warnings": [d.as_dict() for d in klp.warnings],
-        "kernel": kernel_summary(loader.kernel),
+        "kernel": kernel_summary(loader.kernel, loader.settings(mod)),
     }
     if args.json:
         _emit_json(data)
         return EXIT_OK
     print(f"module   {mod.name} ({args.module})")
-    print(kernel_line(loader.kernel))
+    print(kernel_line(loader.kernel, loader.settings(mod)))
     print(f"machine  {mod.elf.machine} -> {mod.arch.name} ({mod.elf.byteorder}-endian), plugin {mod.arch.plugin_name}")
     print(f"livepatch  modinfo livepatch={'Y' if klp.is_livepatch else 'no'}, format: {klp.fmt or 'no klp sections'}")
     for o in klp.objects.values():

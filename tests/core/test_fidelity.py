@@ -404,3 +404,26 @@ def test_pc_relative_percpu_relocation_warns(toy_pm) -> None:
     )
     assert any("R_TOY_PREL32" in w.message and "temporary copy" in w.message for w in lm.warnings)
     assert not any("R_TOY_ABS64" in w.message for w in lm.warnings)
+
+
+def test_rela_sh_link_and_entsize_are_ignored_like_the_kernel(toy_pm) -> None:
+    """apply_relocations uses the module's one symbol table and sizeof(Elf64_Rela)
+    whatever a relocation section's sh_link and sh_entsize say (D14)."""
+    from klpcore.elf import ElfModule
+
+    data = bytearray(
+        Obj(
+            sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+            symbols=[Sym("printk")],
+            relas=[Rela(".text", 0, T.ABS64, "printk")],
+            modinfo={"name": "odd"},
+        ).build()
+    )
+    elf = ElfModule(bytes(data))
+    rela = next(s for s in elf.sections if s.type == C.SHT_RELA)
+    shoff = int.from_bytes(data[0x28:0x30], "little")
+    at = shoff + rela.index * 64
+    data[at + 40 : at + 44] = (0).to_bytes(4, "little")  # sh_link
+    data[at + 56 : at + 64] = (7).to_bytes(8, "little")  # sh_entsize
+    lm = Loader(toy_pm).load(bytes(data), parse_symbol_text(SYMS), BASE)
+    assert struct.unpack_from("<Q", lm.section_bytes(lm.module.section_by_name(".text").index))[0] == 0xFFFFFFFF81000000

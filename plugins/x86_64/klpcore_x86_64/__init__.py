@@ -95,10 +95,11 @@ def clang_stack_cookie(kernel: KernelTarget) -> bool:
     return cfg.enabled("CC_IS_CLANG") and cfg.enabled("STACKPROTECTOR") and 0 < version < 170000
 
 
-def stack_cookie_gotpcrel(ctx: SectionContext, e: Entry) -> None:
+def stack_cookie_gotpcrel(ctx: SectionContext, entry: Entry) -> None:
     """The clang < 17 stack-cookie load: the GOT slot is replaced by a static
     pointer in vmlinux that holds ``&__stack_chk_guard``; the field becomes a
     PC32 to that pointer (zero check as for every x86 type)."""
+    e = entry
     syms = ctx.kernel_symbols
     guard = syms.objects["vmlinux"].matches("__stack_chk_guard") if syms and "vmlinux" in syms.objects else []
     if len(guard) != 1 or guard[0] != e.S:
