@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the benchmark inputs into bench/data/ (gitignored; never commit them).
 #
-#   bash bench/fetch.sh [--force] [ARCH ...]      ARCH: amd64 (default), ppc64el
+#   bash bench/fetch.sh [--force] [ARCH ...]      ARCH: amd64 (default), ppc64el, arm64
 #
 # For each ARCH: download Debian's linux-image-6.1.0-<abi>-<flavour> package
 # with apt-get, extract amdgpu.ko and the modules it depends on, and generate
@@ -15,7 +15,10 @@
 #   bench/data/<arch>/manifest.json     what run.py reads
 #
 # Environment: ABI=50 picks the ABI (default: the corpus System.map's ABI if
-# apt has it, else the newest); CORPUS=/path/to/shared/corpus.
+# apt has it, else the newest); CORPUS=/path/to/shared/corpus; DEB=/path/to.deb
+# uses an already downloaded linux-image package instead of apt (e.g.
+# DEB=/work/pkgs/linux-image-6.1.0-50-arm64-unsigned_6.1.176-1_arm64.deb
+# bash bench/fetch.sh arm64: no dpkg architecture is added then).
 # A foreign architecture (ppc64el) is added to dpkg for the download and
 # removed again afterwards, as the corpus README asks.
 set -euo pipefail
@@ -47,7 +50,9 @@ fetch_arch() {
     case "$arch" in
         amd64)   flavour=amd64;       pkgsuffix=-unsigned; oracle_arch=x86_64;  base=0xffffffffc0000000 ;;
         ppc64el) flavour=powerpc64le; pkgsuffix="";        oracle_arch=ppc64le; base=0xc008000000000000 ;;
-        *) log "unknown architecture $arch (amd64, ppc64el)"; return 2 ;;
+        # arm64: Debian 6.1's module area without KASLR (_etext - 128 MiB): every call in direct range
+        arm64)   flavour=arm64;       pkgsuffix=-unsigned; oracle_arch=aarch64; base=0xffff800000d00000 ;;
+        *) log "unknown architecture $arch (amd64, ppc64el, arm64)"; return 2 ;;
     esac
     local out="$DATA/$arch"
     if [ $FORCE = 0 ] && [ -f "$out/manifest.json" ] && [ -f "$out/amdgpu.ko" ]; then
@@ -55,6 +60,10 @@ fetch_arch() {
         return 0
     fi
 
+    if [ -n "${DEB:-}" ]; then
+        fetch_from_deb "$arch" "$DEB" "$out" "$flavour" "$oracle_arch" "$base"
+        return $?
+    fi
     local added_arch=0 native
     native=$(dpkg --print-architecture)
     if [ "$arch" != "$native" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
@@ -121,7 +130,12 @@ fetch_arch() {
         ${symmap:+--system-map "$symmap"} --base "$base" \
         --out-kallsyms "$out/modules.kallsyms" --out-ld "$out/ld.syms" --out-info "$out/gensyms.json" || return 1
 
-    "$PY" - "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap" <<'EOF'
+    write_manifest "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap"
+    [ -f "$out/manifest.json" ] || return 1
+}
+
+write_manifest() {
+    "$PY" - "$@" <<'EOF'
 import json, os, sys
 out, arch, oracle_arch, pkg, version, abi, base, symmap = sys.argv[1:]
 from elftools.elf.elffile import ELFFile
@@ -138,6 +152,8 @@ if arch == "ppc64el" and symmap:  # the ppc64le plugin needs kernel_toc_addr() (
         if len(parts) >= 3 and parts[2] == ".TOC.":
             options["kernel_toc"] = "0x" + parts[0]
             break
+if arch == "arm64":  # GNU ld has no erratum-843419 rule like the kernel's: compare with the workaround off
+    options["erratum_843419"] = "false"
 m = {"arch": arch, "oracle_arch": oracle_arch, "machine": elf["e_machine"], "package": pkg, "version": version, "abi": abi,
      "module": "amdgpu.ko", "relocations": relocs, "base": base, "kernel": "6.1",
      "klpcore_symbols": syms, "ld_symbols": "ld.syms", "dependencies": info["dependencies"],
@@ -145,7 +161,35 @@ m = {"arch": arch, "oracle_arch": oracle_arch, "machine": elf["e_machine"], "pac
 json.dump(m, open(os.path.join(out, "manifest.json"), "w"), indent=1)
 print(f"fetch: {arch}: amdgpu.ko from {pkg}: {relocs} relocations -> {out}", file=sys.stderr)
 EOF
-    [ -f "$out/manifest.json" ] || return 1
+    [ -f "$1/manifest.json" ]
+}
+
+fetch_from_deb() {
+    local arch=$1 deb=$2 out=$3 flavour=$4 oracle_arch=$5 base=$6
+    [ -f "$deb" ] || { log "$arch: DEB=$deb: no such file"; return 1; }
+    local tmp pkg version abi
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/klpbench.XXXXXX")
+    TMPS+=("$tmp")
+    pkg=$(dpkg-deb -f "$deb" Package)
+    version=$(dpkg-deb -f "$deb" Version)
+    abi=$(sed -E 's/^linux-image-6\.1\.0-([0-9]+)-.*/\1/' <<<"$pkg")
+    log "$arch: $pkg $version from $deb"
+    mkdir -p "$tmp/x"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" --wildcards '*.ko' '*.ko.xz' 2>/dev/null || true
+    find "$tmp/x" -name '*.ko.xz' -exec xz -d {} +
+    local ko
+    ko=$(find "$tmp/x" -name amdgpu.ko | head -1)
+    [ -n "$ko" ] || { log "$arch: no amdgpu.ko in $deb"; return 1; }
+    rm -rf "$out"
+    mkdir -p "$out"
+    cp "$ko" "$out/amdgpu.ko"
+    echo "$pkg $version" > "$out/SOURCE"
+    local symmap="" want="$CORPUS/$arch/System.map-6.1.0-$abi-$flavour.gz"
+    if [ -f "$want" ]; then cp "$want" "$out/System.map.gz"; symmap="$out/System.map.gz"; fi
+    "$PY" "$BENCH/gensyms.py" --module "$out/amdgpu.ko" --modules-dir "$tmp/x" \
+        ${symmap:+--system-map "$symmap"} --base "$base" \
+        --out-kallsyms "$out/modules.kallsyms" --out-ld "$out/ld.syms" --out-info "$out/gensyms.json" || return 1
+    write_manifest "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap"
 }
 
 cleanup_arch() {

@@ -205,6 +205,9 @@ class ArchSpec:
     description: str = ""
     unknown_type_error: str = "{module}: Unknown relocation: {number}"  # kernel message
     default_base: int = 0xFFFFFFFFC0000000  # where the kernel's module area starts (layout base)
+    #: where a module's ``.data..percpu`` lands when the loader is not told (the
+    #: per-CPU reserved chunk; x86_64's default)
+    percpu_base: int = 0xFFFFFFFFA0000000
     capstone: tuple[str, str] | None = None  # capstone arch and mode constant names
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None

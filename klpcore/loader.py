@@ -140,7 +140,8 @@ class Loader:
     :param pm: plugin manager (default: installed plugins).
     :param kernel: the target kernel.
     :param backend: memory backend factory for module images.
-    :param percpu_base: address given to the module's percpu section.
+    :param percpu_base: address given to the module's percpu section (default: the
+        architecture's ``ArchSpec.percpu_base``).
     """
 
     def __init__(
@@ -148,7 +149,7 @@ class Loader:
         pm: pluggy.PluginManager | None = None,
         kernel: KernelTarget | None = None,
         backend: MemoryBackend | None = None,
-        percpu_base: int = 0xFFFFFFFFA0000000,
+        percpu_base: int | None = None,
     ) -> None:
         self.pm = pm or get_plugin_manager()
         self.kernel = kernel or KernelTarget()
@@ -242,7 +243,8 @@ class Loader:
         percpu = mod.section_by_name(PERCPU_SECTION)
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
-            mod.extra_addresses[percpu.index] = self.percpu_base
+            pcpu = self.percpu_base if self.percpu_base is not None else mod.arch.percpu_base
+            mod.extra_addresses[percpu.index] = pcpu
         codetag = mod.section_by_name(CODETAG_SECTION)
         if on.get("MEM_ALLOC_PROFILING") and codetag is not None and codetag.size and codetag.flags & C.SHF_ALLOC:
             # layout_sections skips it (codetag_needs_module_section); it lives in the alloc-tag area

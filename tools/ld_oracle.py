@@ -101,8 +101,11 @@ ARCHES = {
         toc=False,
         default_width=4,
         linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
-        generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt"],
+        generated=[".got", ".got.plt", ".igot.plt", ".iplt"],
         widths={0: 0, 256: 0, 257: 8, 258: 4, 259: 2, 260: 8, 261: 4, 262: 2},
+        # module.lds.h placeholders the kernel resizes (NOBITS) and fills with
+        # PLT entries, veneers and the ftrace trampoline
+        kernel_sections={".plt", ".init.plt", ".text.ftrace_trampoline", ".init.text.ftrace_trampoline"},
     ),
     "ppc64le": dict(
         ld="powerpc64le-linux-gnu-ld",

@@ -173,6 +173,8 @@ EXPECTED_CLASSES = {
         "x86:return-thunk-to-ret",
     ],
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
+    ("arm64-kaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
+    ("arm64-nokaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
 }
 
 
@@ -323,3 +325,22 @@ def test_negative_control_static_call_site_key(tmp_path: Path) -> None:
     assert ko.compare(rec, placed).unexplained == []
     bad = ko.compare(ko.corrupt(rec, ".static_call_sites", 5), placed)  # the key field of entry 0
     assert [s.section for s in bad.unexplained] == [".static_call_sites"]
+
+
+@pytest.mark.parametrize("folder", ["arm64-nokaslr", "arm64-kaslr"])
+def test_arm64_plt_veneer_and_ftrace_trampoline_identical(folder: str, tmp_path: Path) -> None:
+    """arm64: the .plt the kernel filled (PLT entries with KASLR, an erratum-843419
+    veneer without) and the ftrace trampoline are byte-identical in klpcore's output."""
+    need_plugin(folder)
+    used = 0
+    for module in ("koc_asm", "koc_basic"):
+        rec = recording(folder, module)
+        placed = klpcore_apply(rec, tmp_path)
+        for name in (".plt", ".text.ftrace_trampoline"):
+            kernel = rec.sections[name]
+            address, mine = placed.sections[name]
+            assert kernel.data is not None and address == kernel.address
+            assert kernel.data[: len(mine)] == mine and not kernel.data[len(mine) :].strip(b"\0"), (module, name)
+            used += len(mine.rstrip(b"\0")) if name == ".plt" else 0
+        assert len(placed.sections[".text.ftrace_trampoline"][1].rstrip(b"\0")) == 24  # 6.1: two entries
+    assert used >= 12

@@ -20,6 +20,7 @@ import pytest
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
 from klpcore.errors import ElfFormatError, MemoryAccessError
 from klpcore.symbols import parse_symbol_text
+from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
 
 ppc = pytest.importorskip("klpcore_ppc64le")
@@ -95,10 +96,10 @@ def test_fixtures_cover_every_kernel_type() -> None:
     assert handled <= seen, handled - seen
 
 
-REFUSED = [n for n, fx in MANIFEST["fixtures"].items() if fx["kernel"] == "refused"]
+REFUSED_FIXTURES = [n for n, fx in MANIFEST["fixtures"].items() if fx["kernel"] == "refused"]
 
 
-@pytest.mark.parametrize("name", REFUSED)
+@pytest.mark.parametrize("name", REFUSED_FIXTURES)
 def test_range_refused_with_kernel_message(name: str) -> None:
     with pytest.raises(RelocationError) as ei:
         load(MANIFEST["fixtures"][name]["object"])
@@ -112,6 +113,21 @@ def test_range_pairs_complete() -> None:
     for kind in ("toc16", "toc16_ds", "rel32", "rel24"):
         assert {f"range_{kind}_ok_max", f"range_{kind}_ok_min"} <= ok
     assert "range_toc16_lo_ds_ok" in ok
+
+
+TestConformance = conformance_tests(
+    plugin="ppc64le",
+    module=FIX / "all_types.o",
+    symbols=FIX / "kernel.map",
+    byte_tested=lambda: {t for n in expected_files() for t in MANIFEST["fixtures"][n]["relocation_types"]},
+    range_cases=lambda: [
+        (t, ACCEPTED if fx["kernel"] == "ok" else REFUSED)
+        for n, fx in MANIFEST["fixtures"].items()
+        if n.startswith("range_")
+        for t in fx["relocation_types"]
+    ],
+    unsupported=[3, 0],
+)
 
 
 # ------------------------------------------------------ hand-derived values

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
 
 pytest.importorskip("klpcore_x86_64")
@@ -86,6 +87,26 @@ def test_fixtures_cover_every_kernel_type() -> None:
         "R_X86_64_PC64",
     }
     assert kernel_types <= seen
+
+
+def _range_cases():
+    outcomes = {"ok": ACCEPTED, "ok-truncated": ACCEPTED, "overflow": REFUSED}
+    for name, fx in MANIFEST["fixtures"].items():
+        for m in fx["maps"].values():
+            if name.startswith("range_") and m["kernel"] in outcomes:
+                yield from ((t, outcomes[m["kernel"]]) for t in fx["relocation_types"])
+
+
+TestConformance = conformance_tests(
+    plugin="x86_64",
+    module=FIX / "mod_basic.o",
+    symbols=FIX / "mod_basic.map",
+    byte_tested=lambda: {
+        t for n, _, _ in cases({"ok", "ok-truncated"}) for t in MANIFEST["fixtures"][n]["relocation_types"]
+    },
+    range_cases=_range_cases,
+    unsupported=[12, 9],
+)
 
 
 def lm_relsec(name: str, section: str) -> int:

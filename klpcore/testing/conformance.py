@@ -1,0 +1,194 @@
+"""A conformance suite every architecture plugin runs with one line.
+
+What every plugin's tests must show, whatever the architecture:
+
+* the plugin is installed under its entry point and claims its modules;
+* every relocation type of its table that writes something has a byte test
+  against an independent oracle (GNU ld, recorded kernel bytes, hand-derived
+  encodings);
+* every type with a range check is tested on both sides of its limits: at
+  least one accepted and one refused case;
+* a type the kernel does not handle is an error that names the type (and
+  quotes the kernel's message), and nothing is written;
+* every type documents its formula and range, and every hook the plugin
+  implements is a declared, documented hook.
+
+Usage, in ``tests/<arch>/test_<arch>.py``::
+
+    from klpcore.testing.conformance import conformance_tests
+
+    TestConformance = conformance_tests(
+        plugin="arm64",
+        module=FIX / "all_types.o",
+        symbols=FIX / "kernel.map",
+        byte_tested=lambda: {...type names compared with an oracle...},
+        range_cases=lambda: [("R_AARCH64_ABS32", "accepted"), ("R_AARCH64_ABS32", "refused"), ...],
+        unsupported=[311],
+    )
+
+pytest collects the returned class like any ``Test*`` class in the module.
+The arguments that describe the plugin's own fixtures are callables so that
+a test module's import stays cheap and a broken manifest fails one test
+rather than collection.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from klpcore import constants as C
+
+ACCEPTED = "accepted"
+REFUSED = "refused"
+
+
+def _type_field_offset(byteorder: str) -> int:
+    """Offset in an ``Elf64_Rela`` of the 32-bit type part of ``r_info``."""
+    return 8 if byteorder == "little" else 12
+
+
+def with_relocation_type(data: bytes, number: int) -> tuple[bytes, str, int]:
+    """A copy of the object ``data`` whose first relocation against an
+    allocated section has type ``number``: (bytes, rela section name, index)."""
+    from klpcore.elf import ElfModule
+
+    elf = ElfModule(data)
+    for s in elf.sections:
+        if s.type != C.SHT_RELA or not s.size or s.info >= len(elf.sections):
+            continue
+        if not elf.sections[s.info].flags & C.SHF_ALLOC or s.flags & C.SHF_RELA_LIVEPATCH:
+            continue
+        off = s.offset + _type_field_offset(elf.byteorder)
+        out = bytearray(data)
+        out[off : off + 4] = number.to_bytes(4, elf.byteorder)  # type: ignore[arg-type]
+        return bytes(out), s.name, 0
+    raise AssertionError("the module has no relocation section against an allocated section")
+
+
+def _plugin_hooks(module: Any) -> list[tuple[str, Any]]:
+    return [
+        (name, fn)
+        for name, fn in inspect.getmembers(module, inspect.isfunction)
+        if name.startswith("klp_") and hasattr(fn, "klpcore_impl")
+    ]
+
+
+def conformance_tests(
+    *,
+    plugin: str,
+    module: Path,
+    symbols: Path,
+    byte_tested: Callable[[], Iterable[str]],
+    range_cases: Callable[[], Iterable[tuple[str, str]]],
+    unsupported: Sequence[int],
+    base: int | None = None,
+    kernel: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> type:
+    """Build the conformance test class for the plugin ``plugin``.
+
+    :param plugin: the entry-point name in ``klpcore.arch``.
+    :param module: a relocatable object (fixture) the plugin loads cleanly.
+    :param symbols: a symbol file that resolves ``module``'s undefined symbols.
+    :param byte_tested: names of the types whose written bytes the plugin's
+        tests compare with an independent oracle.
+    :param range_cases: ``(type name, "accepted" | "refused")`` for every
+        limit case the plugin's tests run.
+    :param unsupported: type numbers the kernel does not handle.
+    :param base: layout base (default: the plugin's ``default_base``).
+    :param kernel: target kernel version (default: newest).
+    :param options: ``KernelTarget.options`` for the loads.
+    """
+
+    def _setup() -> tuple[Any, Any, Any]:
+        from klpcore import KernelTarget, Loader, get_plugin_manager
+        from klpcore.plugins import identify
+
+        pm = get_plugin_manager()
+        target = KernelTarget.from_string(kernel, options=dict(options or {}))
+        loader = Loader(pm, kernel=target)
+        from klpcore.elf import ElfModule
+
+        elf = ElfModule.from_file(module)
+        hooks = identify(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, target)
+        return loader, hooks.spec, target
+
+    def _table() -> list[Any]:
+        _, spec, _ = _setup()
+        return list(spec.types.values())
+
+    class Conformance:
+        """Conformance of one architecture plugin (klpcore.testing.conformance)."""
+
+        def test_plugin_installed_and_claims_its_module(self) -> None:
+            from importlib.metadata import entry_points
+
+            names = {ep.name for ep in entry_points(group="klpcore.arch")}
+            assert plugin in names, f"no entry point {plugin!r} in klpcore.arch"
+            _, spec, _ = _setup()
+            assert spec.name == plugin
+            assert spec.types, "the plugin returned no relocation types"
+
+        def test_every_type_has_a_byte_test(self) -> None:
+            writing = {t.name for t in _table() if not t.is_noop}
+            missing = writing - set(byte_tested())
+            assert not missing, f"types without a byte test against an oracle: {sorted(missing)}"
+
+        def test_every_range_has_both_sides(self) -> None:
+            seen: dict[str, set[str]] = {}
+            for name, outcome in range_cases():
+                assert outcome in (ACCEPTED, REFUSED), outcome
+                seen.setdefault(name, set()).add(outcome)
+            checked = {t.name for t in _table() if t.check is not None}
+            missing = {n: sorted({ACCEPTED, REFUSED} - seen.get(n, set())) for n in checked}
+            missing = {n: m for n, m in missing.items() if m}
+            assert not missing, f"range limits not tested on both sides: {missing}"
+
+        def test_unsupported_types_are_errors_naming_the_type(self) -> None:
+            from klpcore import RelocationError, load_symbols
+
+            loader, spec, _ = _setup()
+            assert unsupported, "give at least one type number the kernel does not handle"
+            table = {t.number for t in _table()}
+            for number in [*unsupported, 0x7FFE]:
+                assert number not in table, f"{number} is in the plugin's table"
+                data, secname, _ = with_relocation_type(Path(module).read_bytes(), number)
+                try:
+                    loader.load(data, load_symbols(str(symbols)), base if base is not None else spec.default_base)
+                except RelocationError as e:
+                    diags = [d for d in e.diagnostics if d.section == secname]
+                    assert diags, e.diagnostics
+                    name = spec.type_name(number)
+                    d = diags[0]
+                    assert d.rtype == name and str(number) in d.message and name in d.message, d
+                    assert d.kernel_message == spec.unknown_type_error.format(module=d.module, number=number)
+                else:
+                    raise AssertionError(f"type {number} was accepted")
+
+        def test_types_document_formula_and_range(self) -> None:
+            for t in _table():
+                doc = t.describe()
+                assert t.name and doc["formula"], t.number
+                assert doc["range"], f"{t.name}: no range documented"
+
+        def test_hooks_are_declared_and_documented(self) -> None:
+            from importlib import import_module
+            from importlib.metadata import entry_points
+
+            from klpcore import hookspecs
+
+            (ep,) = [ep for ep in entry_points(group="klpcore.arch") if ep.name == plugin]
+            mod = import_module(ep.value)
+            assert inspect.getdoc(mod), f"{ep.value} has no module docstring"
+            impls = _plugin_hooks(mod)
+            assert impls, "the plugin implements no hooks"
+            for name, _fn in impls:
+                spec_fn = getattr(hookspecs, name, None)
+                assert spec_fn is not None and hasattr(spec_fn, "klpcore_spec"), f"{name} is not a declared hook"
+                assert len((inspect.getdoc(spec_fn) or "").splitlines()) >= 2, f"hook {name} is undocumented"
+
+    Conformance.__name__ = Conformance.__qualname__ = f"Conformance_{plugin}"
+    return Conformance

@@ -1,0 +1,36 @@
+"""Regenerate the example livepatch module shipped in klpcore_arm64/examples/.
+
+The example is tests/arm64/fixtures/plt_calls.o (compiled with arm64
+kernel-module flags, see that folder's build.py) turned into a livepatch
+module by the project's own converter: its calls to ``far_a`` and ``far_b``
+become ``.klp.rela.vmlinux`` relocations against ``.klp.sym.vmlinux.*``
+symbols, more than 128 MiB from the module, so they go through module PLT
+entries.  The symbol file is the fixture's kernel map.  Livepatch exists on
+arm64 from 6.17 (klpcore's default kernel is newer).
+
+    python plugins/arm64/example-src/make_example.py
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from klpcore.testing.klpify import KlpSym, klpify
+
+ROOT = Path(__file__).resolve().parents[3]
+FIX = ROOT / "tests" / "arm64" / "fixtures"
+OUT = ROOT / "plugins" / "arm64" / "klpcore_arm64" / "examples"
+
+
+def main() -> None:
+    data = (FIX / "plt_calls.o").read_bytes()
+    chosen = ["far_a", "far_b"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
+    shutil.copy(FIX / "kernel.map", OUT / "System.map")
+    print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
+
+
+if __name__ == "__main__":
+    main()
