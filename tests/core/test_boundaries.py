@@ -229,6 +229,11 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "static_call_sites_ro_after_init": "tests/core/test_fidelity.py::test_static_call_sites_ro_after_init_from_6_16",
     "ppc64_stub_count": "tests/ppc64le/test_ppc64le_versions.py::test_mod_calls_stub_area",
     "invalid_shndx_refused": "tests/core/test_fidelity.py::test_symbol_with_section_index_past_the_headers_is_refused",
+    "arm64_single_ftrace_plt": "tests/arm64/test_arm64.py::test_ftrace_trampoline_by_version",
+    "arm64_module_plts_always": "tests/arm64/test_arm64.py::test_plt_slots_exhausted_without_randomize_base",
+    "arm64_livepatch": "tests/arm64/test_arm64.py::test_livepatch_refused_before_6_17",
+    "arm64_late_text_poke": "tests/arm64/test_arm64.py::test_write_method_policy",
+    "arm64_init_ftrace_trampoline": "tests/arm64/test_arm64.py::test_ftrace_trampoline_by_version",
 }
 
 
