@@ -24,6 +24,11 @@ Two styles:
 * ``legacy`` (before 6.4, ``core_layout``/``init_layout``): one core and one
   init allocation; inside each, the size is page aligned after the text, the
   rodata and the ro_after_init rows (``strict_align``), and at the end.
+
+Arch setup (``module_frob_arch_sections``) runs before layout and may grow a
+memory type for memory of its own, e.g. s390's module GOT and PLT: a
+:class:`Reservation` takes ``ALIGN(size, align)`` at the start of its memory
+type, in the order reserved, before any section is placed there.
 """
 
 from __future__ import annotations
@@ -70,6 +75,21 @@ class Placement:
     size: int
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Arch-owned memory at the start of a memory type, before any section
+    (what ``module_frob_arch_sections`` adds to a memory type's size)."""
+
+    name: str  # e.g. ".klpcore.s390.got"; the output ELF shows it as a section of this name
+    memtype: MemType
+    size: int
+    align: int = 1
+
+
+#: ``Placement.index`` of the k-th reservation (0-based) is ``RESERVED_INDEX - k``
+RESERVED_INDEX = -1
+
+
 @dataclass
 class Region:
     memtype: MemType
@@ -88,6 +108,8 @@ class Layout:
     base: int
     regions: dict[MemType, Region] = field(default_factory=dict)
     placements: dict[int, Placement] = field(default_factory=dict)
+    #: reservations by name (``Placement.index`` negative, see :data:`RESERVED_INDEX`)
+    reserved: dict[str, Placement] = field(default_factory=dict)
 
     def address_of(self, index: int) -> int | None:
         p = self.placements.get(index)
@@ -104,12 +126,12 @@ def default_is_init(name: str) -> bool:
 
 
 def _assign(
-    sections: Sequence[Section], is_init: Callable[[str], bool]
+    sections: Sequence[Section], is_init: Callable[[str], bool], sizes: dict[MemType, int]
 ) -> tuple[dict[MemType, list[tuple[Section, int]]], dict[MemType, int], dict[MemType, int]]:
-    """Walk the rows; return per-memtype (section, offset) lists and sizes."""
+    """Walk the rows; return per-memtype (section, offset) lists and sizes
+    (``sizes``: what arch setup already reserved)."""
     placed: set[int] = set()
     out: dict[MemType, list[tuple[Section, int]]] = {}
-    sizes: dict[MemType, int] = {}
     row_ends: dict[MemType, int] = {}
     for init in (False, True):
         for req, excl, core_t, init_t in _ROWS:
@@ -138,25 +160,41 @@ def layout_sections(
     is_init: Callable[[str], bool] = default_is_init,
     page_size: int = C.PAGE_SIZE,
     region_bases: dict[MemType, int] | None = None,
+    reserved: Sequence[Reservation] = (),
 ) -> Layout:
     """Lay out the ``SHF_ALLOC`` sections of ``sections`` at ``base``.
 
     ``region_bases`` pins memory types to chosen addresses (``memory`` style).
+    ``reserved`` come first in their memory types (see :class:`Reservation`).
     """
     if base % page_size:
         raise ValueError(f"base address {base:#x} is not page aligned")
-    groups, sizes, _ = _assign(sections, is_init)
+    sizes: dict[MemType, int] = {}
+    res_offsets: list[tuple[Reservation, int]] = []
+    for r in reserved:
+        off = align(sizes.get(r.memtype, 0), r.align or 1)
+        sizes[r.memtype] = off + r.size
+        res_offsets.append((r, off))
+    has_res = {r.memtype for r in reserved if r.size}
+    groups, sizes, _ = _assign(sections, is_init, sizes)
     lay = Layout(style=style, base=base)
+
+    def place_reserved(mt: MemType, start: int, rel: int = 0) -> None:
+        for k, (r, off) in enumerate(res_offsets):
+            if r.memtype == mt:
+                lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, mt, rel + off, start + off, r.size)
+
     if style == "memory":
         addr = base
         for mt in _MEMORY_ORDER:
-            if sizes.get(mt, 0) == 0 and not groups.get(mt):
+            if sizes.get(mt, 0) == 0 and not groups.get(mt) and mt not in has_res:
                 continue
             size = sizes.get(mt, 0)
             start = (region_bases or {}).get(mt, addr)
             lay.regions[mt] = Region(mt, start, size, align(max(size, 1), page_size))
             for s, off in groups.get(mt, []):
                 lay.placements[s.index] = Placement(s.index, s.name, mt, off, start + off, s.size)
+            place_reserved(mt, start)
             addr = max(addr, start + align(max(size, 1), page_size))
         return lay
     if style != "legacy":
@@ -167,7 +205,7 @@ def layout_sections(
         (MemType.TEXT, MemType.RODATA, MemType.RO_AFTER_INIT, MemType.DATA),
         (MemType.INIT_TEXT, MemType.INIT_RODATA, MemType.INIT_DATA),
     ):
-        if not any(groups.get(k) for k in kinds):
+        if not any(groups.get(k) or k in has_res for k in kinds):
             continue
         start = addr
         offset = 0
@@ -176,6 +214,7 @@ def layout_sections(
             for s, off in groups.get(k, []):
                 real = region_start + off  # region_start is page aligned
                 lay.placements[s.index] = Placement(s.index, s.name, k, real, start + real, s.size)
+            place_reserved(k, start + region_start, region_start)
             # strict_align after the text, rodata and ro_after_init rows; debug_align at the end
             offset = align(region_start + sizes.get(k, 0), page_size)
             lay.regions[k] = Region(k, start + region_start, offset - region_start, offset - region_start)

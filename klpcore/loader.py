@@ -40,7 +40,7 @@ from .elf import ElfModule, Section
 from .engine import ApplyContext, SectionContext, StagedMemory
 from .errors import Diagnostic, ElfFormatError, KlpError, RelocationError, ResolutionError
 from .kernel import KernelTarget
-from .layout import Layout, layout_sections
+from .layout import Layout, Reservation, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
 from .memory import BytesBackend, MemoryBackend, ModuleImage, Region, WriteRecord, default_policy
 from .plugins import ArchHooks, get_plugin_manager, identify
@@ -99,10 +99,26 @@ class LoadingModule:
     arch_state: dict[str, Any] = field(default_factory=dict)
     layout: Layout = field(default=None)  # type: ignore[assignment]
     extra_addresses: dict[int, int] = field(default_factory=dict)  # percpu
+    #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
+    reservations: list[Reservation] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.elf.name
+
+    def reserve(self, memtype: MemType, name: str, size: int, align: int = 1) -> Reservation:
+        """Arch setup: reserve ``size`` bytes at the start of ``memtype``,
+        before layout places any section there (after earlier reservations,
+        at ``ALIGN(size so far, align)``), as s390's ``module_frob_arch_sections``
+        grows ``MOD_TEXT`` for the module GOT and PLT.  After layout the address
+        is ``layout.reserved[name].address``; relocation code writes there through
+        ``ctx.write_uint`` like into any section, and ``klpcore apply`` shows the
+        reservation as an extra section called ``name``."""
+        if any(r.name == name for r in self.reservations):
+            raise ValueError(f"reservation {name!r} exists already")
+        r = Reservation(name, memtype, size, align)
+        self.reservations.append(r)
+        return r
 
     def section_by_name(self, name: str) -> Section | None:
         for s in self.sections:
@@ -189,7 +205,9 @@ class Loader:
                     return bool(answer)
             return name.startswith(".init")
 
-        mod.layout = layout_sections(mod.sections, base, style=self.kernel.layout_style, is_init=is_init)
+        mod.layout = layout_sections(
+            mod.sections, base, style=self.kernel.layout_style, is_init=is_init, reserved=mod.reservations
+        )
 
     def _image(self, mod: LoadingModule) -> ModuleImage:
         total = sum(r.alloc_size for r in mod.layout.regions.values())
@@ -399,6 +417,7 @@ class LoadedModule:
         mod = self.module
         out = [(p.index, p.name, p.address, mod.sections[p.index].size) for p in mod.layout.placements.values()]
         out += [(i, mod.sections[i].name, a, mod.sections[i].size) for i, a in mod.extra_addresses.items()]
+        out += [(p.index, p.name, p.address, p.size) for p in mod.layout.reserved.values()]
         return [p for p in out if p[3] > 0]
 
     def _load_sections(self) -> Iterator[tuple[Section, KlpRelocSec | None]]:
@@ -631,6 +650,12 @@ class LoadedModule:
         if addr is None or not size:
             return b""
         return self.image.backend.read(addr, size)
+
+    def reserved_bytes(self, name: str) -> tuple[int, bytes]:
+        """Address and current contents of the reservation ``name`` (see
+        :meth:`LoadingModule.reserve`)."""
+        p = self.module.layout.reserved[name]
+        return p.address, self.image.backend.read(p.address, p.size) if p.size else b""
 
     @property
     def write_log(self) -> list[WriteRecord]:
