@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import constants as C
+from .config import KernelConfig
+from .elf import ElfModule
 from .errors import Diagnostic, InputError, KlpError
-from .kernel import KernelTarget
+from .kernel import KernelTarget, Setting, parse_version
 from .loader import DEFAULT_BASE, LoadedModule, Loader, LoadingModule, resolve_module
 from .plugins import get_plugin_manager, installed_version, list_arch_plugins
 from .symbols import KernelSymbols, load_many
+from .versions import NEWEST
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -68,8 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--kernel",
             metavar="VERSION",
-            default="newest",
-            help="target kernel version, e.g. 6.1 or 5.4 (default: newest); selects version-specific behaviour",
+            default=None,
+            help="target kernel version whose rules apply, e.g. 6.1 or 5.10, or 'newest' "
+            f"({NEWEST[0]}.{NEWEST[1]}); default: the module's own vermagic (6.1.0-50-amd64 -> 6.1), else newest",
+        )
+        sp.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="the target kernel's .config (gzip accepted, e.g. /boot/config-$(uname -r) or /proc/config.gz): "
+            "page size, STRICT_MODULE_RWX, ftrace options ...; without it each architecture uses the common "
+            "distribution setting and says so",
         )
         sp.add_argument(
             "-O",
@@ -95,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 metavar="ADDR",
                 help=f"module load address (default: the architecture's module area, e.g. {DEFAULT_BASE:#x} on x86_64)",
+            )
+            sp.add_argument(
+                "--init-base",
+                type=_int,
+                default=None,
+                metavar="ADDR",
+                help="address of the module's init memory (the kernel allocates it separately; "
+                "/sys/module/NAME/sections/.init.text shows it during init); default: after the core memory",
+            )
+            sp.add_argument(
+                "--percpu-base",
+                type=_int,
+                default=None,
+                metavar="ADDR",
+                help="address the kernel gave the module's per-CPU data (.data..percpu); default: 0xffffffffa0000000",
             )
 
     sp = sub.add_parser("plugins", help="list installed architecture plugins and their relocation types")
@@ -189,17 +216,68 @@ def _option_value(text: str) -> Any:
         return text
 
 
-def _kernel(args: argparse.Namespace) -> KernelTarget:
+def _vermagic(elf: ElfModule | None) -> str | None:
+    if elf is None:
+        return None
+    values = elf.modinfo.get("vermagic")
+    return values[-1] if values else None
+
+
+def _kernel(args: argparse.Namespace, elf: ElfModule | None = None) -> KernelTarget:
+    """The target kernel: ``--kernel``, else the module's vermagic, else newest;
+    ``--config`` and ``-O`` facts attached."""
     options: dict[str, Any] = {}
     for item in getattr(args, "kernel_option", []):
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise InputError(f"--kernel-option expects KEY=VALUE, got {item!r}")
         options[key.strip()] = _option_value(value.strip())
+    config = KernelConfig.from_file(args.config) if getattr(args, "config", None) else None
+    kw: dict[str, Any] = {"options": options, "config": config}
+    text = args.kernel
+    if text is None:
+        magic = _vermagic(elf)
+        if magic:
+            try:
+                return KernelTarget(version=parse_version(magic), version_source=f"vermagic {magic.split()[0]}", **kw)
+            except ValueError:
+                pass
+        text = "newest"
     try:
-        return KernelTarget.from_string(args.kernel, options=options)
+        return KernelTarget.from_string(text, **kw)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+
+
+def _module_elf(args: argparse.Namespace) -> ElfModule:
+    _progress(f"reading {args.module} ...")
+    return ElfModule.from_file(args.module)
+
+
+def kernel_summary(kernel: KernelTarget, settings: dict[str, Setting] | None = None) -> dict[str, Any]:
+    """What every report says about the rules it used."""
+    source = {"newest": "newest modelled release", "option": "--kernel"}.get(
+        kernel.version_source, kernel.version_source
+    )
+    out: dict[str, Any] = {
+        "version": kernel.label,
+        "version_source": source,
+        "config": kernel.config.source if kernel.config is not None else None,
+    }
+    if settings is not None:
+        out["settings"] = {name: {"value": st.value, "source": st.source} for name, st in settings.items()}
+    return out
+
+
+def kernel_line(kernel: KernelTarget, settings: dict[str, Setting] | None = None) -> str:
+    summary = kernel_summary(kernel, settings)
+    text = f"kernel rules: Linux {summary['version']} ({summary['version_source']})"
+    if settings:
+        facts = ", ".join(f"{n}={st.value} ({st.source})" for n, st in settings.items())
+        text += f"; {facts}"
+    if kernel.config is None:
+        text += "; no --config: each fact is the architecture's common distribution setting"
+    return text
 
 
 def _symbols(args: argparse.Namespace) -> KernelSymbols:
@@ -256,9 +334,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open(args: argparse.Namespace, loader: Loader) -> LoadingModule:
-    _progress(f"reading {args.module} ...")
-    return loader.open(args.module)
+def _loader(args: argparse.Namespace) -> tuple[Loader, LoadingModule]:
+    """Read the module, choose the kernel (its vermagic by default), open it."""
+    elf = _module_elf(args)
+    kw: dict[str, Any] = {}
+    if getattr(args, "percpu_base", None) is not None:
+        kw["percpu_base"] = args.percpu_base
+    loader = Loader(kernel=_kernel(args, elf), **kw)
+    return loader, loader.open(elf)
 
 
 def _type_counts(mod: LoadingModule) -> dict[str, dict[str, int]]:
@@ -273,8 +356,7 @@ def _type_counts(mod: LoadingModule) -> dict[str, dict[str, int]]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    loader = Loader(kernel=_kernel(args))
-    mod = _open(args, loader)
+    loader, mod = _loader(args)
     _progress_done()
     klp = mod.klp
     counts = _type_counts(mod)
@@ -320,11 +402,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for s in mod.elf.rela_sections()
         ],
         "warnings": [d.as_dict() for d in klp.warnings],
+        "kernel": kernel_summary(loader.kernel),
     }
     if args.json:
         _emit_json(data)
         return EXIT_OK
     print(f"module   {mod.name} ({args.module})")
+    print(kernel_line(loader.kernel))
     print(f"machine  {mod.elf.machine} -> {mod.arch.name} ({mod.elf.byteorder}-endian), plugin {mod.arch.plugin_name}")
     print(f"livepatch  modinfo livepatch={'Y' if klp.is_livepatch else 'no'}, format: {klp.fmt or 'no klp sections'}")
     for o in klp.objects.values():
@@ -363,15 +447,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    loader = Loader(kernel=_kernel(args))
     symbols = _symbols(args)
-    mod = _open(args, loader)
-    report = resolve_module(loader, mod, symbols, args.base or mod.arch.default_base)
+    loader, mod = _loader(args)
+    report = resolve_module(loader, mod, symbols, args.base or mod.arch.default_base, args.init_base)
     _progress_done()
     if args.json:
         _emit_json(
             {
                 "module": mod.name,
+                "kernel": kernel_summary(loader.kernel, mod.settings),
                 "resolved": [
                     {"index": r.index, "name": r.name, "value": hex(r.value), "how": r.how, "object": r.object}
                     for r in report.resolutions
@@ -389,15 +473,15 @@ def cmd_resolve(args: argparse.Namespace) -> int:
             print(f"error: {d}", file=sys.stderr)
         n = len(report.resolutions)
         print(f"\n{n} symbol{'s' if n != 1 else ''} resolved, {len(report.errors)} error(s)")
+        print(kernel_line(loader.kernel, mod.settings))
     return EXIT_ERRORS if report.errors else EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
-    loader = Loader(kernel=_kernel(args))
     symbols = _symbols(args)
-    mod = _open(args, loader)
+    loader, mod = _loader(args)
     _progress(f"applying {mod.name} ...")
-    loaded = loader.load(mod, symbols, args.base or mod.arch.default_base)
+    loaded = loader.load(mod, symbols, args.base or mod.arch.default_base, init_base=args.init_base)
     _progress_done()
     return loader, loaded
 
@@ -408,6 +492,7 @@ def apply_report(loaded: LoadedModule) -> dict[str, Any]:
         "module": mod.name,
         "arch": mod.arch.name,
         "kernel": loaded.kernel.label,
+        "kernel_rules": kernel_summary(loaded.kernel, mod.settings),
         "base": hex(mod.layout.base),
         "layout_style": mod.layout.style,
         "regions": [
@@ -509,6 +594,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"  writes by method: {methods or 'none'}")
         if args.output:
             print(f"  wrote {args.output}")
+        print(f"  {kernel_line(loaded.kernel, mod.settings)}")
     _print_diags(loaded.warnings)
     return EXIT_OK
 
@@ -519,7 +605,9 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     _, loaded = _load(args)
     sites = relocation_sites(loaded, args.section)
     if args.json:
-        _emit_json([s.as_dict() for s in sites])
+        _emit_json(
+            {"kernel": kernel_summary(loaded.kernel, loaded.module.settings), "sites": [s.as_dict() for s in sites]}
+        )
         return EXIT_OK
     for s in sites:
         target = f" -> {s.target:#x}" if s.target is not None else ""
@@ -527,6 +615,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
         print(f"    before: {s.before}")
         print(f"    after:  {s.after}")
     print(f"\n{len(sites)} relocation site(s)")
+    print(kernel_line(loaded.kernel, loaded.module.settings))
     return EXIT_OK
 
 

@@ -104,6 +104,41 @@ def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_page_size(kernel: KernelTarget) -> int | None:  # type: ignore[empty-body]
+    """The target kernel's ``PAGE_SIZE``, which the module layout aligns to.
+
+    :param kernel: the target kernel; ``kernel.config`` is its parsed
+        ``.config`` (:class:`~klpcore.config.KernelConfig`) when the user gave
+        ``--config``, else None.
+    :return: the page size in bytes, read from ``kernel.config`` (e.g.
+        ``CONFIG_PPC_64K_PAGES``, ``CONFIG_ARM64_16K_PAGES``) or, without a
+        config, the architecture's common distribution setting; None to defer.
+        When no plugin answers the core uses 4096.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:  # type: ignore[empty-body]
+    """The value a kernel ``.config`` option has in the architecture's common
+    distribution configuration, used when the user gave no ``--config``
+    (or the config lacks the option).
+
+    :param name: the option without the ``CONFIG_`` prefix, e.g.
+        ``"STRICT_MODULE_RWX"``, ``"ARCH_HAS_STRICT_MODULE_RWX"``,
+        ``"HAVE_STATIC_CALL_INLINE"``, ``"LIVEPATCH"``.
+    :param kernel: the target kernel (the default may depend on its version,
+        e.g. ppc64 selects ``ARCH_HAS_STRICT_MODULE_RWX`` only from 5.14).
+    :return: ``"y"``, ``"m"``, ``"n"`` or the value text; None when the
+        plugin has no opinion (the core then uses its own default, see
+        :data:`klpcore.kernel.CORE_CONFIG_DEFAULTS`).
+
+    Stops at the first non-None result.
+    """
+
+
 @hookspec
 def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
     """Arch section setup before layout: the kernel's ``module_frob_arch_sections``.

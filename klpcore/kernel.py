@@ -1,27 +1,37 @@
-"""The target kernel: version and the behaviour that depends on it.
+"""The target kernel: its version, its configuration, and the behaviour they select.
 
-klpcore models the newest kernel by default.  Where behaviour changed in ways
-users meet, the target version selects it:
-
-============================================  ==========================
-behaviour                                     since
-============================================  ==========================
-vmlinux klp relocations applied at load;       5.8
-module-specific sections may not use vmlinux
-symbols; late writes via text_poke (x86)
-KSYM_NAME_LEN 512 (was 128)                    6.1
-x86 ``clear_relocate_add`` on module removal    6.3
-one allocation per memory type                 6.4
-============================================  ==========================
+Which behaviour starts in which release is data in :mod:`klpcore.versions`
+(also ``docs/versions.md``); :meth:`KernelTarget.has` is the only question
+code asks about versions.  Build facts (page size, ``CONFIG_STRICT_MODULE_RWX``,
+...) come from the user's ``--config`` when given, else from the
+architecture's common distribution setting (hooks ``klp_arch_page_size`` and
+``klp_arch_config_default``), else from :data:`CORE_CONFIG_DEFAULTS`;
+:func:`config_setting` says which.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-NEWEST = (6, 17)
+from .config import KernelConfig
+from .versions import BEHAVIOURS, NEWEST
+
+if TYPE_CHECKING:
+    from .plugins import ArchHooks
+
+__all__ = ["NEWEST", "KernelTarget", "Setting", "config_setting", "page_size_setting", "parse_version"]
+
+#: Options the core needs when neither the config nor the arch plugin says.
+CORE_CONFIG_DEFAULTS: dict[str, str] = {
+    "STRICT_MODULE_RWX": "y",
+    "ARCH_HAS_STRICT_MODULE_RWX": "y",
+    "LIVEPATCH": "y",
+    "HAVE_STATIC_CALL_INLINE": "n",
+}
+#: The page size when no plugin answers ``klp_arch_page_size``.
+CORE_PAGE_SIZE = 4096
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -37,19 +47,35 @@ class KernelTarget:
     """The kernel a module is loaded into."""
 
     version: tuple[int, int] = NEWEST
-    strict_module_rwx: bool = True
-    livepatch: bool = True
-    #: free-form options for plugins (e.g. ``{"erratum_843419": True}``)
+    #: ``CONFIG_STRICT_MODULE_RWX``; None: from the config or the arch's default
+    strict_module_rwx: bool | None = None
+    #: ``CONFIG_LIVEPATCH``; None: from the config or the arch's default
+    livepatch: bool | None = None
+    #: free-form options for plugins (e.g. ``{"erratum_843419": True}``); a
+    #: behaviour name from :mod:`klpcore.versions` set to true/false overrides it
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: the kernel's parsed ``.config`` (``--config``), if given
+    config: KernelConfig | None = field(default=None, hash=False, compare=False)
+    #: where :attr:`version` came from: "option" (``--kernel``), "vermagic", "newest"
+    version_source: str = field(default="newest", hash=False, compare=False)
 
     @classmethod
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
         if not text or text == "newest":
             return cls(**kw)
-        return cls(version=parse_version(text), **kw)
+        return cls(version=parse_version(text), **{"version_source": "option", **kw})
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
+
+    def has(self, behaviour: str) -> bool:
+        """Does this kernel have ``behaviour`` (a name in :data:`klpcore.versions.BEHAVIOURS`)?
+
+        ``options[behaviour]`` (true/false) overrides the version rule, for a
+        distribution kernel with a backport."""
+        if behaviour in self.options:
+            return bool(self.options[behaviour])
+        return self.version >= BEHAVIOURS[behaviour].since
 
     @property
     def label(self) -> str:
@@ -57,29 +83,85 @@ class KernelTarget:
 
     @property
     def ksym_name_len(self) -> int:
-        return 512 if self.at_least(6, 1) else 128
+        return 512 if self.has("ksym_name_len_512") else 128
 
     @property
     def layout_style(self) -> str:
-        return "memory" if self.at_least(6, 4) else "legacy"
+        return "memory" if self.has("module_memory") else "legacy"
 
     @property
     def early_vmlinux_klp(self) -> bool:
         """vmlinux-specific klp relocations are applied at module load (5.8+)."""
-        return self.at_least(5, 8)
+        return self.has("early_vmlinux_klp")
 
     @property
     def relocates_percpu(self) -> bool:
-        """``apply_relocations`` relocates the ``.data..percpu`` section (in the
-        temporary image, copied to each CPU later).  Linux 6.1 skips it (its
-        ``SHF_ALLOC`` was cleared); the 6.17 tree applies it.  The release in
-        between that changed it is not confirmed, so only versions from 6.17 get
-        the new behaviour; ``options["relocate_percpu"]`` overrides."""
+        """``apply_relocations`` relocates the ``.data..percpu`` section (6.16+;
+        ``options["relocate_percpu"]`` or ``options["relocates_percpu"]`` override)."""
         if "relocate_percpu" in self.options:
             return bool(self.options["relocate_percpu"])
-        return self.at_least(6, 17)
+        return self.has("relocates_percpu")
 
     @property
     def klp_vmlinux_symbol_check(self) -> bool:
         """Module-specific klp sections may not reference vmlinux symbols (5.8+)."""
-        return self.at_least(5, 8)
+        return self.has("klp_vmlinux_symbol_check")
+
+    @property
+    def messages_with_index(self) -> bool:
+        """Relocation error messages carry the section and entry index (6.19)."""
+        return self.has("reloc_messages_sec_idx")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A build fact of the target kernel and where klpcore got it."""
+
+    name: str
+    value: Any
+    #: "config" (the user's --config), "arch default" (the architecture's common
+    #: distribution setting), "core default", or "option" (-O / KernelTarget field)
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.name}={self.value} ({self.source})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "source": self.source}
+
+
+def config_setting(hooks: ArchHooks | None, kernel: KernelTarget, name: str) -> Setting:
+    """``CONFIG_<name>`` for ``kernel``: from its config (an option absent
+    from a ``.config`` is not set), else the arch's distribution default, else
+    the core's default (``"n"`` when unknown)."""
+    if kernel.config is not None:
+        value = kernel.config.get(name)
+        return Setting(name, "n" if value is None else value, "config")
+    if hooks is not None:
+        answer = hooks.klp_arch_config_default(name=name, kernel=kernel)  # type: ignore[attr-defined]
+        if answer is not None:
+            return Setting(name, str(answer), "arch default")
+    return Setting(name, CORE_CONFIG_DEFAULTS.get(name, "n"), "core default")
+
+
+def config_enabled(hooks: ArchHooks | None, kernel: KernelTarget, name: str) -> bool:
+    return config_setting(hooks, kernel, name).value in ("y", "m")
+
+
+def bool_setting(hooks: ArchHooks | None, kernel: KernelTarget, name: str, override: bool | None) -> Setting:
+    """A yes/no option: ``override`` (a :class:`KernelTarget` field) when set, else :func:`config_setting`."""
+    if override is not None:
+        return Setting(name, "y" if override else "n", "option")
+    return config_setting(hooks, kernel, name)
+
+
+def page_size_setting(hooks: ArchHooks | None, kernel: KernelTarget) -> Setting:
+    """``PAGE_SIZE`` of the target: the arch hook (from the config or its
+    distribution default), else 4096."""
+    if "page_size" in kernel.options:
+        return Setting("PAGE_SIZE", int(kernel.options["page_size"]), "option")
+    if hooks is not None:
+        answer = hooks.klp_arch_page_size(kernel=kernel)  # type: ignore[attr-defined]
+        if answer is not None:
+            return Setting("PAGE_SIZE", int(answer), "config" if kernel.config is not None else "arch default")
+    return Setting("PAGE_SIZE", CORE_PAGE_SIZE, "core default")

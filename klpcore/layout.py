@@ -129,7 +129,7 @@ def _assign(
     sections: Sequence[Section], is_init: Callable[[str], bool], sizes: dict[MemType, int]
 ) -> tuple[dict[MemType, list[tuple[Section, int]]], dict[MemType, int], dict[MemType, int]]:
     """Walk the rows; return per-memtype (section, offset) lists and sizes
-    (``sizes``: what arch setup already reserved)."""
+    (``sizes``: what arch setup reserved before, updated in place)."""
     placed: set[int] = set()
     out: dict[MemType, list[tuple[Section, int]]] = {}
     row_ends: dict[MemType, int] = {}
@@ -160,37 +160,53 @@ def layout_sections(
     is_init: Callable[[str], bool] = default_is_init,
     page_size: int = C.PAGE_SIZE,
     region_bases: dict[MemType, int] | None = None,
+    init_base: int | None = None,
+    page_align_rows: bool = True,
     reserved: Sequence[Reservation] = (),
 ) -> Layout:
     """Lay out the ``SHF_ALLOC`` sections of ``sections`` at ``base``.
 
-    ``region_bases`` pins memory types to chosen addresses (``memory`` style).
-    ``reserved`` come first in their memory types (see :class:`Reservation`).
+    ``page_size`` is the target kernel's ``PAGE_SIZE``.  ``init_base`` places
+    the init memory (the kernel's separate init allocation) there; by default
+    it follows the core memory.  ``region_bases`` pins memory types to chosen
+    addresses (``memory`` style).  ``page_align_rows`` (``legacy`` style) is the
+    kernel's ``strict_align``/``debug_align``: False packs the rows with no page
+    alignment at all (a kernel without ``STRICT_MODULE_RWX`` support, e.g. ppc64
+    before 5.14).  ``reserved`` come first in their memory types (see
+    :class:`Reservation`).
     """
     if base % page_size:
-        raise ValueError(f"base address {base:#x} is not page aligned")
-    sizes: dict[MemType, int] = {}
+        raise ValueError(f"base address {base:#x} is not aligned to the page size {page_size:#x}")
+    if init_base is not None and init_base % page_size:
+        raise ValueError(f"init base address {init_base:#x} is not aligned to the page size {page_size:#x}")
+    lay = Layout(style=style, base=base)
+    # reservations are counted per memory type (legacy: per core/init allocation)
+    used: dict[MemType | bool, int] = {}
     res_offsets: list[tuple[Reservation, int]] = []
     for r in reserved:
-        off = align(sizes.get(r.memtype, 0), r.align or 1)
-        sizes[r.memtype] = off + r.size
+        key: MemType | bool = r.memtype if style == "memory" else r.memtype.is_init
+        off = align(used.get(key, 0), r.align or 1)
+        used[key] = off + r.size
         res_offsets.append((r, off))
-    has_res = {r.memtype for r in reserved if r.size}
-    groups, sizes, _ = _assign(sections, is_init, sizes)
-    lay = Layout(style=style, base=base)
 
-    def place_reserved(mt: MemType, start: int, rel: int = 0) -> None:
+    def place_reserved(mt: MemType, start: int) -> None:
         for k, (r, off) in enumerate(res_offsets):
             if r.memtype == mt:
-                lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, mt, rel + off, start + off, r.size)
+                lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, mt, off, start + off, r.size)
 
     if style == "memory":
+        has_res = {r.memtype for r in reserved if r.size}
+        sizes = {k: v for k, v in used.items() if isinstance(k, MemType)}
+        groups, sizes, _ = _assign(sections, is_init, sizes)
         addr = base
+        pinned = dict(region_bases or {})
         for mt in _MEMORY_ORDER:
             if sizes.get(mt, 0) == 0 and not groups.get(mt) and mt not in has_res:
                 continue
+            if mt.is_init and init_base is not None:
+                addr, init_base = init_base, None  # the first init type starts the init allocation
             size = sizes.get(mt, 0)
-            start = (region_bases or {}).get(mt, addr)
+            start = pinned.get(mt, addr)
             lay.regions[mt] = Region(mt, start, size, align(max(size, 1), page_size))
             for s, off in groups.get(mt, []):
                 lay.placements[s.index] = Placement(s.index, s.name, mt, off, start + off, s.size)
@@ -199,24 +215,64 @@ def layout_sections(
         return lay
     if style != "legacy":
         raise ValueError(f"unknown layout style {style!r}")
-    # legacy: core = TEXT | RODATA | RO_AFTER_INIT | DATA, init = INIT_TEXT | INIT_RODATA | INIT_DATA
+    legacy = _legacy(sections, base, is_init, page_size if page_align_rows else 1, init_base, used)
+    for mt in (MemType.TEXT, MemType.INIT_TEXT):  # an allocation starts with its text row
+        if mt in legacy.regions:
+            for k, (r, off) in enumerate(res_offsets):
+                if r.memtype.is_init == mt.is_init:
+                    addr = legacy.regions[mt].address + off
+                    lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, r.memtype, off, addr, r.size)
+    legacy.reserved = lay.reserved
+    return legacy
+
+
+def _legacy(
+    sections: Sequence[Section],
+    base: int,
+    is_init: Callable[[str], bool],
+    row_align: int,
+    init_base: int | None,
+    reserved: dict[MemType | bool, int],
+) -> Layout:
+    """Before 6.4: one core and one init allocation (``core_layout``/``init_layout``);
+    each section at ``ALIGN(size, sh_addralign)`` of its allocation, the size
+    aligned to ``row_align`` after the text, rodata and ro_after_init rows and at
+    the end.  The init allocation follows the core one unless ``init_base`` is given.
+    ``reserved``: bytes arch setup reserved at the start of the core (key
+    False) and init (True) allocations, before their sections."""
+    lay = Layout(style="legacy", base=base)
+    placed: set[int] = set()
     addr = base
-    for kinds in (
-        (MemType.TEXT, MemType.RODATA, MemType.RO_AFTER_INIT, MemType.DATA),
-        (MemType.INIT_TEXT, MemType.INIT_RODATA, MemType.INIT_DATA),
-    ):
-        if not any(groups.get(k) or k in has_res for k in kinds):
+    for init in (False, True):
+        size = 0
+        size = reserved.get(init, 0)  # the kernel's frob grew core/init size before layout
+        members: list[tuple[Section, MemType, int]] = []
+        row_ends: list[tuple[MemType, int]] = []
+        for row, (req, excl, core_t, init_t) in enumerate(_ROWS):
+            mt = init_t if init else core_t
+            for s in sections:
+                if s.index == 0 or s.index in placed:
+                    continue
+                if (s.flags & req) != req or (s.flags & excl) or is_init(s.name) != init:
+                    continue
+                if mt is None:  # ro_after_init has no init memory: the kernel warns and skips
+                    continue
+                placed.add(s.index)
+                off = align(size, s.addralign or 1)
+                size = off + s.size
+                members.append((s, mt, off))
+            if row != 3:  # text_size, ro_size, ro_after_init_size, and the whole size at the end
+                size = align(size, row_align)
+                if mt is not None:
+                    row_ends.append((mt, size))
+        if not members and not size:
             continue
-        start = addr
-        offset = 0
-        for k in kinds:
-            region_start = offset
-            for s, off in groups.get(k, []):
-                real = region_start + off  # region_start is page aligned
-                lay.placements[s.index] = Placement(s.index, s.name, k, real, start + real, s.size)
-            place_reserved(k, start + region_start, region_start)
-            # strict_align after the text, rodata and ro_after_init rows; debug_align at the end
-            offset = align(region_start + sizes.get(k, 0), page_size)
-            lay.regions[k] = Region(k, start + region_start, offset - region_start, offset - region_start)
-        addr = start + offset
+        start = init_base if init and init_base is not None else addr
+        for s, mt, off in members:
+            lay.placements[s.index] = Placement(s.index, s.name, mt, off, start + off, s.size)
+        begin = 0
+        for mt, end in row_ends:
+            lay.regions[mt] = Region(mt, start + begin, end - begin, end - begin)
+            begin = end
+        addr = start + size
     return lay

@@ -38,8 +38,8 @@ from .arch import ArchSpec
 from .constants import MemType, ModuleState
 from .elf import ElfModule, Section
 from .engine import ApplyContext, SectionContext, StagedMemory
-from .errors import Diagnostic, ElfFormatError, KlpError, RelocationError, ResolutionError
-from .kernel import KernelTarget
+from .errors import Diagnostic, ElfFormatError, InputError, KlpError, RelocationError, ResolutionError
+from .kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
 from .layout import Layout, Reservation, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
 from .memory import BytesBackend, MemoryBackend, ModuleImage, Region, WriteRecord, default_policy
@@ -54,6 +54,8 @@ MAX_IMAGE = 1 << 30
 UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_ext_names")
 #: Sections ``module_mark_ro_after_init`` marks.
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
+#: Marked too since 6.16 with ``CONFIG_HAVE_STATIC_CALL_INLINE``.
+STATIC_CALL_SITES = ".static_call_sites"
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,12 @@ class LoadingModule:
     arch_state: dict[str, Any] = field(default_factory=dict)
     layout: Layout = field(default=None)  # type: ignore[assignment]
     extra_addresses: dict[int, int] = field(default_factory=dict)  # percpu
+    #: build facts used for this module (page size, STRICT_MODULE_RWX, ...) and
+    #: where they came from (config, arch default, core default)
+    settings: dict[str, Setting] = field(default_factory=dict)
+
     #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
     reservations: list[Reservation] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.elf.name
 
     def reserve(self, memtype: MemType, name: str, size: int, align: int = 1) -> Reservation:
         """Arch setup: reserve ``size`` bytes at the start of ``memtype``,
@@ -119,6 +121,15 @@ class LoadingModule:
         r = Reservation(name, memtype, size, align)
         self.reservations.append(r)
         return r
+
+    @property
+    def page_size(self) -> int:
+        setting = self.settings.get("PAGE_SIZE")
+        return int(setting.value) if setting else C.PAGE_SIZE
+
+    @property
+    def name(self) -> str:
+        return self.elf.name
 
     def section_by_name(self, name: str) -> Section | None:
         for s in self.sections:
@@ -169,13 +180,31 @@ class Loader:
         )
 
     # ---------------------------------------------------------------- layout
-    def prepare(self, mod: LoadingModule, base: int = DEFAULT_BASE) -> None:
-        """Steps 1-4: section rewriting, arch setup, checks, layout."""
+    def settings(self, mod: LoadingModule) -> dict[str, Setting]:
+        """The build facts the core uses for ``mod``, with their source."""
+        k = self.kernel
+        out = {
+            "PAGE_SIZE": page_size_setting(mod.hooks, k),
+            "STRICT_MODULE_RWX": bool_setting(mod.hooks, k, "STRICT_MODULE_RWX", k.strict_module_rwx),
+            "ARCH_HAS_STRICT_MODULE_RWX": config_setting(mod.hooks, k, "ARCH_HAS_STRICT_MODULE_RWX"),
+            "LIVEPATCH": bool_setting(mod.hooks, k, "LIVEPATCH", k.livepatch),
+        }
+        if k.has("static_call_sites_ro_after_init"):
+            out["HAVE_STATIC_CALL_INLINE"] = config_setting(mod.hooks, k, "HAVE_STATIC_CALL_INLINE")
+        return out
+
+    def prepare(self, mod: LoadingModule, base: int = DEFAULT_BASE, init_base: int | None = None) -> None:
+        """Steps 1-4: section rewriting, arch setup, checks, layout.
+
+        ``init_base`` places the init memory (the kernel's separate init
+        allocation) there; by default it follows the core memory."""
+        mod.settings = self.settings(mod)
+        on = {name: st.value in ("y", "m") for name, st in mod.settings.items() if name != "PAGE_SIZE"}
         for s in mod.sections:
             if s.name in UNLOADED_SECTIONS:
                 s.flags &= ~C.SHF_ALLOC
         mod.hooks.klp_arch_frob_sections(module=mod, kernel=self.kernel)  # type: ignore[attr-defined]
-        if self.kernel.strict_module_rwx:
+        if on["STRICT_MODULE_RWX"]:
             bad = [s for s in mod.sections if s.flags & C.SHF_WRITE and s.flags & C.SHF_EXECINSTR]
             if bad:
                 raise ElfFormatError(
@@ -195,8 +224,11 @@ class Loader:
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
             mod.extra_addresses[percpu.index] = self.percpu_base
+        ro_after_init: tuple[str, ...] = RO_AFTER_INIT_SECTIONS
+        if on.get("HAVE_STATIC_CALL_INLINE"):
+            ro_after_init += (STATIC_CALL_SITES,)
         for s in mod.sections:
-            if s.name in RO_AFTER_INIT_SECTIONS:
+            if s.name in ro_after_init:
                 s.flags |= C.SHF_RO_AFTER_INIT
 
         def is_init(name: str) -> bool:
@@ -205,9 +237,23 @@ class Loader:
                     return bool(answer)
             return name.startswith(".init")
 
-        mod.layout = layout_sections(
-            mod.sections, base, style=self.kernel.layout_style, is_init=is_init, reserved=mod.reservations
-        )
+        # legacy layout: strict_align (6.0-6.3, CONFIG_STRICT_MODULE_RWX) or
+        # debug_align (before 6.0, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
+        rwx = "STRICT_MODULE_RWX" if self.kernel.has("strict_align_config") else "ARCH_HAS_STRICT_MODULE_RWX"
+        page_size = mod.page_size
+        try:
+            mod.layout = layout_sections(
+                mod.sections,
+                base,
+                style=self.kernel.layout_style,
+                is_init=is_init,
+                page_size=page_size,
+                init_base=init_base,
+                page_align_rows=on[rwx],
+                reserved=mod.reservations,
+            )
+        except ValueError as exc:
+            raise InputError(Diagnostic(str(exc), module=mod.name)) from None
 
     def _image(self, mod: LoadingModule) -> ModuleImage:
         total = sum(r.alloc_size for r in mod.layout.regions.values())
@@ -228,8 +274,9 @@ class Loader:
         for index, addr in mod.extra_addresses.items():
             size = mod.sections[index].size
             if size:
-                extra.append(Region(MemType.DATA, addr, (size + C.PAGE_SIZE - 1) & ~(C.PAGE_SIZE - 1)))
-        image = ModuleImage(regions + extra, backend=self.backend or BytesBackend(), module=mod.name)
+                extra.append(Region(MemType.DATA, addr, (size + mod.page_size - 1) & ~(mod.page_size - 1)))
+        strict = mod.settings["STRICT_MODULE_RWX"].value in ("y", "m") if mod.settings else True
+        image = ModuleImage(regions + extra, backend=self.backend or BytesBackend(), module=mod.name, strict_rwx=strict)
         for p in mod.layout.placements.values():
             if mod.sections[p.index].is_nobits or mod.elf.sections[p.index].is_nobits:
                 continue  # zero-filled by the allocation
@@ -251,17 +298,19 @@ class Loader:
         symbols: KernelSymbols,
         base: int = DEFAULT_BASE,
         *,
+        init_base: int | None = None,
         enable: bool = True,
     ) -> LoadedModule:
-        """Load ``module`` against ``symbols`` at ``base`` and, for a livepatch
-        module, enable it for every patched object present in ``symbols``.
+        """Load ``module`` against ``symbols`` at ``base`` (init memory at
+        ``init_base``, if given) and, for a livepatch module, enable it for
+        every patched object present in ``symbols``.
 
         Raises a :class:`~klpcore.errors.KlpError` subclass on the first phase
         that fails; the returned object records every phase that succeeded.
         """
         mod = module if isinstance(module, LoadingModule) else self.open(module)
         if mod.layout is None:
-            self.prepare(mod, base)
+            self.prepare(mod, base, init_base)
         image = self._image(mod)
         loaded = LoadedModule(self, mod, image, symbols)
         errors = loaded._simplify_symbols()
@@ -288,13 +337,17 @@ class ResolveReport:
 
 
 def resolve_module(
-    loader: Loader, module: LoadingModule | str | os.PathLike[str], symbols: KernelSymbols, base: int = DEFAULT_BASE
+    loader: Loader,
+    module: LoadingModule | str | os.PathLike[str],
+    symbols: KernelSymbols,
+    base: int = DEFAULT_BASE,
+    init_base: int | None = None,
 ) -> ResolveReport:
     """Resolve without applying: ``simplify_symbols`` plus ``klp_resolve_symbols``
     for every livepatch section, collecting every failure."""
     mod = module if isinstance(module, LoadingModule) else loader.open(module)
     if mod.layout is None:
-        loader.prepare(mod, base)
+        loader.prepare(mod, base, init_base)
     loaded = LoadedModule(loader, mod, loader._image(mod), symbols)
     errors = loaded._simplify_symbols()
     staged = StagedMemory(loaded.image, loaded._placed())

@@ -130,6 +130,9 @@ class ModuleImage:
     state: ModuleState = ModuleState.UNFORMED
     log: list[WriteRecord] = field(default_factory=list)
     module: str = ""
+    #: ``CONFIG_STRICT_MODULE_RWX``: without it ``module_enable_ro``/``_nx`` do
+    #: nothing and every region stays writable (e.g. ppc64 before 5.14)
+    strict_rwx: bool = True
 
     def __post_init__(self) -> None:
         self.regions.sort(key=lambda r: r.address)
@@ -157,9 +160,12 @@ class ModuleImage:
 
     # ------------------------------------------------------------- protection
     def form(self) -> None:
-        """``complete_formation``: rodata RO, data NX, text RO+X; state COMING."""
+        """``complete_formation``: rodata RO, data NX, text RO+X; state COMING.
+        Without ``strict_rwx`` every region stays read-write-execute."""
         for r in self.regions:
-            if r.memtype.is_text:
+            if not self.strict_rwx:
+                r.perms = Perm.R | Perm.W | Perm.X
+            elif r.memtype.is_text:
                 r.perms = Perm.R | Perm.X
             elif r.memtype in (MemType.RODATA, MemType.INIT_RODATA):
                 r.perms = Perm.R
@@ -170,7 +176,7 @@ class ModuleImage:
     def go_live(self) -> None:
         """After ``do_init_module``: ro_after_init RO, init memory freed, state LIVE."""
         for r in self.regions:
-            if r.memtype == MemType.RO_AFTER_INIT:
+            if r.memtype == MemType.RO_AFTER_INIT and self.strict_rwx:
                 r.perms = Perm.R
         self.regions = [r for r in self.regions if not r.memtype.is_init]
         self._starts = [r.address for r in self.regions]

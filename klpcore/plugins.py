@@ -48,6 +48,8 @@ _HOOKS = (
     "klp_arch_clear_section",
     "klp_arch_finalize",
     "klp_arch_write_method",
+    "klp_arch_page_size",
+    "klp_arch_config_default",
 )
 
 

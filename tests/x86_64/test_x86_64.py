@@ -237,7 +237,9 @@ def test_disasm_decodes_sites_and_targets(capsys) -> None:
 
     ex = Path(__import__("klpcore_x86_64").__file__).parent / "examples"
     assert main(["disasm", str(ex / "klpdemo.ko"), "-s", str(ex / "System.map"), "--json"]) == 0
-    sites = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out)
+    assert report["kernel"]["version"] == "6.1" and report["kernel"]["version_source"].startswith("vermagic 6.1.")
+    sites = report["sites"]
     thunk = [s for s in sites if s["symbol"] == "__x86_indirect_thunk_rax"]
     assert thunk
     symaddr = next(

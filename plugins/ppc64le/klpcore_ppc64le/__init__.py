@@ -159,9 +159,22 @@ OTHER_TYPES = {
 }
 
 
+#: options that are kernel .config facts: option name -> CONFIG_ name
+_CONFIG_OPTIONS = {
+    "dynamic_ftrace": "DYNAMIC_FTRACE",
+    "dynamic_ftrace_with_regs": "DYNAMIC_FTRACE_WITH_REGS",
+    "mprofile_kernel": "MPROFILE_KERNEL",
+}
+
+
 def option(kernel: KernelTarget, name: str) -> Any:
-    """``kernel.options[name]``, or this plugin's default."""
-    return kernel.options.get(name, DEFAULT_OPTIONS[name])
+    """``kernel.options[name]``, else the kernel's ``.config`` (``--config``)
+    for build facts, else this plugin's default."""
+    if name in kernel.options:
+        return kernel.options[name]
+    if kernel.config is not None and name in _CONFIG_OPTIONS:
+        return kernel.config.enabled(_CONFIG_OPTIONS[name])
+    return DEFAULT_OPTIONS[name]
 
 
 #: kernel-build addresses the plugin can read from vmlinux's symbols when no
@@ -749,6 +762,37 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
     return reloc_types(kernel)
+
+
+#: ``PAGE_SIZE`` with ``CONFIG_PPC_64K_PAGES``: the Book3S-64 Kconfig default
+#: and what Debian, Fedora, RHEL, SUSE and Ubuntu ppc64el kernels use.
+PAGE_64K = 1 << 16
+
+
+@hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """64 KiB unless the config says ``CONFIG_PPC_4K_PAGES`` (or 16K/256K on
+    other PowerPC platforms, which this ELFv2 plugin does not model)."""
+    cfg = kernel.config
+    if cfg is not None and cfg.enabled("PPC_4K_PAGES"):
+        return 4096
+    return PAGE_64K
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    """Distribution ppc64el settings; Book3S-64 selects
+    ``ARCH_HAS_STRICT_MODULE_RWX`` only from 5.14 (before it, module memory is
+    never made read-only and the legacy layout does not page-align)."""
+    if name in ("STRICT_MODULE_RWX", "ARCH_HAS_STRICT_MODULE_RWX"):
+        return "y" if kernel.has("ppc64_strict_module_rwx") else "n"
+    if name in _CONFIG_OPTIONS.values():
+        return "y"
+    if name == "LIVEPATCH":
+        return "y"  # Fedora/RHEL/SUSE/Ubuntu; Debian's ppc64el kernel has it off
+    if name in ("HAVE_STATIC_CALL_INLINE", "PPC_FTRACE_OUT_OF_LINE", "PPC_KERNEL_PCREL"):
+        return "n"
+    return None
 
 
 def count_relocs(relas: np.ndarray, rtype: int) -> int:

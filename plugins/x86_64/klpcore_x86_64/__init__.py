@@ -136,6 +136,26 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
     return reloc_types(kernel)
 
 
+#: x86_64 distribution kernels (Debian, Fedora, RHEL, SUSE, Ubuntu) all set these.
+CONFIG_DEFAULTS = {
+    "STRICT_MODULE_RWX": "y",
+    "ARCH_HAS_STRICT_MODULE_RWX": "y",
+    "LIVEPATCH": "y",
+    "HAVE_STATIC_CALL_INLINE": "y",  # selected with objtool on x86_64
+}
+
+
+@hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """x86_64 has 4 KiB pages only."""
+    return 4096
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    return CONFIG_DEFAULTS.get(name)
+
+
 @hookimpl
 def klp_arch_write_method(image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget) -> str:
     """``write_relocate_add`` uses memcpy while the module is unformed and

@@ -1,0 +1,230 @@
+"""Which behaviour starts in which kernel release: the one table.
+
+Every version-dependent decision in klpcore and its plugins asks
+:meth:`klpcore.kernel.KernelTarget.has` with a name from :data:`BEHAVIOURS`;
+nothing else compares version numbers.  ``docs/versions.md`` is generated from
+this table (``python -m klpcore.versions > docs/versions.md``) and a test checks
+that it is up to date; ``tests/core/test_versions.py`` tests each boundary on
+both sides.
+
+A behaviour's ``since`` is the first mainline release that has it (the
+merge window it was pulled in).  Stable trees may carry backports; the entry
+says so where known, and ``-O <name>=true|false`` overrides any behaviour for
+one run.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One kernel behaviour that begins in a given release."""
+
+    name: str
+    since: tuple[int, int]
+    arch: str  # "core", "x86_64", "ppc64le", ...
+    description: str
+    #: where in the kernel it changed (commit subject or file), for reviewers
+    source: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.since[0]}.{self.since[1]}"
+
+
+#: The newest released kernel whose rules klpcore models (the default target
+#: when a module carries no usable ``vermagic``).
+NEWEST: tuple[int, int] = (6, 19)
+#: The oldest kernel klpcore models (the 2015 livepatch RFC era).
+OLDEST: tuple[int, int] = (4, 3)
+
+_TABLE = [
+    Behaviour(
+        "module_rwx_helpers",
+        (4, 5),
+        "core",
+        "livepatch makes module text writable around late writes with module_disable_ro/module_enable_ro "
+        "(before: set_memory_rw/set_memory_ro on the core text, the 2015 RFC era)",
+        "kernel/livepatch/core.c klp_write_object_relocations (4.5)",
+    ),
+    Behaviour(
+        "final_klp_format",
+        (4, 7),
+        "core",
+        "the final livepatch ELF format: .klp.rela.<obj>.<sec> sections with SHF_RELA_LIVEPATCH and "
+        ".klp.sym.<obj>.<name>,<pos> symbols in SHN_LIVEPATCH (before: the 2015 RFC __klp_rela_ prototype)",
+        "livepatch: reuse module loader code to write relocations (4.7)",
+    ),
+    Behaviour(
+        "early_vmlinux_klp",
+        (5, 8),
+        "core",
+        "vmlinux-specific .klp.rela sections are applied at module load by apply_relocations "
+        "(before: at patch enable, with the module sections)",
+        "livepatch: Apply vmlinux-specific KLP relocations early (5.8)",
+    ),
+    Behaviour(
+        "klp_vmlinux_symbol_check",
+        (5, 8),
+        "core",
+        "a module-specific .klp.rela section may not reference a vmlinux symbol "
+        '("invalid access to vmlinux symbol ...")',
+        "livepatch: Prevent module-specific KLP rela sections from referencing vmlinux symbols (5.8)",
+    ),
+    Behaviour(
+        "x86_text_poke",
+        (5, 8),
+        "x86_64",
+        "late (livepatch) relocations are written with text_poke (before: module_disable_ro + plain stores)",
+        "x86/module: Use text_poke() for late relocations (5.8)",
+    ),
+    Behaviour(
+        "ignore_undef_symbol",
+        (5, 12),
+        "core",
+        "an undefined _GLOBAL_OFFSET_TABLE_ is ignored on x86 (ignore_undef_symbol); before, it is 'Unknown symbol'",
+        "module: Ignore _GLOBAL_OFFSET_TABLE_ when warning for undefined symbols (5.12; in later 5.10.y)",
+    ),
+    Behaviour(
+        "ppc64_strict_module_rwx",
+        (5, 14),
+        "ppc64le",
+        "Book3S-64 selects ARCH_HAS_STRICT_MODULE_RWX: module text becomes read-only and the legacy layout "
+        "page-aligns its rows (before: packed rows, writable text)",
+        "powerpc: Set ARCH_HAS_STRICT_MODULE_RWX (5.14)",
+    ),
+    Behaviour(
+        "ppc64_patch_instruction",
+        (5, 16),
+        "ppc64le",
+        "stubs, REL24 fields and the r2 restore are written with patch_instruction (so late livepatch "
+        "writes reach read-only text); in stable 5.15.y too",
+        "powerpc/module_64: Fix livepatching for RO modules (5.16)",
+    ),
+    Behaviour(
+        "strict_align_config",
+        (6, 0),
+        "core",
+        "the legacy layout page-aligns its rows when CONFIG_STRICT_MODULE_RWX is set (strict_align); before, "
+        "when the arch has CONFIG_ARCH_HAS_STRICT_MODULE_RWX (debug_align)",
+        "module: Move strict rwx support to a separate file (5.19/6.0 kernel/module/ split)",
+    ),
+    Behaviour(
+        "ksym_name_len_512",
+        (6, 1),
+        "core",
+        "KSYM_NAME_LEN is 512: .klp.sym names are parsed with %55[^.].%511[^,] (before: %127[^,])",
+        "kallsyms: increase maximum kernel symbol length to 512 (6.1)",
+    ),
+    Behaviour(
+        "klp_newline_fix",
+        (6, 2),
+        "core",
+        "the 'invalid access to vmlinux symbol' message ends with a newline (no effect on klpcore's text)",
+        "livepatch: add missing newline to error message (6.2)",
+    ),
+    Behaviour(
+        "x86_write_relocate_add",
+        (6, 3),
+        "x86_64",
+        "x86 checks the 32/32S range before writing and reports 'Invalid relocation target' (before: writes the "
+        "truncated value, then reports; 'Skipping invalid relocation target'); clear_relocate_add zeroes a "
+        "livepatch object's relocations when it unloads",
+        "livepatch,x86: Clear relocation targets on a module removal (6.3)",
+    ),
+    Behaviour(
+        "ppc64_restore_r2_accepts_ld",
+        (6, 3),
+        "ppc64le",
+        "restore_r2 accepts an existing 'ld r2,24(r1)' after a call (re-applied livepatch relocations); "
+        "before, anything but a nop is 'Expected nop after call'",
+        'powerpc/module_64: Fix "expected nop" error on module re-patching (6.3)',
+    ),
+    Behaviour(
+        "module_memory",
+        (6, 4),
+        "core",
+        "one allocation per memory type (struct module_memory: MOD_TEXT, MOD_DATA, ...); before, one core and "
+        "one init allocation (core_layout/init_layout)",
+        "module: replace module_layout with module_memory (6.4)",
+    ),
+    Behaviour(
+        "ppc64_ool_ftrace_stubs",
+        (6, 13),
+        "ppc64le",
+        "with CONFIG_PPC_FTRACE_OUT_OF_LINE (a compiler with working patchable-function-entry) .stubs also "
+        "holds the out-of-line ftrace stubs of __patchable_function_entries, reserved after the load-time stubs",
+        "powerpc64/ftrace: Move ftrace sequence out of line (6.13)",
+    ),
+    Behaviour(
+        "relocates_percpu",
+        (6, 16),
+        "core",
+        "apply_relocations also relocates the .data..percpu section (before: skipped, its SHF_ALLOC was "
+        "cleared); the fix carries a Fixes: tag and may be in stable trees",
+        "module: Make sure relocations are applied to the per-CPU section (modules-6.16-rc6 fixes)",
+    ),
+    Behaviour(
+        "static_call_sites_ro_after_init",
+        (6, 16),
+        "core",
+        "module_mark_ro_after_init also marks .static_call_sites (with CONFIG_HAVE_STATIC_CALL_INLINE), so it "
+        "is laid out in MOD_RO_AFTER_INIT instead of MOD_DATA",
+        "module: Make .static_call_sites read-only after init (modules-6.16)",
+    ),
+    Behaviour(
+        "ppc64_stub_count",
+        (6, 17),
+        "ppc64le",
+        ".stubs has no terminating spare slot and stub_for_addr allocates at me->arch.stub_count "
+        "(before: one extra slot, and the first slot whose funcdata is zero)",
+        "powerpc64/modules: fix ool-ftrace-stub vs. livepatch relocation corruption (6.17)",
+    ),
+    Behaviour(
+        "reloc_messages_sec_idx",
+        (6, 19),
+        "core",
+        "relocation error messages name the relocation section and entry index (x86: 'sec %u, idx %u', "
+        "unhashed loc; livepatch: 'at rela sec %u idx %d')",
+        "x86/module, livepatch: print section and index in relocation errors (6.19)",
+    ),
+]
+
+#: behaviour name -> :class:`Behaviour`
+BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in _TABLE}
+
+
+def since(name: str) -> tuple[int, int]:
+    """The first release with behaviour ``name`` (KeyError for an unknown name)."""
+    return BEHAVIOURS[name].since
+
+
+def render_markdown() -> str:
+    """``docs/versions.md``: the table, for users."""
+    lines = [
+        "# Kernel versions: which behaviour starts where",
+        "",
+        "<!-- Generated from klpcore/versions.py by `python -m klpcore.versions > docs/versions.md`;",
+        "     tests/core/test_versions.py fails when this file and the table differ. -->",
+        "",
+        "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
+        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-amd64` -> 6.1), and the",
+        f"newest modelled release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
+        "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
+        "kernel with a backport).",
+        "",
+        "| behaviour | since | arch | what changes | kernel change |",
+        "|---|---|---|---|---|",
+    ]
+    for b in sorted(_TABLE, key=lambda b: (b.since, b.name)):
+        desc, src = (t.replace("|", "\\|") for t in (b.description, b.source))
+        lines.append(f"| `{b.name}` | {b.label} | {b.arch} | {desc} | {src} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(render_markdown())
