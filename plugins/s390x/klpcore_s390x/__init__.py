@@ -9,7 +9,8 @@
   hold S; PLT entries are 22 bytes (expoline variant with ``-O expoline=y``);
   calls go through the PLT when the target is out of ``brasl`` range.
 * ``protection``: ``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+).
-* ``versions``: the version and configuration table.
+* ``options``: configuration (``CONFIG_EXPOLINE``) and page size; versions
+  are in the core's table (``s390_kernel_write``, ``s390_gotent_got_offset``).
 
 The kernel's other ``module_finalize`` work (alternatives, expoline reverts,
 ftrace hotpatch trampolines) rewrites code after relocation and is not
@@ -23,18 +24,14 @@ from collections.abc import Sequence
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
 from klpcore.engine import ApplyContext, SectionContext, apply_section
-from klpcore.errors import Diagnostic
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
 from klpcore.memory import ModuleImage, Region
 
-from . import gotplt, identify, protection, types, versions
+from . import gotplt, identify, options, protection, types
 from .identify import ARCHES, EM_S390, EM_S390_OLD
 
-__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "protection", "types", "versions"]
-
-#: the page size of s390 (4 KiB on every configuration)
-PAGE_SIZE = 4096
+__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
 
 
 @hookimpl
@@ -65,15 +62,18 @@ def klp_arch_apply_section(ctx: SectionContext) -> bool:
 def klp_arch_finalize(ctx: ApplyContext) -> None:
     """``module_finalize``: the expoline thunk."""
     gotplt.finalize(ctx)
-    if not versions.has(ctx.kernel, "plt22"):
-        ctx.diagnostics.append(
-            Diagnostic(
-                f"target kernel {ctx.kernel.label}: klpcore models s390 module loading from 6.1 on (22-byte PLT "
-                "entries); older kernels used 20-byte entries, so GOT/PLT bytes may differ",
-                severity="warning",
-                module=ctx.module.name,
-            )
-        )
+
+
+@hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """4 KiB: s390 has no other page size."""
+    return options.PAGE_SIZE
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    """Debian 6.1's s390x configuration (``options.CONFIG_DEFAULTS``)."""
+    return options.CONFIG_DEFAULTS.get(name)
 
 
 @hookimpl

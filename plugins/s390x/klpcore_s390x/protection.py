@@ -16,8 +16,6 @@ from klpcore.constants import ModuleState
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage
 
-from .versions import has
-
 MEMCPY = "memcpy"
 S390_KERNEL_WRITE = "s390_kernel_write"
 MODULE_DISABLE_RO = "module_disable_ro"
@@ -27,4 +25,4 @@ def write_method(image: ModuleImage, kernel: KernelTarget) -> str:
     """The primitive a write of ``apply_relocate_add`` uses in ``image``'s state."""
     if image.state == ModuleState.UNFORMED:
         return MEMCPY
-    return S390_KERNEL_WRITE if has(kernel, "late_write") else MODULE_DISABLE_RO
+    return S390_KERNEL_WRITE if kernel.has("s390_kernel_write") else MODULE_DISABLE_RO
