@@ -492,6 +492,8 @@ def _plain_stores_allowed(ctx: SectionContext, types: np.ndarray, syms: np.ndarr
 def _overlaps(offs: np.ndarray, widths: np.ndarray) -> bool:
     if offs.size < 2:
         return False
+    if bool(np.all(offs[1:] >= offs[:-1])):  # already in offset order (compilers emit it so): no sort
+        return bool(np.any(offs[1:] < offs[:-1] + widths[:-1]))
     order = np.argsort(offs, kind="stable")
     o = offs[order]
     w = widths[order]

@@ -238,25 +238,27 @@ def fill(ctx: SectionContext) -> None:
     ):
         if not mask.any():
             continue
-        idx = np.flatnonzero(mask)
-        uniq, first = np.unique(syms[idx], return_index=True)
+        s = syms[mask]
         init: np.ndarray = ctx.state[init_key]
-        offsets: np.ndarray = ctx.state[off_key][uniq]
-        new = init[uniq] == 0
-        if new.any():
-            s = uniq[new]
-            off = offsets[new].astype(np.uint64)
+        state = init[s]
+        if (state == 0).any():
+            mark = np.zeros(init.size, dtype=bool)  # each new symbol once
+            mark[s[state == 0]] = True
+            new = np.flatnonzero(mark)
+            off = ctx.state[off_key][new].astype(np.uint64)
             buf = ctx.staged.buffer(key)
-            values = ctx.symvals[s]
+            values = ctx.symvals[new]
             if entry == GOT_ENTRY_SIZE:
                 scatter(buf, off, 8, "big", values)
             else:
                 rows = plt_entries(U64(base) + off, values, _thunk(ctx))
                 buf[off.astype(np.int64)[:, None] + np.arange(PLT_ENTRY_SIZE)] = rows
-            init[s] = gen
-        old = ~new & (init[uniq] < gen)
-        if old.any():
-            _warn_reuse(ctx, uniq[old], idx[first[old]], offsets[old], base, entry, init)
+            init[new] = gen
+        earlier = (state != 0) & (state < gen)
+        if earlier.any():
+            idx = np.flatnonzero(mask)[earlier]
+            uniq, first = np.unique(syms[idx], return_index=True)
+            _warn_reuse(ctx, uniq, idx[first], ctx.state[off_key][uniq], base, entry, init)
 
 
 def _warn_reuse(
