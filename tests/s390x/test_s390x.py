@@ -28,7 +28,6 @@ from klpcore.symbols import parse_symbol_text
 from klpcore.testing.klpify import KlpSym, klpify
 
 s390 = pytest.importorskip("klpcore_s390x")
-capstone = pytest.importorskip("capstone")
 
 FIX = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIX / "manifest.json").read_text())
@@ -319,6 +318,7 @@ def test_plt16dbl_boundary() -> None:
     [{"expoline": "y"}, {"config": "CONFIG_EXPOLINE=y\n"}],
 )
 def test_expoline_plt_and_thunk(how) -> None:
+    capstone = pytest.importorskip("capstone")
     lm = load("mod_calls.o", **how)
     plt_addr, plt = lm.reserved_bytes(PLT)
     n = len(plt) // 22 - 1  # the last slot is the __jump_r1 thunk
@@ -433,6 +433,7 @@ def test_output_elf_shows_got_and_plt() -> None:
 
 
 def test_capstone_and_insn_target() -> None:
+    capstone = pytest.importorskip("capstone")
     lm = load("all_types.o")
     _, addr, data = section(lm, ".text")
     md = capstone.Cs(capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN)
