@@ -32,9 +32,13 @@ from klpcore.errors import KlpError
 from klpcore.loader import layout_module_for_symbols
 from klpcore.symbols import parse_symbol_text
 
+PERCPU = ".data..percpu"
 
-def module_symbols(paths: list[Path], start: int) -> str:
-    """kallsyms lines for every module, each laid out after the previous one."""
+
+def module_symbols(paths: list[Path], start: int, percpu: int) -> str:
+    """kallsyms lines for every module, each laid out after the previous one;
+    per-CPU variables (``.data..percpu``, e.g. x_tables' exported ``xt_recseq``)
+    at consecutive offsets of the per-CPU area from ``percpu``."""
     lines: list[str] = []
     addr = start
     for p in paths:
@@ -45,6 +49,12 @@ def module_symbols(paths: list[Path], start: int) -> str:
             lines.append(f"{value:016x} {kind} {sym}\t[{name}]")
             end = max(end, value)
         addr = (end + 0x100000 + 0xFFFFF) & ~0xFFFFF  # room for the last section, next MiB
+        pcpu = elf.section_by_name(PERCPU)
+        if pcpu is not None:
+            for i in range(1, elf.nsyms):
+                if int(elf.symbols["st_shndx"][i]) == pcpu.index and elf.symbol_names[i]:
+                    lines.append(f"{percpu + int(elf.symbols['st_value'][i]):016x} d {elf.symbol_names[i]}\t[{name}]")
+            percpu += (pcpu.size + 63) & ~63
     return "\n".join(lines) + "\n"
 
 
@@ -54,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--system-map", required=True, help="vmlinux System.map (.gz ok)")
     ap.add_argument("--base", type=lambda s: int(s, 0), required=True, help="load address of each module")
     ap.add_argument("--others", type=lambda s: int(s, 0), help="where the other modules go (default base + 64 MiB)")
+    ap.add_argument(
+        "--percpu", type=lambda s: int(s, 0), default=0x1000000, help="per-CPU variables of modules from here"
+    )
     ap.add_argument("--kernel", default=None, help="kernel version (default: each module's vermagic)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N modules (sorted by path)")
     ap.add_argument("--json", help="write per-module results here")
@@ -63,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         paths = paths[: args.limit]
     t0 = time.perf_counter()
-    others = module_symbols(sorted(Path(args.modules).rglob("*.ko")), args.others or args.base + (64 << 20))
+    others = module_symbols(
+        sorted(Path(args.modules).rglob("*.ko")), args.others or args.base + (64 << 20), args.percpu
+    )
     symbols = load_many([args.system_map])
     symbols.merge(parse_symbol_text(others, source="modules"))
     t_syms = time.perf_counter() - t0
@@ -88,14 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t1
     ok = sum(1 for r in results.values() if r["ok"])
     print(f"{ok} of {len(paths)} modules applied without error; {relocs:,} relocations")
-    print(f"time: {elapsed:.1f} s for the modules ({elapsed / max(len(paths), 1) * 1000:.1f} ms each on average), "
-          f"{t_syms:.1f} s for the symbol sources ({os.cpu_count()} CPUs, one used)")
+    print(
+        f"time: {elapsed:.1f} s for the modules ({elapsed / max(len(paths), 1) * 1000:.1f} ms each on average), "
+        f"{t_syms:.1f} s for the symbol sources ({os.cpu_count()} CPUs, one used)"
+    )
     for msg, n in failures.most_common(20):
         print(f"  {n:5d}  {msg}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ok": ok, "modules": len(paths), "relocations": relocs, "seconds": elapsed,
-                       "symbol_seconds": t_syms, "results": results}, fh, indent=1)
+            json.dump(
+                {
+                    "ok": ok,
+                    "modules": len(paths),
+                    "relocations": relocs,
+                    "seconds": elapsed,
+                    "symbol_seconds": t_syms,
+                    "results": results,
+                },
+                fh,
+                indent=1,
+            )
     return 0 if ok == len(paths) else 1
 
 
