@@ -72,6 +72,7 @@ _IS_GOT = np.zeros(_LUT + 1, dtype=bool)
 _IS_GOT[list(GOT_SLOT_TYPES)] = True
 _IS_PLT = np.zeros(_LUT + 1, dtype=bool)
 _IS_PLT[list(PLT_SLOT_TYPES)] = True
+_KIND = _IS_GOT.astype(np.uint8) | (_IS_PLT.astype(np.uint8) << 1)  # 1: GOT slot, 2: PLT entry
 
 # PLT entry: basr %r1,%r0 / lg %r1,12(%r1), then br %r1 (+2 bytes the kernel leaves
 # unset: klpcore writes 0) or brcl 15,__jump_r1, then the 8-byte target at +14
@@ -224,11 +225,11 @@ def fill(ctx: SectionContext) -> None:
     rel = ctx.relas
     if not len(rel):
         return
-    types = rel["r_info"] & U64(0xFFFFFFFF)
-    got_mask = _type_mask(types, _IS_GOT)
-    plt_mask = _type_mask(types, _IS_PLT)
-    if not got_mask.any() and not plt_mask.any():
+    kind = _KIND[np.minimum(rel["r_info"] & U64(0xFFFFFFFF), U64(_LUT)).astype(np.intp)]
+    if not kind.any():
         return
+    got_mask = kind == 1
+    plt_mask = kind == 2
     syms = (rel["r_info"] >> U64(32)).astype(np.int64)
     gen = _generation(ctx)
     geo = geometry(ctx)
