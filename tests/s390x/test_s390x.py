@@ -537,3 +537,26 @@ def test_page_size_and_config_defaults() -> None:
     assert lm.module.page_size == 4096
     assert s390.klp_arch_config_default("EXPOLINE", KernelTarget()) == "n"
     assert struct.calcsize(">Q") == 8
+
+
+def test_enable_phase_for_an_already_loaded_target() -> None:
+    """The target module is loaded when the patch is: its sections are applied
+    when the patch is enabled (module COMING), through s390_kernel_write."""
+    syms = parse_symbol_text("0000000000123450 T unrelated\n" + _tgt(0x3FF80000000, 0x3FF80100000))
+    lm = load(_klp(["tgt_fn", "tgt_data"]), symbols=syms)
+    assert lm.pending_objects == []
+    enable = [w for w in lm.write_log if w.phase == "enable"]
+    assert enable and {w.method for w in enable} == {"s390_kernel_write"}
+    assert lm.reserved_bytes(GOT)[1] == (0x3FF80100000).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.5", "6.19"])
+def test_got_plt_first_in_text_in_both_layouts(version: str) -> None:
+    """core_layout (before 6.4) and mem[MOD_TEXT] (6.4+): the GOT starts the text."""
+    lm = load("mod_calls.o", version)
+    got_addr, got = lm.reserved_bytes(GOT)
+    plt_addr, plt = lm.reserved_bytes(PLT)
+    sec, text, _ = section(lm, ".text")
+    assert got_addr == BASE and plt_addr == BASE + len(got)
+    assert text == (plt_addr + len(plt) + sec.addralign - 1) & ~(sec.addralign - 1)
+    assert _gotent_targets(lm, ".text")
