@@ -98,6 +98,8 @@ class KernelConfig:
                 raise ConfigError(f"{name}: broken gzip data: {exc}") from None
         if len(data) > MAX_CONFIG:
             raise ConfigError(f"{name}: larger than {MAX_CONFIG >> 20} MiB: not a kernel .config")
+        if b"\0" in data:
+            raise ConfigError(f"{name}: not text (contains NUL bytes): not a kernel .config")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

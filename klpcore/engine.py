@@ -330,6 +330,8 @@ class SectionContext(ApplyContext):
             svalue=value if value < (1 << 63) else value - (1 << 64),
             loc=e.P,
             symbol=e.symbol_name,
+            sec=self.relsec.index if self.relsec is not None else 0,
+            idx=index,
             **kw,
         )
 

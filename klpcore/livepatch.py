@@ -82,7 +82,9 @@ class LivepatchInfo:
         return sorted(out, key=lambda rs: rs.index)
 
 
-_NUM = re.compile(r"\s*([+-]?)(\d+)")
+#: vsscanf's ``%lu``: skip white space (the kernel's isspace, ASCII here),
+#: then decimal digits; unsigned conversions take no sign, so ``-1``/``+1`` fail
+_NUM = re.compile(r"[ \t\n\v\f\r]*([0-9]+)")
 
 
 def parse_rela_objname(name: str) -> str | None:
@@ -94,6 +96,16 @@ def parse_rela_objname(name: str) -> str | None:
     rest = name[len(C.KLP_RELA_PREFIX) :]
     obj = rest.split(".", 1)[0]
     return obj or None
+
+
+def rfc_objname(name: str) -> str | None:
+    """The 2015 kpatch prototype's ``klp_extract_objname``: cut the section
+    name at its first '.', then take the text after the last '_'
+    (``__klp_rela_snd_hda_intel.text`` -> ``intel``)."""
+    if not name.startswith(C.KLP_RFC_RELA_PREFIX):
+        return None
+    head = name.split(".", 1)[0]
+    return head.rsplit("_", 1)[-1] or None
 
 
 def parse_klp_symbol_name(name: str, ksym_name_len: int = 512) -> KlpSymbolName | None:
@@ -114,10 +126,7 @@ def parse_klp_symbol_name(name: str, ksym_name_len: int = 512) -> KlpSymbolName 
     m = _NUM.match(rest)
     if m is None:
         return None
-    value = int(m.group(2))
-    if m.group(1) == "-":
-        value = (-value) % (1 << 64)  # %lu of a negative number wraps
-    value %= 1 << 64
+    value = int(m.group(1)) % (1 << 64)  # simple_strntoull wraps on overflow
     return KlpSymbolName(obj, sym, value, rest[m.end() :])
 
 
@@ -136,9 +145,19 @@ def discover(module: ElfModule, ksym_name_len: int = 512) -> LivepatchInfo:
         fmt = None
         if sec.flags & C.SHF_RELA_LIVEPATCH:
             fmt = "final"
-        elif sec.flags & C.SHF_RELA_LIVEPATCH_RFC or sec.name.startswith(C.KLP_RFC_RELA_PREFIX):
+        elif sec.flags & C.SHF_RELA_LIVEPATCH_RFC:
             fmt = "rfc"
         if fmt is None:
+            if sec.name.startswith(C.KLP_RFC_RELA_PREFIX):
+                warnings.append(
+                    Diagnostic(
+                        "named like a 2015 RFC livepatch section but lacks its flag (0x4000000); the RFC loader "
+                        "applies it at load as an ordinary relocation section",
+                        severity="warning",
+                        module=module.name,
+                        section=sec.name,
+                    )
+                )
             if sec.name.startswith(C.KLP_RELA_PREFIX):
                 warnings.append(
                     Diagnostic(
@@ -172,10 +191,13 @@ def discover(module: ElfModule, ksym_name_len: int = 512) -> LivepatchInfo:
                 )
                 continue
             if len(obj) > C.KLP_OBJNAME_MAX:
-                errors.append(
+                # sscanf's %55[^.] keeps the first 55 characters, which name no object: the kernel
+                # silently never applies the section (klpcore does the same and says so)
+                warnings.append(
                     Diagnostic(
                         f"object name '{obj}' is {len(obj)} characters, more than {C.KLP_OBJNAME_MAX}; the kernel "
-                        f"would read it as '{obj[: C.KLP_OBJNAME_MAX]}' and never apply this section",
+                        f"reads it as '{obj[: C.KLP_OBJNAME_MAX]}' and silently never applies this section",
+                        severity="warning",
                         module=module.name,
                         section=sec.name,
                     )
@@ -184,15 +206,27 @@ def discover(module: ElfModule, ksym_name_len: int = 512) -> LivepatchInfo:
             if not sec.flags & C.SHF_ALLOC:
                 warnings.append(
                     Diagnostic(
-                        "livepatch relocation section lacks SHF_ALLOC; the kernel does not keep or apply it",
+                        "livepatch relocation section lacks SHF_ALLOC: its contents are not kept after load; the "
+                        "kernel applies a vmlinux section at load (5.8+) normally, but a later application "
+                        "(module-specific, or any before 5.8) reads the freed load copy",
                         severity="warning",
                         module=module.name,
                         section=sec.name,
                     )
                 )
         else:
-            rest = sec.name[len(C.KLP_RFC_RELA_PREFIX) :] if sec.name.startswith(C.KLP_RFC_RELA_PREFIX) else ""
-            obj = rest.split(".", 1)[0]
+            obj = rfc_objname(sec.name)
+            whole = sec.name[len(C.KLP_RFC_RELA_PREFIX) :].split(".", 1)[0]
+            if obj and obj != whole:
+                warnings.append(
+                    Diagnostic(
+                        f"the 2015 prototype reads the object name '{obj}' from this section name (the text after "
+                        f"the last '_'), not '{whole}': its relocations are for a module named '{obj}'",
+                        severity="warning",
+                        module=module.name,
+                        section=sec.name,
+                    )
+                )
             if not obj:
                 errors.append(
                     Diagnostic(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,15 @@ from .arch import ArchSpec
 from .constants import MemType, ModuleState
 from .elf import ElfModule, Section
 from .engine import ApplyContext, SectionContext, StagedMemory
-from .errors import Diagnostic, ElfFormatError, InputError, KlpError, RelocationError, ResolutionError
+from .errors import (
+    Diagnostic,
+    ElfFormatError,
+    InputError,
+    KlpError,
+    LivepatchFormatError,
+    RelocationError,
+    ResolutionError,
+)
 from .kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
 from .layout import Layout, Reservation, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
@@ -56,6 +64,8 @@ UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
 #: Marked too since 6.16 with ``CONFIG_HAVE_STATIC_CALL_INLINE``.
 STATIC_CALL_SITES = ".static_call_sites"
+#: Loaded outside module memory since 6.13 with ``CONFIG_MEM_ALLOC_PROFILING``.
+CODETAG_SECTION = ".codetag.alloc_tags"
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class LoadingModule:
     #: build facts used for this module (page size, STRICT_MODULE_RWX, ...) and
     #: where they came from (config, arch default, core default)
     settings: dict[str, Setting] = field(default_factory=dict)
+    #: warnings from preparing the module (layout facts the user should know)
+    notes: list[Diagnostic] = field(default_factory=list)
 
     #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
     reservations: list[Reservation] = field(default_factory=list)
@@ -191,6 +203,8 @@ class Loader:
         }
         if k.has("static_call_sites_ro_after_init"):
             out["HAVE_STATIC_CALL_INLINE"] = config_setting(mod.hooks, k, "HAVE_STATIC_CALL_INLINE")
+        if k.has("codetag_separate") and mod.section_by_name(CODETAG_SECTION) is not None:
+            out["MEM_ALLOC_PROFILING"] = config_setting(mod.hooks, k, "MEM_ALLOC_PROFILING")
         return out
 
     def prepare(self, mod: LoadingModule, base: int = DEFAULT_BASE, init_base: int | None = None) -> None:
@@ -198,6 +212,17 @@ class Loader:
 
         ``init_base`` places the init memory (the kernel's separate init
         allocation) there; by default it follows the core memory."""
+        if mod.klp.fmt == "rfc" and self.kernel.has("final_klp_format"):
+            raise LivepatchFormatError(
+                Diagnostic(
+                    "2015 RFC livepatch format (__klp_rela_ sections, symbols in section 0xff21): only the RFC "
+                    f"prototype kernels of the 4.3/4.4 era handled it (--kernel 4.4); Linux {self.kernel.label} "
+                    "would apply these sections at load as ordinary relocations and index sechdrs[0xff21] "
+                    "for their symbols",
+                    module=mod.name,
+                    section=mod.klp.reloc_secs[0].name if mod.klp.reloc_secs else None,
+                )
+            )
         mod.settings = self.settings(mod)
         on = {name: st.value in ("y", "m") for name, st in mod.settings.items() if name != "PAGE_SIZE"}
         for s in mod.sections:
@@ -224,6 +249,31 @@ class Loader:
         if percpu is not None and percpu.flags & C.SHF_ALLOC:
             percpu.flags &= ~C.SHF_ALLOC
             mod.extra_addresses[percpu.index] = self.percpu_base
+        codetag = mod.section_by_name(CODETAG_SECTION)
+        if on.get("MEM_ALLOC_PROFILING") and codetag is not None and codetag.size and codetag.flags & C.SHF_ALLOC:
+            # layout_sections skips it (codetag_needs_module_section); it lives in the alloc-tag area
+            codetag.flags &= ~C.SHF_ALLOC
+            mod.notes.append(
+                Diagnostic(
+                    f"{CODETAG_SECTION} is loaded into the kernel's separate alloc-tag area, not module memory "
+                    "(MEM_ALLOC_PROFILING, 6.13+): klpcore leaves it out of the layout as the kernel does, and "
+                    "does not reproduce relocations into it or addresses of symbols in it",
+                    severity="warning",
+                    module=mod.name,
+                    section=CODETAG_SECTION,
+                )
+            )
+        if mod.klp.objects and not on["LIVEPATCH"]:
+            mod.notes.append(
+                Diagnostic(
+                    "the target kernel has no CONFIG_LIVEPATCH"
+                    + (" (from --config)" if mod.settings["LIVEPATCH"].source == "config" else "")
+                    + ": its .klp.rela sections are never applied (klp_apply_section_relocs is a stub) and the "
+                    "livepatch core's symbols (klp_enable_patch) are missing, so the kernel refuses this module",
+                    severity="warning",
+                    module=mod.name,
+                )
+            )
         ro_after_init: tuple[str, ...] = RO_AFTER_INIT_SECTIONS
         if on.get("HAVE_STATIC_CALL_INLINE"):
             ro_after_init += (STATIC_CALL_SITES,)
@@ -386,8 +436,10 @@ class LoadedModule:
         self.symvals = np.zeros(mod.elf.nsyms, dtype=np.uint64)
         self.resolutions: list[SymbolResolution] = []
         self.phases: list[PhaseResult] = []
-        self.warnings: list[Diagnostic] = list(mod.klp.warnings)
+        self.warnings: list[Diagnostic] = [*mod.klp.warnings, *mod.notes]
         self.applied_objects: set[str] = set()
+        #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
+        self._resolve_failed: set[str] = set()
 
     # -------------------------------------------------------------- symbols
     def _simplify_symbols(self) -> list[Diagnostic]:
@@ -406,6 +458,8 @@ class LoadedModule:
         errors: list[Diagnostic] = []
         if np.any(shndx == C.SHN_COMMON):
             for i in np.flatnonzero(shndx == C.SHN_COMMON).tolist():
+                if elf.symbol_names[i].startswith("__gnu_lto"):
+                    continue  # simplify_symbols ignores LTO's common markers
                 errors.append(
                     Diagnostic(
                         "common symbol; compile with -fno-common",
@@ -445,7 +499,7 @@ class LoadedModule:
             if bind == C.STB_WEAK:
                 self.resolutions.append(SymbolResolution(i, name, int(vals[i]), "weak-undefined"))
                 continue
-            if name in mod.arch.ignored_undefined:
+            if name in mod.arch.ignored_undefined and self.kernel.has("ignore_undef_symbol"):
                 self.resolutions.append(SymbolResolution(i, name, int(vals[i]), "ignored"))
                 continue
             found = self.symbols.find_global(name)
@@ -494,19 +548,53 @@ class LoadedModule:
             yield s, None
 
     def _enable_sections(self) -> Iterator[tuple[Section, KlpRelocSec | None]]:
-        """``klp_init_object_loaded`` for each patched object that is loaded."""
+        """``klp_init_object_loaded`` for each patched object that is loaded, in
+        the order of the patch's ``klp_object`` array.  That order is C data
+        klpcore does not read: ``-O klp_object_order=a,b`` gives it; otherwise
+        objects go in order of their first section, with a warning when the
+        order can change bytes (several objects applied at once)."""
+        todo = []
         for obj in self.module.klp.objects.values():
             if obj.is_vmlinux and self.module.klp.fmt == "final" and self.kernel.early_vmlinux_klp:
                 self.applied_objects.add(obj.name)
                 continue
             if not obj.is_vmlinux and not self.symbols.has(obj.name):
                 continue  # not loaded: applied when it comes (see coming())
+            todo.append(obj)
+        given = self.kernel.options.get("klp_object_order")
+        if given:
+            rank = {name.strip(): i for i, name in enumerate(str(given).split(","))}
+            todo.sort(key=lambda o: rank.get(o.name, len(rank)))
+        elif len(todo) > 1:
+            self.warnings.append(
+                Diagnostic(
+                    f"objects {', '.join(o.name for o in todo)} are applied in the order of their first section; "
+                    "the kernel uses the order of the patch's klp_object array, which can change which stub or "
+                    "PLT slot each call gets: give it with -O klp_object_order="
+                    + ",".join(o.name for o in todo),
+                    severity="warning",
+                    module=self.module.name,
+                )
+            )
+        for obj in todo:
             self.applied_objects.add(obj.name)
             yield from self._object_sections(obj)
 
     def _object_sections(self, obj: KlpObject) -> Iterator[tuple[Section, KlpRelocSec | None]]:
-        for rs in sorted(obj.reloc_secs, key=lambda r: r.index):
+        # the 2015 prototype built each object's list by inserting at the head: descending index order
+        rfc = self.module.klp.fmt == "rfc"
+        for rs in sorted(obj.reloc_secs, key=lambda r: r.index, reverse=rfc):
             if not self.module.sections[rs.target].flags & C.SHF_ALLOC:
+                # klp_write_object_relocs does not check the target: its sh_addr points into the load copy
+                self.warnings.append(
+                    Diagnostic(
+                        f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
+                        "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
+                        severity="warning",
+                        module=self.module.name,
+                        section=rs.name,
+                    )
+                )
                 continue
             yield self.module.sections[rs.index], rs
 
@@ -563,6 +651,7 @@ class LoadedModule:
                 continue
             sctx = SectionContext.for_section(ctx, s, relas, rs.objname if rs else None)
             if rs is not None and not clear and not self._resolve_klp(sctx, rs, resolutions):
+                self._resolve_failed.add(s.name)
                 continue
             if clear:
                 mod.hooks.klp_arch_clear_section(ctx=sctx)  # type: ignore[attr-defined]
@@ -609,14 +698,14 @@ class LoadedModule:
                 k = klp_syms.get(sym)
                 try:
                     if k is not None and k.external:
+                        # klp_find_external_symbol: an export, else the patch module's own kallsyms
                         match = self.symbols.find_exported(name)
-                        if match is None:
-                            raise ResolutionError(
-                                Diagnostic(f"external symbol '{name}' is not exported by any loaded object")
-                            )
-                        addr = match.address
+                        if match is not None:
+                            addr = match.address
+                        else:
+                            addr = self.symbols.find_object_symbol_rfc(mod.name, name, self._own_symbol(name))
                     else:
-                        addr = self.symbols.find_object_symbol(None if sec_vmlinux else rs.objname, name, 0)
+                        addr = self.symbols.find_object_symbol_rfc(None if sec_vmlinux else rs.objname, name)
                 except ResolutionError as exc:
                     for d in exc.diagnostics:
                         ctx.diag(d.message, i, sym=sym, kernel_message=d.kernel_message, **d.extra)
@@ -630,7 +719,12 @@ class LoadedModule:
                     "symbol is not marked as a livepatch symbol (st_shndx is not SHN_LIVEPATCH)",
                     i,
                     sym=sym,
-                    kernel_message=f"symbol {name} is not marked as a livepatch symbol",
+                    kernel_message=(
+                        # 6.19 prints the symbol table's index where it says "rela sec" (klp_resolve_symbols' symndx)
+                        f"symbol {name} at rela sec {elf.symtab_index} idx {i} is not marked as a livepatch symbol"
+                        if self.kernel.messages_with_index
+                        else f"symbol {name} is not marked as a livepatch symbol"
+                    ),
                 )
                 ok = False
                 continue
@@ -663,6 +757,51 @@ class LoadedModule:
             out.append(SymbolResolution(sym, name, addr, "livepatch", p.objname, ctx.phase))
         return ok
 
+    def _left_behind(
+        self, objname: str, sections: Sequence[tuple[Section, KlpRelocSec | None]], errors: Sequence[Diagnostic]
+    ) -> Diagnostic | None:
+        """What a failing ``klp_module_coming`` leaves in the patch module (D6):
+        the kernel writes entry by entry and section by section and stops at the
+        first failure, and does not clean up the failing patch; klpcore writes
+        nothing.  Returns a warning naming what the kernel would keep."""
+        order = [s.name for s, _ in sections]
+        failing = [(order.index(d.section), d.index) for d in errors if d.section in order]
+        if not failing:
+            return None
+        pos, index = min(failing, key=lambda t: (t[0], t[1] if t[1] is not None else -1))
+        done = order[:pos]
+        partial = index if index is not None and order[pos] not in self._resolve_failed else 0
+        parts = [f"{', '.join(done)} applied completely"] if done else []
+        if partial:
+            parts.append(f"the first {partial} relocation(s) of {order[pos]}")
+        if not parts:
+            return None
+        x86 = self.module.arch.name == "x86_64"
+        return Diagnostic(
+            f"the kernel would leave behind in {self.module.name}: {' and '.join(parts)} (klp_module_coming does not "
+            f"undo the failing patch); '{objname}' is refused"
+            + (
+                f", and every later load of '{objname}' fails at the first already-written place "
+                "('existing value is nonzero') until the patch is removed"
+                if x86
+                else ""
+            )
+            + ". klpcore leaves the image unchanged (all or nothing).",
+            severity="warning",
+            module=self.module.name,
+            section=order[pos],
+        )
+
+    def _own_symbol(self, name: str) -> list[int]:
+        """Addresses of ``name`` among the module's own defined symbols (its kallsyms while it initialises)."""
+        elf = self.module.elf
+        shndx = elf.symbols["st_shndx"]
+        return [
+            int(self.symvals[i])
+            for i, n in enumerate(elf.symbol_names)
+            if n == name and i and int(shndx[i]) not in (C.SHN_UNDEF, C.SHN_LIVEPATCH, C.SHN_LIVEPATCH_RFC)
+        ]
+
     # ------------------------------------------------------ later transitions
     def coming(self, objname: str, symbols: KernelSymbols | None = None) -> PhaseResult | None:
         """A patched module loads (``klp_module_coming``): apply its sections."""
@@ -675,7 +814,31 @@ class LoadedModule:
         obj = self.module.klp.objects.get(objname)
         if obj is None:
             return None
-        result = self._run_phase(f"coming:{objname}", self._object_sections(obj))
+        if self.module.klp.fmt == "rfc":
+            # the RFC era's module notifier only warned; the target module still loaded, unpatched
+            try:
+                result = self._run_phase(f"coming:{objname}", self._object_sections(obj))
+            except KlpError as exc:
+                self.warnings.extend(replace(d, severity="warning") for d in exc.diagnostics)
+                self.warnings.append(
+                    Diagnostic(
+                        f"patch not applied to '{objname}': the RFC-era kernel warns and loads '{objname}' unpatched",
+                        severity="warning",
+                        module=self.module.name,
+                        kernel_message=f"failed to apply patch '{self.module.name}' to module '{objname}' (-22)",
+                    )
+                )
+                return None
+            self.applied_objects.add(objname)
+            return result
+        sections = list(self._object_sections(obj))
+        try:
+            result = self._run_phase(f"coming:{objname}", sections)
+        except KlpError as exc:
+            note = self._left_behind(objname, sections, exc.diagnostics)
+            if note is not None:
+                exc.diagnostics.append(note)
+            raise
         self.applied_objects.add(objname)
         return result
 
@@ -737,7 +900,10 @@ def default_plugin_manager() -> pluggy.PluginManager:
 
 
 def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, int, str]]:
-    """Symbols a module loaded at ``base`` shows in kallsyms (klpcore's layout)."""
+    """Symbols a module loaded at ``base`` shows in kallsyms once it is LIVE
+    (``is_core_symbol`` with ``CONFIG_KALLSYMS_ALL``, which livepatch needs):
+    named symbols of loaded, non-init sections and of the per-CPU section (at
+    the loader's default per-CPU base); no undefined, absolute or FILE symbols."""
     loader = Loader(default_plugin_manager())
     mod = loader.open(elf)
     loader.prepare(mod, base)
@@ -745,19 +911,17 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
     out = []
     for i in range(1, elf.nsyms):
         shndx = int(syms["st_shndx"][i])
-        stype = int(syms["st_info"][i]) & 0xF
         name = elf.symbol_names[i]
-        if not name or stype in (C.STT_SECTION, C.STT_FILE) or shndx == C.SHN_UNDEF:
+        if not name or shndx == C.SHN_UNDEF or shndx >= min(len(mod.sections), C.SHN_LORESERVE):
             continue
-        if shndx >= C.SHN_LORESERVE:
-            if shndx == C.SHN_ABS:
-                out.append((name, int(syms["st_value"][i]), "a"))
+        bind = int(syms["st_info"][i]) >> 4
+        if shndx in mod.extra_addresses:  # the per-CPU section
+            out.append((name, mod.extra_addresses[shndx] + int(syms["st_value"][i]), "D" if bind else "d"))
             continue
-        addr = mod.layout.address_of(shndx)
-        if addr is None:
+        p = mod.layout.placements.get(shndx)
+        if p is None or p.memtype.is_init:
             continue
         sec = mod.sections[shndx]
         ch = "t" if sec.is_exec else ("b" if sec.is_nobits else ("d" if sec.is_write else "r"))
-        bind = int(syms["st_info"][i]) >> 4
-        out.append((name, addr + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
+        out.append((name, p.address + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
     return out

@@ -178,6 +178,38 @@ class KernelSymbols:
         return objname in self.objects and len(self.objects[objname]) > 0
 
     # ---------------------------------------------------------- livepatch
+    def find_object_symbol_rfc(self, objname: str | None, name: str, extra: Sequence[int] = ()) -> int:
+        """The 4.3/4.4-era ``klp_find_object_symbol(objname, name, &addr)`` of
+        the 2015 RFC: every match counts (no sympos), exactly one resolves
+        (even at address 0).  ``extra`` adds matches from a module that is not
+        in these sources (the patch module itself)."""
+        obj = self.objects.get(objname or C.VMLINUX)
+        addrs = [*(obj.matches(name) if obj is not None else []), *extra]
+        where = objname or C.VMLINUX
+        if not addrs:
+            raise ResolutionError(
+                Diagnostic(
+                    f"symbol '{name}' not found in {where}'s symbol table",
+                    symbol=name,
+                    kernel_message=f"symbol '{name}' not found in symbol table",
+                    extra={"object": where, "kind": "not-found"},
+                )
+            )
+        if len(addrs) > 1:
+            printed = objname if objname is not None else "(null)"
+            raise ResolutionError(
+                Diagnostic(
+                    f"unresolvable ambiguity for symbol '{name}' in object '{where}': {len(addrs)} matches "
+                    "(the RFC era had no sympos)",
+                    symbol=name,
+                    kernel_message=(
+                        f"unresolvable ambiguity ({len(addrs)} matches) on symbol '{name}' in object '{printed}'"
+                    ),
+                    extra={"object": where, "kind": "ambiguous"},
+                )
+            )
+        return addrs[0]
+
     def find_object_symbol(self, objname: str | None, name: str, sympos: int) -> int:
         """``klp_find_object_symbol``: the address of the ``sympos``-th ``name``
         in ``objname`` (``None`` = vmlinux).  Raises :class:`ResolutionError`

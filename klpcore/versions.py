@@ -75,6 +75,15 @@ _TABLE = [
         "livepatch: Prevent module-specific KLP rela sections from referencing vmlinux symbols (5.8)",
     ),
     Behaviour(
+        "klp_no_module_disable_ro",
+        (5, 8),
+        "core",
+        "livepatch no longer makes module memory writable around late relocations (module_disable_ro is "
+        "gone); architectures must write read-only text with their own primitive (x86 text_poke, ppc64 "
+        "patch_instruction from 5.16)",
+        "livepatch: Remove module_disable_ro() usage (5.8)",
+    ),
+    Behaviour(
         "x86_text_poke",
         (5, 8),
         "x86_64",
@@ -128,13 +137,6 @@ _TABLE = [
         "kallsyms: increase maximum kernel symbol length to 512 (6.1)",
     ),
     Behaviour(
-        "klp_newline_fix",
-        (6, 2),
-        "core",
-        "the 'invalid access to vmlinux symbol' message ends with a newline (no effect on klpcore's text)",
-        "livepatch: add missing newline to error message (6.2)",
-    ),
-    Behaviour(
         "x86_write_relocate_add",
         (6, 3),
         "x86_64",
@@ -174,6 +176,14 @@ _TABLE = [
         "with CONFIG_PPC_FTRACE_OUT_OF_LINE (a compiler with working patchable-function-entry) .stubs also "
         "holds the out-of-line ftrace stubs of __patchable_function_entries, reserved after the load-time stubs",
         "powerpc64/ftrace: Move ftrace sequence out of line (6.13)",
+    ),
+    Behaviour(
+        "codetag_separate",
+        (6, 13),
+        "core",
+        "with CONFIG_MEM_ALLOC_PROFILING the .codetag.alloc_tags section is loaded into a separate "
+        "alloc-tag area, not laid out in module memory (later MOD_DATA offsets move)",
+        "alloc_tag: load module tags into separate contiguous memory (6.13)",
     ),
     Behaviour(
         "relocates_percpu",

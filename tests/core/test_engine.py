@@ -22,6 +22,7 @@ from klpcore import (
     parse_symbol_text,
 )
 from klpcore import constants as C
+from klpcore.elf import ElfModule
 from klpcore.layout import layout_sections
 from klpcore.testing.klpify import KlpSym, klpify
 
@@ -370,12 +371,20 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
     ).build()
     with pytest.raises(RelocationError) as ei:
         toy_loader.load(base, symbols(), BASE)
+    symtab = ElfModule(base).symtab_index
+    # 6.19 (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
+    assert ei.value.diagnostics[0].kernel_message == (
+        f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
+    )
+    with pytest.raises(RelocationError) as ei:
+        Loader(toy_loader.pm, kernel=KernelTarget((6, 18))).load(base, symbols(), BASE)
     assert ei.value.diagnostics[0].kernel_message == "symbol printk is not marked as a livepatch symbol"
 
 
 def test_rfc_format_applied_at_enable(toy_loader) -> None:
     ext4 = "ffffffffc1000000 t helper\t[ext4]\n"
-    lm = toy_loader.load(patch_module(KlpSym("ext4"), fmt="rfc"), symbols(ext4), BASE)
+    rfc_era = Loader(toy_loader.pm, kernel=KernelTarget((4, 4)))
+    lm = rfc_era.load(patch_module(KlpSym("ext4"), fmt="rfc"), symbols(ext4), BASE)
     phases = {p.name: p.sections for p in lm.phases}
     assert phases["load"] == [".rela.text.fn"]
     assert phases["enable"] == ["__klp_rela_vmlinux.text.fn", "__klp_rela_ext4.text.fn"]
@@ -449,7 +458,10 @@ def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
     lm = toy_loader.load(klp, symbols(), BASE)
     with pytest.raises(RelocationError) as ei:
         lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
-    (d,) = ei.value.diagnostics
+    d, note = ei.value.diagnostics
+    # what the kernel keeps of the failing patch (it writes entry by entry; D6)
+    assert note.severity == "warning"
+    assert "the first 1 relocation(s) of .klp.rela.ext4..text.fn" in note.message
     assert (d.section, d.index, d.rtype, d.symbol) == (
         ".klp.rela.ext4..text.fn",
         1,
@@ -461,3 +473,46 @@ def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
     # nothing was written: the allowed poke is not committed either
     text = lm.module.section_by_name(".text.fn").index
     assert lm.section_bytes(text)[8:18] == bytes(10)
+
+
+def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader) -> None:
+    """D6: klpcore stays all-or-nothing; the warning names the sections the
+    kernel would already have applied to the patch module when it refuses."""
+    base = Obj(
+        sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16), Sec(".text.b", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("helper"), Sym("missing")],
+        relas=[Rela(".text.a", 0, T.CALL, "helper", 0), Rela(".text.b", 0, T.CALL, "missing", 0)],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(base, {"helper": KlpSym("ext4"), "missing": KlpSym("ext4")})
+    lm = toy_loader.load(klp, symbols(), BASE)
+    with pytest.raises(RelocationError) as ei:
+        lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
+    note = ei.value.diagnostics[-1]
+    assert note.severity == "warning"
+    assert "leave behind in lp: .klp.rela.ext4..text.a applied completely" in note.message
+    assert "'ext4' is refused" in note.message
+    text = lm.section_bytes(lm.module.section_by_name(".text.a").index)
+    assert text[:4] == bytes(4)  # klpcore itself wrote nothing
+
+
+def test_klp_object_order_option(toy_loader) -> None:
+    """D11: the kernel initialises objects in klp_object array order (C data);
+    -O klp_object_order gives it, else a warning says the order is assumed."""
+    base = Obj(
+        sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16), Sec(".text.b", flags=TEXT, data=bytes(16))],
+        symbols=[Sym("fa"), Sym("fb")],
+        relas=[Rela(".text.a", 0, T.CALL, "fa", 0), Rela(".text.b", 0, T.CALL, "fb", 0)],
+        modinfo={"name": "lp"},
+    ).build()
+    klp = klpify(base, {"fa": KlpSym("moda"), "fb": KlpSym("modb")})
+    syms = "ffffffffc1000000 t fa\t[moda]\nffffffffc2000000 t fb\t[modb]\n"
+    lm = toy_loader.load(klp, symbols(syms), BASE)
+    enable = next(p for p in lm.phases if p.name == "enable")
+    assert enable.sections == [".klp.rela.moda..text.a", ".klp.rela.modb..text.b"]
+    assert any("klp_object_order=moda,modb" in w.message for w in lm.warnings)
+    k = KernelTarget(options={"klp_object_order": "modb,moda"})
+    lm = Loader(toy_loader.pm, kernel=k).load(klp, symbols(syms), BASE)
+    enable = next(p for p in lm.phases if p.name == "enable")
+    assert enable.sections == [".klp.rela.modb..text.b", ".klp.rela.moda..text.a"]
+    assert not any("klp_object_order" in w.message for w in lm.warnings)

@@ -9,6 +9,7 @@ tests need no compiler or linker.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -87,6 +88,13 @@ def test_fixtures_cover_every_kernel_type() -> None:
     assert kernel_types <= seen
 
 
+def lm_relsec(name: str, section: str) -> int:
+    from klpcore.elf import ElfModule
+
+    elf = ElfModule.from_file(str(FIX / MANIFEST["fixtures"][name]["object"]))
+    return next(s.index for s in elf.rela_sections() if section in (s.name, s.name[5:]))
+
+
 @pytest.mark.parametrize(("name", "variant", "symfile"), cases({"overflow"}))
 def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) -> None:
     exp = expected(name, variant)
@@ -98,8 +106,10 @@ def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) ->
     for d in diags:
         assert d.module == name and d.rtype in ("R_X86_64_32", "R_X86_64_32S")
         number = 10 if d.rtype == "R_X86_64_32" else 11
-        assert d.kernel_message.startswith(f"overflow in relocation type {number} val ")
-        assert d.kernel_message.endswith(f"'{name}' likely not compiled with -mcmodel=kernel")
+        first, second = d.kernel_message.split("\n")  # two pr_err lines, as the kernel prints them
+        assert first.startswith(f"overflow in relocation type {number} val ")
+        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19 (the newest) adds both
+        assert second == f"`{name}' likely not compiled with -mcmodel=kernel"
         assert d.section and d.index is not None and d.symbol
 
 
@@ -129,15 +139,32 @@ def test_nonzero_target_refused(loader) -> None:
         load(loader, "reject_nonzero.o", "reject_nonzero.map")
     d = ei.value.diagnostics[0]
     assert "target already written" in d.message
-    assert d.kernel_message.startswith(
-        "x86/modules: Invalid relocation target, existing value is nonzero for type 1, loc 0x"
+    loc = int(d.extra.get("address", 0)) if "address" in d.extra else None
+    # 6.19: section and index, unhashed %lx location
+    assert re.fullmatch(
+        r"x86/modules: Invalid relocation target, existing value is nonzero for sec \d+, idx 0, type 1, "
+        r"loc ffffffffc[0-9a-f]{7}, val [0-9a-f]+",
+        d.kernel_message,
+    ), (d.kernel_message, loc)
+
+    def message(version):
+        with pytest.raises(RelocationError) as ei:
+            Loader(get_plugin_manager(), kernel=KernelTarget(version)).load(
+                str(FIX / "reject_nonzero.o"), load_symbols(str(FIX / "reject_nonzero.map")), BASE
+            )
+        return ei.value.diagnostics[0].kernel_message
+
+    # 6.3-6.18: %p (printed as with no_hash_pointers: 16 digits, no 0x)
+    assert re.fullmatch(
+        r"x86/modules: Invalid relocation target, existing value is nonzero for type 1, "
+        r"loc ffffffffc[0-9a-f]{7}, val [0-9a-f]+",
+        message((6, 18)),
     )
-    # Linux 6.1 words it differently
-    with pytest.raises(RelocationError) as ei:
-        Loader(get_plugin_manager(), kernel=KernelTarget((6, 1))).load(
-            str(FIX / "reject_nonzero.o"), load_symbols(str(FIX / "reject_nonzero.map")), BASE
-        )
-    assert ei.value.diagnostics[0].kernel_message.startswith("x86/modules: Skipping invalid relocation target")
+    assert message((6, 3)) == message((6, 18))
+    # up to 6.2 it was "Skipping"
+    assert message((6, 2)).startswith(
+        "x86/modules: Skipping invalid relocation target, existing value is nonzero for type 1, loc ffffffffc"
+    )
 
 
 def test_unknown_type_refused(loader) -> None:
@@ -175,6 +202,10 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
     orig, klp, chosen = klp_variant(fmt, style)
     assert chosen
     exp = expected("mod_basic", "default")
+    if fmt == "rfc":
+        # only the 4.3/4.4-era RFC prototype kernel loads this format; its relocations into .init.text
+        # need a kernel without module RO protection (CONFIG_DEBUG_SET_MODULE_RONX, see the next test)
+        loader = Loader(get_plugin_manager(), kernel=KernelTarget((4, 4), strict_module_rwx=False))
     lm = loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
     klp_phase = "load" if fmt == "final" else "enable"
     assert any(s.startswith((".klp.rela.vmlinux", "__klp_rela_vmlinux")) for p in lm.phases for s in p.sections)
@@ -185,6 +216,17 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
             continue
         if sec.flags & 0x4 or sname in (".data", ".rodata", ".init.text"):
             assert lm.section_bytes(sec.index).hex() == rec["bytes"], sname
+
+
+def test_rfc_era_protection_makes_only_core_text_writable() -> None:
+    """The 2015 RFC wrapped its writes in set_memory_rw/ro of the core text only:
+    with module RO protection a relocation into init text (or rodata) faults."""
+    _, klp, _ = klp_variant("rfc", "kpatch")
+    lm_loader = Loader(get_plugin_manager(), kernel=KernelTarget((4, 4)))
+    with pytest.raises(RelocationError) as ei:
+        lm_loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    assert {d.section for d in ei.value.diagnostics} == {"__klp_rela_vmlinux.init.text"}
+    assert all("MOD_INIT_TEXT (r-x)" in d.message for d in ei.value.diagnostics)
 
 
 def test_livepatch_late_write_uses_text_poke(loader) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import gzip
 import io
 import json
@@ -207,7 +206,27 @@ def package_index(root: Path) -> dict[str, Path]:
     return idx
 
 
-def load_order(targets: list[Path], index: dict[str, Path]) -> list[tuple[Path, bool]]:
+def alias_index(root: Path, index: dict[str, Path]) -> dict[str, Path | None]:
+    """alias= names (softdeps often name an alias, e.g. crc32c -> crc32c_generic) of the
+    package's modules, and of built-in code (None: nothing to load); cached per package."""
+    cache = root / ".aliases.json"
+    if cache.exists():
+        raw = json.loads(cache.read_text())
+    else:
+        raw = {}
+        pattern = re.compile(rb"(?:^|(?<=\0))alias=([^\0*?\[]+)(?=\0)")
+        for name, ko in sorted(index.items()):
+            for alias in pattern.findall(read_ko(ko)):
+                raw.setdefault(alias.decode(errors="replace"), name)
+        for builtin in root.glob("lib/modules/*/modules.builtin.modinfo"):
+            for item in builtin.read_bytes().split(b"\0"):
+                if b".alias=" in item:
+                    raw.setdefault(item.split(b".alias=", 1)[1].decode(errors="replace"), None)
+        cache.write_text(json.dumps(raw))
+    return {k: (index.get(v) if v else None) for k, v in raw.items()}
+
+
+def load_order(targets: list[Path], index: dict[str, Path], root: Path | None = None) -> list[tuple[Path, bool]]:
     """Dependencies (depends= and softdep pre:) first, each module once."""
     order: list[tuple[Path, bool]] = []
     seen: set[str] = set()
@@ -229,10 +248,16 @@ def load_order(targets: list[Path], index: dict[str, Path]) -> list[tuple[Path, 
             dep = dep.replace("-", "_")
             if dep in seen:
                 continue
-            if dep not in index:
+            ko_dep = index.get(dep)
+            if ko_dep is None and root is not None:
+                aliases = alias_index(root, index)
+                if dep in aliases and aliases[dep] is None:
+                    continue  # built into the kernel
+                ko_dep = aliases.get(dep) or aliases.get(dep.replace("_", "-"))
+            if ko_dep is None:
                 print(f"kernel_oracle: {name}: dependency {dep} not in the package (built in?)", file=sys.stderr)
                 continue
-            visit(index[dep], stack + (name,))
+            visit(ko_dep, (*stack, name))
         seen.add(name)
         order.append((ko, name in target_names))
 
@@ -258,13 +283,28 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
             shutil.copy("/bin/busybox", root / "bin/busybox")
         else:
             shutil.copy(extract(find_one(arch.busybox_glob)) / "bin/busybox", root / "bin/busybox")
-        applets = "sh mount cat echo mkdir insmod grep tr gzip tar base64 dmesg poweroff read".split()
+        applets = [
+            "sh",
+            "mount",
+            "cat",
+            "echo",
+            "mkdir",
+            "insmod",
+            "grep",
+            "tr",
+            "gzip",
+            "tar",
+            "base64",
+            "dmesg",
+            "poweroff",
+            "read",
+        ]
         for a in applets:
             os.symlink("busybox", root / "bin" / a)
         shutil.copy(helper, root / "kcore_read")
         lines = []
         for ko, is_target in order:
-            name = modname(ko).replace("_", "-") if False else ko.name
+            name = ko.name
             for suf in (".xz", ".zst"):
                 name = name.removesuffix(suf)
             (root / "mods" / name).write_bytes(read_ko(ko))
@@ -298,7 +338,13 @@ def boot(arch: Arch, kernel: Path, initrd: Path, append: str, timeout: int) -> t
         append,
     ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # qemu is killed by subprocess.run
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return partial + f"\nkernel_oracle: qemu timed out after {timeout} s\n", time.monotonic() - t0, cmd
+    except FileNotFoundError:
+        sys.exit(f"kernel_oracle: {cmd[0]} not found (install qemu-system-*)")
     return proc.stdout.decode(errors="replace"), time.monotonic() - t0, cmd
 
 
@@ -331,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(index[name.replace("-", "_")])
     if not targets:
         sys.exit("kernel_oracle: nothing to load (--module / --package-module)")
-    order = load_order(targets, index)
+    order = load_order(targets, index, root)
 
     work = SCRATCH / "work"
     work.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "dynamic_ftrace": True,  # CONFIG_DYNAMIC_FTRACE (Debian: y)
     "dynamic_ftrace_with_regs": True,  # CONFIG_DYNAMIC_FTRACE_WITH_REGS (Debian: y)
     "mprofile_kernel": True,  # CONFIG_MPROFILE_KERNEL (Debian: y)
+    # CONFIG_PPC_FTRACE_OUT_OF_LINE (6.13+, needs a compiler that passes the patchable-function-entry
+    # check; Debian's GCC 12 builds stay on -mprofile-kernel)
+    "ftrace_out_of_line": False,
+    # sizeof(struct ftrace_ool_stub): u32 insn[4] plus the ftrace_ops pointer (DYNAMIC_FTRACE_WITH_CALL_OPS,
+    # selected with PPC_FTRACE_OUT_OF_LINE)
+    "ftrace_ool_stub_size": 24,
     # offsetof(struct paca_struct, kernel_toc) (pseries build; believed 16, not verified against a Debian build)
     "paca_kernel_toc_offset": 16,
     "kernel_toc": None,  # kernel_toc_addr() (vmlinux's .TOC.), needed for ftrace stubs
@@ -161,6 +167,7 @@ OTHER_TYPES = {
 
 #: options that are kernel .config facts: option name -> CONFIG_ name
 _CONFIG_OPTIONS = {
+    "ftrace_out_of_line": "PPC_FTRACE_OUT_OF_LINE",
     "dynamic_ftrace": "DYNAMIC_FTRACE",
     "dynamic_ftrace_with_regs": "DYNAMIC_FTRACE_WITH_REGS",
     "mprofile_kernel": "MPROFILE_KERNEL",
@@ -243,7 +250,7 @@ def my_r2(ctx: ApplyContext) -> int:
 
 def _patch(ctx: ApplyContext) -> str | None:
     """The hint for writes the kernel does with ``patch_instruction`` (5.16+)."""
-    return "patch_instruction" if ctx.kernel.at_least(5, 16) else None
+    return "patch_instruction" if ctx.kernel.has("ppc64_patch_instruction") else None
 
 
 def describe_address(ctx: ApplyContext, address: int) -> str:
@@ -307,16 +314,22 @@ def _stub_area(ctx: ApplyContext) -> tuple[int, int]:
 def _stub_table(ctx: ApplyContext, base: int, num: int) -> dict[str, Any]:
     """Target address -> slot of the stubs in use, and the first free slot.
 
-    The kernel scans the slots from 0 while ``funcdata`` is non-zero; slots are
-    only ever appended, so the first free slot is the number in use.  The table
-    is read from memory once and kept in ``ctx.state`` (committed with the phase).
+    Up to 6.16 the kernel scans the slots from 0 while ``funcdata`` is
+    non-zero; slots are only ever appended, so the first free slot is the
+    number in use.  From 6.17 it looks only at the first ``me->arch.stub_count``
+    slots and appends at ``stub_count`` (which also counts the out-of-line
+    ftrace block).  The table is read from memory once and kept in
+    ``ctx.state`` (committed with the phase); ``next`` is ``stub_count``.
     """
     tab: dict[str, Any] | None = ctx.state.get("stub_table")
     if tab is None:
         raw = np.frombuffer(ctx.staged.read(base, num * STUB_SIZE), dtype=np.uint8).reshape(num, STUB_SIZE)
         funcdata = raw[:, FUNCDATA_OFFSET : FUNCDATA_OFFSET + 8].copy().view("<u8").reshape(-1)
         empty = np.flatnonzero(funcdata == 0)
-        used = int(empty[0]) if empty.size else num
+        if ctx.kernel.has("ppc64_stub_count"):
+            used = 0  # module_frob_arch_sections: stub_count starts at 0
+        else:
+            used = int(empty[0]) if empty.size else num
         slots: dict[int, int] = {}
         for i, a in enumerate(funcdata[:used].tolist()):
             slots.setdefault(int(a), i)
@@ -335,9 +348,15 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         i = tab["next"]
         if i >= num:
             raise RelocFailure(
-                f"no free call stub: all {num} slots of .stubs are used (the kernel warns in stub_for_addr "
-                "and refuses the relocation with -ENOENT)",
+                f"no free call stub: all {num} slots of .stubs are used "
+                + (
+                    "(Linux 6.17+ would write this stub past the end of .stubs, then warn in stub_for_addr on "
+                    "the next search; klpcore refuses)"
+                    if ctx.kernel.has("ppc64_stub_count")
+                    else "(the kernel warns in stub_for_addr and refuses the relocation with -ENOENT)"
+                ),
             )
+        _warn_ool_overwrite(ctx, i)
         slot = base + i * STUB_SIZE
         if option(ctx.kernel, "mprofile_kernel") and name in _ftrace_names(ctx.kernel):
             create_ftrace_stub(ctx, slot, addr, name)
@@ -346,6 +365,17 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         tab["slots"][addr] = i
         tab["next"] = i + 1
         return slot
+    if ctx.kernel.has("ppc64_stub_count"):
+        tab = _stub_table(ctx, base, num)
+        if 0 in tab["slots"]:
+            return base + int(tab["slots"][0]) * STUB_SIZE
+        i = tab["next"]
+        if i >= num:
+            raise RelocFailure(f"no free call stub: all {num} slots of .stubs are used")
+        create_stub(ctx, base + i * STUB_SIZE, addr)
+        tab["slots"][0] = i
+        tab["next"] = i + 1
+        return base + i * STUB_SIZE
     ctx.state.pop("stub_table", None)  # a stub to address 0 looks empty to the kernel: scan as it does
     i = 0
     while True:
@@ -369,6 +399,65 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
     return slot
 
 
+def ool_slots(module: LoadingModule, kernel: KernelTarget) -> int:
+    """Stub slots for the out-of-line ftrace stubs (``CONFIG_PPC_FTRACE_OUT_OF_LINE``,
+    6.13+): roundup(entries * sizeof(struct ftrace_ool_stub), 40) / 40, with one
+    entry per 8-byte pointer in ``__patchable_function_entries``."""
+    if not kernel.has("ppc64_ool_ftrace_stubs") or not option(kernel, "ftrace_out_of_line"):
+        return 0
+    sec = module.section_by_name("__patchable_function_entries")
+    if sec is None:
+        return 0
+    entries = sec.size // 8
+    size = int(option(kernel, "ftrace_ool_stub_size"))
+    return (entries * size + STUB_SIZE - 1) // STUB_SIZE
+
+
+def setup_ftrace_ool_stubs(ctx: ApplyContext) -> None:
+    """``setup_ftrace_ool_stubs`` (after the ftrace stubs, at load).
+
+    6.17+: the block is the next ``n`` slots and ``stub_count`` moves past it.
+    6.13-6.16: the block starts at the first slot whose funcdata is zero and
+    only that slot's funcdata gets a ``nop`` word (patch_u32), so later
+    livepatch stubs are allocated inside the block, over the ftrace stubs."""
+    n = int(ctx.module.arch_state.get("ool_slots", 0))
+    if not ctx.kernel.has("ppc64_ool_ftrace_stubs") or not option(ctx.kernel, "ftrace_out_of_line"):
+        return
+    base, num = _stub_area(ctx)
+    tab = _stub_table(ctx, base, num)
+    first = int(tab["next"])
+    if first + n > num:
+        ctx.diagnostics.append(
+            Diagnostic(
+                f"no room for {n} out-of-line ftrace stub slots after slot {first} of {num}",
+                module=ctx.module.name,
+                kernel_message="WARNING in setup_ftrace_ool_stubs (module_finalize_ftrace returns -ENOENT)",
+            )
+        )
+        return
+    ctx.state["ool_block"] = (first, first + n)
+    if ctx.kernel.has("ppc64_stub_count"):
+        tab["next"] = first + n
+    elif n:
+        ctx.write_uint(base + first * STUB_SIZE + FUNCDATA_OFFSET, 4, INSN_NOP, hint=_patch(ctx))
+        tab["slots"].setdefault(INSN_NOP, first)
+        tab["next"] = first + 1
+
+
+def _warn_ool_overwrite(ctx: ApplyContext, slot: int) -> None:
+    block = ctx.state.get("ool_block")
+    if block and block[0] <= slot < block[1]:
+        ctx.diagnostics.append(
+            Diagnostic(
+                f"call stub {slot} lies inside the out-of-line ftrace stub block (slots {block[0]}-{block[1] - 1}): "
+                "Linux 6.13-6.16 writes it over the module's ftrace stubs, corrupting function tracing of this "
+                "module (fixed in 6.17 by allocating at stub_count)",
+                severity="warning",
+                module=ctx.module.name,
+            )
+        )
+
+
 def _ftrace_names(kernel: KernelTarget) -> tuple[str, ...]:
     names = ["_mcount"]
     if option(kernel, "dynamic_ftrace"):
@@ -378,8 +467,7 @@ def _ftrace_names(kernel: KernelTarget) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int) -> None:
-    hint = _patch(ctx)
+def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int, hint: str | None = None) -> None:
     # funcdata as two 32-bit halves, then the magic (patch_instruction in 6.1, patch_u32 later: same bytes)
     ctx.write_uint(slot + FUNCDATA_OFFSET, 4, addr & 0xFFFFFFFF, hint=hint)
     ctx.write_uint(slot + FUNCDATA_OFFSET + 4, 4, addr >> 32, hint=hint)
@@ -397,23 +485,33 @@ def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
         raise RelocFailure(
             f"call stub at {slot:#x} is {reladdr:#x} from the TOC pointer {r2:#x}: outside the signed 32-bit "
             "reach of addis/addi",
-            f"{ctx.module.name}: Address {slot:016x} of stub out of range of {r2:016x}.",
+            # "%p of stub out of range of %p" with (void *)reladdr and the *function* my_r2, as printed
+            # with no_hash_pointers (16 hex digits); the function's address comes from vmlinux's symbols
+            f"{ctx.module.name}: Address {reladdr & MASK64:016x} of stub out of range of {_my_r2_function(ctx)}.",
         )
     words = stub_words(slot, r2)
     ctx.write_uint(slot, 4, words[0], insn=True, hint=hint)
     ctx.write_uint(slot + 4, 4, words[1], insn=True, hint=hint)
-    _write_stub_tail(ctx, slot, addr)
+    _write_stub_tail(ctx, slot, addr, hint)
+
+
+def _my_r2_function(ctx: ApplyContext) -> str:
+    syms = ctx.kernel_symbols
+    found = syms.objects["vmlinux"].matches("my_r2") if syms is not None and "vmlinux" in syms.objects else []
+    return f"{found[0]:016x}" if len(found) == 1 else "<address of my_r2()>"
 
 
 def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> None:
-    """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to the kernel TOC."""
+    """The mprofile-kernel stub for ``_mcount``/``ftrace_caller``: relative to
+    the kernel TOC.  The kernel builds it with memcpy and plain stores in every
+    version (no patch_instruction)."""
     ktoc = kernel_address(ctx, "kernel_toc")
     if ktoc is None:
         raise RelocFailure(
             f"the call to {name} needs the kernel's ftrace stub, which is relative to the kernel TOC "
             "(kernel_toc_addr()): give vmlinux symbols with .TOC. (System.map) or the option kernel_toc=ADDR"
         )
-    hint = _patch(ctx)
+    hint = "store"
     first = FTRACE_STUB_INSNS[0] | (int(option(ctx.kernel, "paca_kernel_toc_offset")) & 0xFFFC)
     words = (first, *FTRACE_STUB_INSNS[1:])
     for k, word in enumerate(words):
@@ -426,7 +524,7 @@ def create_ftrace_stub(ctx: ApplyContext, slot: int, addr: int, name: str) -> No
         )
     ctx.write_uint(slot + 4, 4, words[1] | ha16(reladdr), insn=True, hint=hint)
     ctx.write_uint(slot + 8, 4, words[2] | lo16(reladdr), insn=True, hint=hint)
-    _write_stub_tail(ctx, slot, addr)
+    _write_stub_tail(ctx, slot, addr, hint)
 
 
 def is_relative_link_branch(insn: int) -> bool:
@@ -462,7 +560,7 @@ def restore_r2(ctx: SectionContext, e: Entry) -> None:
         return  # sibling call (b): nothing to restore
     after = e.P + 4
     insn = ctx.read_uint(after, 4, insn=True)
-    if insn == INSN_LD_TOC and ctx.kernel.at_least(6, 3):
+    if insn == INSN_LD_TOC and ctx.kernel.has("ppc64_restore_r2_accepts_ld"):
         return  # already restored: a livepatch relocation applied again (6.3+)
     if insn != INSN_NOP:
         raise nop_failure(ctx, insn, after)
@@ -473,7 +571,7 @@ def rel24(ctx: SectionContext, entry: Entry) -> None:
     """R_PPC64_REL24: a stub for external/livepatch targets, else the local entry point."""
     e = entry
     value = (e.S + e.addend) & MASK64
-    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH):
+    if e.st_shndx in (C.SHN_UNDEF, C.SHN_LIVEPATCH, C.SHN_LIVEPATCH_RFC):
         value = stub_for_addr(ctx, value, e.symbol_name)
         restore_r2(ctx, e)
     else:
@@ -526,7 +624,7 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
             need[j] = ok[j] = False
     nxt = gather(buf, after[need], 4, order) if need.any() else np.zeros(0, np.uint64)
     ld_ok = nxt == U64(INSN_LD_TOC)
-    accepted = ld_ok if ctx.kernel.at_least(6, 3) else np.zeros_like(ld_ok)
+    accepted = ld_ok if ctx.kernel.has("ppc64_restore_r2_accepts_ld") else np.zeros_like(ld_ok)
     bad = ~accepted & (nxt != U64(INSN_NOP))
     need_idx = np.flatnonzero(need)
     for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):
@@ -555,7 +653,7 @@ def rel24_needs_stub(ctx: SectionContext) -> np.ndarray:
     """The REL24 entries of ``ctx.group`` that call through a stub: targets
     that are undefined (resolved externals) or livepatch symbols."""
     shndx = ctx.module.elf.symbols["st_shndx"][ctx.group_symbols()]
-    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH)
+    return (shndx == C.SHN_UNDEF) | (shndx == C.SHN_LIVEPATCH) | (shndx == C.SHN_LIVEPATCH_RFC)
 
 
 def rel24_local(S: np.ndarray, A: np.ndarray, P: np.ndarray, ctx: SectionContext) -> np.ndarray:
@@ -679,7 +777,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             handler=rel24,
             batch=rel24_stub_calls,
             split=rel24_needs_stub,
-            write_hint="patch_instruction" if kernel.at_least(5, 16) else None,
+            write_hint="patch_instruction" if kernel.has("ppc64_patch_instruction") else None,
             insn=True,
             range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
         ),
@@ -853,7 +951,8 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
             )
         )
     _dedotify(module)
-    total = 1
+    # up to 6.16 one spare slot keeps the funcdata scan terminated
+    total = 0 if kernel.has("ppc64_stub_count") else 1
     for s in module.sections[1:]:
         if s.type != C.SHT_RELA:
             continue
@@ -862,6 +961,8 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
         total += count_relocs(relas, R_PPC64_REL24)
     total += int(bool(option(kernel, "dynamic_ftrace")))
     total += int(bool(option(kernel, "dynamic_ftrace")) and bool(option(kernel, "dynamic_ftrace_with_regs")))
+    module.arch_state["ool_slots"] = ool_slots(module, kernel)
+    total += module.arch_state["ool_slots"]
     stubs.size = total * STUB_SIZE
     module.arch_state["stubs"] = stubs.index
     module.arch_state["toc"] = (toc or stubs).index
@@ -915,6 +1016,7 @@ def klp_arch_finalize(ctx: ApplyContext) -> None:
             ctx.diagnostics.append(
                 Diagnostic(f.message, module=ctx.module.name, kernel_message=f.kernel_message, symbol=name)
             )
+    setup_ftrace_ool_stubs(ctx)
 
 
 @hookimpl
@@ -927,11 +1029,11 @@ def klp_arch_write_method(
     around its writes (``module_disable_ro``)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == "patch_instruction" and kernel.at_least(5, 16):
+    if hint == "patch_instruction" and kernel.has("ppc64_patch_instruction"):
         return "patch_instruction"
     # hint "store" (or None): a plain store
     if region.perms & Perm.W:
         return "store"
-    if not kernel.at_least(5, 8):
+    if not kernel.has("klp_no_module_disable_ro"):
         return "module_disable_ro"
     return None

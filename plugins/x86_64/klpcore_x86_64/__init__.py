@@ -17,28 +17,53 @@ from typing import Any
 
 from klpcore import hookimpl
 from klpcore.arch import ABS, PREL, ArchSpec, RelocType, signed, unsigned
-from klpcore.constants import ModuleState
+from klpcore.constants import MemType, ModuleState
 from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
-from klpcore.memory import ModuleImage, Region
+from klpcore.memory import ModuleImage, Perm, Region
 
 EM_X86_64 = 62
 #: (e_machine, class, byte order, e_flags) this plugin answers to.
 ARCHES = [(EM_X86_64, 2, "little", 0)]
 
-_OVERFLOW = "overflow in relocation type {number} val {value:x}; '{module}' likely not compiled with -mcmodel=kernel"
+# Kernel messages per era.  ``loc %p`` is a hashed pointer the kernel makes up
+# at boot; klpcore prints the address as the kernel does with
+# ``no_hash_pointers`` (16 hex digits).  The overflow report is two pr_err lines.
+_OVERFLOW = "overflow in relocation type {number} val {value:x}\n`{module}' likely not compiled with -mcmodel=kernel"
+_OVERFLOW_619 = (
+    "overflow in relocation type {number} val {value:x} sec {sec} idx {idx}\n"
+    "`{module}' likely not compiled with -mcmodel=kernel"
+)
 _NONZERO_NEW = (
-    "x86/modules: Invalid relocation target, existing value is nonzero for type {number}, loc {loc:#x}, val {value:x}"
+    "x86/modules: Invalid relocation target, existing value is nonzero for type {number}, loc {loc:016x}, val {value:x}"
 )
 _NONZERO_OLD = (
-    "x86/modules: Skipping invalid relocation target, existing value is nonzero for type {number}, loc {loc:#x}, "
+    "x86/modules: Skipping invalid relocation target, existing value is nonzero for type {number}, loc {loc:016x}, "
     "val {value:x}"
+)
+_NONZERO_619 = (
+    "x86/modules: Invalid relocation target, existing value is nonzero for sec {sec}, idx {idx}, type {number}, "
+    "loc {loc:x}, val {value:x}"
 )
 _MISMATCH = (
     "x86/modules: Invalid relocation target, existing value does not match expected value for type {number}, "
-    "loc {loc:#x}, val {value:x}"
+    "loc {loc:016x}, val {value:x}"
 )
+_MISMATCH_619 = (
+    "x86/modules: Invalid relocation target, existing value does not match expected value for sec {sec}, "
+    "idx {idx}, type {number}, loc {loc:x}, val {value:x}"
+)
+
+
+def messages(kernel: KernelTarget) -> dict[str, str]:
+    """The x86 relocation messages as ``kernel`` prints them."""
+    if kernel.has("reloc_messages_sec_idx"):
+        return {"overflow": _OVERFLOW_619, "nonzero": _NONZERO_619, "mismatch": _MISMATCH_619}
+    if kernel.has("x86_write_relocate_add"):
+        return {"overflow": _OVERFLOW, "nonzero": _NONZERO_NEW, "mismatch": _MISMATCH}
+    return {"overflow": _OVERFLOW, "nonzero": _NONZERO_OLD, "mismatch": _MISMATCH}
+
 
 #: Numbers the kernel does not handle, named for error messages.
 OTHER_TYPES = {
@@ -59,8 +84,8 @@ OTHER_TYPES = {
 
 def reloc_types(kernel: KernelTarget) -> list[RelocType]:
     """The x86_64 type table for ``kernel``."""
-    zero = _NONZERO_NEW if kernel.at_least(6, 3) else _NONZERO_OLD
-    common: dict[str, Any] = {"require_zero": True, "zero_error": zero}
+    msg = messages(kernel)
+    common: dict[str, Any] = {"require_zero": True, "zero_error": msg["nonzero"]}
     pc32 = signed(32)
     return [
         RelocType(0, "R_X86_64_NONE", 0, "none"),
@@ -79,7 +104,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             ABS,
             check=unsigned(32),
             error="value {value:#x} does not fit an unsigned 32-bit field (module not built with -mcmodel=kernel?)",
-            kernel_error=_OVERFLOW,
+            kernel_error=msg["overflow"],
             range_doc="0 <= S + A <= 0xffffffff",
             **common,
         ),
@@ -91,7 +116,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             ABS,
             check=signed(32),
             error="value {value:#x} does not fit a signed 32-bit field (module not built with -mcmodel=kernel?)",
-            kernel_error=_OVERFLOW,
+            kernel_error=msg["overflow"],
             range_doc="-2**31 <= S + A < 2**31",
             **common,
         ),
@@ -157,25 +182,30 @@ def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
 
 
 @hookimpl
-def klp_arch_write_method(image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget) -> str:
+def klp_arch_write_method(
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget
+) -> str | None:
     """``write_relocate_add`` uses memcpy while the module is unformed and
     text_poke afterwards (5.8+).  Before 5.8 livepatch made the module
     writable around its writes (``module_disable_ro``, 4.5-5.7; the 2015 RFC
     era's ``set_memory_rw``/``set_memory_ro`` before that)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if kernel.at_least(5, 8):
+    if kernel.has("x86_text_poke"):
         return "text_poke"
-    if kernel.at_least(4, 5):
+    if kernel.has("module_rwx_helpers"):
         return "module_disable_ro"
-    return "set_memory_rw"
+    # the 2015 RFC made only the core text writable (set_memory_rw on module_core..core_text_size)
+    if region.memtype == MemType.TEXT:
+        return "set_memory_rw"
+    return "store" if region.perms & Perm.W else None
 
 
 @hookimpl
 def klp_arch_clear_section(ctx: SectionContext) -> bool:
     """``clear_relocate_add`` (Linux 6.3+); earlier kernels leave the values."""
-    if ctx.kernel.at_least(6, 3):
-        ctx.state["clear_mismatch_message"] = _MISMATCH
+    if ctx.kernel.has("x86_write_relocate_add"):
+        ctx.state["clear_mismatch_message"] = messages(ctx.kernel)["mismatch"]
         clear_section(ctx)
     return True
 

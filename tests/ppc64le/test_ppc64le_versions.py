@@ -1,0 +1,179 @@
+"""ppc64le layout and stub rules by kernel version and configuration (audit
+D1, D4, D5), each boundary on both sides."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from elfbuild import Obj, Rela, Sec, Sym
+
+from klpcore import KernelTarget, Loader, MemoryAccessError, RelocationError, get_plugin_manager, parse_symbol_text
+from klpcore import constants as C
+from klpcore.config import KernelConfig
+from klpcore.testing.klpify import KlpSym, klpify
+
+ppc = pytest.importorskip("klpcore_ppc64le")
+
+FIX = Path(__file__).parent / "fixtures"
+BASE = 0xC008000000000000
+KERNEL = """\
+c000000000123450 T ext_add
+c000000000a00000 T ftrace_caller
+c000000000a00100 T ftrace_regs_caller
+c000000001f00000 D .TOC.
+"""
+TGT = "c008000010000000 t tgt_fn\t[tgt_mod]\nc008000010100000 d tgt_data\t[tgt_mod]\n"
+AX = C.SHF_ALLOC | C.SHF_EXECINSTR
+WA = C.SHF_ALLOC | C.SHF_WRITE
+
+
+def loader(version: str, config: str | None = None, **options) -> Loader:
+    cfg = KernelConfig.from_text(config) if config else None
+    return Loader(get_plugin_manager(), kernel=KernelTarget.from_string(version, options=options, config=cfg))
+
+
+# ------------------------------------------------------------------ D1 layout
+def addresses(lm) -> dict[str, int]:
+    return {s.name: lm.section_address(s.index) for s in lm.module.sections if lm.section_address(s.index)}
+
+
+def test_64k_pages_by_default_4k_from_config() -> None:
+    """Debian's ppc64el (and every major distro) kernel has 64 KiB pages: rodata,
+    ro_after_init and data start on 64 KiB boundaries in core (6.1 legacy layout)."""
+    syms = parse_symbol_text((FIX / "kernel.map").read_text())
+    lm = loader("6.1").load(str(FIX / "mod_calls.o"), syms, BASE)
+    a = addresses(lm)
+    assert lm.module.settings["PAGE_SIZE"].value == 0x10000
+    assert lm.module.settings["PAGE_SIZE"].source == "arch default"
+    assert a[".rodata.str1.8"] == BASE + 0x10000
+    assert a[".data"] == BASE + 0x20000
+    small = loader("6.1", "CONFIG_PPC_4K_PAGES=y\n# CONFIG_PPC_64K_PAGES is not set\nCONFIG_STRICT_MODULE_RWX=y\n")
+    lm = small.load(str(FIX / "mod_calls.o"), syms, BASE)
+    assert lm.module.settings["PAGE_SIZE"].source == "config"
+    assert addresses(lm)[".rodata.str1.8"] == BASE + 0x1000
+    assert addresses(lm)[".data"] == BASE + 0x2000
+
+
+@pytest.mark.parametrize(("version", "packed"), [("5.13", True), ("5.14", False)])
+def test_no_page_alignment_before_5_14(version, packed) -> None:
+    """Book3S-64 selects ARCH_HAS_STRICT_MODULE_RWX from 5.14; before, debug_align
+    is the identity and the rows are packed (and text stays writable)."""
+    syms = parse_symbol_text((FIX / "kernel.map").read_text())
+    lm = loader(version).load(str(FIX / "mod_calls.o"), syms, BASE)
+    a = addresses(lm)
+    text = lm.module.section_by_name(".text")
+    stubs = lm.module.section_by_name(".stubs")
+    end_of_text = max(a[".text"] + text.size, a[".stubs"] + stubs.size)
+    if packed:
+        assert a[".rodata.str1.8"] == (end_of_text + 7) & ~7
+        assert lm.module.settings["STRICT_MODULE_RWX"].value == "n"
+    else:
+        assert a[".rodata.str1.8"] == BASE + 0x10000
+
+
+# --------------------------------------------------------- D5 late writes
+def _klp(names: list[str]) -> bytes:
+    return klpify((FIX / "klp_late.o").read_bytes(), {n: KlpSym("tgt_mod") for n in names}, fmt="final")
+
+
+@pytest.mark.parametrize(
+    ("version", "outcome"),
+    [("5.10", "store"), ("5.13", "store"), ("5.14", "fault"), ("5.15", "fault"), ("5.16", "patch_instruction")],
+)
+def test_late_writes_into_text_by_version(version, outcome) -> None:
+    """5.8-5.13: module text is writable (no STRICT_MODULE_RWX on ppc64), plain
+    stores succeed; 5.14/5.15 fault; 5.16 writes REL24/stubs with patch_instruction
+    (and still faults on the TOC16 store)."""
+    syms = parse_symbol_text("c000000000200000 D tgt_data\n")
+    lm = loader(version).load(_klp(["tgt_fn"]), syms, BASE)
+    if outcome == "fault":
+        with pytest.raises((RelocationError, MemoryAccessError)):
+            lm.coming("tgt_mod", parse_symbol_text(TGT))
+        return
+    lm.coming("tgt_mod", parse_symbol_text(TGT))
+    methods = {w.method for w in lm.write_log if w.phase == "coming:tgt_mod"}
+    assert methods == {outcome}
+
+
+def test_late_toc16_store_succeeds_on_5_13_only() -> None:
+    syms = parse_symbol_text("c000000000200000 D unrelated\n")
+    lm = loader("5.13").load(_klp(["tgt_fn", "tgt_data"]), syms, BASE)
+    lm.coming("tgt_mod", parse_symbol_text(TGT))
+    assert lm.pending_objects == []
+    syms = parse_symbol_text("c000000000200000 D unrelated\n")  # coming() merged tgt_mod into the first
+    lm = loader("5.16").load(_klp(["tgt_fn", "tgt_data"]), syms, BASE)
+    with pytest.raises(RelocationError):
+        lm.coming("tgt_mod", parse_symbol_text(TGT))
+
+
+# ------------------------------------------------------ D4 stubs and OOL
+BL, NOP = 0x48000001, 0x60000000
+
+
+def ool_module(entries: int = 5) -> bytes:
+    """Calls ext_add (kernel) and tgt_fn (livepatch, module tgt_mod); a
+    __patchable_function_entries table of ``entries`` pointers."""
+    text = struct.pack("<4I", BL, NOP, BL, NOP)
+    obj = Obj(
+        machine=21,
+        e_flags=2,
+        sections=[
+            Sec(".text", flags=AX, data=text, align=4),
+            Sec(".stubs", type=C.SHT_NOBITS, flags=AX, size=0, align=8),
+            Sec(".toc", flags=WA, data=bytes(8), align=8),
+            Sec("__patchable_function_entries", flags=WA, data=bytes(8 * entries), align=8),
+        ],
+        symbols=[Sym("ext_add", type=C.STT_FUNC), Sym("tgt_fn", type=C.STT_FUNC)],
+        relas=[Rela(".text", 0, 10, "ext_add"), Rela(".text", 8, 10, "tgt_fn")],
+        modinfo={"name": "oolmod", "livepatch": "Y"},
+    ).build()
+    return klpify(obj, {"tgt_fn": KlpSym("tgt_mod")}, fmt="final")
+
+
+def stub_slots(lm) -> list[int]:
+    sec = lm.module.section_by_name(".stubs")
+    data = lm.section_bytes(sec.index)
+    return [int.from_bytes(data[k * 40 + 32 : k * 40 + 40], "little") for k in range(sec.size // 40)]
+
+
+@pytest.mark.parametrize(
+    ("version", "slots", "tgt_slot", "overwrites"),
+    [
+        ("6.12", 1 + 2 + 2, 3, False),  # no out-of-line ftrace stubs yet
+        ("6.13", 1 + 2 + 2 + 3, 4, True),  # OOL block at 3..5, only slot 3 marked: tgt_fn lands inside it
+        ("6.16", 1 + 2 + 2 + 3, 4, True),
+        ("6.17", 2 + 2 + 3, 6, False),  # no spare slot; stub_count skips the block
+    ],
+)
+def test_stub_sizing_and_allocation_with_ool_ftrace(version, slots, tgt_slot, overwrites) -> None:
+    lm = loader(version, ftrace_out_of_line=True).load(ool_module(5), parse_symbol_text(KERNEL), BASE)
+    sec = lm.module.section_by_name(".stubs")
+    assert sec.size == slots * 40
+    funcdata = stub_slots(lm)
+    assert funcdata[:3] == [0xC000000000123450, 0xC000000000A00000, 0xC000000000A00100]
+    lm.coming("tgt_mod", parse_symbol_text(TGT))
+    funcdata = stub_slots(lm)
+    assert funcdata[tgt_slot] == 0xC008000010000000
+    warned = [d for d in lm.warnings if "out-of-line ftrace stub block" in d.message]
+    assert bool(warned) == overwrites
+    if version in ("6.13", "6.16"):
+        assert funcdata[3] & 0xFFFFFFFF == NOP  # setup_ftrace_ool_stubs' reservation mark
+
+
+def test_ool_needs_the_config() -> None:
+    """Without CONFIG_PPC_FTRACE_OUT_OF_LINE (the default: GCC 12 builds use -mprofile-kernel)."""
+    lm = loader("6.19").load(ool_module(5), parse_symbol_text(KERNEL), BASE)
+    assert lm.module.section_by_name(".stubs").size == (2 + 2) * 40
+    cfg = "CONFIG_PPC_FTRACE_OUT_OF_LINE=y\nCONFIG_DYNAMIC_FTRACE=y\nCONFIG_DYNAMIC_FTRACE_WITH_REGS=y\n"
+    lm = loader("6.19", cfg).load(ool_module(5), parse_symbol_text(KERNEL), BASE)
+    assert lm.module.section_by_name(".stubs").size == (2 + 2 + 3) * 40
+
+
+@pytest.mark.parametrize(("version", "size"), [("6.16", (1 + 6 + 2) * 40), ("6.17", (6 + 2) * 40)])
+def test_mod_calls_stub_area(version, size) -> None:
+    """The audit's measurement: mod_calls.o, 360 bytes up to 6.16, 320 from 6.17."""
+    syms = parse_symbol_text((FIX / "kernel.map").read_text())
+    lm = loader(version).load(str(FIX / "mod_calls.o"), syms, BASE)
+    assert lm.module.section_by_name(".stubs").size == size
