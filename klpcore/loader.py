@@ -570,8 +570,7 @@ class LoadedModule:
                 Diagnostic(
                     f"objects {', '.join(o.name for o in todo)} are applied in the order of their first section; "
                     "the kernel uses the order of the patch's klp_object array, which can change which stub or "
-                    "PLT slot each call gets: give it with -O klp_object_order="
-                    + ",".join(o.name for o in todo),
+                    "PLT slot each call gets: give it with -O klp_object_order=" + ",".join(o.name for o in todo),
                     severity="warning",
                     module=self.module.name,
                 )
