@@ -564,3 +564,115 @@ def test_got_plt_first_in_text_in_both_layouts(version: str) -> None:
     assert got_addr == BASE and plt_addr == BASE + len(got)
     assert text == (plt_addr + len(plt) + sec.addralign - 1) & ~(sec.addralign - 1)
     assert _gotent_targets(lm, ".text")
+
+
+# ------------------------------------------- both sides of every checked type
+#: apply_rela's call to apply_rela_bits for each type, written out from arch/s390/kernel/module.c:
+#: number -> (name, signed, bits, shift, value class)
+KERNEL_BITS = {
+    1: ("R_390_8", False, 8, 0, "abs"),
+    2: ("R_390_12", False, 12, 0, "abs"),
+    3: ("R_390_16", False, 16, 0, "abs"),
+    57: ("R_390_20", True, 20, 0, "abs"),
+    4: ("R_390_32", False, 32, 0, "abs"),
+    16: ("R_390_PC16", True, 16, 0, "pc"),
+    17: ("R_390_PC16DBL", True, 16, 1, "pc"),
+    19: ("R_390_PC32DBL", True, 32, 1, "pc"),
+    5: ("R_390_PC32", True, 32, 0, "pc"),
+    6: ("R_390_GOT12", False, 12, 0, "got"),
+    15: ("R_390_GOT16", False, 16, 0, "got"),
+    58: ("R_390_GOT20", True, 20, 0, "got"),
+    7: ("R_390_GOT32", False, 32, 0, "got"),
+    29: ("R_390_GOTPLT12", False, 12, 0, "got"),
+    30: ("R_390_GOTPLT16", False, 16, 0, "got"),
+    59: ("R_390_GOTPLT20", True, 20, 0, "got"),
+    31: ("R_390_GOTPLT32", False, 32, 0, "got"),
+    26: ("R_390_GOTENT", True, 32, 1, "gotent"),
+    33: ("R_390_GOTPLTENT", True, 32, 1, "gotent"),
+    18: ("R_390_PLT16DBL", True, 16, 1, "pltfar"),
+    20: ("R_390_PLT32DBL", True, 32, 1, "pltdbl"),
+    8: ("R_390_PLT32", False, 32, 0, "plt"),
+    34: ("R_390_PLTOFF16", False, 16, 0, "pltoff"),
+    35: ("R_390_PLTOFF32", False, 32, 0, "pltoff"),
+    27: ("R_390_GOTOFF16", False, 16, 0, "gotoff"),
+    13: ("R_390_GOTOFF32", False, 32, 0, "gotoff"),
+    14: ("R_390_GOTPC", True, 32, 0, "gotpc"),
+    21: ("R_390_GOTPCDBL", True, 32, 1, "gotpc"),
+}
+EDGE_S = BASE + 0x100000  # the symbol: in the module area, 1 MiB above the module
+
+
+def _edge_geometry(cls: str) -> tuple[int, int, int]:
+    """(GOT, PLT, P) for a module with one relocation of class ``cls`` at .text+0:
+    an 8-byte GOT slot for GOT classes, a 22-byte PLT entry for PLT classes, both at
+    the text base (GOT first), .text (8-aligned) after them."""
+    got = 8 if cls in ("got", "gotent") else 0
+    plt = 22 if cls in ("pltdbl", "pltfar", "plt", "pltoff") else 0
+    return BASE, BASE + got, (BASE + got + plt + 7) & ~7
+
+
+def _edge_value(cls: str, A: int) -> int:
+    GOT, PLTe, P = _edge_geometry(cls)
+    S = EDGE_S
+    return {
+        "abs": S + A,
+        "pc": S + A - P,
+        "got": 0 + A,  # G = 0: the only slot
+        "gotent": GOT + 0 + A - P,
+        "pltdbl": S + A - P,  # S - P = 1 MiB: a direct brasl
+        "pltfar": PLTe + A - P,  # 1 MiB is beyond bras's 64 KiB: through the PLT
+        "plt": PLTe + A - P,
+        "pltoff": PLTe - GOT + A,
+        "gotoff": S + A - GOT,
+        "gotpc": GOT + A - P,
+    }[cls]
+
+
+def _edge_module(rtype: int, addend: int) -> bytes:
+    return Obj(
+        machine=22,
+        endian=">",
+        sections=[Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(16), align=8)],
+        symbols=[Sym("ext")],
+        relas=[Rela(".text", 0, rtype, "ext", addend)],
+        modinfo={"name": "edge"},
+    ).build()
+
+
+def _edge_cases() -> list[tuple[int, str, int]]:
+    """(type, side, value before the shift) at and beyond each limit."""
+    out = []
+    for rtype, (_, sign, bits, shift, _) in KERNEL_BITS.items():
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if sign else (0, (1 << bits) - 1)
+        out += [(rtype, "ok_max", hi << shift), (rtype, "over_max", (hi + 1) << shift)]
+        if sign:
+            out += [(rtype, "ok_min", lo << shift), (rtype, "over_min", (lo - 1) << shift)]
+        else:
+            out.append((rtype, "negative", -(1 << shift)))
+        if shift:
+            out.append((rtype, "odd", 0x101))
+    return out
+
+
+@pytest.mark.parametrize("rtype, side, value", _edge_cases(), ids=lambda v: str(v) if not isinstance(v, int) else None)
+def test_both_sides_of_every_limit(rtype: int, side: str, value: int) -> None:
+    name, sign, bits, shift, cls = KERNEL_BITS[rtype]
+    assert s390.types.FIELDS[rtype] == (sign, bits, shift)
+    addend = value - _edge_value(cls, 0)
+    assert _edge_value(cls, addend) == value
+    symbols = parse_symbol_text(f"{EDGE_S:016x} T ext\n")
+    if side.startswith("ok"):
+        lm = load(_edge_module(rtype, addend), symbols=symbols)
+        _, text, data = section(lm, ".text")
+        assert text == _edge_geometry(cls)[2]
+        assert _field(data, 0, rtype) == (value >> shift) & ((1 << bits) - 1)
+        if cls in ("got", "gotent"):
+            assert lm.reserved_bytes(GOT)[1] == EDGE_S.to_bytes(8, "big")
+        return
+    with pytest.raises(RelocationError) as ei:
+        load(_edge_module(rtype, addend), symbols=symbols)
+    (d,) = ei.value.diagnostics
+    assert d.rtype == name
+    assert d.kernel_message == (
+        f"module edge: relocation error for symbol ext (r_type {rtype}, value {value & M64:#x})"
+    )
