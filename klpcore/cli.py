@@ -39,6 +39,7 @@ symbol files (--symbols, repeatable; the format is detected from the content):
   kallsyms                  /proc/kallsyms text; [module] lines become that module's symbols
   vmlinux                   an ELF with .symtab
   mod.ko@0xADDR[:NAME]      a module loaded at ADDR (laid out by klpcore)
+  Module.symvers            export CRCs, GPL-only flags, namespaces (checked as resolve_symbol does)
 
 exit codes: 0 success, 1 relocation or resolution errors, 2 bad usage or unreadable input
 """
@@ -256,9 +257,11 @@ def _module_elf(args: argparse.Namespace) -> ElfModule:
 
 def kernel_summary(kernel: KernelTarget, settings: dict[str, Setting] | None = None) -> dict[str, Any]:
     """What every report says about the rules it used."""
-    source = {"newest": "newest modelled release", "option": "--kernel"}.get(
+    source = {"newest": "newest checked release", "option": "--kernel"}.get(
         kernel.version_source, kernel.version_source
     )
+    if kernel.beyond_newest:
+        source += f"; newer than the newest checked release {NEWEST[0]}.{NEWEST[1]}, whose rules are used"
     out: dict[str, Any] = {
         "version": kernel.label,
         "version_source": source,
@@ -402,13 +405,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for s in mod.elf.rela_sections()
         ],
         "warnings": [d.as_dict() for d in klp.warnings],
-        "kernel": kernel_summary(loader.kernel),
+        "kernel": kernel_summary(loader.kernel, loader.settings(mod)),
     }
     if args.json:
         _emit_json(data)
         return EXIT_OK
     print(f"module   {mod.name} ({args.module})")
-    print(kernel_line(loader.kernel))
+    print(kernel_line(loader.kernel, loader.settings(mod)))
     print(f"machine  {mod.elf.machine} -> {mod.arch.name} ({mod.elf.byteorder}-endian), plugin {mod.arch.plugin_name}")
     print(f"livepatch  modinfo livepatch={'Y' if klp.is_livepatch else 'no'}, format: {klp.fmt or 'no klp sections'}")
     for o in klp.objects.values():

@@ -294,13 +294,8 @@ class ElfModule:
             raise self._fail("not a SHT_RELA section", sec.name)
         if sec.size % C.RELA_SIZE:
             raise self._fail(f"size {sec.size} is not a multiple of {C.RELA_SIZE}", sec.name)
-        if sec.entsize not in (0, C.RELA_SIZE):
-            raise self._fail(f"sh_entsize {sec.entsize} is not {C.RELA_SIZE}", sec.name)
-        if sec.link != self.symtab_index:
-            raise self._fail(
-                f"sh_link {sec.link} is not the symbol table ({self.symtab_index})",
-                sec.name,
-            )
+        # like the kernel, ignore sh_entsize (entries are sizeof(Elf64_Rela)) and sh_link (the one
+        # symbol table is used whatever the section names)
         count = sec.size // C.RELA_SIZE
         arr = np.frombuffer(self.data, dtype=rela_dtype(self.endian), count=count, offset=sec.offset).copy()
         syms = arr["r_info"] >> np.uint64(32)

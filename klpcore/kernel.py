@@ -108,6 +108,11 @@ class KernelTarget:
         return self.has("klp_vmlinux_symbol_check")
 
     @property
+    def beyond_newest(self) -> bool:
+        """Newer than the newest release klpcore was checked against (its rules are assumed)."""
+        return self.version > NEWEST
+
+    @property
     def messages_with_index(self) -> bool:
         """Relocation error messages carry the section and entry index (6.19)."""
         return self.has("reloc_messages_sec_idx")

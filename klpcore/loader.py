@@ -60,6 +60,10 @@ PERCPU_SECTION = ".data..percpu"
 MAX_IMAGE = 1 << 30
 #: Sections ``rewrite_section_headers`` keeps out of module memory.
 UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_ext_names")
+#: ``license_is_gpl_compatible`` (include/linux/license.h)
+GPL_COMPATIBLE = frozenset(
+    {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
+)
 #: Sections ``module_mark_ro_after_init`` marks.
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
 #: Marked too since 6.16 with ``CONFIG_HAVE_STATIC_CALL_INLINE``.
@@ -287,8 +291,8 @@ class Loader:
                     return bool(answer)
             return name.startswith(".init")
 
-        # legacy layout: strict_align (6.0-6.3, CONFIG_STRICT_MODULE_RWX) or
-        # debug_align (before 6.0, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
+        # legacy layout: strict_align (5.19-6.3, CONFIG_STRICT_MODULE_RWX) or
+        # debug_align (before 5.19, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
         rwx = "STRICT_MODULE_RWX" if self.kernel.has("strict_align_config") else "ARCH_HAS_STRICT_MODULE_RWX"
         page_size = mod.page_size
         try:
@@ -440,6 +444,7 @@ class LoadedModule:
         self.applied_objects: set[str] = set()
         #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
         self._resolve_failed: set[str] = set()
+        self._cache: dict[str, Any] = {}
 
     # -------------------------------------------------------------- symbols
     def _simplify_symbols(self) -> list[Diagnostic]:
@@ -456,6 +461,30 @@ class LoadedModule:
                 addr = mod.extra_addresses.get(idx, 0)
             vals[shndx == idx] += np.uint64(addr)
         errors: list[Diagnostic] = []
+        handled = (C.SHN_UNDEF, C.SHN_ABS, C.SHN_COMMON, C.SHN_LIVEPATCH)
+        bad = np.flatnonzero((shndx >= len(elf.sections)) & ~np.isin(shndx, handled))
+        for i in bad.tolist():
+            if i == 0 or (int(shndx[i]) == C.SHN_LIVEPATCH_RFC and mod.klp.fmt == "rfc"):
+                continue  # the RFC-era kernel handled its own section index
+            name = elf.symbol_names[i]
+            n = int(shndx[i])
+            errors.append(
+                Diagnostic(
+                    f"symbol has section index {n:#x}, past the {len(elf.sections)} section headers"
+                    + (
+                        ""
+                        if self.kernel.has("invalid_shndx_refused")
+                        else " (this kernel reads past its section header table for it; 7.0+ refuses the module)"
+                    ),
+                    module=mod.name,
+                    symbol=name,
+                    kernel_message=(
+                        f"{mod.name}: Symbol {name} has an invalid section index {n} (max {len(elf.sections) - 1})"
+                        if self.kernel.has("invalid_shndx_refused")
+                        else None
+                    ),
+                )
+            )
         if np.any(shndx == C.SHN_COMMON):
             for i in np.flatnonzero(shndx == C.SHN_COMMON).tolist():
                 if elf.symbol_names[i].startswith("__gnu_lto"):
@@ -476,6 +505,19 @@ class LoadedModule:
             name = elf.symbol_names[i]
             bind = int(info[i]) >> 4
             match = self.symbols.find_exported(name)
+            refusal = self._export_refusal(name) if match is not None else None
+            if refusal is not None and refusal[0] == -2:
+                match = None  # find_symbol hides a GPL-only export from a proprietary module
+            elif refusal is not None:
+                errors.append(
+                    Diagnostic(
+                        f"exported symbol {name} refused: {refusal[1]}",
+                        module=mod.name,
+                        symbol=name,
+                        kernel_message="\n".join([*refusal[2], f"{mod.name}: Unknown symbol {name} (err -22)"]),
+                    )
+                )
+                continue
             if match is not None:
                 vals[i] = np.uint64(match.address)
                 self.resolutions.append(SymbolResolution(i, name, match.address, "exported", match.objname))
@@ -504,7 +546,9 @@ class LoadedModule:
                 continue
             found = self.symbols.find_global(name)
             why = (
-                f"defined in {', '.join(sorted({m.objname for m in found}))} but not exported"
+                refusal[1]
+                if refusal is not None
+                else f"defined in {', '.join(sorted({m.objname for m in found}))} but not exported"
                 if found
                 else "not found in any symbol source"
             )
@@ -518,6 +562,71 @@ class LoadedModule:
             )
         self.symvals = vals
         return errors
+
+    def _export_refusal(self, name: str) -> tuple[int, str, list[str]] | None:
+        """``resolve_symbol``'s checks on an export, from ``Module.symvers``
+        metadata when the user gave it: GPL-only exports are invisible to a
+        proprietary module (-ENOENT); a modversions CRC mismatch or a missing
+        namespace import refuse the symbol (-EINVAL), even a weak one.
+        Returns (errno, why, kernel lines before "Unknown symbol") or None."""
+        meta = self.symbols.export_meta.get(name)
+        if meta is None:
+            return None
+        mod = self.module
+        info = mod.elf.modinfo
+        licenses = info.get("license") or []
+        license = licenses[-1] if licenses else None
+        if meta.gpl_only and license not in GPL_COMPATIBLE:
+            return (
+                -2,
+                f"exported GPL-only (EXPORT_SYMBOL_GPL) and the module's license {license!r} is not GPL-compatible",
+                [],
+            )
+        if "modversions" not in self._cache:
+            cfg = self.kernel.config
+            meta_all = self.symbols.export_meta.values()
+            self._cache["modversions"] = cfg.enabled("MODVERSIONS") if cfg is not None else any(m.crc for m in meta_all)
+        modversions = bool(self._cache["modversions"])
+        if modversions:
+            versions = self._versions()
+            if versions is None:
+                force = config_setting(mod.hooks, self.kernel, "MODULE_FORCE_LOAD").value in ("y", "m")
+                if not force:
+                    return (
+                        -22,
+                        "the module has no __versions section and the kernel has no MODULE_FORCE_LOAD "
+                        "(try_to_force_load fails)",
+                        [],
+                    )
+            elif name in versions and versions[name] != meta.crc:
+                return (
+                    -22,
+                    f"modversions CRC {versions[name]:#010x} in __versions differs from the kernel's {meta.crc:#010x}",
+                    [f"{mod.name}: disagrees about version of symbol {name}"],
+                )
+        if meta.namespace and meta.namespace not in info.get("import_ns", []):
+            return (
+                -22,
+                f"exported in namespace {meta.namespace}, which the module does not import (MODULE_IMPORT_NS)",
+                [f"{mod.name}: module uses symbol ({name}) from namespace {meta.namespace}, but does not import it."],
+            )
+        return None
+
+    def _versions(self) -> dict[str, int] | None:
+        """The module's ``__versions`` (struct modversion_info: unsigned long crc, char name[56])."""
+        if "versions" in self._cache:
+            return self._cache["versions"]  # type: ignore[no-any-return]
+        elf = self.module.elf
+        sec = elf.section_by_name("__versions")
+        out: dict[str, int] | None = None
+        if sec is not None and not sec.is_nobits:
+            data = elf.section_data(sec.index)
+            out = {}
+            for k in range(0, len(data) - 63, 64):
+                crc = int.from_bytes(data[k : k + 8], elf.byteorder)  # type: ignore[arg-type]
+                out.setdefault(data[k + 8 : k + 64].split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
+        self._cache["versions"] = out
+        return out
 
     # --------------------------------------------------------------- phases
     def _placed(self) -> list[tuple[int, str, int, int]]:
@@ -606,6 +715,7 @@ class LoadedModule:
         clear: bool = False,
     ) -> PhaseResult:
         mod = self.module
+        self._resolve_failed.clear()
         staged = StagedMemory(self.image, self._placed())
         symvals = self.symvals.copy()
         state = _copy_state(mod.arch_state)
@@ -637,6 +747,22 @@ class LoadedModule:
             except KlpError as exc:
                 ctx.diagnostics.extend(exc.diagnostics)
                 continue
+            if s.info in mod.extra_addresses:
+                # the per-CPU section (6.16+): the kernel relocates its template in the temporary load copy
+                types = np.unique((relas["r_info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)).tolist()
+                prel = [mod.arch.type_name(t) for t in types if "P" in (getattr(mod.arch.types.get(t), "formula", ""))]
+                if prel:
+                    ctx.diagnostics.append(
+                        Diagnostic(
+                            f"PC-relative relocations ({', '.join(prel)}) into the per-CPU section: the kernel "
+                            "computes P in its temporary copy of the template (an address klpcore does not know) "
+                            "and copies the result to each CPU; klpcore uses the per-CPU base, so these values "
+                            "differ by the distance between the two",
+                            severity="warning",
+                            module=mod.name,
+                            section=s.name,
+                        )
+                    )
             placement = mod.layout.placements.get(s.info)
             if placement is not None and placement.memtype.is_init and self.image.state == ModuleState.LIVE:
                 ctx.diagnostics.append(

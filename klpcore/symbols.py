@@ -1,9 +1,11 @@
 """Kernel symbol tables and the kernel's symbol resolution rules.
 
 Sources: ``System.map``, ``/proc/kallsyms`` text (``[module]`` annotations make
-each module its own object), the ``.symtab`` of a vmlinux ELF, and the
-``.symtab`` of a module ``.ko`` loaded at a given base.  Several sources merge
-into one :class:`KernelSymbols`.
+each module its own object), the ``.symtab`` of a vmlinux ELF, the
+``.symtab`` of a module ``.ko`` loaded at a given base, and the build's
+``Module.symvers`` (no addresses: each export's CRC, GPL-only flag and
+namespace, for ``resolve_symbol``'s checks).  Several sources merge into one
+:class:`KernelSymbols`.
 
 Resolution follows the kernel:
 
@@ -35,6 +37,17 @@ from . import constants as C
 from .errors import Diagnostic, ResolutionError, SymbolFileError
 
 EXPORT_PREFIX = "__ksymtab_"
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """One line of ``Module.symvers``: how a symbol is exported."""
+
+    name: str
+    crc: int
+    owner: str  # "vmlinux" or the module's build path
+    gpl_only: bool
+    namespace: str = ""
 
 
 @dataclass
@@ -145,6 +158,8 @@ class KernelSymbols:
         self.objects: dict[str, ObjectSymbols] = {}
         self.source_names: list[str] = []
         self._export_info: bool | None = None
+        #: export metadata from Module.symvers (symbol name -> how it is exported)
+        self.export_meta: dict[str, ExportInfo] = {}
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
@@ -159,6 +174,7 @@ class KernelSymbols:
 
     def merge(self, other: KernelSymbols) -> None:
         self._export_info = None
+        self.export_meta.update(other.export_meta)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)
             if dst is None or not dst.names:
@@ -466,6 +482,27 @@ def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
     return ch.upper() if bind == C.STB_GLOBAL else ch
 
 
+_SYMVERS = re.compile(r"^0x([0-9a-fA-F]+)\t(\S+)\t(\S+)\t(EXPORT_\w+)(?:\t(\S*))?$")
+
+
+def parse_symvers(text: str, source: str = "<Module.symvers>") -> KernelSymbols | None:
+    """``Module.symvers`` (``0xCRC<TAB>symbol<TAB>module<TAB>EXPORT_SYMBOL[_GPL][<TAB>namespace]``),
+    or None when ``text`` does not look like one."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or not _SYMVERS.match(lines[0]):
+        return None
+    ks = KernelSymbols()
+    ks.source_names.append(source)
+    for lineno, line in enumerate(lines, 1):
+        m = _SYMVERS.match(line)
+        if m is None:
+            raise SymbolFileError(f"{source}:{lineno}: not a Module.symvers line: {line[:80]!r}")
+        ks.export_meta[m.group(2)] = ExportInfo(
+            m.group(2), int(m.group(1), 16), m.group(3), m.group(4).endswith("_GPL"), m.group(5) or ""
+        )
+    return ks
+
+
 def load_symbols(spec: str) -> KernelSymbols:
     """Load one symbol source; the format is detected from the content.
 
@@ -485,6 +522,9 @@ def load_symbols(spec: str) -> KernelSymbols:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SymbolFileError(f"{path}: neither an ELF file nor System.map/kallsyms text") from exc
+    symvers = parse_symvers(text, path)
+    if symvers is not None:
+        return symvers
     return parse_symbol_text(text, path)
 
 

@@ -35,9 +35,12 @@ class Behaviour:
         return f"{self.since[0]}.{self.since[1]}"
 
 
-#: The newest released kernel whose rules klpcore models (the default target
-#: when a module carries no usable ``vermagic``).
-NEWEST: tuple[int, int] = (6, 19)
+#: The newest release whose module loader and livepatch code were checked
+#: against klpcore (the default target when a module carries no usable
+#: ``vermagic``).  7.1 (7.1.5) differs from 6.19 in these files only by
+#: ``invalid_shndx_refused``; later releases were not available to check and
+#: get 7.1's rules (reports say so).
+NEWEST: tuple[int, int] = (7, 1)
 #: The oldest kernel klpcore models (the 2015 livepatch RFC era).
 OLDEST: tuple[int, int] = (4, 3)
 
@@ -123,11 +126,12 @@ _TABLE = [
     ),
     Behaviour(
         "strict_align_config",
-        (6, 0),
+        (5, 19),
         "core",
         "the legacy layout page-aligns its rows when CONFIG_STRICT_MODULE_RWX is set (strict_align); before, "
         "when the arch has CONFIG_ARCH_HAS_STRICT_MODULE_RWX (debug_align)",
-        "module: Move strict rwx support to a separate file (5.19/6.0 kernel/module/ split)",
+        "module: Rework layout alignment to avoid BUG_ON()s; Rename debug_align() as strict_align() "
+        "(modules pull for 5.19, with the kernel/module/ split; the audit had 6.0)",
     ),
     Behaviour(
         "ksym_name_len_512",
@@ -186,6 +190,15 @@ _TABLE = [
         "alloc_tag: load module tags into separate contiguous memory (6.13)",
     ),
     Behaviour(
+        "x86_clang_stack_cookie_gotpcrel",
+        (6, 15),
+        "x86_64",
+        "with CONFIG_STACKPROTECTOR and clang < 17 (CONFIG_CLANG_VERSION < 170000) R_X86_64_REX_GOTPCRELX "
+        "against __stack_chk_guard is accepted as a PC32 to a static pointer; anything else is "
+        "'Unsupported GOTPCREL relocation' (a later kbuild series reverts it; still present in 7.1.5)",
+        "x86/module: Deal with GOT based stack cookie load on Clang < 17 (tip, Feb 2025)",
+    ),
+    Behaviour(
         "relocates_percpu",
         (6, 16),
         "core",
@@ -208,6 +221,15 @@ _TABLE = [
         ".stubs has no terminating spare slot and stub_for_addr allocates at me->arch.stub_count "
         "(before: one extra slot, and the first slot whose funcdata is zero)",
         "powerpc64/modules: fix ool-ftrace-stub vs. livepatch relocation corruption (6.17)",
+    ),
+    Behaviour(
+        "invalid_shndx_refused",
+        (7, 0),
+        "core",
+        "simplify_symbols refuses a symbol whose section index is past the section headers (and not UNDEF, "
+        "ABS, COMMON or LIVEPATCH): '%s: Symbol %s has an invalid section index %u (max %u)'; before, the "
+        "kernel read past its section header table (absent in 6.19, present in 7.1.5; in stable trees too)",
+        "module: Fix kernel panic when a symbol st_shndx is out of bounds (posted Dec 2025)",
     ),
     Behaviour(
         "reloc_messages_sec_idx",
@@ -238,7 +260,7 @@ def render_markdown() -> str:
         "",
         "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
         "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-amd64` -> 6.1), and the",
-        f"newest modelled release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
+        f"newest checked release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
         "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
         "kernel with a backport).",
         "",

@@ -372,7 +372,7 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
     with pytest.raises(RelocationError) as ei:
         toy_loader.load(base, symbols(), BASE)
     symtab = ElfModule(base).symtab_index
-    # 6.19 (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
+    # 6.19+ (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
     assert ei.value.diagnostics[0].kernel_message == (
         f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
     )

@@ -214,13 +214,13 @@ def test_no_strict_module_rwx_packs_legacy_and_leaves_text_writable(version) -> 
     assert str(next(r for r in lm.image.regions if r.memtype == MemType.TEXT).perms) == "r-x"
 
 
-def test_strict_align_keys_on_strict_module_rwx_from_6_0() -> None:
-    """6.0-6.3 strict_align follows CONFIG_STRICT_MODULE_RWX; 5.x debug_align
+def test_strict_align_keys_on_strict_module_rwx_from_5_19() -> None:
+    """5.19-6.3 strict_align follows CONFIG_STRICT_MODULE_RWX; before, debug_align
     follows CONFIG_ARCH_HAS_STRICT_MODULE_RWX."""
     cfg = KernelConfig.from_text("CONFIG_ARCH_HAS_STRICT_MODULE_RWX=y\n# CONFIG_STRICT_MODULE_RWX is not set\n")
     pm = get_plugin_manager(autoload=False, plugins=[T])
-    old = Loader(pm, kernel=KernelTarget((5, 19), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
-    new = Loader(pm, kernel=KernelTarget((6, 0), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
+    old = Loader(pm, kernel=KernelTarget((5, 18), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
+    new = Loader(pm, kernel=KernelTarget((5, 19), config=cfg)).load(module(), parse_symbol_text(SYMS), BASE)
     assert addresses(old)[".rodata"] == BASE + 0x1000
     assert addresses(new)[".rodata"] == BASE + 0x10
 
@@ -367,3 +367,63 @@ def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
     assert ks.find_object_symbol("tgt", "foo", 0) == 0xFFFFFFFFC1000010
     assert ks.find_object_symbol("tgt", "pcpu_var", 0) == 0xFFFFFFFFA0000008
     assert ks.objects["tgt"].matches("absval") == []
+
+
+# --------------------------------------------- 7.0 invalid section index
+@pytest.mark.parametrize("version", [(6, 19), (7, 0)])
+def test_symbol_with_section_index_past_the_headers_is_refused(toy_pm, version) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+        # a reserved index the loader has no case for (indexes below 0xff00 past the headers are
+        # refused earlier, when klpcore reads the ELF)
+        symbols=[Sym("printk"), Sym("broken", 0xFF10, 0, bind=C.STB_LOCAL)],
+        relas=[Rela(".text", 0, T.ABS64, "broken")],
+        modinfo={"name": "bad"},
+    ).build()
+    from klpcore import ResolutionError
+
+    with pytest.raises(ResolutionError) as ei:
+        Loader(toy_pm, kernel=KernelTarget(version)).load(obj, parse_symbol_text(SYMS), BASE)
+    d = ei.value.diagnostics[0]
+    assert d.symbol == "broken" and "section index 0xff10" in d.message
+    if version >= (7, 0):
+        assert d.kernel_message.startswith("bad: Symbol broken has an invalid section index 65296 (max ")
+    else:
+        assert d.kernel_message is None and "reads past its section header table" in d.message
+
+
+def test_pc_relative_percpu_relocation_warns(toy_pm) -> None:
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16)), Sec(".data..percpu", flags=DATA, data=bytes(16), align=8)],
+        symbols=[Sym("printk")],
+        relas=[Rela(".data..percpu", 0, T.PREL32, "printk", 0), Rela(".data..percpu", 8, T.ABS64, "printk", 0)],
+        modinfo={"name": "pcpu"},
+    ).build()
+    lm = Loader(toy_pm, kernel=KernelTarget((6, 16)), percpu_base=0xFFFFFFFF80100000).load(
+        obj, parse_symbol_text(SYMS), BASE
+    )
+    assert any("R_TOY_PREL32" in w.message and "temporary copy" in w.message for w in lm.warnings)
+    assert not any("R_TOY_ABS64" in w.message for w in lm.warnings)
+
+
+def test_rela_sh_link_and_entsize_are_ignored_like_the_kernel(toy_pm) -> None:
+    """apply_relocations uses the module's one symbol table and sizeof(Elf64_Rela)
+    whatever a relocation section's sh_link and sh_entsize say (D14)."""
+    from klpcore.elf import ElfModule
+
+    data = bytearray(
+        Obj(
+            sections=[Sec(".text", flags=TEXT, data=bytes(16))],
+            symbols=[Sym("printk")],
+            relas=[Rela(".text", 0, T.ABS64, "printk")],
+            modinfo={"name": "odd"},
+        ).build()
+    )
+    elf = ElfModule(bytes(data))
+    rela = next(s for s in elf.sections if s.type == C.SHT_RELA)
+    shoff = int.from_bytes(data[0x28:0x30], "little")
+    at = shoff + rela.index * 64
+    data[at + 40 : at + 44] = (0).to_bytes(4, "little")  # sh_link
+    data[at + 56 : at + 64] = (7).to_bytes(8, "little")  # sh_entsize
+    lm = Loader(toy_pm).load(bytes(data), parse_symbol_text(SYMS), BASE)
+    assert struct.unpack_from("<Q", lm.section_bytes(lm.module.section_by_name(".text").index))[0] == 0xFFFFFFFF81000000

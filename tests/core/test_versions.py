@@ -20,8 +20,9 @@ def test_docs_versions_md_is_generated_from_the_table() -> None:
     )
 
 
-def test_newest_is_6_19_and_the_default() -> None:
-    assert NEWEST == (6, 19)
+def test_newest_is_7_1_and_the_default() -> None:
+    assert NEWEST == (7, 1)
+    assert not KernelTarget(NEWEST).beyond_newest and KernelTarget((7, 3)).beyond_newest
     assert KernelTarget().version == NEWEST
     assert KernelTarget.from_string("newest").version == NEWEST
 

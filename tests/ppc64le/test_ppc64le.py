@@ -346,8 +346,8 @@ def test_late_toc16_into_readonly_text_faults() -> None:
 
 
 def test_reapply_after_reload_6_1_vs_newest() -> None:
-    """6.3+ accepts the ld r2,24(r1) left by the first application; 6.1 refuses it."""
-    for version, ok in (("6.3", True), ("6.1", False)):
+    """6.3+ accepts the ld r2,24(r1) left by the first application; 6.2 (and 6.1) refuse it."""
+    for version, ok in (("6.3", True), ("6.2", False), ("6.1", False)):
         syms = parse_symbol_text("c000000000200000 D tgt_data\n")
         lm = load(_klp(["tgt_fn"]), version, symbols=syms)
         lm.coming("tgt_mod", parse_symbol_text(TGT))

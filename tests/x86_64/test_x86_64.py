@@ -108,7 +108,7 @@ def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) ->
         number = 10 if d.rtype == "R_X86_64_32" else 11
         first, second = d.kernel_message.split("\n")  # two pr_err lines, as the kernel prints them
         assert first.startswith(f"overflow in relocation type {number} val ")
-        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19 (the newest) adds both
+        assert first.endswith(f" sec {lm_relsec(name, d.section)} idx {d.index}")  # 6.19+ (the newest) adds both
         assert second == f"`{name}' likely not compiled with -mcmodel=kernel"
         assert d.section and d.index is not None and d.symbol
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from klpcore import hookimpl
-from klpcore.arch import ABS, PREL, ArchSpec, RelocType, signed, unsigned
+from klpcore.arch import ABS, PREL, ArchSpec, Entry, RelocType, signed, unsigned
 from klpcore.constants import MemType, ModuleState
-from klpcore.engine import SectionContext, clear_section
+from klpcore.engine import RelocFailure, SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Perm, Region
@@ -82,12 +82,63 @@ OTHER_TYPES = {
 }
 
 
+R_X86_64_REX_GOTPCRELX = 42
+
+
+def clang_stack_cookie(kernel: KernelTarget) -> bool:
+    """6.15+: a kernel built by clang < 17 with the stack protector accepts
+    ``R_X86_64_REX_GOTPCRELX`` against ``__stack_chk_guard`` (a config fact)."""
+    cfg = kernel.config
+    if cfg is None or not kernel.has("x86_clang_stack_cookie_gotpcrel"):
+        return False
+    version = cfg.integer("CLANG_VERSION") or 0
+    return cfg.enabled("CC_IS_CLANG") and cfg.enabled("STACKPROTECTOR") and 0 < version < 170000
+
+
+def stack_cookie_gotpcrel(ctx: SectionContext, entry: Entry) -> None:
+    """The clang < 17 stack-cookie load: the GOT slot is replaced by a static
+    pointer in vmlinux that holds ``&__stack_chk_guard``; the field becomes a
+    PC32 to that pointer (zero check as for every x86 type)."""
+    e = entry
+    syms = ctx.kernel_symbols
+    guard = syms.objects["vmlinux"].matches("__stack_chk_guard") if syms and "vmlinux" in syms.objects else []
+    if len(guard) != 1 or guard[0] != e.S:
+        raise RelocFailure(
+            "R_X86_64_REX_GOTPCRELX is accepted only against __stack_chk_guard (clang < 17 stack-protector builds)",
+            f"{ctx.module_name}: Unsupported GOTPCREL relocation",
+        )
+    ptr = ctx.kernel.options.get("stack_chk_guard_ptr")
+    if ptr is None:
+        raise RelocFailure(
+            "R_X86_64_REX_GOTPCRELX becomes a PC32 to the kernel's static pointer to __stack_chk_guard (a local "
+            "of __write_relocate_add); give its address with -O stack_chk_guard_ptr=ADDR"
+        )
+    value = (int(ptr) + e.addend - e.P) & 0xFFFFFFFFFFFFFFFF
+    if ctx.read_uint(e.P, 4) != 0:
+        rt = ctx.arch.types[R_X86_64_REX_GOTPCRELX]
+        raise RelocFailure("target already written (nonzero)", ctx.fmt(rt.zero_error, rt, value, e.index))
+    ctx.write_uint(e.P, 4, value)
+
+
 def reloc_types(kernel: KernelTarget) -> list[RelocType]:
     """The x86_64 type table for ``kernel``."""
     msg = messages(kernel)
     common: dict[str, Any] = {"require_zero": True, "zero_error": msg["nonzero"]}
     pc32 = signed(32)
-    return [
+    extra = []
+    if clang_stack_cookie(kernel):
+        extra.append(
+            RelocType(
+                R_X86_64_REX_GOTPCRELX,
+                "R_X86_64_REX_GOTPCRELX",
+                4,
+                "&stack_chk_guard_ptr + A - P",
+                handler=stack_cookie_gotpcrel,
+                zero_error=msg["nonzero"],
+                range_doc="only against __stack_chk_guard (clang < 17 + STACKPROTECTOR, 6.15+)",
+            )
+        )
+    table = [
         RelocType(0, "R_X86_64_NONE", 0, "none"),
         RelocType(1, "R_X86_64_64", 8, "S + A", ABS, range_doc="none", **common),
         RelocType(
@@ -122,6 +173,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
         ),
         RelocType(24, "R_X86_64_PC64", 8, "S + A - P", PREL, range_doc="none", **common),
     ]
+    return [*extra, *table]
 
 
 def insn_target(insn: Any) -> int | None:

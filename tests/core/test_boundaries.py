@@ -1,0 +1,249 @@
+"""Every behaviour of klpcore/versions.py observed on both sides of its first
+release: the release before gives the old behaviour, the release itself the
+new one.  ``test_every_behaviour_has_a_boundary_test`` fails when a behaviour
+is added to the table without a test here or a named test elsewhere."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import pytest
+import toyarch as T
+from elfbuild import Obj, Rela, Sec, Sym
+
+from klpcore import KernelTarget, Loader, MemType, get_plugin_manager, parse_symbol_text
+from klpcore import constants as C
+from klpcore.memory import ModuleImage, Region
+from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.versions import BEHAVIOURS
+
+TEXT = C.SHF_ALLOC | C.SHF_EXECINSTR
+DATA = C.SHF_ALLOC | C.SHF_WRITE
+BASE = 0xFFFFFFFFC0000000
+SYMS = "ffffffff81000000 T printk\nffffffff82000000 r __ksymtab_printk\nffffffff81000100 t secret\n"
+
+
+def before(name: str) -> tuple[int, int]:
+    major, minor = BEHAVIOURS[name].since
+    return (major, minor - 1) if minor else (major - 1, 19)
+
+
+def pair(name: str) -> list[KernelTarget]:
+    return [KernelTarget(before(name)), KernelTarget(BEHAVIOURS[name].since)]
+
+
+def toy() -> Loader:
+    return Loader(get_plugin_manager(autoload=False, plugins=[T]))
+
+
+def vmlinux_patch(sec_obj: str = "vmlinux") -> bytes:
+    """A .klp.rela.<sec_obj> section using the vmlinux livepatch symbol 'secret'."""
+    name = f".klp.rela.{sec_obj}..text.fn"
+    return Obj(
+        sections=[Sec(".text.fn", flags=TEXT, data=bytes(16), align=16)],
+        symbols=[Sym(".klp.sym.vmlinux.secret,0", C.SHN_LIVEPATCH)],
+        relas=[Rela(".text.fn", 0, T.ABS64, ".klp.sym.vmlinux.secret,0")],
+        rela_names={".text.fn": name},
+        rela_flags={name: C.SHF_RELA_LIVEPATCH | C.SHF_ALLOC},
+        modinfo={"name": "lp", "livepatch": "Y"},
+    ).build()
+
+
+def unprotected(version: tuple[int, int]) -> KernelTarget:
+    """The toy arch has no text-poking primitive: late writes need writable text."""
+    return KernelTarget(version, strict_module_rwx=False)
+
+
+# ----------------------------------------------------------------- core
+def check_early_vmlinux_klp() -> None:
+    phases = []
+    for k in (unprotected(before("early_vmlinux_klp")), unprotected(BEHAVIOURS["early_vmlinux_klp"].since)):
+        lm = Loader(toy().pm, kernel=k).load(vmlinux_patch(), parse_symbol_text(SYMS), BASE)
+        phases.append({p.name: p.sections for p in lm.phases})
+    assert ".klp.rela.vmlinux..text.fn" in phases[0]["enable"]
+    assert ".klp.rela.vmlinux..text.fn" in phases[1]["load"] and "enable" not in phases[1]
+
+
+def check_klp_vmlinux_symbol_check() -> None:
+    old = unprotected(before("klp_vmlinux_symbol_check"))
+    new = unprotected(BEHAVIOURS["klp_vmlinux_symbol_check"].since)
+    syms = SYMS + "ffffffffc1000000 t other\t[ext4]\n"
+    data = vmlinux_patch("ext4")
+    lm = Loader(toy().pm, kernel=old).load(data, parse_symbol_text(syms), BASE)
+    text = lm.section_bytes(lm.module.section_by_name(".text.fn").index)
+    assert struct.unpack_from("<Q", text)[0] == 0xFFFFFFFF81000100
+    with pytest.raises(Exception) as ei:
+        Loader(toy().pm, kernel=new).load(data, parse_symbol_text(syms), BASE)
+    assert any("invalid access to vmlinux symbol 'secret'" in (d.kernel_message or "") for d in ei.value.diagnostics)
+
+
+def check_ksym_name_len_512() -> None:
+    old, new = pair("ksym_name_len_512")
+    assert old.ksym_name_len == 128 and new.ksym_name_len == 512
+    from klpcore.livepatch import parse_klp_symbol_name
+
+    name = ".klp.sym.vmlinux." + "a" * 200 + ",0"
+    assert parse_klp_symbol_name(name, old.ksym_name_len) is None
+    assert parse_klp_symbol_name(name, new.ksym_name_len) is not None
+
+
+def check_module_memory() -> None:
+    old, new = pair("module_memory")
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16)), Sec(".data", flags=DATA, data=bytes(8), align=8)],
+        symbols=[Sym("printk")],
+        relas=[],
+        modinfo={"name": "m"},
+    ).build()
+    lms = [Loader(toy().pm, kernel=k).load(obj, parse_symbol_text(SYMS), BASE) for k in (old, new)]
+    assert lms[0].module.layout.style == "legacy" and lms[1].module.layout.style == "memory"
+
+
+def check_strict_align_config() -> None:
+    from klpcore.config import KernelConfig
+
+    cfg = KernelConfig.from_text("CONFIG_ARCH_HAS_STRICT_MODULE_RWX=y\n# CONFIG_STRICT_MODULE_RWX is not set\n")
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(16)), Sec(".rodata", flags=C.SHF_ALLOC, data=bytes(8))],
+        symbols=[Sym("printk")],
+        relas=[],
+        modinfo={"name": "m"},
+    ).build()
+    addrs = []
+    for v in (before("strict_align_config"), BEHAVIOURS["strict_align_config"].since):
+        lm = Loader(toy().pm, kernel=KernelTarget(v, config=cfg)).load(obj, parse_symbol_text(SYMS), BASE)
+        addrs.append(lm.section_address(lm.module.section_by_name(".rodata").index))
+    assert addrs == [BASE + 0x1000, BASE + 0x10]
+
+
+def check_final_klp_format() -> None:
+    old, new = pair("final_klp_format")
+    rfc = klpify(
+        Obj(
+            sections=[Sec(".text.fn", flags=TEXT, data=bytes(16), align=16)],
+            symbols=[Sym("secret")],
+            relas=[Rela(".text.fn", 0, T.ABS64, "secret")],
+            modinfo={"name": "lp"},
+        ).build(),
+        {"secret": KlpSym("vmlinux")},
+        fmt="rfc",
+    )
+    k_old = KernelTarget(old.version, strict_module_rwx=False)
+    Loader(toy().pm, kernel=k_old).load(rfc, parse_symbol_text(SYMS), BASE)
+    with pytest.raises(Exception, match="only the RFC prototype kernels"):
+        Loader(toy().pm, kernel=KernelTarget(new.version, strict_module_rwx=False)).load(
+            rfc, parse_symbol_text(SYMS), BASE
+        )
+
+
+# ------------------------------------------------------------------ x86
+def x86() -> object:
+    return pytest.importorskip("klpcore_x86_64")
+
+
+def text_region() -> tuple[ModuleImage, Region]:
+    img = ModuleImage([Region(MemType.TEXT, 0x1000, 0x1000)])
+    img.form()
+    return img, img.regions[0]
+
+
+def check_module_rwx_helpers() -> None:
+    plugin = x86()
+    img, text = text_region()
+    old, new = pair("module_rwx_helpers")
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old) == "set_memory_rw"  # type: ignore[attr-defined]
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new) == "module_disable_ro"  # type: ignore[attr-defined]
+
+
+def check_x86_text_poke() -> None:
+    plugin = x86()
+    img, text = text_region()
+    old, new = pair("x86_text_poke")
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old) == "module_disable_ro"  # type: ignore[attr-defined]
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new) == "text_poke"  # type: ignore[attr-defined]
+
+
+def check_klp_no_module_disable_ro() -> None:
+    plugin = pytest.importorskip("klpcore_ppc64le")
+    img, text = text_region()
+    old, new = pair("klp_no_module_disable_ro")
+    # a ppc64 kernel with STRICT_MODULE_RWX (a config fact; not a distribution default before 5.14)
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old, None) == "module_disable_ro"
+    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new, None) is None
+
+
+def check_ignore_undef_symbol() -> None:
+    x86()
+    obj = Obj(
+        machine=62,
+        sections=[Sec(".text", flags=TEXT, data=bytes(8))],
+        symbols=[Sym("_GLOBAL_OFFSET_TABLE_")],
+        relas=[],
+        modinfo={"name": "got"},
+    ).build()
+    old, new = pair("ignore_undef_symbol")
+    with pytest.raises(Exception, match="Unknown symbol _GLOBAL_OFFSET_TABLE_"):
+        Loader(get_plugin_manager(), kernel=old).load(obj, parse_symbol_text(SYMS), BASE)
+    Loader(get_plugin_manager(), kernel=new).load(obj, parse_symbol_text(SYMS), BASE)
+
+
+def check_x86_write_relocate_add() -> None:
+    plugin = x86()
+    old, new = pair("x86_write_relocate_add")
+    assert plugin.messages(old)["nonzero"].startswith("x86/modules: Skipping invalid")  # type: ignore[attr-defined]
+    assert plugin.messages(new)["nonzero"].startswith("x86/modules: Invalid relocation target")  # type: ignore[attr-defined]
+
+
+def check_reloc_messages_sec_idx() -> None:
+    plugin = x86()
+    old, new = pair("reloc_messages_sec_idx")
+    assert "sec {sec}" not in plugin.messages(old)["overflow"]  # type: ignore[attr-defined]
+    assert plugin.messages(new)["overflow"].startswith(  # type: ignore[attr-defined]
+        "overflow in relocation type {number} val {value:x} sec {sec} idx {idx}"
+    )
+
+
+BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
+    "module_rwx_helpers": check_module_rwx_helpers,
+    "final_klp_format": check_final_klp_format,
+    "early_vmlinux_klp": check_early_vmlinux_klp,
+    "klp_vmlinux_symbol_check": check_klp_vmlinux_symbol_check,
+    "klp_no_module_disable_ro": check_klp_no_module_disable_ro,
+    "x86_text_poke": check_x86_text_poke,
+    "ignore_undef_symbol": check_ignore_undef_symbol,
+    "ksym_name_len_512": check_ksym_name_len_512,
+    "strict_align_config": check_strict_align_config,
+    "x86_write_relocate_add": check_x86_write_relocate_add,
+    "module_memory": check_module_memory,
+    "reloc_messages_sec_idx": check_reloc_messages_sec_idx,
+    # tested elsewhere, on both sides of the boundary:
+    "ppc64_restore_r2_accepts_ld": "tests/ppc64le/test_ppc64le.py::test_reapply_after_reload_6_1_vs_newest",
+    "ppc64_strict_module_rwx": "tests/ppc64le/test_ppc64le_versions.py::test_no_page_alignment_before_5_14",
+    "ppc64_patch_instruction": "tests/ppc64le/test_ppc64le_versions.py::test_late_writes_into_text_by_version",
+    "codetag_separate": "tests/core/test_fidelity.py::test_codetag_section_outside_module_memory_from_6_13",
+    "ppc64_ool_ftrace_stubs": "tests/ppc64le/test_ppc64le_versions.py::test_stub_sizing_and_allocation_with_ool_ftrace",
+    "x86_clang_stack_cookie_gotpcrel": "tests/x86_64/test_x86_64_versions.py::test_rex_gotpcrelx_refused_otherwise",
+    "relocates_percpu": "tests/core/test_fidelity.py::test_percpu_relocations_from_6_16",
+    "static_call_sites_ro_after_init": "tests/core/test_fidelity.py::test_static_call_sites_ro_after_init_from_6_16",
+    "ppc64_stub_count": "tests/ppc64le/test_ppc64le_versions.py::test_mod_calls_stub_area",
+    "invalid_shndx_refused": "tests/core/test_fidelity.py::test_symbol_with_section_index_past_the_headers_is_refused",
+}
+
+
+def test_every_behaviour_has_a_boundary_test() -> None:
+    assert set(BOUNDARY_TESTS) == set(BEHAVIOURS)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name, where in BOUNDARY_TESTS.items():
+        if isinstance(where, str):
+            path, func = where.split("::")
+            assert f"def {func}(" in (root / path).read_text(), f"{name}: {where} not found"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, t in BOUNDARY_TESTS.items() if callable(t)))
+def test_boundary(name: str) -> None:
+    check = BOUNDARY_TESTS[name]
+    assert callable(check)
+    check()
