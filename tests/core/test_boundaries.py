@@ -228,6 +228,8 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "static_call_sites_ro_after_init": "tests/core/test_fidelity.py::test_static_call_sites_ro_after_init_from_6_16",
     "ppc64_stub_count": "tests/ppc64le/test_ppc64le_versions.py::test_mod_calls_stub_area",
     "invalid_shndx_refused": "tests/core/test_fidelity.py::test_symbol_with_section_index_past_the_headers_is_refused",
+    "s390_kernel_write": "tests/s390x/test_s390x.py::test_write_method_by_version",
+    "s390_gotent_got_offset": "tests/s390x/test_s390x.py::test_gotent_formula_before_and_after_6_5",
 }
 
 

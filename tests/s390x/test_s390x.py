@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, NoPluginError, RelocationError, get_plugin_manager, load_symbols
+from klpcore import KernelTarget, KlpError, Loader, NoPluginError, RelocationError, get_plugin_manager, load_symbols
 from klpcore import constants as C
 from klpcore.config import KernelConfig
 from klpcore.constants import ModuleState
@@ -368,13 +368,27 @@ def test_gotent_formula_before_and_after_6_5() -> None:
     assert s390.gotplt.gotent_base(Ctx("6.5")) == 0x1040
 
 
-@pytest.mark.parametrize("version, method", [("5.7", "module_disable_ro"), ("5.8", "s390_kernel_write")])
-def test_write_method_by_version(version: str, method: str) -> None:
-    kernel = KernelTarget.from_string(version)
+@pytest.mark.parametrize(
+    "version, options, method",
+    [("5.7", {}, "module_disable_ro"), ("5.8", {}, "s390_kernel_write"), ("6.1", {"s390_kernel_write": False}, None)],
+)
+def test_write_method_by_version(version: str, options: dict, method: str | None) -> None:
+    kernel = KernelTarget.from_string(version, options=options)
     image = ModuleImage([])
     assert s390.protection.write_method(image, kernel) == "memcpy"
     image.state = ModuleState.COMING
     assert s390.protection.write_method(image, kernel) == method
+
+
+def test_late_write_with_no_permitted_path_is_an_error() -> None:
+    """A 5.8+ kernel without s390_kernel_write could not write read-only text late."""
+    syms = parse_symbol_text("0000000000123450 T unrelated\n")
+    lm = load(_klp(["tgt_fn", "tgt_data"]), symbols=syms, s390_kernel_write=False)
+    with pytest.raises(KlpError) as ei:
+        lm.coming("tgt_mod", parse_symbol_text(_tgt(0x3FF80000000, 0x3FF80100000)))
+    assert any("read-only" in d.message or "would fault" in d.message for d in ei.value.diagnostics)
+    assert lm.pending_objects == ["tgt_mod"]
+    assert lm.reserved_bytes(GOT)[1] == bytes(8)  # nothing half-applied
 
 
 # ----------------------------------------------------------- refusals

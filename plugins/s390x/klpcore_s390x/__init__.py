@@ -79,6 +79,6 @@ def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
 @hookimpl
 def klp_arch_write_method(
     image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget, hint: str | None
-) -> str:
+) -> str | None:
     """``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+)."""
     return protection.write_method(image, kernel)
