@@ -46,6 +46,8 @@ def module_symbols(paths: list[Path], start: int, percpu: int) -> str:
         name = elf.name
         end = addr
         for sym, value, kind in layout_module_for_symbols(elf, addr):
+            if not addr <= value < addr + (1 << 30):
+                continue  # per-CPU variables at the loader's default per-CPU base: placed below instead
             lines.append(f"{value:016x} {kind} {sym}\t[{name}]")
             end = max(end, value)
         addr = (end + 0x100000 + 0xFFFFF) & ~0xFFFFF  # room for the last section, next MiB
