@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="VERSION",
             default=None,
             help="target kernel version whose rules apply, e.g. 6.1 or 5.10, or 'newest' "
-            f"({NEWEST[0]}.{NEWEST[1]}); default: the module's own vermagic (6.1.0-50-amd64 -> 6.1), else newest",
+            f"({NEWEST[0]}.{NEWEST[1]}); default: the module's own vermagic (6.1.0-50-amd64 -> 6.1), else the "
+            "release in the --config header, else newest (docs/versions.md lists what each release changes)",
         )
         sp.add_argument(
             "--config",
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             help="a kernel configuration fact for plugins (repeatable), e.g. dynamic_ftrace=false, "
-            "kernel_toc=0xc000000001148100; numbers and true/false are converted",
+            "kernel_toc=0xc000000001148100, or a behaviour of docs/versions.md (relocates_percpu=true for a "
+            "backport); numbers and true/false are converted",
         )
         if symbols:
             sp.add_argument(
@@ -238,11 +240,16 @@ def _kernel(args: argparse.Namespace, elf: ElfModule | None = None) -> KernelTar
     text = args.kernel
     if text is None:
         magic = _vermagic(elf)
-        if magic:
+        candidates = [(magic, f"vermagic {magic.split()[0]}" if magic else "")]
+        if config is not None and config.release:
+            candidates.append((config.release, f"--config header {config.release}"))
+        for found, source in candidates:
+            if not found:
+                continue
             try:
-                return KernelTarget(version=parse_version(magic), version_source=f"vermagic {magic.split()[0]}", **kw)
+                return KernelTarget(version=parse_version(found), version_source=source, **kw)
             except ValueError:
-                pass
+                continue
         text = "newest"
     try:
         return KernelTarget.from_string(text, **kw)

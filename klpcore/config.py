@@ -5,7 +5,7 @@
 and the architecture plugins can take build facts from it: the page size,
 ``CONFIG_LIVEPATCH``, ``CONFIG_DYNAMIC_FTRACE``, ``CONFIG_STRICT_MODULE_RWX``,
 ``CONFIG_MODVERSIONS`` and so on.  Without a config every architecture uses
-the common distribution setting and says so (see :class:`Fact`).
+the common distribution setting and says so (see :class:`klpcore.kernel.Setting`).
 
 The format is Kconfig's output: ``CONFIG_X=y``, ``=m``, ``="string"``,
 ``=123``/``=0x10`` and ``# CONFIG_X is not set``; other comments and blank

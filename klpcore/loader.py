@@ -47,6 +47,7 @@ from .errors import (
     RelocationError,
     ResolutionError,
 )
+from .exports import ExportChecker
 from .kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
 from .layout import Layout, Reservation, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
@@ -60,10 +61,6 @@ PERCPU_SECTION = ".data..percpu"
 MAX_IMAGE = 1 << 30
 #: Sections ``rewrite_section_headers`` keeps out of module memory.
 UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_ext_names")
-#: ``license_is_gpl_compatible`` (include/linux/license.h)
-GPL_COMPATIBLE = frozenset(
-    {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
-)
 #: Sections ``module_mark_ro_after_init`` marks.
 RO_AFTER_INIT_SECTIONS = (".data..ro_after_init", "__jump_table")
 #: Marked too since 6.16 with ``CONFIG_HAVE_STATIC_CALL_INLINE``.
@@ -444,7 +441,6 @@ class LoadedModule:
         self.applied_objects: set[str] = set()
         #: livepatch sections whose symbols did not resolve in the last phase (nothing of them written)
         self._resolve_failed: set[str] = set()
-        self._cache: dict[str, Any] = {}
 
     # -------------------------------------------------------------- symbols
     def _simplify_symbols(self) -> list[Diagnostic]:
@@ -498,6 +494,17 @@ class LoadedModule:
                     )
                 )
         info = syms["st_info"]
+        exports = ExportChecker(elf, self.symbols, self.kernel, mod.hooks)
+        layout_refusal = exports.check_modstruct()
+        if layout_refusal is not None:
+            return [
+                Diagnostic(
+                    layout_refusal.why,
+                    module=mod.name,
+                    symbol="module_layout",
+                    kernel_message="\n".join(layout_refusal.kernel_lines),
+                )
+            ]
         warned_no_exports = False
         for i in np.flatnonzero(shndx == C.SHN_UNDEF).tolist():
             if i == 0:
@@ -505,16 +512,18 @@ class LoadedModule:
             name = elf.symbol_names[i]
             bind = int(info[i]) >> 4
             match = self.symbols.find_exported(name)
-            refusal = self._export_refusal(name) if match is not None else None
-            if refusal is not None and refusal[0] == -2:
+            refusal = exports.check(name) if match is not None else None
+            if refusal is not None and refusal.errno == -2:
                 match = None  # find_symbol hides a GPL-only export from a proprietary module
             elif refusal is not None:
                 errors.append(
                     Diagnostic(
-                        f"exported symbol {name} refused: {refusal[1]}",
+                        f"exported symbol {name} refused: {refusal.why}",
                         module=mod.name,
                         symbol=name,
-                        kernel_message="\n".join([*refusal[2], f"{mod.name}: Unknown symbol {name} (err -22)"]),
+                        kernel_message="\n".join(
+                            [*refusal.kernel_lines, f"{mod.name}: Unknown symbol {name} (err {refusal.errno})"]
+                        ),
                     )
                 )
                 continue
@@ -546,7 +555,7 @@ class LoadedModule:
                 continue
             found = self.symbols.find_global(name)
             why = (
-                refusal[1]
+                refusal.why
                 if refusal is not None
                 else f"defined in {', '.join(sorted({m.objname for m in found}))} but not exported"
                 if found
@@ -562,71 +571,6 @@ class LoadedModule:
             )
         self.symvals = vals
         return errors
-
-    def _export_refusal(self, name: str) -> tuple[int, str, list[str]] | None:
-        """``resolve_symbol``'s checks on an export, from ``Module.symvers``
-        metadata when the user gave it: GPL-only exports are invisible to a
-        proprietary module (-ENOENT); a modversions CRC mismatch or a missing
-        namespace import refuse the symbol (-EINVAL), even a weak one.
-        Returns (errno, why, kernel lines before "Unknown symbol") or None."""
-        meta = self.symbols.export_meta.get(name)
-        if meta is None:
-            return None
-        mod = self.module
-        info = mod.elf.modinfo
-        licenses = info.get("license") or []
-        license = licenses[-1] if licenses else None
-        if meta.gpl_only and license not in GPL_COMPATIBLE:
-            return (
-                -2,
-                f"exported GPL-only (EXPORT_SYMBOL_GPL) and the module's license {license!r} is not GPL-compatible",
-                [],
-            )
-        if "modversions" not in self._cache:
-            cfg = self.kernel.config
-            meta_all = self.symbols.export_meta.values()
-            self._cache["modversions"] = cfg.enabled("MODVERSIONS") if cfg is not None else any(m.crc for m in meta_all)
-        modversions = bool(self._cache["modversions"])
-        if modversions:
-            versions = self._versions()
-            if versions is None:
-                force = config_setting(mod.hooks, self.kernel, "MODULE_FORCE_LOAD").value in ("y", "m")
-                if not force:
-                    return (
-                        -22,
-                        "the module has no __versions section and the kernel has no MODULE_FORCE_LOAD "
-                        "(try_to_force_load fails)",
-                        [],
-                    )
-            elif name in versions and versions[name] != meta.crc:
-                return (
-                    -22,
-                    f"modversions CRC {versions[name]:#010x} in __versions differs from the kernel's {meta.crc:#010x}",
-                    [f"{mod.name}: disagrees about version of symbol {name}"],
-                )
-        if meta.namespace and meta.namespace not in info.get("import_ns", []):
-            return (
-                -22,
-                f"exported in namespace {meta.namespace}, which the module does not import (MODULE_IMPORT_NS)",
-                [f"{mod.name}: module uses symbol ({name}) from namespace {meta.namespace}, but does not import it."],
-            )
-        return None
-
-    def _versions(self) -> dict[str, int] | None:
-        """The module's ``__versions`` (struct modversion_info: unsigned long crc, char name[56])."""
-        if "versions" in self._cache:
-            return self._cache["versions"]  # type: ignore[no-any-return]
-        elf = self.module.elf
-        sec = elf.section_by_name("__versions")
-        out: dict[str, int] | None = None
-        if sec is not None and not sec.is_nobits:
-            data = elf.section_data(sec.index)
-            out = {}
-            for k in range(0, len(data) - 63, 64):
-                crc = int.from_bytes(data[k : k + 8], elf.byteorder)  # type: ignore[arg-type]
-                out.setdefault(data[k + 8 : k + 64].split(b"\0", 1)[0].decode("utf-8", "replace"), crc)
-        self._cache["versions"] = out
-        return out
 
     # --------------------------------------------------------------- phases
     def _placed(self) -> list[tuple[int, str, int, int]]:
@@ -694,15 +638,15 @@ class LoadedModule:
         for rs in sorted(obj.reloc_secs, key=lambda r: r.index, reverse=rfc):
             if not self.module.sections[rs.target].flags & C.SHF_ALLOC:
                 # klp_write_object_relocs does not check the target: its sh_addr points into the load copy
-                self.warnings.append(
-                    Diagnostic(
-                        f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
-                        "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
-                        severity="warning",
-                        module=self.module.name,
-                        section=rs.name,
-                    )
+                note = Diagnostic(
+                    f"target section {rs.target_name} is not loaded (no SHF_ALLOC); the kernel applies this "
+                    "section anyway, writing into the module's freed temporary load copy; klpcore skips it",
+                    severity="warning",
+                    module=self.module.name,
+                    section=rs.name,
                 )
+                if note not in self.warnings:
+                    self.warnings.append(note)
                 continue
             yield self.module.sections[rs.index], rs
 
@@ -1024,11 +968,16 @@ def default_plugin_manager() -> pluggy.PluginManager:
     return _PM_CACHE[0]
 
 
-def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, int, str]]:
+def layout_module_for_symbols(elf: ElfModule, base: int, *, coming: bool = False) -> Sequence[tuple[str, int, str]]:
     """Symbols a module loaded at ``base`` shows in kallsyms once it is LIVE
     (``is_core_symbol`` with ``CONFIG_KALLSYMS_ALL``, which livepatch needs):
     named symbols of loaded, non-init sections and of the per-CPU section (at
-    the loader's default per-CPU base); no undefined, absolute or FILE symbols."""
+    the loader's default per-CPU base); no undefined, absolute or FILE symbols.
+
+    ``coming=True``: while the module is COMING its kallsyms is the whole
+    symbol table (only undefined symbols are skipped when searching): init
+    and absolute (FILE) symbols count too; a symbol of a section that is not
+    loaded keeps its section offset (its load-copy address is unknown)."""
     loader = Loader(default_plugin_manager())
     mod = loader.open(elf)
     loader.prepare(mod, base)
@@ -1037,14 +986,22 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
     for i in range(1, elf.nsyms):
         shndx = int(syms["st_shndx"][i])
         name = elf.symbol_names[i]
+        bind = int(syms["st_info"][i]) >> 4
+        if coming and name and shndx != C.SHN_UNDEF:
+            value = int(syms["st_value"][i])
+            if shndx >= C.SHN_LORESERVE:
+                out.append((name, value, "a" if bind == C.STB_LOCAL else "A"))
+                continue
+            if shndx not in mod.extra_addresses and mod.layout.placements.get(shndx) is None:
+                out.append((name, value, "n"))
+                continue
         if not name or shndx == C.SHN_UNDEF or shndx >= min(len(mod.sections), C.SHN_LORESERVE):
             continue
-        bind = int(syms["st_info"][i]) >> 4
         if shndx in mod.extra_addresses:  # the per-CPU section
             out.append((name, mod.extra_addresses[shndx] + int(syms["st_value"][i]), "D" if bind else "d"))
             continue
         p = mod.layout.placements.get(shndx)
-        if p is None or p.memtype.is_init:
+        if p is None or (p.memtype.is_init and not coming):
             continue
         sec = mod.sections[shndx]
         ch = "t" if sec.is_exec else ("b" if sec.is_nobits else ("d" if sec.is_write else "r"))

@@ -404,9 +404,15 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     return ks
 
 
-def symbols_from_elf(data: bytes, source: str, *, base: int | None = None, objname: str | None = None) -> KernelSymbols:
+def symbols_from_elf(
+    data: bytes, source: str, *, base: int | None = None, objname: str | None = None, coming: bool = False
+) -> KernelSymbols:
     """Symbols of a vmlinux ELF (``ET_EXEC``/``ET_DYN``) or of a module ``.ko``
-    loaded at ``base`` (addresses from klpcore's own layout of that module)."""
+    loaded at ``base`` (addresses from klpcore's own layout of that module).
+
+    A module's symbols are those its kallsyms shows once LIVE; ``coming=True``
+    gives the table it shows while COMING (what ``klp_module_coming`` resolves
+    against when that module loads after the patch): the full symbol table."""
     from .elf import ElfModule
 
     etype = int.from_bytes(data[16:18], "little" if data[5] == C.ELFDATA2LSB else "big") if len(data) > 18 else 0
@@ -419,7 +425,7 @@ def symbols_from_elf(data: bytes, source: str, *, base: int | None = None, objna
 
         mod = ElfModule(data, path=source)
         name = objname or mod.name
-        for sym_name, addr, typ in layout_module_for_symbols(mod, base):
+        for sym_name, addr, typ in layout_module_for_symbols(mod, base, coming=coming):
             ks.add(name, sym_name, addr, typ, source)
         return ks
     vmlinux = ks.obj(objname or C.VMLINUX)

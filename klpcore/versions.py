@@ -199,6 +199,14 @@ _TABLE = [
         "x86/module: Deal with GOT based stack cookie load on Clang < 17 (tip, Feb 2025)",
     ),
     Behaviour(
+        "extended_modversions",
+        (6, 14),
+        "core",
+        "check_version reads __version_ext_crcs/__version_ext_names (any symbol name length) instead of "
+        "__versions when a module has them (CONFIG_EXTENDED_MODVERSIONS)",
+        "modules: Support extended MODVERSIONS info (kbuild pull for 6.14)",
+    ),
+    Behaviour(
         "relocates_percpu",
         (6, 16),
         "core",

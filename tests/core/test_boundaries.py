@@ -218,6 +218,7 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "module_memory": check_module_memory,
     "reloc_messages_sec_idx": check_reloc_messages_sec_idx,
     # tested elsewhere, on both sides of the boundary:
+    "extended_modversions": "tests/core/test_exports.py::test_extended_modversions_from_6_14",
     "ppc64_restore_r2_accepts_ld": "tests/ppc64le/test_ppc64le.py::test_reapply_after_reload_6_1_vs_newest",
     "ppc64_strict_module_rwx": "tests/ppc64le/test_ppc64le_versions.py::test_no_page_alignment_before_5_14",
     "ppc64_patch_instruction": "tests/ppc64le/test_ppc64le_versions.py::test_late_writes_into_text_by_version",

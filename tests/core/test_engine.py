@@ -516,3 +516,22 @@ def test_klp_object_order_option(toy_loader) -> None:
     enable = next(p for p in lm.phases if p.name == "enable")
     assert enable.sections == [".klp.rela.modb..text.b", ".klp.rela.moda..text.a"]
     assert not any("klp_object_order" in w.message for w in lm.warnings)
+
+
+def test_klp_section_for_a_non_loaded_target_warns(toy_loader) -> None:
+    """D9: klp_write_object_relocs applies a section whatever its target's flags
+    (writing into the freed load copy); klpcore skips it and says so, once."""
+    name = ".klp.rela.ext4..notes"
+    obj = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(8)), Sec(".notes", data=bytes(8))],
+        symbols=[Sym(".klp.sym.ext4.helper,0", C.SHN_LIVEPATCH)],
+        relas=[Rela(".notes", 0, T.ABS64, ".klp.sym.ext4.helper,0")],
+        rela_names={".notes": name},
+        rela_flags={name: C.SHF_RELA_LIVEPATCH | C.SHF_ALLOC},
+        modinfo={"name": "lp", "livepatch": "Y"},
+    ).build()
+    lm = toy_loader.load(obj, symbols(), BASE)
+    lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
+    lm.going("ext4")
+    notes = [w for w in lm.warnings if "is not loaded (no SHF_ALLOC)" in w.message]
+    assert len(notes) == 1 and notes[0].section == name

@@ -112,3 +112,38 @@ def test_ignore_undef_symbol_from_5_12() -> None:
     with pytest.raises(ResolutionError) as ei:
         Loader(get_plugin_manager(), kernel=KernelTarget((5, 11))).load(data, syms, BASE)
     assert ei.value.diagnostics[0].kernel_message == "got: Unknown symbol _GLOBAL_OFFSET_TABLE_ (err -2)"
+
+
+def test_module_layout_crc_refuses_the_module(toy_pm, tmp_path) -> None:
+    (tmp_path / "System.map").write_text(MAP)
+    (tmp_path / "Module.symvers").write_text(SYMVERS + "0x44444444\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t\n")
+    syms = load_many([str(tmp_path / "System.map"), str(tmp_path / "Module.symvers")])
+    good = {"plain_fn": 0x33333333, "module_layout": 0x44444444}
+    Loader(toy_pm).load(module("plain_fn", crcs=good), syms, BASE)
+    bad = {"plain_fn": 0x33333333, "module_layout": 0x44444445}
+    assert refusal(toy_pm, module("plain_fn", crcs=bad), syms) == (
+        "user: disagrees about version of symbol module_layout"
+    )
+
+
+@pytest.mark.parametrize(("version", "refused"), [((6, 13), False), ((6, 14), True)])
+def test_extended_modversions_from_6_14(toy_pm, symbols, version, refused) -> None:
+    """From 6.14 the extended tables replace __versions when present: here they
+    carry a wrong CRC while __versions is right."""
+    base = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(8)),
+            Sec("__versions", flags=C.SHF_ALLOC, data=versions({"plain_fn": 0x33333333})),
+            Sec("__version_ext_crcs", flags=C.SHF_ALLOC, data=struct.pack("<I", 0x12345678)),
+            Sec("__version_ext_names", flags=C.SHF_ALLOC, data=b"plain_fn\0"),
+        ],
+        symbols=[Sym("plain_fn")],
+        relas=[Rela(".text", 0, T.ABS64, "plain_fn")],
+        modinfo={"name": "user", "license": "GPL"},
+    ).build()
+    loader = Loader(toy_pm, kernel=KernelTarget(version))
+    if refused:
+        with pytest.raises(ResolutionError, match="disagrees about version of symbol plain_fn"):
+            loader.load(base, symbols(), BASE)
+    else:
+        loader.load(base, symbols(), BASE)

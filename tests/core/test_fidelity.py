@@ -427,3 +427,29 @@ def test_rela_sh_link_and_entsize_are_ignored_like_the_kernel(toy_pm) -> None:
     data[at + 56 : at + 64] = (7).to_bytes(8, "little")  # sh_entsize
     lm = Loader(toy_pm).load(bytes(data), parse_symbol_text(SYMS), BASE)
     assert struct.unpack_from("<Q", lm.section_bytes(lm.module.section_by_name(".text").index))[0] == 0xFFFFFFFF81000000
+
+
+def test_module_ko_symbols_while_coming(tmp_path, monkeypatch) -> None:
+    """While the target module is COMING (klp_module_coming), its kallsyms is the
+    full symtab: the static name in .init.text counts too, so sympos 0 is ambiguous."""
+    import klpcore.loader as L
+    from klpcore import ResolutionError
+    from klpcore.symbols import symbols_from_elf
+
+    monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
+    monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
+    monkeypatch.setattr(L, "_PM_CACHE", [])
+    ko = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(32), align=16), Sec(".init.text", flags=TEXT, data=bytes(16))],
+        symbols=[
+            Sym("foo", ".text", 0x10, bind=C.STB_LOCAL, type=C.STT_FUNC),
+            Sym("foo", ".init.text", 0x4, bind=C.STB_LOCAL, type=C.STT_FUNC),
+        ],
+        modinfo={"name": "tgt"},
+    ).build()
+    live = symbols_from_elf(ko, "tgt.ko", base=0xFFFFFFFFC1000000)
+    coming = symbols_from_elf(ko, "tgt.ko", base=0xFFFFFFFFC1000000, coming=True)
+    assert live.find_object_symbol("tgt", "foo", 0) == 0xFFFFFFFFC1000010
+    with pytest.raises(ResolutionError):
+        coming.find_object_symbol("tgt", "foo", 0)
+    assert coming.find_object_symbol("tgt", "foo", 2) != coming.find_object_symbol("tgt", "foo", 1)

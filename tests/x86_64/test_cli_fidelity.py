@@ -82,3 +82,27 @@ def test_resolve_json_names_the_rules(capsys) -> None:
     assert main(["resolve", MOD, "-s", MAP, "--json", "--kernel", "5.10"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["kernel"]["version"] == "5.10" and data["kernel"]["version_source"] == "--kernel"
+
+
+def test_version_from_the_config_header_when_the_module_has_no_vermagic(tmp_path) -> None:
+    from elfbuild import Obj, Sec
+
+    from klpcore import constants as C
+
+    mod = tmp_path / "novermagic.ko"
+    mod.write_bytes(
+        Obj(
+            machine=62,
+            sections=[Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(8))],
+            modinfo={"name": "nv"},
+        ).build()
+    )
+    cfg = tmp_path / "config"
+    cfg.write_text("#\n# Linux/x86 6.12.9 Kernel Configuration\n#\n" + CONFIG)
+    out = tmp_path / "r.json"
+    args = ["apply", str(mod), "-s", MAP, "--json", str(out), "-q"]
+    assert main([*args, "--config", str(cfg)]) == 0
+    rules = json.loads(out.read_text())["kernel_rules"]
+    assert rules["version"] == "6.12" and rules["version_source"] == "--config header 6.12.9"
+    assert main(args) == 0
+    assert json.loads(out.read_text())["kernel_rules"]["version_source"] == "newest checked release"
