@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fetch the benchmark inputs into bench/data/ (gitignored; never commit them).
 #
-#   bash bench/fetch.sh [--force] [ARCH ...]      ARCH: amd64 (default), ppc64el, arm64
+#   bash bench/fetch.sh [--force] [ARCH ...]      ARCH: amd64 (default), ppc64el, arm64, s390x
 #
 # For each ARCH: download Debian's linux-image-6.1.0-<abi>-<flavour> package
-# with apt-get, extract amdgpu.ko and the modules it depends on, and generate
+# with apt-get (or take it from LOCAL_DEB_DIR, e.g. LOCAL_DEB_DIR=/work/pkgs,
+# with no apt and no dpkg architecture change), extract the module (amdgpu.ko;
+# s390x: btrfs.ko, as s390x has no amdgpu) and the modules it depends on, and generate
 # the symbol files (bench/gensyms.py):
 #   bench/data/<arch>/amdgpu.ko         the module (decompressed if .ko.xz)
 #   bench/data/<arch>/System.map.gz     vmlinux symbols (copied from the corpus
@@ -15,10 +17,7 @@
 #   bench/data/<arch>/manifest.json     what run.py reads
 #
 # Environment: ABI=50 picks the ABI (default: the corpus System.map's ABI if
-# apt has it, else the newest); CORPUS=/path/to/shared/corpus; DEB=/path/to.deb
-# uses an already downloaded linux-image package instead of apt (e.g.
-# DEB=/work/pkgs/linux-image-6.1.0-50-arm64-unsigned_6.1.176-1_arm64.deb
-# bash bench/fetch.sh arm64: no dpkg architecture is added then).
+# apt has it, else the newest); CORPUS=/path/to/shared/corpus.
 # A foreign architecture (ppc64el) is added to dpkg for the download and
 # removed again afterwards, as the corpus README asks.
 set -euo pipefail
@@ -46,26 +45,39 @@ SUDO=""
 log() { echo "fetch: $*" >&2; }
 
 fetch_arch() {
-    local arch=$1 flavour pkgsuffix oracle_arch base corpus_dir mapname
+    local arch=$1 flavour pkgsuffix oracle_arch base corpus_dir mapname modname=amdgpu.ko ktext=0xffffffff81000000
     case "$arch" in
         amd64)   flavour=amd64;       pkgsuffix=-unsigned; oracle_arch=x86_64;  base=0xffffffffc0000000 ;;
         ppc64el) flavour=powerpc64le; pkgsuffix="";        oracle_arch=ppc64le; base=0xc008000000000000 ;;
         # arm64: Debian 6.1's module area without KASLR (_etext - 128 MiB): every call in direct range
-        arm64)   flavour=arm64;       pkgsuffix=-unsigned; oracle_arch=aarch64; base=0xffff800000d00000 ;;
-        *) log "unknown architecture $arch (amd64, ppc64el, arm64)"; return 2 ;;
+        arm64)   flavour=arm64;       pkgsuffix=-unsigned; oracle_arch=aarch64; base=0xffff800000d00000
+                 ktext=0xffff800008000000 ;;
+        # s390x: btrfs.ko; the module area of Debian's kernel under qemu, the kernel at 0x100000
+        s390x)   flavour=s390x;       pkgsuffix="";        oracle_arch=s390x;   base=0x3ff7fd00000
+                 modname=btrfs.ko; ktext=0x100000 ;;
+        *) log "unknown architecture $arch (amd64, ppc64el, arm64, s390x)"; return 2 ;;
     esac
     local out="$DATA/$arch"
-    if [ $FORCE = 0 ] && [ -f "$out/manifest.json" ] && [ -f "$out/amdgpu.ko" ]; then
+    if [ $FORCE = 0 ] && [ -f "$out/manifest.json" ] && [ -f "$out/$modname" ]; then
         log "$arch: already there ($out); --force to fetch again"
         return 0
     fi
 
-    if [ -n "${DEB:-}" ]; then
-        fetch_from_deb "$arch" "$DEB" "$out" "$flavour" "$oracle_arch" "$base"
-        return $?
-    fi
-    local added_arch=0 native
+    local tmp
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/klpbench.XXXXXX")
+    TMPS+=("$tmp")
+    chmod 777 "$tmp"   # apt's _apt user writes the download
+    local localdeb=""
+    [ -n "${LOCAL_DEB_DIR:-}" ] && localdeb=$(ls "$LOCAL_DEB_DIR"/linux-image-6.1.0-*-"$flavour$pkgsuffix"_*.deb 2>/dev/null | tail -1 || true)
+    local added_arch=0 native abi pkg
     native=$(dpkg --print-architecture)
+    if [ -n "$localdeb" ]; then
+        log "$arch: using $localdeb (LOCAL_DEB_DIR)"
+        cp "$localdeb" "$tmp/"
+        pkg=$(dpkg-deb -f "$localdeb" Package)
+        abi=$(sed -E 's/^linux-image-6\.1\.0-([0-9]+)-.*/\1/' <<<"$pkg")
+        corpus_dir="$CORPUS/$arch"
+    else
     if [ "$arch" != "$native" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
         log "$arch: dpkg --add-architecture $arch (removed again afterwards)"
         $SUDO dpkg --add-architecture "$arch"
@@ -90,20 +102,17 @@ fetch_arch() {
         cleanup_arch "$arch" $added_arch
         return 1
     fi
-    local abi=${ABI:-}
+    abi=${ABI:-}
     if [ -z "$abi" ]; then
         if [ -n "$corpus_abi" ] && grep -qx "$corpus_abi" <<<"$abis"; then abi=$corpus_abi; else abi=$(tail -1 <<<"$abis"); fi
     fi
-    local pkg="linux-image-6.1.0-$abi-$flavour$pkgsuffix"
+    pkg="linux-image-6.1.0-$abi-$flavour$pkgsuffix"
     log "$arch: ABI $abi (available: $(echo $abis)); downloading $pkg"
 
-    local tmp
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/klpbench.XXXXXX")
-    TMPS+=("$tmp")
-    chmod 777 "$tmp"   # apt's _apt user writes the download
     (cd "$tmp" && apt-get download -q "$pkg$qual" >/dev/null 2>"$tmp/apt.err") || {
         cat "$tmp/apt.err" >&2; cleanup_arch "$arch" $added_arch; return 1; }
     cleanup_arch "$arch" $added_arch
+    fi
     local deb version
     deb=$(ls "$tmp"/*.deb)
     version=$(dpkg-deb -f "$deb" Version)
@@ -112,12 +121,12 @@ fetch_arch() {
     rm -f "$deb"
     find "$tmp/x" -name '*.ko.xz' -exec xz -d {} +
     local ko
-    ko=$(find "$tmp/x" -name amdgpu.ko | head -1)
-    if [ -z "$ko" ]; then log "$arch: no amdgpu.ko in $pkg"; return 1; fi
+    ko=$(find "$tmp/x" -name "$modname" | head -1)
+    if [ -z "$ko" ]; then log "$arch: no $modname in $pkg"; return 1; fi
 
     rm -rf "$out"
     mkdir -p "$out"
-    cp "$ko" "$out/amdgpu.ko"
+    cp "$ko" "$out/$modname"
     echo "$pkg $version" > "$out/SOURCE"
     local symmap="" want="$corpus_dir/System.map-6.1.0-$abi-$flavour.gz"
     if [ -f "$want" ]; then
@@ -126,20 +135,15 @@ fetch_arch() {
     else
         log "$arch: no System.map for ABI $abi in $corpus_dir: vmlinux symbols will be synthetic"
     fi
-    "$PY" "$BENCH/gensyms.py" --module "$out/amdgpu.ko" --modules-dir "$tmp/x" \
-        ${symmap:+--system-map "$symmap"} --base "$base" \
+    "$PY" "$BENCH/gensyms.py" --module "$out/$modname" --modules-dir "$tmp/x" \
+        ${symmap:+--system-map "$symmap"} --base "$base" --kernel-text "$ktext" \
         --out-kallsyms "$out/modules.kallsyms" --out-ld "$out/ld.syms" --out-info "$out/gensyms.json" || return 1
 
-    write_manifest "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap"
-    [ -f "$out/manifest.json" ] || return 1
-}
-
-write_manifest() {
-    "$PY" - "$@" <<'EOF'
+    "$PY" - "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap" "$modname" <<'EOF'
 import json, os, sys
-out, arch, oracle_arch, pkg, version, abi, base, symmap = sys.argv[1:]
+out, arch, oracle_arch, pkg, version, abi, base, symmap, modname = sys.argv[1:]
 from elftools.elf.elffile import ELFFile
-elf = ELFFile(open(os.path.join(out, "amdgpu.ko"), "rb"))
+elf = ELFFile(open(os.path.join(out, modname), "rb"))
 relocs = sum(s["sh_size"] // s["sh_entsize"] for s in elf.iter_sections()
              if s["sh_type"] == "SHT_RELA" and s["sh_entsize"])
 syms = (["System.map.gz"] if symmap else []) + ["modules.kallsyms"]
@@ -155,41 +159,13 @@ if arch == "ppc64el" and symmap:  # the ppc64le plugin needs kernel_toc_addr() (
 if arch == "arm64":  # GNU ld has no erratum-843419 rule like the kernel's: compare with the workaround off
     options["erratum_843419"] = "false"
 m = {"arch": arch, "oracle_arch": oracle_arch, "machine": elf["e_machine"], "package": pkg, "version": version, "abi": abi,
-     "module": "amdgpu.ko", "relocations": relocs, "base": base, "kernel": "6.1",
+     "module": modname, "relocations": relocs, "base": base, "kernel": "6.1",
      "klpcore_symbols": syms, "ld_symbols": "ld.syms", "dependencies": info["dependencies"],
      "synthetic_vmlinux": info["synthetic_vmlinux"], "kernel_options": options}
 json.dump(m, open(os.path.join(out, "manifest.json"), "w"), indent=1)
-print(f"fetch: {arch}: amdgpu.ko from {pkg}: {relocs} relocations -> {out}", file=sys.stderr)
+print(f"fetch: {arch}: {modname} from {pkg}: {relocs} relocations -> {out}", file=sys.stderr)
 EOF
-    [ -f "$1/manifest.json" ]
-}
-
-fetch_from_deb() {
-    local arch=$1 deb=$2 out=$3 flavour=$4 oracle_arch=$5 base=$6
-    [ -f "$deb" ] || { log "$arch: DEB=$deb: no such file"; return 1; }
-    local tmp pkg version abi
-    tmp=$(mktemp -d "${TMPDIR:-/tmp}/klpbench.XXXXXX")
-    TMPS+=("$tmp")
-    pkg=$(dpkg-deb -f "$deb" Package)
-    version=$(dpkg-deb -f "$deb" Version)
-    abi=$(sed -E 's/^linux-image-6\.1\.0-([0-9]+)-.*/\1/' <<<"$pkg")
-    log "$arch: $pkg $version from $deb"
-    mkdir -p "$tmp/x"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" --wildcards '*.ko' '*.ko.xz' 2>/dev/null || true
-    find "$tmp/x" -name '*.ko.xz' -exec xz -d {} +
-    local ko
-    ko=$(find "$tmp/x" -name amdgpu.ko | head -1)
-    [ -n "$ko" ] || { log "$arch: no amdgpu.ko in $deb"; return 1; }
-    rm -rf "$out"
-    mkdir -p "$out"
-    cp "$ko" "$out/amdgpu.ko"
-    echo "$pkg $version" > "$out/SOURCE"
-    local symmap="" want="$CORPUS/$arch/System.map-6.1.0-$abi-$flavour.gz"
-    if [ -f "$want" ]; then cp "$want" "$out/System.map.gz"; symmap="$out/System.map.gz"; fi
-    "$PY" "$BENCH/gensyms.py" --module "$out/amdgpu.ko" --modules-dir "$tmp/x" \
-        ${symmap:+--system-map "$symmap"} --base "$base" \
-        --out-kallsyms "$out/modules.kallsyms" --out-ld "$out/ld.syms" --out-info "$out/gensyms.json" || return 1
-    write_manifest "$out" "$arch" "$oracle_arch" "$pkg" "$version" "$abi" "$base" "$symmap"
+    [ -f "$out/manifest.json" ] || return 1
 }
 
 cleanup_arch() {

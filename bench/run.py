@@ -26,6 +26,7 @@ in-process apply step at 5 M relocations/s or more.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -218,7 +219,9 @@ def in_process(m: dict, d: Path, n: int, write_to: Path | None = None) -> dict:
         gc.collect()
         t0 = time.perf_counter()
         staged = StagedMemory(loaded.image, loaded._placed())
-        ctx = ApplyContext(mod, mod.arch, kernel, staged, loaded.symvals.copy(), {}, "load")
+        # the arch's per-module state from module setup (s390 GOT/PLT slots, ppc64 stubs), as a phase gets it
+        state = copy.deepcopy(mod.arch_state)
+        ctx = ApplyContext(mod, mod.arch, kernel, staged, loaded.symvals.copy(), state, "load")
         for s, relas in work:
             mod.hooks.klp_arch_apply_section(ctx=SectionContext.for_section(ctx, s, relas))
         engine.append(time.perf_counter() - t0)

@@ -106,18 +106,47 @@ class StagedMemory:
         """One :class:`Change` per section: its first to last changed byte,
         the hints staged in it, and (lazily) the runs of each hint."""
         for index, buf in self.buffers.items():
-            changed = buf != self._orig[index]
-            diff = np.flatnonzero(changed)
-            if not diff.size:
+            orig = self._orig[index]
+            span = _changed_span(buf, orig)
+            if span is None:
                 continue
-            s, e = int(diff[0]), int(diff[-1]) + 1
+            s, e = span
             ranges = [r for r in self.hints.get(index, ()) if r[1] > s and r[0] < e]
+            changed = buf != orig if ranges else _span_mask(buf.size, s, e)
             hints: set[str | None] = {r[2] for r in ranges}
             if not ranges or _covers(ranges, changed):
                 pass
             else:
                 hints.add(None)
             yield Change(self.address_of(index) + s, buf[s:e].tobytes(), hints, _segmenter(buf, changed, ranges, s))
+
+
+def _changed_span(buf: np.ndarray, orig: np.ndarray) -> tuple[int, int] | None:
+    """First and one past the last byte where ``buf`` differs from ``orig``,
+    compared 8 bytes at a time (sections can be megabytes long)."""
+    n = buf.size
+    m = n - n % 8
+    first = last = -1
+    if m:
+        words = np.flatnonzero(buf[:m].view(np.uint64) != orig[:m].view(np.uint64))
+        if words.size:
+            w0, w1 = int(words[0]) * 8, int(words[-1]) * 8
+            first = w0 + int(np.flatnonzero(buf[w0 : w0 + 8] != orig[w0 : w0 + 8])[0])
+            last = w1 + int(np.flatnonzero(buf[w1 : w1 + 8] != orig[w1 : w1 + 8])[-1])
+    tail = np.flatnonzero(buf[m:] != orig[m:])
+    if tail.size:
+        first = first if first >= 0 else m + int(tail[0])
+        last = m + int(tail[-1])
+    return None if first < 0 else (first, last + 1)
+
+
+def _span_mask(n: int, start: int, end: int) -> np.ndarray:
+    """A mask True at the span's first and last byte only: enough where no
+    write was hinted (only the span's ends matter, not which bytes inside it
+    changed)."""
+    mask = np.zeros(n, dtype=bool)
+    mask[start] = mask[end - 1] = True
+    return mask
 
 
 def _covers(ranges: list[tuple[int, int, str]], changed: np.ndarray) -> bool:
@@ -369,7 +398,7 @@ def apply_section(ctx: SectionContext) -> None:
     P = U64(ctx.target_address) + offs
     buf = ctx.staged.buffer(ctx.target.index) if ctx.target_address and ctx.target.size else None
 
-    uniq = np.unique(types).tolist()
+    uniq = _distinct(types)
     known = [t for t in uniq if t in arch.types]
     for t in uniq:
         if t in arch.types:
@@ -386,9 +415,7 @@ def apply_section(ctx: SectionContext) -> None:
             count=int(bad.size),
         )
 
-    widths = np.zeros(n, dtype=np.uint64)
-    for t in known:
-        widths[types == t] = arch.types[t].width
+    widths = _per_type(types, {t: arch.types[t].width for t in known}, np.uint64)
     out = (offs + widths > U64(ctx.target.size)) | (offs + widths < offs)
     if out.any():
         bad = np.flatnonzero(out)
@@ -412,10 +439,10 @@ def apply_section(ctx: SectionContext) -> None:
     if not _plain_stores_allowed(ctx, types, syms, known):
         return
 
+    handled = {t: True for t in known if arch.types[t].handler is not None}
     active = widths > 0
-    for t in known:
-        if arch.types[t].handler is not None:
-            active |= types == t
+    if handled:
+        active |= _per_type(types, handled, np.bool_)
     if _overlaps(offs[active], np.maximum(widths[active], U64(1))):
         assert buf is not None
         _apply_sequential(ctx, types, buf)
@@ -450,6 +477,29 @@ def apply_section(ctx: SectionContext) -> None:
             if arch.types[int(types[i])].batch is None:
                 _run_handler(ctx, int(i))
     ctx.counts["applied"] += int(n)
+
+
+def _distinct(types: np.ndarray) -> list[int]:
+    """The distinct values of ``types``, ascending (``np.unique``, without a sort
+    when the type numbers are small, as they are)."""
+    if types.size and int(types.min()) >= 0 and int(types.max()) < 4096:
+        return [int(t) for t in np.flatnonzero(np.bincount(types))]
+    return [int(t) for t in np.unique(types)]
+
+
+def _per_type(types: np.ndarray, values: dict[int, Any], dtype: Any) -> np.ndarray:
+    """``values[type]`` for every entry (0/False for types not in ``values``)."""
+    if values and types.size and int(types.min()) >= 0 and int(types.max()) < 4096:
+        lut = np.zeros(int(types.max()) + 1, dtype=dtype)
+        for t, v in values.items():
+            if t < lut.size:
+                lut[t] = v
+        out: np.ndarray = lut[types]
+        return out
+    out = np.zeros(types.size, dtype=dtype)
+    for t, v in values.items():
+        out[types == t] = v
+    return out
 
 
 def _plain_stores_allowed(ctx: SectionContext, types: np.ndarray, syms: np.ndarray, known: list[int]) -> bool:
@@ -494,6 +544,8 @@ def _plain_stores_allowed(ctx: SectionContext, types: np.ndarray, syms: np.ndarr
 def _overlaps(offs: np.ndarray, widths: np.ndarray) -> bool:
     if offs.size < 2:
         return False
+    if bool(np.all(offs[1:] >= offs[:-1])):  # already in offset order (compilers emit it so): no sort
+        return bool(np.any(offs[1:] < offs[:-1] + widths[:-1]))
     order = np.argsort(offs, kind="stable")
     o = offs[order]
     w = widths[order]

@@ -15,7 +15,8 @@ Adding an architecture, step by step
    With only these two, every type that is plain arithmetic works.
 3. If the kernel's ``module_frob_arch_sections`` does anything, implement
    :func:`klp_arch_frob_sections` (size stub/PLT/GOT sections, sort
-   relocations, adjust alignments).
+   relocations, adjust alignments, reserve arch memory at the start of a
+   memory type with ``module.reserve``).
 4. Types that need more than arithmetic get a sequential ``handler`` in
    their :class:`~klpcore.arch.RelocType`; keep per-module state in
    ``ctx.state`` (see :class:`~klpcore.engine.SectionContext`).  For speed,
@@ -145,7 +146,14 @@ def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
     :param module: the module being loaded; ``module.sections`` may be
         changed (sizes, types, alignment), relocation arrays from
         ``module.elf.relas(i)`` may be reordered in place, and
-        ``module.arch_state`` may be filled.
+        ``module.arch_state`` may be filled.  Memory the arch needs outside
+        any section (s390's module GOT and PLT) is reserved with
+        ``module.reserve(memtype, name, size, align)``: it takes the start of
+        that memory type, before layout places sections there, as the kernel's
+        hook grows a memory type's size before ``layout_sections`` runs.  After
+        layout its address is ``module.layout.reserved[name].address``;
+        relocation code writes there through ``ctx.write_uint``, and the
+        output ELF of ``klpcore apply`` shows it as a section called ``name``.
     :param kernel: the target kernel.
 
     Raise :class:`~klpcore.errors.ElfFormatError` with the kernel's message

@@ -24,6 +24,11 @@ Two styles:
 * ``legacy`` (before 6.4, ``core_layout``/``init_layout``): one core and one
   init allocation; inside each, the size is page aligned after the text, the
   rodata and the ro_after_init rows (``strict_align``), and at the end.
+
+Arch setup (``module_frob_arch_sections``) runs before layout and may grow a
+memory type for memory of its own, e.g. s390's module GOT and PLT: a
+:class:`Reservation` takes ``ALIGN(size, align)`` at the start of its memory
+type, in the order reserved, before any section is placed there.
 """
 
 from __future__ import annotations
@@ -70,6 +75,21 @@ class Placement:
     size: int
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Arch-owned memory at the start of a memory type, before any section
+    (what ``module_frob_arch_sections`` adds to a memory type's size)."""
+
+    name: str  # e.g. ".klpcore.s390.got"; the output ELF shows it as a section of this name
+    memtype: MemType
+    size: int
+    align: int = 1
+
+
+#: ``Placement.index`` of the k-th reservation (0-based) is ``RESERVED_INDEX - k``
+RESERVED_INDEX = -1
+
+
 @dataclass
 class Region:
     memtype: MemType
@@ -88,6 +108,8 @@ class Layout:
     base: int
     regions: dict[MemType, Region] = field(default_factory=dict)
     placements: dict[int, Placement] = field(default_factory=dict)
+    #: reservations by name (``Placement.index`` negative, see :data:`RESERVED_INDEX`)
+    reserved: dict[str, Placement] = field(default_factory=dict)
 
     def address_of(self, index: int) -> int | None:
         p = self.placements.get(index)
@@ -104,12 +126,12 @@ def default_is_init(name: str) -> bool:
 
 
 def _assign(
-    sections: Sequence[Section], is_init: Callable[[str], bool]
+    sections: Sequence[Section], is_init: Callable[[str], bool], sizes: dict[MemType, int]
 ) -> tuple[dict[MemType, list[tuple[Section, int]]], dict[MemType, int], dict[MemType, int]]:
-    """Walk the rows; return per-memtype (section, offset) lists and sizes."""
+    """Walk the rows; return per-memtype (section, offset) lists and sizes
+    (``sizes``: what arch setup reserved before, updated in place)."""
     placed: set[int] = set()
     out: dict[MemType, list[tuple[Section, int]]] = {}
-    sizes: dict[MemType, int] = {}
     row_ends: dict[MemType, int] = {}
     for init in (False, True):
         for req, excl, core_t, init_t in _ROWS:
@@ -140,6 +162,7 @@ def layout_sections(
     region_bases: dict[MemType, int] | None = None,
     init_base: int | None = None,
     page_align_rows: bool = True,
+    reserved: Sequence[Reservation] = (),
 ) -> Layout:
     """Lay out the ``SHF_ALLOC`` sections of ``sections`` at ``base``.
 
@@ -149,19 +172,36 @@ def layout_sections(
     addresses (``memory`` style).  ``page_align_rows`` (``legacy`` style) is the
     kernel's ``strict_align``/``debug_align``: False packs the rows with no page
     alignment at all (a kernel without ``STRICT_MODULE_RWX`` support, e.g. ppc64
-    before 5.14).
+    before 5.14).  ``reserved`` come first in their memory types (see
+    :class:`Reservation`).
     """
     if base % page_size:
         raise ValueError(f"base address {base:#x} is not aligned to the page size {page_size:#x}")
     if init_base is not None and init_base % page_size:
         raise ValueError(f"init base address {init_base:#x} is not aligned to the page size {page_size:#x}")
     lay = Layout(style=style, base=base)
+    # reservations are counted per memory type (legacy: per core/init allocation)
+    used: dict[MemType | bool, int] = {}
+    res_offsets: list[tuple[Reservation, int]] = []
+    for r in reserved:
+        key: MemType | bool = r.memtype if style == "memory" else r.memtype.is_init
+        off = align(used.get(key, 0), r.align or 1)
+        used[key] = off + r.size
+        res_offsets.append((r, off))
+
+    def place_reserved(mt: MemType, start: int) -> None:
+        for k, (r, off) in enumerate(res_offsets):
+            if r.memtype == mt:
+                lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, mt, off, start + off, r.size)
+
     if style == "memory":
-        groups, sizes, _ = _assign(sections, is_init)
+        has_res = {r.memtype for r in reserved if r.size}
+        sizes = {k: v for k, v in used.items() if isinstance(k, MemType)}
+        groups, sizes, _ = _assign(sections, is_init, sizes)
         addr = base
         pinned = dict(region_bases or {})
         for mt in _MEMORY_ORDER:
-            if sizes.get(mt, 0) == 0 and not groups.get(mt):
+            if sizes.get(mt, 0) == 0 and not groups.get(mt) and mt not in has_res:
                 continue
             if mt.is_init and init_base is not None:
                 addr, init_base = init_base, None  # the first init type starts the init allocation
@@ -170,25 +210,42 @@ def layout_sections(
             lay.regions[mt] = Region(mt, start, size, align(max(size, 1), page_size))
             for s, off in groups.get(mt, []):
                 lay.placements[s.index] = Placement(s.index, s.name, mt, off, start + off, s.size)
+            place_reserved(mt, start)
             addr = max(addr, start + align(max(size, 1), page_size))
         return lay
     if style != "legacy":
         raise ValueError(f"unknown layout style {style!r}")
-    return _legacy(sections, base, is_init, page_size if page_align_rows else 1, init_base)
+    legacy = _legacy(sections, base, is_init, page_size if page_align_rows else 1, init_base, used)
+    for mt in (MemType.TEXT, MemType.INIT_TEXT):  # an allocation starts with its text row
+        if mt in legacy.regions:
+            for k, (r, off) in enumerate(res_offsets):
+                if r.memtype.is_init == mt.is_init:
+                    addr = legacy.regions[mt].address + off
+                    lay.reserved[r.name] = Placement(RESERVED_INDEX - k, r.name, r.memtype, off, addr, r.size)
+    legacy.reserved = lay.reserved
+    return legacy
 
 
 def _legacy(
-    sections: Sequence[Section], base: int, is_init: Callable[[str], bool], row_align: int, init_base: int | None
+    sections: Sequence[Section],
+    base: int,
+    is_init: Callable[[str], bool],
+    row_align: int,
+    init_base: int | None,
+    reserved: dict[MemType | bool, int],
 ) -> Layout:
     """Before 6.4: one core and one init allocation (``core_layout``/``init_layout``);
     each section at ``ALIGN(size, sh_addralign)`` of its allocation, the size
     aligned to ``row_align`` after the text, rodata and ro_after_init rows and at
-    the end.  The init allocation follows the core one unless ``init_base`` is given."""
+    the end.  The init allocation follows the core one unless ``init_base`` is given.
+    ``reserved``: bytes arch setup reserved at the start of the core (key
+    False) and init (True) allocations, before their sections."""
     lay = Layout(style="legacy", base=base)
     placed: set[int] = set()
     addr = base
     for init in (False, True):
         size = 0
+        size = reserved.get(init, 0)  # the kernel's frob grew core/init size before layout
         members: list[tuple[Section, MemType, int]] = []
         row_ends: list[tuple[MemType, int]] = []
         for row, (req, excl, core_t, init_t) in enumerate(_ROWS):
@@ -208,7 +265,7 @@ def _legacy(
                 size = align(size, row_align)
                 if mt is not None:
                     row_ends.append((mt, size))
-        if not members:
+        if not members and not size:
             continue
         start = init_base if init and init_base is not None else addr
         for s, mt, off in members:

@@ -49,7 +49,7 @@ from .errors import (
 )
 from .exports import ExportChecker
 from .kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
-from .layout import Layout, layout_sections
+from .layout import Layout, Reservation, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
 from .memory import BytesBackend, MemoryBackend, ModuleImage, Region, WriteRecord, default_policy
 from .plugins import ArchHooks, get_plugin_manager, identify
@@ -117,6 +117,23 @@ class LoadingModule:
     settings: dict[str, Setting] = field(default_factory=dict)
     #: warnings from preparing the module (layout facts the user should know)
     notes: list[Diagnostic] = field(default_factory=list)
+
+    #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
+    reservations: list[Reservation] = field(default_factory=list)
+
+    def reserve(self, memtype: MemType, name: str, size: int, align: int = 1) -> Reservation:
+        """Arch setup: reserve ``size`` bytes at the start of ``memtype``,
+        before layout places any section there (after earlier reservations,
+        at ``ALIGN(size so far, align)``), as s390's ``module_frob_arch_sections``
+        grows ``MOD_TEXT`` for the module GOT and PLT.  After layout the address
+        is ``layout.reserved[name].address``; relocation code writes there through
+        ``ctx.write_uint`` like into any section, and ``klpcore apply`` shows the
+        reservation as an extra section called ``name``."""
+        if any(r.name == name for r in self.reservations):
+            raise ValueError(f"reservation {name!r} exists already")
+        r = Reservation(name, memtype, size, align)
+        self.reservations.append(r)
+        return r
 
     @property
     def page_size(self) -> int:
@@ -296,6 +313,7 @@ class Loader:
                 page_size=page_size,
                 init_base=init_base,
                 page_align_rows=on[rwx],
+                reserved=mod.reservations,
             )
         except ValueError as exc:
             raise InputError(Diagnostic(str(exc), module=mod.name)) from None
@@ -571,6 +589,7 @@ class LoadedModule:
         mod = self.module
         out = [(p.index, p.name, p.address, mod.sections[p.index].size) for p in mod.layout.placements.values()]
         out += [(i, mod.sections[i].name, a, mod.sections[i].size) for i, a in mod.extra_addresses.items()]
+        out += [(p.index, p.name, p.address, p.size) for p in mod.layout.reserved.values()]
         return [p for p in out if p[3] > 0]
 
     def _load_sections(self) -> Iterator[tuple[Section, KlpRelocSec | None]]:
@@ -928,6 +947,12 @@ class LoadedModule:
         if addr is None or not size:
             return b""
         return self.image.backend.read(addr, size)
+
+    def reserved_bytes(self, name: str) -> tuple[int, bytes]:
+        """Address and current contents of the reservation ``name`` (see
+        :meth:`LoadingModule.reserve`)."""
+        p = self.module.layout.reserved[name]
+        return p.address, self.image.backend.read(p.address, p.size) if p.size else b""
 
     @property
     def write_log(self) -> list[WriteRecord]:

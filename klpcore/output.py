@@ -5,6 +5,12 @@ in module memory gets its load address in ``sh_addr`` and the relocated bytes
 as contents, so readelf, objdump and capstone show the module as the kernel
 would hold it.  A ``SHT_NOBITS`` section into which the arch wrote code or
 data (ppc64 ``.stubs``, arm64 ``.plt``) becomes ``SHT_PROGBITS``.
+
+Memory the arch setup reserved outside any input section (s390's module GOT
+and PLT, see ``LoadingModule.reserve``) is added after the input's sections,
+one ``SHT_PROGBITS`` section per non-empty reservation, named after it, with
+its load address and contents; its name is appended to the section name
+string table.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import struct
 
 from . import constants as C
+from .constants import MemType
+from .layout import Placement
 from .loader import LoadedModule
 
 
@@ -51,24 +59,51 @@ def write_elf(loaded: LoadedModule) -> bytes:
         out += bytes(off - len(out))
         out += content
         headers.append((orig, stype, addr, off, len(content)))
+    rows: list[tuple[int, ...]] = [
+        (_name_offset(elf.data, elf, o.index), t, o.flags, a, off, size, o.link, o.info, o.addralign, o.entsize)
+        for o, t, a, off, size in headers
+    ]
+    extra = [p for p in mod.layout.reserved.values() if p.size]
+    if extra:
+        _add_reserved(loaded, out, rows, extra)
     shoff = _align(len(out), 8)
     out += bytes(shoff - len(out))
-    for orig, stype, addr, off, size in headers:
-        out += struct.pack(
-            e + "IIQQQQIIQQ",
-            _name_offset(elf.data, elf, orig.index),
-            stype,
-            orig.flags,
-            addr,
-            off,
-            size,
-            orig.link,
-            orig.info,
-            orig.addralign,
-            orig.entsize,
-        )
+    for row in rows:
+        out += struct.pack(e + "IIQQQQIIQQ", *row)
     struct.pack_into(e + "Q", out, 0x28, shoff)
     return bytes(out)
+
+
+def _add_reserved(loaded: LoadedModule, out: bytearray, rows: list[tuple[int, ...]], extra: list[Placement]) -> None:
+    """Append a section per reservation and a section name table that names them."""
+    elf = loaded.module.elf
+    strndx = elf.shstrndx
+    names = bytearray(elf.section_data(strndx))
+    if not names.endswith(b"\0"):
+        names += b"\0"
+    for p in extra:
+        flags = C.SHF_ALLOC | (C.SHF_EXECINSTR if p.memtype.is_text else 0)
+        if p.memtype in (MemType.DATA, MemType.INIT_DATA):
+            flags |= C.SHF_WRITE
+        addr, data = loaded.reserved_bytes(p.name)
+        align = next((r.align for r in loaded.module.reservations if r.name == p.name), 1)
+        off = _align(len(out), max(align, 1))
+        out += bytes(off - len(out)) + data
+        rows.append((len(names), C.SHT_PROGBITS, flags, addr, off, len(data), 0, 0, align, 0))
+        names += p.name.encode() + b"\0"
+    r = list(rows[strndx])
+    r[4], r[5] = len(out), len(names)  # sh_offset, sh_size of the new name table
+    rows[strndx] = tuple(r)
+    out += names
+    e = elf.endian
+    if len(rows) >= 0xFF00 or struct.unpack_from(e + "H", out, 0x3C)[0] == 0:
+        # extended numbering: e_shnum is 0 and the count is section 0's sh_size
+        struct.pack_into(e + "H", out, 0x3C, 0)
+        z = list(rows[0])
+        z[5] = len(rows)
+        rows[0] = tuple(z)
+    else:
+        struct.pack_into(e + "H", out, 0x3C, len(rows))
 
 
 def _name_offset(data: bytes, elf: object, index: int) -> int:

@@ -388,6 +388,9 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
             pass
         raise SymbolFileError(f"{source}: unreadable symbol text") from None
     for mod, (names, addrs, types) in rows.items():
+        if addrs and max(addrs) >> 64:
+            i = addrs.index(max(addrs))
+            raise SymbolFileError(f"{source}: address {addrs[i]:#x} of {names[i]} does not fit in 64 bits")
         obj = vmlinux if mod is None else ks.obj(mod)
         obj.extend(names, addrs, types, source)
     if not nonzero and any(len(o) for o in ks.objects.values()):

@@ -142,6 +142,14 @@ _TABLE = [
         "arm64: ftrace: fix unreachable PLT for ftrace_caller in init_module (2025)",
     ),
     Behaviour(
+        "s390_kernel_write",
+        (5, 8),
+        "s390x",
+        "relocation writes after MODULE_STATE_UNFORMED (late livepatch relocations, GOT slots, PLT entries) go "
+        "through s390_kernel_write (before: livepatch made the module writable with module_disable_ro)",
+        "s390/module: Use s390_kernel_write() for late relocations (5.8)",
+    ),
+    Behaviour(
         "ppc64_strict_module_rwx",
         (5, 14),
         "ppc64le",
@@ -197,6 +205,14 @@ _TABLE = [
         "one allocation per memory type (struct module_memory: MOD_TEXT, MOD_DATA, ...); before, one core and "
         "one init allocation (core_layout/init_layout)",
         "module: replace module_layout with module_memory (6.4)",
+    ),
+    Behaviour(
+        "s390_gotent_got_offset",
+        (6, 5),
+        "s390x",
+        "R_390_GOTENT/GOTPLTENT = GOT + G + A - P (before: text base + G + A - P, arch.got_offset missing; the "
+        "same bytes whenever the GOT starts at offset 0 of the text, as module_frob_arch_sections places it)",
+        "s390/module: fix rela calculation for R_390_GOTENT (11458e2b3ffa, 6.5)",
     ),
     Behaviour(
         "ppc64_ool_ftrace_stubs",

@@ -234,6 +234,8 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "arm64_livepatch": "tests/arm64/test_arm64.py::test_livepatch_refused_before_6_17",
     "arm64_late_text_poke": "tests/arm64/test_arm64.py::test_write_method_policy",
     "arm64_init_ftrace_trampoline": "tests/arm64/test_arm64.py::test_ftrace_trampoline_by_version",
+    "s390_kernel_write": "tests/s390x/test_s390x.py::test_write_method_by_version",
+    "s390_gotent_got_offset": "tests/s390x/test_s390x.py::test_gotent_formula_before_and_after_6_5",
 }
 
 

@@ -185,3 +185,8 @@ def test_vmlinux_elf(tmp_path) -> None:
     assert ks.find_object_symbol(None, "printk", 0) == 0xFFFFFFFF81000000
     assert ks.find_object_symbol(None, "local_dup", 1) == 0xFFFFFFFF81000010  # address order
     assert ks.objects["vmlinux"].types[ks.objects["vmlinux"].positions("printk")[0]] == "T"
+
+
+def test_address_wider_than_64_bits_is_a_clear_error() -> None:
+    with pytest.raises(SymbolFileError, match="10000000000001024 of far does not fit in 64 bits"):
+        parse_symbol_text("ffffffff81000000 T printk\n10000000000001024 t far\t[mod]\n", source="x")

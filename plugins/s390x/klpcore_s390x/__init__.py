@@ -1,0 +1,84 @@
+"""klpcore plugin for s390x: ``arch/s390/kernel/module.c`` in user space.
+
+* ``identify``: ``EM_S390`` / ``EM_S390_OLD``, ELFCLASS64, big-endian.
+* ``types``: every type ``apply_rela`` handles, with ``apply_rela_bits``'s
+  range rule and field encoders (12-bit keeps the top nibble, 20-bit is split
+  DL/DH) and the kernel's messages.
+* ``gotplt``: ``module_frob_arch_sections`` counts one GOT slot and one PLT
+  entry per symbol and reserves them at the start of ``MOD_TEXT``; GOT slots
+  hold S; PLT entries are 22 bytes (expoline variant with ``-O expoline=y``);
+  calls go through the PLT when the target is out of ``brasl`` range.
+* ``protection``: ``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+).
+* ``options``: configuration (``CONFIG_EXPOLINE``) and page size; versions
+  are in the core's table (``s390_kernel_write``, ``s390_gotent_got_offset``).
+
+The kernel's other ``module_finalize`` work (alternatives, expoline reverts,
+ftrace hotpatch trampolines) rewrites code after relocation and is not
+reproduced; the kernel-oracle comparison classifies those sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from klpcore import hookimpl
+from klpcore.arch import ArchSpec, RelocType
+from klpcore.engine import ApplyContext, SectionContext, apply_section
+from klpcore.kernel import KernelTarget
+from klpcore.loader import LoadingModule
+from klpcore.memory import ModuleImage, Region
+
+from . import gotplt, identify, options, protection, types
+from .identify import ARCHES, EM_S390, EM_S390_OLD
+
+__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
+
+
+@hookimpl
+def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    return identify.identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
+    return types.reloc_types(kernel)
+
+
+@hookimpl
+def klp_arch_frob_sections(module: LoadingModule, kernel: KernelTarget) -> None:
+    """``module_frob_arch_sections``: GOT/PLT slots, reserved before layout."""
+    gotplt.frob(module, kernel)
+
+
+@hookimpl
+def klp_arch_apply_section(ctx: SectionContext) -> bool:
+    """``apply_relocate_add``: GOT slots and PLT entries on first use, then the table."""
+    gotplt.fill(ctx)
+    apply_section(ctx)
+    return True
+
+
+@hookimpl
+def klp_arch_finalize(ctx: ApplyContext) -> None:
+    """``module_finalize``: the expoline thunk."""
+    gotplt.finalize(ctx)
+
+
+@hookimpl
+def klp_arch_page_size(kernel: KernelTarget) -> int:
+    """4 KiB: s390 has no other page size."""
+    return options.PAGE_SIZE
+
+
+@hookimpl
+def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
+    """Debian 6.1's s390x configuration (``options.CONFIG_DEFAULTS``)."""
+    return options.CONFIG_DEFAULTS.get(name)
+
+
+@hookimpl
+def klp_arch_write_method(
+    image: ModuleImage, region: Region, address: int, size: int, kernel: KernelTarget, hint: str | None
+) -> str | None:
+    """``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+)."""
+    return protection.write_method(image, kernel)
