@@ -116,11 +116,11 @@ class ElfModule:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], name: str | None = None) -> ElfModule:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise ElfFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        """Read a module file, plain or compressed (``.ko.xz``, ``.ko.zst``,
+        ``.ko.gz``: detected by content), within :data:`~klpcore.compress.MODULE_LIMIT`."""
+        from .compress import MODULE_LIMIT, read_input
+
+        data = read_input(path, limit=MODULE_LIMIT, what="module", error=ElfFormatError)
         return cls(data, name=name, path=os.fspath(path))
 
     def _diag(self, message: str, section: str | None = None) -> Diagnostic:
@@ -348,7 +348,7 @@ class ElfModule:
             return names[-1]
         if self.path:
             base = os.path.basename(self.path)
-            for ext in (".ko", ".o"):
+            for ext in (".xz", ".zst", ".gz", ".ko", ".o"):
                 base = base.removesuffix(ext)
             return base.replace("-", "_")
         return "module"

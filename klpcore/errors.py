@@ -78,6 +78,11 @@ class InputError(KlpError):
     """Unreadable or malformed input, or bad usage (CLI exit code 2)."""
 
 
+class InputFileError(InputError):
+    """An input file cannot be read: missing, a device, over klpcore's size
+    limit, or corrupt compressed data (see :mod:`klpcore.compress`)."""
+
+
 class ElfFormatError(InputError):
     """The ELF file is truncated, hostile or not a kernel module."""
 

@@ -21,7 +21,6 @@ original order), module symbols in their symtab order.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from collections import Counter
@@ -268,18 +267,17 @@ class KernelSymbols:
 _LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise SymbolFileError(f"cannot read symbol file {path}: {exc.strerror or exc}") from exc
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise SymbolFileError(f"{path}: bad gzip data: {exc}") from exc
-    return data
+def _read_bytes(path: str | os.PathLike[str], *, module: bool = False) -> bytes:
+    """A symbol source's bytes, decompressed (gzip, xz, zstd: by content) and
+    bounded: text sources and ELF files have separate size limits."""
+    from .compress import MODULE_LIMIT, SYMBOL_ELF_LIMIT, SYMBOL_TEXT_LIMIT, read_input
+
+    def limit(head: bytes) -> int:
+        if module:
+            return MODULE_LIMIT
+        return SYMBOL_ELF_LIMIT if head[:4] == C.ELFMAG else SYMBOL_TEXT_LIMIT
+
+    return read_input(path, limit=limit, what="symbol file", error=SymbolFileError)
 
 
 def _iter_lines(text: str, source: str) -> Iterator[tuple[int, str, str, str | None]]:
@@ -444,7 +442,7 @@ def load_symbols(spec: str) -> KernelSymbols:
     m = re.match(r"^(.*)@(0x[0-9a-fA-F]+|\d+)(?::(\S+))?$", spec)
     if m and not os.path.exists(spec):
         path, base, name = m.group(1), int(m.group(2), 0), m.group(3)
-    data = _read_bytes(path)
+    data = _read_bytes(path, module=base is not None)
     if data[:4] == C.ELFMAG:
         return symbols_from_elf(data, path, base=base, objname=name)
     if base is not None:
