@@ -325,6 +325,17 @@ class ElfModule:
     def symbol_name(self, index: int) -> str:
         return self.symbol_names[index]
 
+    def symbol_label(self, index: int) -> str:
+        """The symbol's name, or for an unnamed section symbol the name of its
+        section (as readelf shows relocations against it)."""
+        name = self.symbol_names[index]
+        if name:
+            return name
+        shndx = int(self.symbols["st_shndx"][index])
+        if int(self.symbols["st_info"][index]) & 0xF == C.STT_SECTION and 0 < shndx < len(self.sections):
+            return self.sections[shndx].name
+        return name
+
     @cached_property
     def modinfo(self) -> dict[str, list[str]]:
         """``.modinfo`` key/value strings (a key may repeat)."""
