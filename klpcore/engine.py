@@ -205,6 +205,48 @@ class ApplyContext:
     def section_address(self, index: int) -> int | None:
         return self.module.layout.address_of(index)
 
+    def function_at(self, address: int) -> tuple[int, int, str] | None:
+        """``(start, size, name)`` of the module function containing
+        ``address`` (the one starting last, as ``%pS`` picks), or ``None``.
+
+        The sorted index of the module's placed ``STT_FUNC`` symbols is built
+        once per layout, so describing many addresses (thousands of failing
+        relocations) costs a binary search each, not a scan of the symtab."""
+        mod = self.module
+        index = _FUNCTION_INDEX.get(id(mod.layout))
+        if index is None or index[0] is not mod.layout:
+            index = (mod.layout, *_function_index(mod))
+            _FUNCTION_INDEX.clear()
+            _FUNCTION_INDEX[id(mod.layout)] = index
+        _, starts, sizes, names, longest = index
+        k = bisect.bisect_right(starts, address) - 1
+        while k >= 0 and starts[k] + longest > address:
+            if address < starts[k] + max(sizes[k], 1):
+                return starts[k], sizes[k], names[k]
+            k -= 1
+        return None
+
+
+#: id(layout) -> (layout, starts, sizes, names, longest): the last module's function index
+_FUNCTION_INDEX: dict[int, tuple[Any, list[int], list[int], list[str], int]] = {}
+
+
+def _function_index(mod: LoadingModule) -> tuple[list[int], list[int], list[str], int]:
+    elf = mod.elf
+    syms = elf.symbols
+    shndx = syms["st_shndx"].astype(np.int64)
+    funcs = np.flatnonzero(((syms["st_info"] & 0xF) == 2) & (shndx > 0) & (shndx < 0xFF00))  # STT_FUNC
+    rows = []
+    for i in funcs.tolist():
+        base = mod.layout.address_of(int(shndx[i]))
+        if base is None:
+            continue
+        start = base + int(syms["st_value"][i])
+        rows.append((start, -i, int(syms["st_size"][i]), elf.symbol_names[i]))
+    rows.sort()  # by address; at one address the first in the symtab is met first going backwards
+    longest = max((max(r[2], 1) for r in rows), default=1)
+    return [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], longest
+
 
 @dataclass
 class SectionContext(ApplyContext):

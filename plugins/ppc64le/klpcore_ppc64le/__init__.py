@@ -53,6 +53,7 @@ the printk prefix (``pr_fmt`` = ``KBUILD_MODNAME ": "``) is left out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ from klpcore.constants import ModuleState
 from klpcore.engine import ApplyContext, RelocFailure, SectionContext, apply_section, gather, scatter
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
-from klpcore.loader import LoadingModule
+from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Perm, Region
 
 EM_PPC64 = 21
@@ -246,23 +247,11 @@ def _patch(ctx: ApplyContext) -> str | None:
 
 def describe_address(ctx: ApplyContext, address: int) -> str:
     """``%pS`` as the kernel prints it: ``func+0xoff/0xsize [module]``."""
-    elf = ctx.module.elf
-    syms = elf.symbols
-    best: tuple[int, int, str] | None = None
-    for i in range(1, elf.nsyms):
-        shndx = int(syms["st_shndx"][i])
-        if int(syms["st_info"][i]) & 0xF != C.STT_FUNC or not 0 < shndx < C.SHN_LORESERVE:
-            continue
-        base = ctx.section_address(shndx)
-        if base is None:
-            continue
-        start = base + int(syms["st_value"][i])
-        size = int(syms["st_size"][i])
-        if start <= address < start + max(size, 1) and (best is None or start > best[0]):
-            best = (start, size, elf.symbol_names[i])
-    if best is None:
+    found = ctx.function_at(address)
+    if found is None:
         return f"{address:#x}"
-    return f"{best[2]}+{address - best[0]:#x}/{best[1]:#x} [{ctx.module.name}]"
+    start, size, name = found
+    return f"{name}+{address - start:#x}/{size:#x} [{ctx.module.name}]"
 
 
 # --------------------------------------------------------------- computes
@@ -762,6 +751,20 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
     return reloc_types(kernel)
+
+
+@hookimpl
+def klp_arch_examples() -> Sequence[Example]:
+    here = Path(__file__).parent / "examples"
+    return [
+        Example(
+            name="ppc64le",
+            module=here / "klpdemo.ko",
+            symbols=(here / "System.map",),
+            base=0xC008000000000000,
+            description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
+        )
+    ]
 
 
 def count_relocs(relas: np.ndarray, rtype: int) -> int:
