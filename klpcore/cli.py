@@ -34,7 +34,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import constants as C
 from .addresses import parse_address
-from .errors import Diagnostic, InputError, KlpError
+from .errors import Diagnostic, InputError, KlpError, OutputError
 from .kernel import CORE_OPTIONS, KernelTarget
 from .loader import DEFAULT_BASE, LoadedModule, Loader, LoadingModule, resolve_module
 from .plugins import get_plugin_manager, installed_version, list_arch_plugins
@@ -550,7 +550,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     mod = _open(args, loader)
     report = resolve_module(loader, mod, symbols, _base(args, mod))
     _progress_done()
-    code = EXIT_ERRORS if report.errors else EXIT_OK
+    errors = explain_errors(mod, report.errors, symbols)
+    code = EXIT_ERRORS if errors else EXIT_OK
     distinct = len({(r.name, r.object) for r in report.resolutions})
     if _json_destination(args):
         emit_json(
@@ -562,7 +563,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                 "pending_objects": report.pending,
             },
             code,
-            errors=report.errors,
+            errors=errors,
             warnings=report.warnings,
         )
         return code
@@ -570,12 +571,12 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         [(r.index, r.name, f"{r.value:#018x}", r.how, r.object or "-") for r in report.resolutions],
         ("index", "symbol", "value", "how", "object"),
     )
-    _print_diags(explain_errors(mod, report.errors, symbols))
+    _print_diags(errors)
     _print_diags(report.warnings)
     uses = len(report.resolutions)
     print(
         f"\n{distinct} distinct symbol{'s' if distinct != 1 else ''} resolved ({uses} symbol table entr"
-        f"{'ies' if uses != 1 else 'y'}), {len(report.errors)} error(s)"
+        f"{'ies' if uses != 1 else 'y'}), {len(errors)} error(s)"
         + (f"; not loaded: {', '.join(report.pending)}" if report.pending else "")
     )
     return code
@@ -803,13 +804,17 @@ def _failure(
     code: int,
     diags: Sequence[Diagnostic],
     usage: str = "",
+    exc: BaseException | None = None,
 ) -> int:
-    """Report a failure: text lines on stderr, and the JSON document when asked."""
+    """Report a failure: text lines on stderr, and the JSON document when asked
+    (unless writing that very document is what failed)."""
     _progress_done()
     if usage:
         sys.stderr.write(usage)
     _print_diags(diags)
     dest = _json_destination(args) if args is not None else _argv_json_destination(argv)
+    if isinstance(exc, OutputError) and exc.path == dest:
+        dest = None
     if dest:
         doc = _envelope(command_name, code, [d for d in diags if d.severity == "error"], [])
         if command_name == "apply":
@@ -840,9 +845,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _failure(args, argv, name, EXIT_USAGE, exc.diagnostics, exc.usage)
     except InputError as exc:
-        return _failure(args, argv, name, EXIT_USAGE, exc.diagnostics)
+        return _failure(args, argv, name, EXIT_USAGE, exc.diagnostics, exc=exc)
     except KlpError as exc:
-        return _failure(args, argv, name, EXIT_ERRORS, exc.diagnostics)
+        return _failure(args, argv, name, EXIT_ERRORS, exc.diagnostics, exc=exc)
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

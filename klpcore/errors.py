@@ -92,6 +92,10 @@ class OutputError(InputError):
     """An output file cannot be written (missing folder, a directory, a full
     device, no permission, or it names an input file)."""
 
+    def __init__(self, message: str | Diagnostic | Sequence[Diagnostic], path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
 
 class ElfFormatError(InputError):
     """The ELF file is truncated, hostile or not a kernel module."""

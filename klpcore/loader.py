@@ -746,6 +746,13 @@ def default_plugin_manager() -> pluggy.PluginManager:
     return _PM_CACHE[0]
 
 
+def examples(pm: pluggy.PluginManager | None = None) -> dict[str, Example]:
+    """The example modules the installed plugins ship, by name (``klpcore
+    apply --example NAME`` uses them too)."""
+    pm = pm or default_plugin_manager()
+    return {e.name: e for group in pm.hook.klp_arch_examples() for e in (group or [])}
+
+
 def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, int, str]]:
     """Symbols a module loaded at ``base`` shows in kallsyms (klpcore's layout)."""
     loader = Loader(default_plugin_manager())

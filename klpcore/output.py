@@ -100,25 +100,30 @@ def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str]
     payload = data.encode() if isinstance(data, str) else data
     if path == "-":
         try:
+            buffer = getattr(sys.stdout, "buffer", None)
             sys.stdout.flush()
-            sys.stdout.buffer.write(payload)
+            if buffer is not None:
+                buffer.write(payload)
+                buffer.flush()
+            else:  # a text stream (redirected in tests or by an embedder)
+                sys.stdout.write(payload.decode("utf-8", "replace"))
             sys.stdout.flush()
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot write {what} to standard output: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {what} to standard output: {exc.strerror or exc}", path) from None
         return
     for src in inputs:
         if _same_file(path, src):
-            raise OutputError(f"{what} {path} is the input file {src}; choose another output path")
+            raise OutputError(f"{what} {path} is the input file {src}; choose another output path", path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
     except (OSError, ValueError) as exc:
-        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}", path) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"cannot write {what} {path}: Is a directory")
+        raise OutputError(f"cannot write {what} {path}: Is a directory", path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         _write_to(path, payload, what, os.O_WRONLY)  # a device or a pipe: write it directly
         return
@@ -132,7 +137,7 @@ def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str]
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
         os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}", path) from None
     finally:
         if os.path.lexists(tmp):
             with contextlib.suppress(OSError):
@@ -147,7 +152,7 @@ def _write_to(path: str, payload: bytes, what: str, flags: int, shown: str | Non
     try:
         fd = os.open(path, flags, 0o666)
     except (OSError, ValueError) as exc:
-        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}") from None
+        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}", shown or path) from None
     try:
         try:
             view = memoryview(payload)
@@ -156,7 +161,7 @@ def _write_to(path: str, payload: bytes, what: str, flags: int, shown: str | Non
         finally:
             os.close(fd)
     except OSError as exc:
-        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}") from None
+        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}", shown or path) from None
 
 
 def _same_file(a: str, b: str) -> bool:

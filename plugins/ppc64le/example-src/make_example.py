@@ -36,7 +36,11 @@ def main() -> None:
         "c000000001148100 d .TOC.",
     ]
     lines = (FIX / "kernel.map").read_text().splitlines() + kernel
-    exported = [line.split()[2] for line in lines if line.split()[1] in "TD" and line.split()[2] not in ("_stext", "ftrace_caller", "ftrace_regs_caller")]
+    exported = [
+        line.split()[2]
+        for line in lines
+        if line.split()[1] in "TD" and line.split()[2] not in ("_stext", "ftrace_caller", "ftrace_regs_caller")
+    ]
     ksymtab = [f"{0xC000000001A00000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(sorted(exported))]
     text = "\n".join(sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))) + "\n"
     (OUT / "System.map").write_text(text)
