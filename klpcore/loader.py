@@ -776,5 +776,6 @@ def layout_module_for_symbols(elf: ElfModule, base: int) -> Sequence[tuple[str, 
         sec = mod.sections[shndx]
         ch = "t" if sec.is_exec else ("b" if sec.is_nobits else ("d" if sec.is_write else "r"))
         bind = int(syms["st_info"][i]) >> 4
-        out.append((name, addr + int(syms["st_value"][i]), ch.upper() if bind != C.STB_LOCAL else ch))
+        value = (addr + int(syms["st_value"][i])) & 0xFFFFFFFFFFFFFFFF  # unsigned long, as the kernel adds
+        out.append((name, value, ch.upper() if bind != C.STB_LOCAL else ch))
     return out

@@ -320,6 +320,10 @@ def test_vmlinux_symbol_source_hostile_symtab(files) -> None:
     v.write_bytes(_vmlinux_elf(symtab_offset=(1 << 64) - 8))
     code, _, err = call("resolve", str(mod), "-s", str(v))
     assert code == 2 and f"{v}: unreadable ELF" in one_line(err)
+    # a compressed (SHF_COMPRESSED) string table whose contents are not zlib data
+    v.write_bytes(set_shdr(_vmlinux_elf(), ".strtab", 8, 0x800))
+    code, _, err = call("resolve", str(mod), "-s", str(v))
+    assert code == 2 and f"{v}: unreadable ELF" in one_line(err)
 
 
 def test_duplicate_section_names(tmp_path) -> None:
