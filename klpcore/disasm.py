@@ -99,6 +99,20 @@ def _insn_at(md: Any, starts: np.ndarray, code: bytes, base: int, addr: int) -> 
     return None
 
 
+def _target(insn_target: Any, insn: Any | None) -> int | None:
+    """The plugin's branch/RIP-relative target of a decoded instruction; none
+    for bytes capstone could not decode (SKIPDATA) or details it lacks."""
+    import capstone
+
+    if insn is None or insn_target is None or insn.id == 0:
+        return None
+    try:
+        target = insn_target(insn)
+    except capstone.CsError:
+        return None
+    return None if target is None else int(target) & 0xFFFFFFFFFFFFFFFF
+
+
 def _text(insn: Any | None) -> str:
     if insn is None:
         return "?"
@@ -184,7 +198,7 @@ def relocation_sites(loaded: LoadedModule, only: str | None = None) -> list[Site
         for info, off in zip(infos, offsets, strict=True):
             addr = base + off
             after = _insn_at(md, after_starts, after_code, base, addr)
-            tgt = mod.arch.insn_target(after) if (after is not None and mod.arch.insn_target) else None
+            tgt = _target(mod.arch.insn_target, after)
             via = None
             if tgt is not None:
                 k = bisect.bisect_right(spans, (tgt, 1 << 65)) - 1

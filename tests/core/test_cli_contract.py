@@ -63,10 +63,27 @@ def toy_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: address-space limit of every CLI subprocess: hostile inputs must not need more
+MEMORY_LIMIT = 2 << 30
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI as a subprocess; asserts the contract that holds for every run."""
+    """The CLI as a subprocess with bounded memory; asserts the contract that
+    holds for every run (a MemoryError would be exit 3 and fail)."""
+    env = dict(env or toy_env(), OPENBLAS_NUM_THREADS="1")
     p = subprocess.run(
-        [sys.executable, "-m", "klpcore", *args], capture_output=True, text=True, env=env or toy_env(), timeout=120
+        [sys.executable, "-m", "klpcore", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=_limit_memory,
     )
     assert "Traceback" not in p.stderr, p.stderr
     assert p.returncode in (0, 1, 2, 3), p.returncode

@@ -304,3 +304,36 @@ def test_hostile_symbol_files(workdir, text, command) -> None:
 @given(data=st.data())
 def test_argument_vectors(workdir, data) -> None:
     check(data.draw(argv(workdir)))
+
+
+def _example_seeds() -> list[tuple[bytes, Path]]:
+    out = []
+    for dist in ("klpcore_x86_64", "klpcore_ppc64le"):
+        try:
+            pkg = Path(__import__(dist).__file__).parent / "examples"
+        except ImportError:
+            continue
+        out.append(((pkg / "klpdemo.ko").read_bytes(), pkg / "System.map"))
+    return out
+
+
+REAL = _example_seeds()
+
+
+@pytest.mark.skipif(not REAL, reason="no architecture plugin with an example installed")
+@SETTINGS
+@given(data=st.data(), command=st.sampled_from(["resolve", "apply", "disasm"]))
+def test_hostile_real_modules(workdir, monkeypatch, data, command) -> None:
+    """The same mutations through the real plugins' handlers (stubs, TOC, PLT-like paths)."""
+    monkeypatch.delenv("KLPCORE_PLUGINS", raising=False)
+    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS", raising=False)
+    seed, symbols = data.draw(st.sampled_from(REAL))
+    global SEEDS
+    saved, SEEDS = SEEDS, [seed]
+    try:
+        module = data.draw(hostile_module())
+    finally:
+        SEEDS = saved
+    m = workdir / "real.ko"
+    m.write_bytes(module)
+    check([command, str(m), "-s", str(symbols), "--json"] + (["-"] if command == "apply" else []))
