@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 # Output helpers
 # ---------------------------------------------------------------------------
-def _envelope(command: str | None, code: int, errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic]) -> dict:
+def _envelope(
+    command: str | None, code: int, errors: Sequence[Diagnostic], warnings: Sequence[Diagnostic]
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "command": command,
@@ -238,7 +240,7 @@ def _json_destination(args: argparse.Namespace) -> str | None:
 
 def _inputs(args: argparse.Namespace) -> list[str]:
     out = [getattr(args, "module", None) or ""]
-    out += [s.partition("@")[0] if not os.path.exists(s) else s for s in getattr(args, "symbols", []) or []]
+    out += [s.rpartition("@")[0] or s if not os.path.exists(s) else s for s in getattr(args, "symbols", []) or []]
     return [p for p in out if p]
 
 
