@@ -735,3 +735,11 @@ def test_stub_calls_named_in_disasm() -> None:
     assert re.search(r"R_PPC64_REL24 \.klp\.sym\.vmlinux\.ext_add,0 -> 0x[0-9a-f]+ \(call through \.stubs", p.stdout)
     addrs = [int(line.split()[1], 16) for line in p.stdout.splitlines() if line.startswith(".text+")]
     assert addrs == sorted(addrs) and addrs
+
+
+def test_ppc64le_kernel_toc_banana() -> None:
+    """The issue's example, through the real plugin's declared options."""
+    pytest.importorskip("klpcore_ppc64le")
+    p = run("apply", "--example", "ppc64le", "-q", "-O", "kernel_toc=banana", env=_real_env())
+    assert p.returncode == 2
+    assert "-O kernel_toc: 'banana' is not an address; expected 0x-prefixed hex or decimal" in one_line(p.stderr)
