@@ -2,17 +2,19 @@
 
 Typical use::
 
-    from klpcore import Loader, load_symbols
+    from klpcore import Loader, load_symbols, write_elf
 
     symbols = load_symbols("System.map")
     loaded = Loader().load("patch.ko", symbols, base=0xFFFFFFFFC0000000)
     for p in loaded.module.layout.placements.values():
         print(p.name, hex(p.address))
+    open("patch.relocated.ko", "wb").write(write_elf(loaded))
 """
 
 from __future__ import annotations
 
 from .arch import ABS, PREL, ArchSpec, Entry, RelocType, insn_field, misaligned, signed, unsigned
+from .compress import read_input
 from .constants import MemType, ModuleState
 from .elf import ElfModule, Section
 from .engine import ApplyContext, RelocFailure, SectionContext
@@ -20,10 +22,13 @@ from .errors import (
     Diagnostic,
     ElfFormatError,
     InputError,
+    InputFileError,
     KlpError,
     LivepatchFormatError,
     MemoryAccessError,
     NoPluginError,
+    OutputError,
+    PlacementError,
     RelocationError,
     ResolutionError,
     SymbolFileError,
@@ -31,8 +36,9 @@ from .errors import (
 from .hookspecs import hookimpl
 from .kernel import KernelTarget
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
-from .loader import DEFAULT_BASE, Example, LoadedModule, Loader, LoadingModule
+from .loader import DEFAULT_BASE, Example, LoadedModule, Loader, LoadingModule, examples
 from .memory import BytesBackend, MemoryBackend, ModuleImage, Perm, Region
+from .output import write_elf
 from .plugins import get_plugin_manager
 from .symbols import KernelSymbols, load_many, load_symbols, parse_symbol_text
 
@@ -51,6 +57,7 @@ __all__ = [
     "Entry",
     "Example",
     "InputError",
+    "InputFileError",
     "KernelSymbols",
     "KernelTarget",
     "KlpError",
@@ -67,7 +74,9 @@ __all__ = [
     "ModuleImage",
     "ModuleState",
     "NoPluginError",
+    "OutputError",
     "Perm",
+    "PlacementError",
     "Region",
     "RelocFailure",
     "RelocType",
@@ -77,6 +86,7 @@ __all__ = [
     "SectionContext",
     "SymbolFileError",
     "discover",
+    "examples",
     "get_plugin_manager",
     "hookimpl",
     "insn_field",
@@ -84,6 +94,8 @@ __all__ = [
     "load_symbols",
     "misaligned",
     "parse_symbol_text",
+    "read_input",
     "signed",
     "unsigned",
+    "write_elf",
 ]

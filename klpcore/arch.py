@@ -208,6 +208,13 @@ class ArchSpec:
     #: where a module's ``.data..percpu`` lands when the loader is not told (the
     #: per-CPU reserved chunk; x86_64's default)
     percpu_base: int = 0xFFFFFFFFA0000000
+    #: [start, end) of the addresses vmlinux's code can have on this architecture
+    #: (``_stext``); a symbol source whose code lies elsewhere belongs to another
+    #: architecture and is refused.  ``None``: not checked.
+    kernel_text_range: tuple[int, int] | None = None
+    #: the ``-O KEY=VALUE`` options the plugin reads: key -> kind ("bool",
+    #: "int" or "address"); the CLI refuses other keys and checks the values
+    options: Mapping[str, str] = field(default_factory=dict)
     capstone: tuple[str, str] | None = None  # capstone arch and mode constant names
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None

@@ -25,7 +25,7 @@ import numpy as np
 
 from .arch import ArchSpec, Entry, RelocType, low_bits
 from .elf import Section
-from .errors import Diagnostic
+from .errors import Diagnostic, RelocationError
 from .kernel import KernelTarget
 from .memory import Change, ModuleImage, WritePolicy
 
@@ -39,11 +39,16 @@ U64 = np.uint64
 MAX_DIAGS_PER_KIND = 20
 
 
-class RelocFailure(Exception):
-    """Raised by handlers to refuse one relocation."""
+class RelocFailure(RelocationError):
+    """Raised by handlers to refuse one relocation.
+
+    The engine turns it into a diagnostic naming the relocation; it derives
+    from :class:`~klpcore.errors.RelocationError` so that one raised outside a
+    handler still cannot escape the :class:`~klpcore.errors.KlpError`
+    hierarchy."""
 
     def __init__(self, message: str, kernel_message: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(Diagnostic(message, kernel_message=kernel_message))
         self.message = message
         self.kernel_message = kernel_message
 
@@ -229,6 +234,48 @@ class ApplyContext:
     def section_address(self, index: int) -> int | None:
         return self.module.layout.address_of(index)
 
+    def function_at(self, address: int) -> tuple[int, int, str] | None:
+        """``(start, size, name)`` of the module function containing
+        ``address`` (the one starting last, as ``%pS`` picks), or ``None``.
+
+        The sorted index of the module's placed ``STT_FUNC`` symbols is built
+        once per layout, so describing many addresses (thousands of failing
+        relocations) costs a binary search each, not a scan of the symtab."""
+        mod = self.module
+        index = _FUNCTION_INDEX.get(id(mod.layout))
+        if index is None or index[0] is not mod.layout:
+            index = (mod.layout, *_function_index(mod))
+            _FUNCTION_INDEX.clear()
+            _FUNCTION_INDEX[id(mod.layout)] = index
+        _, starts, sizes, names, longest = index
+        k = bisect.bisect_right(starts, address) - 1
+        while k >= 0 and starts[k] + longest > address:
+            if address < starts[k] + max(sizes[k], 1):
+                return starts[k], sizes[k], names[k]
+            k -= 1
+        return None
+
+
+#: id(layout) -> (layout, starts, sizes, names, longest): the last module's function index
+_FUNCTION_INDEX: dict[int, tuple[Any, list[int], list[int], list[str], int]] = {}
+
+
+def _function_index(mod: LoadingModule) -> tuple[list[int], list[int], list[str], int]:
+    elf = mod.elf
+    syms = elf.symbols
+    shndx = syms["st_shndx"].astype(np.int64)
+    funcs = np.flatnonzero(((syms["st_info"] & 0xF) == 2) & (shndx > 0) & (shndx < 0xFF00))  # STT_FUNC
+    rows = []
+    for i in funcs.tolist():
+        base = mod.layout.address_of(int(shndx[i]))
+        if base is None:
+            continue
+        start = base + int(syms["st_value"][i])
+        rows.append((start, -i, int(syms["st_size"][i]), elf.symbol_names[i]))
+    rows.sort()  # by address; at one address the first in the symtab is met first going backwards
+    longest = max((max(r[2], 1) for r in rows), default=1)
+    return [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], longest
+
 
 @dataclass
 class SectionContext(ApplyContext):
@@ -293,12 +340,23 @@ class SectionContext(ApplyContext):
             section=self.relsec.name,
             index=index,
             rtype=self.arch.type_name(rtype) if rtype is not None else None,
-            symbol=self.module.elf.symbol_names[sym] if sym is not None else None,
+            symbol=self._symbol_label(sym, index) if sym is not None else None,
             kernel_message=kernel_message,
             extra=extra,
         )
         self.diagnostics.append(d)
         return d
+
+    def _symbol_label(self, sym: int, index: int | None) -> str:
+        """The symbol's name; for a section symbol the section and the addend
+        as readelf shows them (``.rodata.str1.1 + 0``)."""
+        label = self.module.elf.symbol_label(sym)
+        if label == self.module.elf.symbol_names[sym] or self.relas is None or index is None:
+            return label
+        if not 0 <= index < len(self.relas):
+            return label
+        addend = int(self.relas["r_addend"][index])
+        return f"{label} {'-' if addend < 0 else '+'} {abs(addend):x}"
 
     def entry(self, i: int) -> Entry:
         r = self.relas[i]
@@ -380,7 +438,12 @@ def _limited(ctx: SectionContext, idx: np.ndarray, kind: str, make: Any) -> None
     for i in idx[:MAX_DIAGS_PER_KIND].tolist():
         make(int(i))
     if idx.size > MAX_DIAGS_PER_KIND:
-        ctx.diag(f"... and {idx.size - MAX_DIAGS_PER_KIND} more entries with the same problem ({kind})", None)
+        first = int(idx[MAX_DIAGS_PER_KIND])
+        ctx.diag(
+            f"... and {idx.size - MAX_DIAGS_PER_KIND} more entries with the same problem ({kind}), "
+            f"the first of them relocation #{first} at offset {int(ctx.relas['r_offset'][first]):#x}",
+            None,
+        )
 
 
 def apply_section(ctx: SectionContext) -> None:

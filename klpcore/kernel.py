@@ -16,12 +16,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import KernelConfig
-from .versions import BEHAVIOURS, NEWEST
+from .versions import BEHAVIOURS, NEWEST, OLDEST
 
 if TYPE_CHECKING:
     from .plugins import ArchHooks
 
-__all__ = ["NEWEST", "KernelTarget", "Setting", "config_setting", "page_size_setting", "parse_version"]
+__all__ = [
+    "CORE_OPTIONS",
+    "NEWEST",
+    "OLDEST",
+    "KernelTarget",
+    "Setting",
+    "config_setting",
+    "page_size_setting",
+    "parse_version",
+]
 
 #: Options the core needs when neither the config nor the arch plugin says.
 CORE_CONFIG_DEFAULTS: dict[str, str] = {
@@ -32,6 +41,16 @@ CORE_CONFIG_DEFAULTS: dict[str, str] = {
 }
 #: The page size when no plugin answers ``klp_arch_page_size``.
 CORE_PAGE_SIZE = 4096
+
+#: ``-O KEY=VALUE`` options the core reads: key -> kind ("bool", "int", "address");
+#: plugins declare theirs in ``ArchSpec.options``
+CORE_OPTIONS: dict[str, str] = {
+    "relocate_percpu": "bool",
+    "page_size": "int",
+    "klp_object_order": "str",
+    # each behaviour of the version table, for a kernel with a backport
+    **{name: "bool" for name in BEHAVIOURS},
+}
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -63,7 +82,13 @@ class KernelTarget:
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
         if not text or text == "newest":
             return cls(**kw)
-        return cls(version=parse_version(text), **{"version_source": "option", **kw})
+        version = parse_version(text)
+        if version < OLDEST:
+            raise ValueError(
+                f"kernel {text} is outside the versions klpcore models "
+                f"({OLDEST[0]}.{OLDEST[1]} and newer; releases after {NEWEST[0]}.{NEWEST[1]} get its rules)"
+            )
+        return cls(version=version, **{"version_source": "option", **kw})
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)

@@ -175,10 +175,11 @@ def layout_sections(
     before 5.14).  ``reserved`` come first in their memory types (see
     :class:`Reservation`).
     """
-    if base % page_size:
-        raise ValueError(f"base address {base:#x} is not aligned to the page size {page_size:#x}")
-    if init_base is not None and init_base % page_size:
-        raise ValueError(f"init base address {init_base:#x} is not aligned to the page size {page_size:#x}")
+    from .addresses import check_address
+
+    check_address(base, what="module base address", page_aligned=True, page_size=page_size)
+    if init_base is not None:
+        check_address(init_base, what="init base address", page_aligned=True, page_size=page_size)
     lay = Layout(style=style, base=base)
     # reservations are counted per memory type (legacy: per core/init allocation)
     used: dict[MemType | bool, int] = {}
@@ -214,7 +215,7 @@ def layout_sections(
             addr = max(addr, start + align(max(size, 1), page_size))
         return lay
     if style != "legacy":
-        raise ValueError(f"unknown layout style {style!r}")
+        raise ValueError(f"unknown layout style {style!r}")  # a programming error, not an input
     legacy = _legacy(sections, base, is_init, page_size if page_align_rows else 1, init_base, used)
     for mt in (MemType.TEXT, MemType.INIT_TEXT):  # an allocation starts with its text row
         if mt in legacy.regions:

@@ -50,6 +50,9 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         description="toy test architecture",
         unknown_type_error="{module}: Unknown toy relocation: {number}",
         type_names={99: "R_TOY_UNKNOWN"},
+        kernel_text_range=(0xFFFFFFFF80000000, 1 << 64),
+        capstone=("CS_ARCH_X86", "CS_MODE_64"),  # any decoder: lets the core test disasm
+        options={"toy_address": "address", "toy_flag": "bool", "toy_count": "int"},
     )
 
 

@@ -154,7 +154,7 @@ def test_config_settings_sources() -> None:
 
 def test_unaligned_base_is_an_input_error() -> None:
     pm = get_plugin_manager(autoload=False, plugins=[T, BigPages()])
-    with pytest.raises(KlpError, match="not aligned to the page size 0x10000"):
+    with pytest.raises(KlpError, match=r"is not page aligned \(0x10000\)"):
         Loader(pm).load(module(), parse_symbol_text(SYMS), BASE + 0x1000)
 
 

@@ -81,7 +81,8 @@ def test_text_report_names_the_rules(capsys) -> None:
 def test_resolve_json_names_the_rules(capsys) -> None:
     assert main(["resolve", MOD, "-s", MAP, "--json", "--kernel", "5.10"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["kernel"]["version"] == "5.10" and data["kernel"]["version_source"] == "--kernel"
+    rules = data["kernel_rules"]
+    assert rules["version"] == "5.10" and rules["version_source"] == "--kernel"
 
 
 def test_version_from_the_config_header_when_the_module_has_no_vermagic(tmp_path) -> None:

@@ -5,15 +5,17 @@ kernel-module flags, see that folder's build.py) turned into a livepatch
 module by the project's own converter: its calls to ``far_a`` and ``far_b``
 become ``.klp.rela.vmlinux`` relocations against ``.klp.sym.vmlinux.*``
 symbols, more than 128 MiB from the module, so they go through module PLT
-entries.  The symbol file is the fixture's kernel map.  Livepatch exists on
-arm64 from 6.17 (klpcore's default kernel is newer).
+entries.  The symbol file is the fixture's kernel map plus the
+``__ksymtab_<name>`` entries a real System.map has for each exported symbol
+(12-byte ``struct kernel_symbol`` entries in ``__ksymtab``), so that exports
+are known and the example runs without a warning.  Livepatch exists on arm64
+from 6.17 (klpcore's default kernel is newer).
 
     python plugins/arm64/example-src/make_example.py
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from klpcore.testing.klpify import KlpSym, klpify
@@ -28,7 +30,11 @@ def main() -> None:
     chosen = ["far_a", "far_b"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
-    shutil.copy(FIX / "kernel.map", OUT / "System.map")
+    lines = (FIX / "kernel.map").read_text().splitlines()
+    exported = sorted(line.split()[2] for line in lines if line.split()[1] in "TD")
+    ksymtab = [f"{0xFFFF800009800000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(exported)]
+    merged = sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))
+    (OUT / "System.map").write_text("\n".join(merged) + "\n")
     print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
 
 

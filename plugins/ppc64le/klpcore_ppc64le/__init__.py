@@ -53,6 +53,7 @@ the printk prefix (``pr_fmt`` = ``KBUILD_MODNAME ": "``) is left out.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ from klpcore.constants import ModuleState
 from klpcore.engine import ApplyContext, RelocFailure, SectionContext, apply_section, gather, scatter
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
-from klpcore.loader import LoadingModule
+from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Perm, Region
 
 EM_PPC64 = 21
@@ -126,6 +127,17 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "kernel_toc": None,  # kernel_toc_addr() (vmlinux's .TOC.), needed for ftrace stubs
     "ftrace_caller": None,  # addresses module_finalize makes stubs for (None: not reproduced)
     "ftrace_regs_caller": None,
+}
+
+#: what each option's value is (the CLI checks ``-O`` values by it)
+OPTION_KINDS: dict[str, str] = {
+    "dynamic_ftrace": "bool",
+    "dynamic_ftrace_with_regs": "bool",
+    "mprofile_kernel": "bool",
+    "paca_kernel_toc_offset": "int",
+    "kernel_toc": "address",
+    "ftrace_caller": "address",
+    "ftrace_regs_caller": "address",
 }
 
 #: Numbers the kernel does not handle, named for error messages.
@@ -255,23 +267,11 @@ def _patch(ctx: ApplyContext) -> str | None:
 
 def describe_address(ctx: ApplyContext, address: int) -> str:
     """``%pS`` as the kernel prints it: ``func+0xoff/0xsize [module]``."""
-    elf = ctx.module.elf
-    syms = elf.symbols
-    best: tuple[int, int, str] | None = None
-    for i in range(1, elf.nsyms):
-        shndx = int(syms["st_shndx"][i])
-        if int(syms["st_info"][i]) & 0xF != C.STT_FUNC or not 0 < shndx < C.SHN_LORESERVE:
-            continue
-        base = ctx.section_address(shndx)
-        if base is None:
-            continue
-        start = base + int(syms["st_value"][i])
-        size = int(syms["st_size"][i])
-        if start <= address < start + max(size, 1) and (best is None or start > best[0]):
-            best = (start, size, elf.symbol_names[i])
-    if best is None:
+    found = ctx.function_at(address)
+    if found is None:
         return f"{address:#x}"
-    return f"{best[2]}+{address - best[0]:#x}/{best[1]:#x} [{ctx.module.name}]"
+    start, size, name = found
+    return f"{name}+{address - start:#x}/{size:#x} [{ctx.module.name}]"
 
 
 # --------------------------------------------------------------- computes
@@ -854,6 +854,8 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
         insn_target=insn_target,
         type_names=OTHER_TYPES,
+        kernel_text_range=(0xC000000000000000, 0xD000000000000000),  # the linear map (PAGE_OFFSET)
+        options=OPTION_KINDS,
     )
 
 
@@ -891,6 +893,20 @@ def klp_arch_config_default(name: str, kernel: KernelTarget) -> str | None:
     if name in ("HAVE_STATIC_CALL_INLINE", "PPC_FTRACE_OUT_OF_LINE", "PPC_KERNEL_PCREL"):
         return "n"
     return None
+
+
+@hookimpl
+def klp_arch_examples() -> Sequence[Example]:
+    here = Path(__file__).parent / "examples"
+    return [
+        Example(
+            name="ppc64le",
+            module=here / "klpdemo.ko",
+            symbols=(here / "System.map",),
+            base=0xC008000000000000,
+            description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
+        )
+    ]
 
 
 def count_relocs(relas: np.ndarray, rtype: int) -> int:

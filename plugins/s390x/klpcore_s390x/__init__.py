@@ -20,16 +20,17 @@ reproduced; the kernel-oracle comparison classifies those sites.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
 from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
-from klpcore.loader import LoadingModule
+from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 
 from . import gotplt, identify, options, protection, types
-from .identify import ARCHES, EM_S390, EM_S390_OLD
+from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
 __all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
 
@@ -82,3 +83,18 @@ def klp_arch_write_method(
 ) -> str | None:
     """``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+)."""
     return protection.write_method(image, kernel)
+
+
+@hookimpl
+def klp_arch_examples() -> Sequence[Example]:
+    here = Path(__file__).parent / "examples"
+    return [
+        Example(
+            name="s390x",
+            module=here / "klpdemo.ko",
+            symbols=(here / "System.map",),
+            description="an s390x livepatch module whose vmlinux calls go through the module PLT (GOT and PLT "
+            "at the start of the text)",
+            base=DEFAULT_BASE,
+        )
+    ]

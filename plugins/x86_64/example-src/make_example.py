@@ -4,14 +4,16 @@ The example is tests/x86_64/fixtures/mod_basic.o (compiled with kernel-module
 flags, see that folder's build.py) turned into a livepatch module by the
 project's own converter: its calls to ``mod_basic_helper`` and
 ``mod_basic_log`` become ``.klp.rela.vmlinux`` relocations against
-``.klp.sym.vmlinux.*`` symbols.  The symbol file is the fixture's map.
+``.klp.sym.vmlinux.*`` symbols.  The symbol file is the fixture's map plus the
+``__ksymtab_<name>`` entries a real System.map has for each exported symbol
+(12-byte ``struct kernel_symbol`` entries in ``__ksymtab``), so that exports
+are known and the example runs without a warning.
 
     python plugins/x86_64/example-src/make_example.py
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from klpcore import ElfModule
@@ -33,7 +35,10 @@ def main() -> None:
     chosen = undefined[:2]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
-    shutil.copy(FIX / "mod_basic.map", OUT / "System.map")
+    lines = (FIX / "mod_basic.map").read_text().splitlines()
+    exported = [line.split()[2] for line in lines if line.split()[1] in "TD" and line.split()[2] != "_stext"]
+    ksymtab = [f"{0xFFFFFFFF82400000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(sorted(exported))]
+    (OUT / "System.map").write_text("\n".join(sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))) + "\n")
     print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
 
 

@@ -1,0 +1,339 @@
+"""Property test of the command-line contract on hostile inputs.
+
+Every subcommand runs (in-process ``main()``: the same code as the console
+script) on structure-aware mutations of valid modules — ELF header fields,
+section header fields, symbol entries, relocation entries, string tables,
+livepatch symbol names, ``.modinfo`` — on generated System.map / kallsyms text
+and on generated argument vectors.  Whatever the input: the exit code is 0, 1
+or 2 (never 3, an internal error), stderr holds no traceback, and with
+``--json`` stdout is one document valid against schema 1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import struct
+from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import toyarch as T
+from elfbuild import Obj, Rela, Sec, Sym
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from klpcore import constants as C
+from klpcore.cli import main
+from klpcore.testing.klpify import KlpSym, klpify
+
+jsonschema = pytest.importorskip("jsonschema")
+SCHEMA = json.loads((resources.files("klpcore") / "schema" / "v1.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+TEXT = C.SHF_ALLOC | C.SHF_EXECINSTR
+DATA = C.SHF_ALLOC | C.SHF_WRITE
+SYMS = (
+    "ffffffff81000000 T _stext\nffffffff81000010 T printk\nffffffff82000000 r __ksymtab_printk\n"
+    "ffffffff81000100 t secret\nffffffffc1000000 t helper\t[ext4]\n"
+)
+#: more examples for a longer local hunt: KLPCORE_FUZZ_EXAMPLES=5000 (random instead of derandomized)
+EXAMPLES = int(os.environ.get("KLPCORE_FUZZ_EXAMPLES", "120"))
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="KLPCORE_FUZZ_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _plain() -> bytes:
+    return Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(64), align=16),
+            Sec(".rodata.str1.1", flags=C.SHF_ALLOC | C.SHF_MERGE | C.SHF_STRINGS, data=b"hi\0", align=1),
+            Sec(".data..percpu", flags=DATA, data=bytes(16), align=8),
+            Sec(".bss", type=C.SHT_NOBITS, flags=DATA, size=32, align=8),
+        ],
+        symbols=[
+            Sym("", ".rodata.str1.1", bind=C.STB_LOCAL, type=C.STT_SECTION),
+            Sym("fn", ".text", 0, type=C.STT_FUNC, size=16),
+            Sym("printk"),
+        ],
+        relas=[
+            Rela(".text", 0, T.ABS64, "printk", 4),
+            Rela(".text", 8, T.PREL32, 1, 0),
+            Rela(".text", 16, T.CALL, "fn", 0),
+        ],
+        modinfo={"name": "fuzzmod", "depends": "dep"},
+    ).build()
+
+
+def _livepatch() -> bytes:
+    base = Obj(
+        sections=[Sec(".text.fn", flags=TEXT, data=bytes(32), align=16)],
+        symbols=[Sym("printk"), Sym("secret"), Sym("helper")],
+        relas=[
+            Rela(".text.fn", 0, T.ABS64, "printk", 0),
+            Rela(".text.fn", 8, T.CALL, "secret", 0),
+            Rela(".text.fn", 16, T.CALL, "helper", 0),
+        ],
+        modinfo={"name": "lpfuzz"},
+    ).build()
+    return klpify(base, {"secret": KlpSym("vmlinux"), "helper": KlpSym("ext4", 1)})
+
+
+SEEDS = [_plain(), _livepatch()]
+
+
+# ------------------------------------------------------------ ELF structure
+def _layout(data: bytes) -> dict[str, list[tuple[int, int]]]:
+    """Byte spans of each structure kind: (offset, size) of every field."""
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
+    spans: dict[str, list[tuple[int, int]]] = {"ehdr": [], "shdr": [], "sym": [], "rela": [], "strtab": []}
+    for off, size in ((16, 2), (18, 2), (24, 8), (32, 8), (40, 8), (48, 4), (52, 2), (58, 2), (60, 2), (62, 2)):
+        spans["ehdr"].append((off, size))
+    fields = ((0, 4), (4, 4), (8, 8), (16, 8), (24, 8), (32, 8), (40, 4), (44, 4), (48, 8), (56, 8))
+    for i in range(shnum):
+        at = shoff + 64 * i
+        spans["shdr"] += [(at + o, s) for o, s in fields]
+        stype, _, _, off, size = struct.unpack_from("<IQQQQ", data, at + 4)
+        if stype == C.SHT_SYMTAB:
+            for k in range(size // 24):
+                e = off + 24 * k
+                spans["sym"] += [(e, 4), (e + 4, 1), (e + 5, 1), (e + 6, 2), (e + 8, 8), (e + 16, 8)]
+        elif stype == C.SHT_RELA:
+            for k in range(size // 24):
+                e = off + 24 * k
+                spans["rela"] += [(e, 8), (e + 8, 4), (e + 12, 4), (e + 16, 8)]
+        elif stype == C.SHT_STRTAB or i == shstrndx:
+            spans["strtab"] += [(off + k, 1) for k in range(size)]
+    return spans
+
+
+INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    0x10,
+    0x40,
+    0xFF,
+    0x100,
+    0x1000,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    1 << 32,
+    1 << 40,
+    0x7FFFFFFFFFFFFFFF,
+    0x8000000000000000,
+    0xFFFFFFFFFFFFF000,
+    0xFFFFFFFFFFFFFFFF,
+    0xFFFFFFFFC0000000,
+    C.SHN_LIVEPATCH,
+    C.SHN_ABS,
+    C.SHN_COMMON,
+]
+
+
+@st.composite
+def hostile_module(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    spans = _layout(bytes(data))
+    for _ in range(draw(st.integers(1, 3))):
+        # relocation and symbol entries more often: their mutations get past the parser into the engine
+        kind = draw(st.sampled_from(["rela", "rela", "rela", "sym", "sym", "strtab", "shdr", "ehdr"]))
+        if not spans[kind]:
+            continue
+        off, size = draw(st.sampled_from(spans[kind]))
+        if kind == "strtab" and draw(st.booleans()):
+            # rewrite a name: klp names, separators, non-UTF-8, a missing terminator
+            text = draw(st.sampled_from([b".klp.sym.", b".klp.rela.", b",", b".", b"\xff", b"\0", b"ext4", b"9"]))
+            data[off : off + len(text)] = text[: len(data) - off]
+            continue
+        value = draw(st.one_of(st.sampled_from(INTERESTING), st.integers(0, (1 << (8 * size)) - 1)))
+        data[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+    if draw(st.integers(0, 9)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+# ------------------------------------------------------------ symbol files
+ADDRS = st.one_of(
+    st.sampled_from(["ffffffff81000000", "0", "-5", "10000000000000000", "ffff_ffff", "0x10", "zz", "", "٣"]),
+    st.integers(0, (1 << 64) - 1).map(lambda v: f"{v:016x}"),
+)
+NAMES = st.sampled_from(["printk", "__ksymtab_printk", "secret", "helper", "_stext", "x" * 300, "a b", ""])
+
+
+@st.composite
+def symbol_text(draw) -> bytes:
+    lines = [SYMS]
+    for _ in range(draw(st.integers(0, 6))):
+        addr = draw(ADDRS)
+        typ = draw(st.sampled_from(["T", "t", "D", "r", "U", "w", "?", "TT", ""]))
+        name = draw(NAMES)
+        mod = draw(st.sampled_from(["", " [ext4]", "\t[dep]", " [", " []", " [a] b"]))
+        lines.append(f"{addr} {typ} {name}{mod}\n")
+    text = "".join(lines).encode()
+    if draw(st.booleans()):
+        text = draw(st.sampled_from([b"", b"\0\xff\xfe", b"\x1f\x8b\x08junk", b"\x7fELF\x02\x01"])) + text
+    if draw(st.integers(0, 4)) == 0:
+        text = gzip.compress(text)
+        if draw(st.booleans()):
+            text = text[: len(text) // 2]
+    return text
+
+
+# ----------------------------------------------------------- argument vectors
+OPT_VALUES = st.sampled_from(
+    [
+        "0",
+        "0x1000",
+        "-4096",
+        "0xffffffffc0000000",
+        "0xffffffffa0000000",
+        "0xfffffffffffff000",
+        "0123",
+        "banana",
+        "0x10000000000000000",
+        "",
+        "1e3",
+        "0x" + "f" * 40,
+    ]
+)
+
+
+@st.composite
+def argv(draw, tmp: Path) -> list[str]:
+    cmd = draw(st.sampled_from(["plugins", "inspect", "resolve", "apply", "disasm", "nosuch"]))
+    args = [cmd]
+    module = tmp / "m.ko"
+    if cmd in ("inspect", "resolve", "apply", "disasm"):
+        args.append(str(draw(st.sampled_from([module, tmp / "missing.ko", tmp, Path("/dev/null")]))))
+    if cmd in ("resolve", "apply", "disasm") and draw(st.integers(0, 5)):
+        spec = draw(st.sampled_from(["s.map", "s.map", "dep.ko@{v}", "dep.ko@{v}:dep", "dep.ko", "m.ko@{v}"]))
+        args += ["-s", str(tmp / spec.format(v=draw(OPT_VALUES)))]
+    for _ in range(draw(st.integers(0, 3))):
+        opt = draw(st.sampled_from(["--base", "-O", "--kernel", "--section", "-o", "--json", "--types", "-q"]))
+        if opt == "-O":
+            key = draw(st.sampled_from(["toy_address", "toy_flag", "toy_count", "relocate_percpu", "nosuch", ""]))
+            args += ["-O", f"{key}={draw(OPT_VALUES)}"]
+        elif opt == "-o":
+            outs = ["/", "/dev/full", str(tmp / "no" / "x"), str(module), str(tmp / "o")]
+            args += ["-o", draw(st.sampled_from(outs))]
+        elif opt == "--kernel":
+            args += ["--kernel", draw(st.sampled_from(["6.1", "5.4", "2.6", "99.0", "banana", "newest", "4.0"]))]
+        elif opt == "--section":
+            args += ["--section", draw(st.sampled_from([".text", ".nope", ""]))]
+        elif opt == "--json":
+            args += ["--json"] + (["-"] if cmd == "apply" else [])
+        elif opt == "--base":
+            args += [f"--base={draw(OPT_VALUES)}"]
+        else:
+            args.append(opt)
+    return args
+
+
+# ------------------------------------------------------------------- checks
+@pytest.fixture(autouse=True)
+def toy_only(monkeypatch):
+    monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
+    monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
+
+
+CODES: Counter[tuple[str, int]] = Counter()
+
+
+def check(args: list[str]) -> int:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([*args, "--debug"])  # a traceback only for internal errors, which fail the test anyway
+    CODES[(args[0], code)] += 1
+    if code not in (0, 1, 2):
+        pytest.fail(f"exit {code} for {args}:\n{err.getvalue()}", pytrace=False)
+    assert "Traceback" not in err.getvalue()
+    wants_json = "--json" in args and (args[0] != "apply" or args[args.index("--json") + 1 :][:1] == ["-"])
+    if wants_json and out.getvalue().strip():
+        doc = json.loads(out.getvalue())
+        VALIDATOR.validate(doc)
+        assert doc["exit_code"] == code
+    return code
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "m.ko").write_bytes(SEEDS[0])
+    (tmp_path / "dep.ko").write_bytes(SEEDS[0])
+    (tmp_path / "s.map").write_text(SYMS)
+    return tmp_path
+
+
+@SETTINGS
+@given(data=hostile_module(), command=st.sampled_from(["inspect", "resolve", "apply", "disasm"]))
+def test_hostile_modules(workdir, data, command) -> None:
+    m = workdir / "m.ko"
+    m.write_bytes(data)
+    args = [command, str(m), "--json"] if command != "apply" else [command, str(m), "--json", "-"]
+    if command != "inspect":
+        args += ["-s", str(workdir / "s.map"), "-s", f"{m}@0xffffffffd0000000:other"]
+    check(args)
+
+
+@SETTINGS
+@given(text=symbol_text(), command=st.sampled_from(["resolve", "apply", "disasm"]))
+def test_hostile_symbol_files(workdir, text, command) -> None:
+    s = workdir / "hostile.map"
+    s.write_bytes(text)
+    check([command, str(workdir / "m.ko"), "-s", str(s), "--json"] + (["-"] if command == "apply" else []))
+
+
+@settings(SETTINGS, max_examples=EXAMPLES * 2)
+@given(data=st.data())
+def test_argument_vectors(workdir, data) -> None:
+    check(data.draw(argv(workdir)))
+
+
+def _example_seeds() -> list[tuple[bytes, Path]]:
+    out = []
+    for dist in ("klpcore_x86_64", "klpcore_ppc64le"):
+        try:
+            pkg = Path(__import__(dist).__file__).parent / "examples"
+        except ImportError:
+            continue
+        out.append(((pkg / "klpdemo.ko").read_bytes(), pkg / "System.map"))
+    return out
+
+
+REAL = _example_seeds()
+
+
+@pytest.mark.skipif(not REAL, reason="no architecture plugin with an example installed")
+@SETTINGS
+@given(data=st.data(), command=st.sampled_from(["resolve", "apply", "disasm"]))
+def test_hostile_real_modules(workdir, monkeypatch, data, command) -> None:
+    """The same mutations through the real plugins' handlers (stubs, TOC, PLT-like paths)."""
+    monkeypatch.delenv("KLPCORE_PLUGINS", raising=False)
+    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS", raising=False)
+    seed, symbols = data.draw(st.sampled_from(REAL))
+    global SEEDS
+    saved, SEEDS = SEEDS, [seed]
+    try:
+        module = data.draw(hostile_module())
+    finally:
+        SEEDS = saved
+    m = workdir / "real.ko"
+    m.write_bytes(module)
+    check([command, str(m), "-s", str(symbols), "--json"] + (["-"] if command == "apply" else []))
