@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--section", metavar="NAME", help="only this section")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     common(sp)
+
+    from .check.command import add_parser as add_check_parser
+
+    add_check_parser(sub)
     return p
 
 
@@ -530,7 +534,15 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check.command import run
+
+    options = _kernel(argparse.Namespace(kernel="newest", kernel_option=args.kernel_option)).options
+    return run(args, options)
+
+
 COMMANDS = {
+    "check": cmd_check,
     "plugins": cmd_plugins,
     "inspect": cmd_inspect,
     "resolve": cmd_resolve,
