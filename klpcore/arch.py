@@ -205,6 +205,13 @@ class ArchSpec:
     description: str = ""
     unknown_type_error: str = "{module}: Unknown relocation: {number}"  # kernel message
     default_base: int = 0xFFFFFFFFC0000000  # where the kernel's module area starts (layout base)
+    #: [start, end) of the addresses vmlinux's code can have on this architecture
+    #: (``_stext``); a symbol source whose code lies elsewhere belongs to another
+    #: architecture and is refused.  ``None``: not checked.
+    kernel_text_range: tuple[int, int] | None = None
+    #: the ``-O KEY=VALUE`` options the plugin reads: key -> kind ("bool",
+    #: "int" or "address"); the CLI refuses other keys and checks the values
+    options: Mapping[str, str] = field(default_factory=dict)
     capstone: tuple[str, str] | None = None  # capstone arch and mode constant names
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None

@@ -116,11 +116,11 @@ class ElfModule:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], name: str | None = None) -> ElfModule:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise ElfFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        """Read a module file, plain or compressed (``.ko.xz``, ``.ko.zst``,
+        ``.ko.gz``: detected by content), within :data:`~klpcore.compress.MODULE_LIMIT`."""
+        from .compress import MODULE_LIMIT, read_input
+
+        data = read_input(path, limit=MODULE_LIMIT, what="module", error=ElfFormatError)
         return cls(data, name=name, path=os.fspath(path))
 
     def _diag(self, message: str, section: str | None = None) -> Diagnostic:
@@ -325,6 +325,17 @@ class ElfModule:
     def symbol_name(self, index: int) -> str:
         return self.symbol_names[index]
 
+    def symbol_label(self, index: int) -> str:
+        """The symbol's name, or for an unnamed section symbol the name of its
+        section (as readelf shows relocations against it)."""
+        name = self.symbol_names[index]
+        if name:
+            return name
+        shndx = int(self.symbols["st_shndx"][index])
+        if int(self.symbols["st_info"][index]) & 0xF == C.STT_SECTION and 0 < shndx < len(self.sections):
+            return self.sections[shndx].name
+        return name
+
     @cached_property
     def modinfo(self) -> dict[str, list[str]]:
         """``.modinfo`` key/value strings (a key may repeat)."""
@@ -348,7 +359,7 @@ class ElfModule:
             return names[-1]
         if self.path:
             base = os.path.basename(self.path)
-            for ext in (".ko", ".o"):
+            for ext in (".xz", ".zst", ".gz", ".ko", ".o"):
                 base = base.removesuffix(ext)
             return base.replace("-", "_")
         return "module"

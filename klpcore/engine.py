@@ -25,7 +25,7 @@ import numpy as np
 
 from .arch import ArchSpec, Entry, RelocType, low_bits
 from .elf import Section
-from .errors import Diagnostic
+from .errors import Diagnostic, RelocationError
 from .kernel import KernelTarget
 from .memory import Change, ModuleImage, WritePolicy
 
@@ -39,11 +39,16 @@ U64 = np.uint64
 MAX_DIAGS_PER_KIND = 20
 
 
-class RelocFailure(Exception):
-    """Raised by handlers to refuse one relocation."""
+class RelocFailure(RelocationError):
+    """Raised by handlers to refuse one relocation.
+
+    The engine turns it into a diagnostic naming the relocation; it derives
+    from :class:`~klpcore.errors.RelocationError` so that one raised outside a
+    handler still cannot escape the :class:`~klpcore.errors.KlpError`
+    hierarchy."""
 
     def __init__(self, message: str, kernel_message: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(Diagnostic(message, kernel_message=kernel_message))
         self.message = message
         self.kernel_message = kernel_message
 
@@ -264,12 +269,23 @@ class SectionContext(ApplyContext):
             section=self.relsec.name,
             index=index,
             rtype=self.arch.type_name(rtype) if rtype is not None else None,
-            symbol=self.module.elf.symbol_names[sym] if sym is not None else None,
+            symbol=self._symbol_label(sym, index) if sym is not None else None,
             kernel_message=kernel_message,
             extra=extra,
         )
         self.diagnostics.append(d)
         return d
+
+    def _symbol_label(self, sym: int, index: int | None) -> str:
+        """The symbol's name; for a section symbol the section and the addend
+        as readelf shows them (``.rodata.str1.1 + 0``)."""
+        label = self.module.elf.symbol_label(sym)
+        if label == self.module.elf.symbol_names[sym] or self.relas is None or index is None:
+            return label
+        if not 0 <= index < len(self.relas):
+            return label
+        addend = int(self.relas["r_addend"][index])
+        return f"{label} {'-' if addend < 0 else '+'} {abs(addend):x}"
 
     def entry(self, i: int) -> Entry:
         r = self.relas[i]
@@ -349,7 +365,12 @@ def _limited(ctx: SectionContext, idx: np.ndarray, kind: str, make: Any) -> None
     for i in idx[:MAX_DIAGS_PER_KIND].tolist():
         make(int(i))
     if idx.size > MAX_DIAGS_PER_KIND:
-        ctx.diag(f"... and {idx.size - MAX_DIAGS_PER_KIND} more entries with the same problem ({kind})", None)
+        first = int(idx[MAX_DIAGS_PER_KIND])
+        ctx.diag(
+            f"... and {idx.size - MAX_DIAGS_PER_KIND} more entries with the same problem ({kind}), "
+            f"the first of them relocation #{first} at offset {int(ctx.relas['r_offset'][first]):#x}",
+            None,
+        )
 
 
 def apply_section(ctx: SectionContext) -> None:

@@ -28,6 +28,11 @@ class Diagnostic:
     kernel_message: str | None = None  # what the kernel would print, if known
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def type(self) -> str | None:
+        """The relocation type name (``rtype``; JSON key ``type``)."""
+        return self.rtype
+
     def location(self) -> str:
         parts = []
         if self.module:
@@ -78,8 +83,23 @@ class InputError(KlpError):
     """Unreadable or malformed input, or bad usage (CLI exit code 2)."""
 
 
+class InputFileError(InputError):
+    """An input file cannot be read: missing, a device, over klpcore's size
+    limit, or corrupt compressed data (see :mod:`klpcore.compress`)."""
+
+
+class OutputError(InputError):
+    """An output file cannot be written (missing folder, a directory, a full
+    device, no permission, or it names an input file)."""
+
+
 class ElfFormatError(InputError):
     """The ELF file is truncated, hostile or not a kernel module."""
+
+
+class PlacementError(InputError):
+    """Module memory cannot be placed where asked: it would overlap other
+    memory (the per-CPU area, another region) or run past the address space."""
 
 
 class NoPluginError(InputError):

@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NEWEST = (6, 17)
+#: the oldest kernel whose module loader and livepatch core klpcore models
+OLDEST = (4, 0)
+
+#: ``-O KEY=VALUE`` options the core reads: key -> kind ("bool", "int", "address");
+#: plugins declare theirs in ``ArchSpec.options``
+CORE_OPTIONS: dict[str, str] = {"relocate_percpu": "bool"}
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -46,7 +52,13 @@ class KernelTarget:
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
         if not text or text == "newest":
             return cls(**kw)
-        return cls(version=parse_version(text), **kw)
+        version = parse_version(text)
+        if not OLDEST <= version <= NEWEST:
+            raise ValueError(
+                f"kernel {text} is outside the versions klpcore models "
+                f"({OLDEST[0]}.{OLDEST[1]} to {NEWEST[0]}.{NEWEST[1]})"
+            )
+        return cls(version=version, **kw)
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)

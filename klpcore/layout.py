@@ -143,8 +143,9 @@ def layout_sections(
 
     ``region_bases`` pins memory types to chosen addresses (``memory`` style).
     """
-    if base % page_size:
-        raise ValueError(f"base address {base:#x} is not page aligned")
+    from .addresses import check_address
+
+    check_address(base, what="module base address", page_aligned=True, page_size=page_size)
     groups, sizes, _ = _assign(sections, is_init)
     lay = Layout(style=style, base=base)
     if style == "memory":
@@ -160,7 +161,7 @@ def layout_sections(
             addr = max(addr, start + align(max(size, 1), page_size))
         return lay
     if style != "legacy":
-        raise ValueError(f"unknown layout style {style!r}")
+        raise ValueError(f"unknown layout style {style!r}")  # a programming error, not an input
     # legacy: core = TEXT | RODATA | RO_AFTER_INIT | DATA, init = INIT_TEXT | INIT_RODATA | INIT_DATA
     addr = base
     for kinds in (

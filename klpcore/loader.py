@@ -23,6 +23,7 @@ Each phase is all-or-nothing.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,8 +38,16 @@ from . import constants as C
 from .arch import ArchSpec
 from .constants import MemType, ModuleState
 from .elf import ElfModule, Section
-from .engine import ApplyContext, SectionContext, StagedMemory
-from .errors import Diagnostic, ElfFormatError, KlpError, RelocationError, ResolutionError
+from .engine import ApplyContext, RelocFailure, SectionContext, StagedMemory
+from .errors import (
+    Diagnostic,
+    ElfFormatError,
+    KlpError,
+    PlacementError,
+    RelocationError,
+    ResolutionError,
+    SymbolFileError,
+)
 from .kernel import KernelTarget
 from .layout import Layout, layout_sections
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
@@ -190,8 +199,15 @@ class Loader:
             return name.startswith(".init")
 
         mod.layout = layout_sections(mod.sections, base, style=self.kernel.layout_style, is_init=is_init)
+        spans = [(r.memtype.kernel_name, r.address, r.alloc_size) for r in mod.layout.regions.values() if r.alloc_size]
+        for index, addr in mod.extra_addresses.items():
+            size = mod.sections[index].size
+            if size:
+                spans.append((f"the per-CPU area ({mod.sections[index].name})", addr, size))
+        self._check_size(mod)
+        _check_placement(mod, spans)
 
-    def _image(self, mod: LoadingModule) -> ModuleImage:
+    def _check_size(self, mod: LoadingModule) -> None:
         total = sum(r.alloc_size for r in mod.layout.regions.values())
         total += sum(mod.sections[i].size for i in mod.extra_addresses)
         if total > MAX_IMAGE:
@@ -205,6 +221,9 @@ class Loader:
                     kernel_message="module allocation fails (-ENOMEM)",
                 )
             )
+
+    def _image(self, mod: LoadingModule) -> ModuleImage:
+        self._check_size(mod)
         regions = [Region(r.memtype, r.address, r.alloc_size) for r in mod.layout.regions.values() if r.alloc_size]
         extra = []
         for index, addr in mod.extra_addresses.items():
@@ -242,6 +261,7 @@ class Loader:
         that fails; the returned object records every phase that succeeded.
         """
         mod = module if isinstance(module, LoadingModule) else self.open(module)
+        check_symbol_sources(mod, symbols)
         if mod.layout is None:
             self.prepare(mod, base)
         image = self._image(mod)
@@ -267,6 +287,9 @@ class ResolveReport:
     resolutions: list[SymbolResolution]
     errors: list[Diagnostic]
     pending: list[str]  # patched objects with no symbols given (not loaded)
+    #: one per pending object (not an error: ``apply`` loads the patch and applies
+    #: those sections when the object comes, and so does the kernel)
+    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 def resolve_module(
@@ -275,6 +298,7 @@ def resolve_module(
     """Resolve without applying: ``simplify_symbols`` plus ``klp_resolve_symbols``
     for every livepatch section, collecting every failure."""
     mod = module if isinstance(module, LoadingModule) else loader.open(module)
+    check_symbol_sources(mod, symbols)
     if mod.layout is None:
         loader.prepare(mod, base)
     loaded = LoadedModule(loader, mod, loader._image(mod), symbols)
@@ -284,15 +308,18 @@ def resolve_module(
         mod, mod.arch, loader.kernel, staged, loaded.symvals.copy(), {}, "resolve", kernel_symbols=symbols
     )
     pending = []
+    warnings = []
     for obj in mod.klp.objects.values():
         if not obj.is_vmlinux and not symbols.has(obj.name):
             pending.append(obj.name)
-            errors.append(
+            warnings.append(
                 Diagnostic(
-                    f"patched object '{obj.name}' is not loaded: give its symbols (kallsyms with [{obj.name}] "
-                    f"lines, or {obj.name}.ko@ADDRESS) to resolve its livepatch symbols",
+                    f"patched object '{obj.name}' is not loaded: its livepatch symbols resolve when it loads; "
+                    f"give its symbols (kallsyms with [{obj.name}] lines, or {obj.name}.ko@ADDRESS) to resolve "
+                    "them now",
+                    severity="warning",
                     module=mod.name,
-                    section=obj.reloc_secs[0].name,
+                    section=obj.reloc_secs[0].name if obj.reloc_secs else None,
                 )
             )
             continue
@@ -300,7 +327,7 @@ def resolve_module(
             sctx = SectionContext.for_section(ctx, mod.sections[rs.index], mod.elf.relas(rs.index), rs.objname)
             loaded._resolve_klp(sctx, rs, loaded.resolutions)
     errors.extend(d for d in ctx.diagnostics if d.severity == "error")
-    return ResolveReport(mod, loaded.resolutions, errors, pending)
+    return ResolveReport(mod, loaded.resolutions, errors, pending, warnings + loaded.warnings)
 
 
 class LoadedModule:
@@ -381,7 +408,7 @@ class LoadedModule:
             why = (
                 f"defined in {', '.join(sorted({m.objname for m in found}))} but not exported"
                 if found
-                else "not found in any symbol source"
+                else "not found in any symbol source" + self.symbols.missing_hint()
             )
             errors.append(
                 Diagnostic(
@@ -389,6 +416,7 @@ class LoadedModule:
                     module=mod.name,
                     symbol=name,
                     kernel_message=f"{mod.name}: Unknown symbol {name} (err -2)",
+                    extra={"kind": "not-exported" if found else "unknown-symbol"},
                 )
             )
         self.symvals = vals
@@ -492,13 +520,22 @@ class LoadedModule:
             sctx = SectionContext.for_section(ctx, s, relas, rs.objname if rs else None)
             if rs is not None and not clear and not self._resolve_klp(sctx, rs, resolutions):
                 continue
-            if clear:
-                mod.hooks.klp_arch_clear_section(ctx=sctx)  # type: ignore[attr-defined]
-            else:
-                mod.hooks.klp_arch_apply_section(ctx=sctx)  # type: ignore[attr-defined]
+            try:
+                if clear:
+                    mod.hooks.klp_arch_clear_section(ctx=sctx)  # type: ignore[attr-defined]
+                else:
+                    mod.hooks.klp_arch_apply_section(ctx=sctx)  # type: ignore[attr-defined]
+            except RelocFailure as f:  # raised outside a per-entry handler: name the section
+                ctx.diagnostics.append(
+                    Diagnostic(f.message, module=mod.name, section=s.name, kernel_message=f.kernel_message)
+                )
+                continue
             result.sections.append(s.name)
         if finalize and not any(d.severity == "error" for d in ctx.diagnostics):
-            mod.hooks.klp_arch_finalize(ctx=ctx)  # type: ignore[attr-defined]
+            try:
+                mod.hooks.klp_arch_finalize(ctx=ctx)  # type: ignore[attr-defined]
+            except RelocFailure as f:
+                ctx.diagnostics.append(Diagnostic(f.message, module=mod.name, kernel_message=f.kernel_message))
         errors = [d for d in ctx.diagnostics if d.severity == "error"]
         if errors:
             raise RelocationError(errors)
@@ -641,6 +678,57 @@ class LoadedModule:
         for ph in self.phases:
             total.update({k: v for k, v in ph.counts.items() if k not in ("applied", "cleared")})
         return total
+
+
+def check_symbol_sources(mod: LoadingModule, symbols: KernelSymbols) -> None:
+    """Refuse symbol sources that cannot belong to ``mod``'s kernel: an ELF
+    source of another machine, or a text source whose vmlinux code lies outside
+    the architecture's kernel text range (``ArchSpec.kernel_text_range``): its
+    ``_stext`` / ``_text``, which every System.map and kallsyms has, is checked."""
+    for source, machine in symbols.machines.items():
+        if machine != mod.elf.machine:
+            raise SymbolFileError(
+                f"{source} is an ELF file for machine {machine}, but module {mod.name} is {mod.arch.name} "
+                f"(machine {mod.elf.machine}): these symbols belong to another architecture"
+            )
+    rng = mod.arch.kernel_text_range
+    obj = symbols.objects.get(C.VMLINUX)
+    if rng is None or obj is None or not len(obj):
+        return
+    lo, hi = rng
+    where = f"{mod.arch.name} kernel code lies in {lo:#x}..{hi - 1:#x}"
+    for marker in ("_stext", "_text"):
+        for i in obj.positions(marker):
+            if not lo <= obj.addrs[i] < hi:
+                raise SymbolFileError(
+                    f"{obj.sources[i]}: {marker} is at {obj.addrs[i]:#x}, but {where}: these symbols belong to "
+                    f"another architecture than module {mod.name}"
+                )
+
+
+def _check_placement(mod: LoadingModule, spans: list[tuple[str, int, int]]) -> None:
+    """Refuse module memory that runs past the 64-bit address space or whose
+    parts overlap each other or the per-CPU area."""
+    top = 1 << 64
+    for name, start, size in spans:
+        if start + size > top:
+            raise PlacementError(
+                Diagnostic(
+                    f"{name} at {start:#x} ({size:#x} bytes) runs past the end of the 64-bit address space; "
+                    "choose a lower --base",
+                    module=mod.name,
+                )
+            )
+    ordered = sorted(spans, key=lambda s: s[1])
+    for (n1, a1, s1), (n2, a2, s2) in itertools.pairwise(ordered):
+        if a2 < a1 + s1:
+            raise PlacementError(
+                Diagnostic(
+                    f"{n1} {a1:#x}..{a1 + s1:#x} overlaps {n2} {a2:#x}..{a2 + s2:#x}; choose a --base whose "
+                    "module memory does not overlap the per-CPU area",
+                    module=mod.name,
+                )
+            )
 
 
 def _copy_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,21 @@ data (ppc64 ``.stubs``, arm64 ``.plt``) becomes ``SHT_PROGBITS``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import struct
+import sys
+from collections.abc import Sequence
 
 from . import constants as C
+from .errors import OutputError
 from .loader import LoadedModule
+
+#: File offsets of sections are aligned to ``sh_addralign`` up to this much:
+#: a hostile alignment of 2^32 must not make the writer pad gigabytes.  Loaded
+#: sections' addresses keep their full alignment (the layout applies it).
+MAX_FILE_ALIGN = 1 << 16
 
 
 def _align(n: int, a: int) -> int:
@@ -47,7 +58,7 @@ def write_elf(loaded: LoadedModule) -> bytes:
         if content is None:
             headers.append((orig, stype, addr, len(out), size))
             continue
-        off = _align(len(out), max(orig.addralign, 1))
+        off = _align(len(out), min(max(orig.addralign, 1), MAX_FILE_ALIGN))
         out += bytes(off - len(out))
         out += content
         headers.append((orig, stype, addr, off, len(content)))
@@ -78,3 +89,81 @@ def _name_offset(data: bytes, elf: object, index: int) -> int:
     shoff = int.from_bytes(data[0x28:0x30], elf.byteorder)  # type: ignore[arg-type]
     off = shoff + index * C.SHDR_SIZE
     return int.from_bytes(data[off : off + 4], elf.byteorder)  # type: ignore[arg-type]
+
+
+def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str] = ()) -> None:
+    """The one place klpcore writes a file: ``data`` to ``path`` (``-`` is
+    standard output).  Every failure — a missing folder, a directory, a path
+    under a regular file, a full device, no permission, or a path naming one
+    of ``inputs`` — raises :class:`~klpcore.errors.OutputError` naming the
+    file; a partly written regular file is removed."""
+    payload = data.encode() if isinstance(data, str) else data
+    if path == "-":
+        try:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(payload)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write {what} to standard output: {exc.strerror or exc}") from None
+        return
+    for src in inputs:
+        if _same_file(path, src):
+            raise OutputError(f"{what} {path} is the input file {src}; choose another output path")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write {what} {path}: Is a directory")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        _write_to(path, payload, what, os.O_WRONLY)  # a device or a pipe: write it directly
+        return
+    # a regular file: write a temporary file next to it, then rename, so that a
+    # failure leaves the old file (or none) instead of a truncated one
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.klpcore-{os.getpid()}.tmp")
+    try:
+        _write_to(tmp, payload, what, os.O_WRONLY | os.O_CREAT | os.O_EXCL, shown=path)
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+    finally:
+        if os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _write_to(path: str, payload: bytes, what: str, flags: int, shown: str | None = None) -> None:
+    try:
+        fd = os.open(path, flags, 0o666)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}") from None
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {shown or path}: {_reason(exc)}") from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        try:
+            return os.path.realpath(a) == os.path.realpath(b)
+        except (OSError, ValueError):
+            return False

@@ -165,6 +165,17 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
     return sorted(out, key=lambda p: p.name)
 
 
+def plugin_options(pm: pluggy.PluginManager) -> dict[str, str]:
+    """The ``-O`` keys the installed plugins read (``ArchSpec.options``): key -> kind."""
+    out: dict[str, str] = {}
+    for plugin in _arch_plugins(pm):
+        for ident in getattr(plugin, "ARCHES", ()):
+            spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
+            if spec is not None:
+                out.update(spec.options)
+    return out
+
+
 def installed_version() -> str:
     try:
         return metadata.version("klpcore")

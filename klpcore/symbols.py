@@ -21,7 +21,6 @@ original order), module symbols in their symtab order.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from collections import Counter
@@ -144,6 +143,11 @@ class KernelSymbols:
     def __init__(self) -> None:
         self.objects: dict[str, ObjectSymbols] = {}
         self.source_names: list[str] = []
+        #: e_machine of each ELF source (vmlinux or mod.ko@ADDR), by source name
+        self.machines: dict[str, int] = {}
+        #: text sources whose vmlinux part lists only code symbols: kallsyms of
+        #: a kernel built without CONFIG_KALLSYMS_ALL
+        self.text_only: list[str] = []
         self._export_info: bool | None = None
 
     # ------------------------------------------------------------- building
@@ -167,8 +171,20 @@ class KernelSymbols:
             for n, a, t, s in zip(o.names, o.addrs, o.types, o.sources, strict=True):
                 dst.add(n, a, t, s)
         self.source_names.extend(other.source_names)
+        self.machines.update(other.machines)
+        self.text_only.extend(other.text_only)
         if C.VMLINUX in self.objects:
             self.objects[C.VMLINUX].sort_by_address()
+
+    def missing_hint(self) -> str:
+        """Why a symbol may be missing from these sources, or ``""``."""
+        if not self.text_only:
+            return ""
+        return (
+            f" ({', '.join(self.text_only)} lists only code symbols: a kallsyms of a kernel built without "
+            "CONFIG_KALLSYMS_ALL has no data symbols; give the kernel's System.map, or a kallsyms from a kernel "
+            "with CONFIG_KALLSYMS_ALL=y)"
+        )
 
     @property
     def loaded_modules(self) -> list[str]:
@@ -197,7 +213,7 @@ class KernelSymbols:
         positions = ", ".join(f"{i + 1}: {a:#x}" for i, a in enumerate(addrs))
         where = objname or C.VMLINUX
         if addr == 0:
-            zero = " (a symbol at address 0 counts as not found)" if addrs else ""
+            zero = " (a symbol at address 0 counts as not found)" if addrs else self.missing_hint()
             raise ResolutionError(
                 Diagnostic(
                     f"symbol '{name}' not found in {where}'s symbol table{zero}",
@@ -268,18 +284,30 @@ class KernelSymbols:
 _LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise SymbolFileError(f"cannot read symbol file {path}: {exc.strerror or exc}") from exc
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise SymbolFileError(f"{path}: bad gzip data: {exc}") from exc
-    return data
+def _read_bytes(path: str | os.PathLike[str], *, module: bool = False) -> bytes:
+    """A symbol source's bytes, decompressed (gzip, xz, zstd: by content) and
+    bounded: text sources and ELF files have separate size limits."""
+    from .compress import MODULE_LIMIT, SYMBOL_ELF_LIMIT, SYMBOL_TEXT_LIMIT, read_input
+
+    def limit(head: bytes) -> int:
+        if module:
+            return MODULE_LIMIT
+        return SYMBOL_ELF_LIMIT if head[:4] == C.ELFMAG else SYMBOL_TEXT_LIMIT
+
+    return read_input(path, limit=limit, what="symbol file", error=SymbolFileError)
+
+
+#: nm type letters of data symbols (present in System.map and in kallsyms with CONFIG_KALLSYMS_ALL)
+_DATA_TYPES = frozenset("dDbBrRgGsSvV")
+_HEX_FIELD = re.compile(r"[0-9a-fA-F]{1,16}")
+_HEX_FIELDS = re.compile(r"(?:[0-9a-fA-F]{1,16} )*")
+
+
+def _hex_ok(token: str) -> bool:
+    """A symbol file's address field: 1..16 hex digits (``int(x, 16)`` alone
+    would also take signs, underscores, other scripts' digits and values of
+    2^64 or more)."""
+    return _HEX_FIELD.fullmatch(token) is not None
 
 
 def _iter_lines(text: str, source: str) -> Iterator[tuple[int, str, str, str | None]]:
@@ -289,6 +317,8 @@ def _iter_lines(text: str, source: str) -> Iterator[tuple[int, str, str, str | N
         m = _LINE.match(line)
         if m is None:
             raise SymbolFileError(f"{source}:{lineno}: not a symbol line: {line[:80]!r}")
+        if not _hex_ok(m.group(1)):
+            raise SymbolFileError(f"{source}:{lineno}: address {m.group(1)[:40]!r} is not a 64-bit hex address")
         yield int(m.group(1), 16), m.group(2), m.group(3), m.group(4)
 
 
@@ -305,10 +335,10 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     rows: dict[str | None, tuple[list[str], list[int], list[str]]] = {}
     tokens = text.split() if "[" not in text else None
     if tokens is not None and len(tokens) % 3 == 0 and all(len(t) == 1 for t in tokens[1::3]):
-        try:
-            addrs = [int(a, 16) for a in tokens[0::3]]
-        except ValueError:
-            addrs = None
+        fields = tokens[0::3]
+        addrs: list[int] | None = None
+        if _HEX_FIELDS.fullmatch(" ".join(fields) + " "):
+            addrs = [int(a, 16) for a in fields]
         if addrs is not None:
             rows[None] = (tokens[2::3], addrs, tokens[1::3])
             nonzero = any(addrs)
@@ -326,6 +356,8 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
             else:
                 raise ValueError(line)
             if len(parts[1]) != 1:
+                raise ValueError(line)
+            if not _hex_ok(parts[0]):
                 raise ValueError(line)
             addr = int(parts[0], 16)
             nonzero = nonzero or addr != 0
@@ -350,6 +382,8 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     vmlinux.sort_by_address()
     if not len(vmlinux):
         del ks.objects[C.VMLINUX]
+    elif not _DATA_TYPES.intersection(vmlinux.types):
+        ks.text_only.append(source)
     return ks
 
 
@@ -361,6 +395,8 @@ def symbols_from_elf(data: bytes, source: str, *, base: int | None = None, objna
     etype = int.from_bytes(data[16:18], "little" if data[5] == C.ELFDATA2LSB else "big") if len(data) > 18 else 0
     ks = KernelSymbols()
     ks.source_names.append(source)
+    if len(data) >= 20:
+        ks.machines[source] = int.from_bytes(data[18:20], "little" if data[5] == C.ELFDATA2LSB else "big")
     if etype == C.ET_REL:
         if base is None:
             raise SymbolFileError(f"{source} is a module; give its load address as {source}@0xADDRESS")
@@ -381,7 +417,6 @@ def symbols_from_elf(data: bytes, source: str, *, base: int | None = None, objna
 def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, str]]:
     import io
 
-    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     try:
@@ -397,8 +432,10 @@ def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, st
         )
         strtab = elf.get_section(symtab["sh_link"]).data()
         sections = [elf.get_section(i) for i in range(elf.num_sections())]
-    except (ELFError, ValueError, IndexError, OSError) as exc:
-        raise SymbolFileError(f"{source}: unreadable ELF: {exc}") from exc
+    except SymbolFileError:
+        raise
+    except Exception as exc:  # pyelftools raises many types on hostile input (ELFError, zlib.error, ...)
+        raise SymbolFileError(f"{source}: unreadable ELF: {type(exc).__name__}: {exc}") from exc
     for sym in arr:
         shndx = int(sym["st_shndx"])
         stype = int(sym["st_info"]) & 0xF
@@ -440,11 +477,16 @@ def load_symbols(spec: str) -> KernelSymbols:
     ``spec`` is a path, optionally ``PATH@ADDRESS`` for a module ``.ko`` loaded
     at ``ADDRESS`` (hex), optionally ``PATH@ADDRESS:NAME`` to name the module.
     """
+    from .addresses import parse_address
+
     path, base, name = spec, None, None
-    m = re.match(r"^(.*)@(0x[0-9a-fA-F]+|\d+)(?::(\S+))?$", spec)
+    m = re.match(r"^(.+)@([^@:]*)(?::(.*))?$", spec)
     if m and not os.path.exists(spec):
-        path, base, name = m.group(1), int(m.group(2), 0), m.group(3)
-    data = _read_bytes(path)
+        path, name = m.group(1), m.group(3)
+        base = parse_address(m.group(2), what=f"load address of {path} in --symbols {spec}", page_aligned=True)
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise SymbolFileError(f"--symbols {spec}: {name!r} is not a module name")
+    data = _read_bytes(path, module=base is not None)
     if data[:4] == C.ELFMAG:
         return symbols_from_elf(data, path, base=base, objname=name)
     if base is not None:

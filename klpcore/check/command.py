@@ -32,18 +32,17 @@ exit codes: 0 every pair loads, 1 any does not, 2 bad input
 """
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    sp: argparse.ArgumentParser = sub.add_parser(
-        "check", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.description = DESCRIPTION
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
     sp.add_argument("modules", metavar="MODULE", nargs="+", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
     sp.add_argument("--target", "-t", metavar="PATH", action="append", required=True,
                     help="target kernel directory (repeatable); PATH:RELEASE picks a release")
-    sp.add_argument("--json", metavar="FILE", dest="json_out", help="write the JSON report (schema 1) to FILE ('-' = stdout)")
+    sp.add_argument("--json", metavar="FILE", dest="report",
+                    help="write the JSON report (schema 1) to FILE ('-' = stdout)")
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
     sp.add_argument("-O", "--kernel-option", metavar="KEY=VALUE", action="append", default=[],
                     help="a kernel configuration fact for plugins (repeatable)")
-    return sp
 
 
 def _progress(text: str) -> None:
@@ -82,13 +81,13 @@ def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
     _progress("")
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
-    if args.json_out:
+    if args.report:
         text = json.dumps(json_report(results), indent=2) + "\n"
-        if args.json_out == "-":
+        if args.report == "-":
             sys.stdout.write(text)
         else:
-            with open(args.json_out, "w") as fh:
+            with open(args.report, "w") as fh:
                 fh.write(text)
-    if args.json_out != "-":
+    if args.report != "-":
         write_text(results, verbose=args.verbose)
     return 0 if all(p.verdict == LOADS for group in results for p in group) else 1

@@ -237,7 +237,8 @@ def test_disasm_decodes_sites_and_targets(capsys) -> None:
 
     ex = Path(__import__("klpcore_x86_64").__file__).parent / "examples"
     assert main(["disasm", str(ex / "klpdemo.ko"), "-s", str(ex / "System.map"), "--json"]) == 0
-    sites = json.loads(capsys.readouterr().out)
+    sites = json.loads(capsys.readouterr().out)["sites"]
+    assert [int(s["address"], 16) for s in sites] == sorted(int(s["address"], 16) for s in sites)
     thunk = [s for s in sites if s["symbol"] == "__x86_indirect_thunk_rax"]
     assert thunk
     symaddr = next(
@@ -247,5 +248,6 @@ def test_disasm_decodes_sites_and_targets(capsys) -> None:
     )
     for s in thunk:
         assert s["target"] == hex(symaddr)
+        assert s["target_symbol"] == "__x86_indirect_thunk_rax"
         assert s["after"].split()[1] in ("call", "jmp")
-    assert all(s["before"] != s["after"] for s in sites if s["rtype"] != "R_X86_64_NONE")
+    assert all(s["before"] != s["after"] for s in sites if s["type"] != "R_X86_64_NONE")

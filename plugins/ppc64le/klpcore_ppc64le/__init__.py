@@ -122,6 +122,17 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ftrace_regs_caller": None,
 }
 
+#: what each option's value is (the CLI checks ``-O`` values by it)
+OPTION_KINDS: dict[str, str] = {
+    "dynamic_ftrace": "bool",
+    "dynamic_ftrace_with_regs": "bool",
+    "mprofile_kernel": "bool",
+    "paca_kernel_toc_offset": "int",
+    "kernel_toc": "address",
+    "ftrace_caller": "address",
+    "ftrace_regs_caller": "address",
+}
+
 #: Numbers the kernel does not handle, named for error messages.
 OTHER_TYPES = {
     0: "R_PPC64_NONE",
@@ -743,6 +754,8 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
         insn_target=insn_target,
         type_names=OTHER_TYPES,
+        kernel_text_range=(0xC000000000000000, 0xD000000000000000),  # the linear map (PAGE_OFFSET)
+        options=OPTION_KINDS,
     )
 
 

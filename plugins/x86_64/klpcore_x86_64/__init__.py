@@ -128,6 +128,7 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         insn_target=insn_target,
         ignored_undefined=frozenset({"_GLOBAL_OFFSET_TABLE_"}),
         type_names=OTHER_TYPES,
+        kernel_text_range=(0xFFFFFFFF80000000, 1 << 64),  # __START_KERNEL_map and up
     )
 
 
