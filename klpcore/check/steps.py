@@ -42,7 +42,9 @@ REFUSED, PATCH_FAILS = "refused", "patch-fails"
 MODULE_NAME_LEN = 56
 #: where dependencies and patched target modules are placed (apart from the checked module)
 DEP_BASE = DEFAULT_BASE + 0x10000000
-DEP_STRIDE = 0x2000000
+DEP_STRIDE = 0x1000000
+#: module area slots (the x86_64 module area ends at 0xffffffffff000000)
+DEP_SLOTS = 46
 ERR_NOENT, ERR_INVAL = -2, -22
 
 
@@ -575,7 +577,7 @@ def load_dependency(target: Target, name: str, options: dict[str, Any], seen: se
     d.refused = [f for f in pc.findings if f.outcome == REFUSED]
     index = len(cache)
     try:
-        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + index * DEP_STRIDE, objname=info.name)
+        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + (index % 24) * DEP_STRIDE, objname=info.name)
     except KlpError as exc:
         d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))
     return [*chain, d]
@@ -634,7 +636,8 @@ class LivepatchCheck:
                     self.ftrace_vmlinux(obj, f, addr)
         refused = [x for x in pc.findings if x.outcome == REFUSED and x.check == "patched-functions"]
         if refused:
-            refused[-1].extra["then"] = [pc.msg("klp_enable", name=info.name)]
+            then = refused[-1].extra.get("then") or []
+            refused[-1].extra["then"] = [*then, pc.msg("klp_enable", name=info.name)]
         # module objects: when the module is, or later gets, loaded
         for obj in module_objs:
             self.module_object(obj)
@@ -756,7 +759,6 @@ class LivepatchCheck:
             return
         tm = self.target_module(name, str(path))
         if tm is None:
-            pc.not_checked("patched-objects", f"object {name}: {path} is unreadable")
             return
         elf, symbols = tm
         kmsg_then = [pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
@@ -803,11 +805,15 @@ class LivepatchCheck:
             try:
                 raw = read_input(path, "module", limit=1 << 30)
                 elf = ElfModule(raw, path=path)
-                base = DEP_BASE + (len(self.target.cache.get("deps", {})) + len(cache) + 32) * DEP_STRIDE
+                base = DEP_BASE + (24 + len(cache) % (DEP_SLOTS - 24)) * DEP_STRIDE
                 cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
-            except (KlpError, InputError):
-                cache[name] = None
-        return cache[name]  # type: ignore[no-any-return]
+            except (KlpError, InputError) as exc:
+                cache[name] = str(exc)
+        got = cache[name]
+        if isinstance(got, str):
+            self.pc.not_checked("patched-objects", f"object {name}: {path}: {got}")
+            return None
+        return got  # type: ignore[no-any-return]
 
     @staticmethod
     def module_extent(elf: ElfModule, name: str | None, sympos: int) -> tuple[int, int, int] | None:
