@@ -23,9 +23,6 @@ def check_pair(module: str, target: Target, kernel_options: dict[str, Any] | Non
     start = time.perf_counter()
     pc = PairCheck(target, module, kernel_options=kernel_options)
     findings = pc.run()
-    for what, why in target.missing.items():
-        if what == "module tree" and not any(f.check in ("dependencies", "patched-objects") for f in findings):
-            continue
     return PairResult(
         module=module,
         name=pc.name,

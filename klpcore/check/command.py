@@ -36,13 +36,26 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.description = DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
     sp.add_argument("modules", metavar="MODULE", nargs="+", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
-    sp.add_argument("--target", "-t", metavar="PATH", action="append", required=True,
-                    help="target kernel directory (repeatable); PATH:RELEASE picks a release")
-    sp.add_argument("--json", metavar="FILE", dest="report",
-                    help="write the JSON report (schema 1) to FILE ('-' = stdout)")
+    sp.add_argument(
+        "--target",
+        "-t",
+        metavar="PATH",
+        action="append",
+        required=True,
+        help="target kernel directory (repeatable); PATH:RELEASE picks a release",
+    )
+    sp.add_argument(
+        "--json", metavar="FILE", dest="report", help="write the JSON report (schema 1) to FILE ('-' = stdout)"
+    )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
-    sp.add_argument("-O", "--kernel-option", metavar="KEY=VALUE", action="append", default=[],
-                    help="a kernel configuration fact for plugins (repeatable)")
+    sp.add_argument(
+        "-O",
+        "--kernel-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a kernel configuration fact for plugins (repeatable)",
+    )
 
 
 def _progress(text: str) -> None:

@@ -32,9 +32,7 @@ MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
     "force_taint": [((0, 0), "{name}: {reason}: kernel tainted.")],
     # check_modinfo
     "vermagic": [((0, 0), "{name}: version magic '{modmagic}' should be '{vermagic}'")],
-    "livepatch_disabled": [
-        ((0, 0), "{name}: module is marked as livepatch module, but livepatch support is disabled")
-    ],
+    "livepatch_disabled": [((0, 0), "{name}: module is marked as livepatch module, but livepatch support is disabled")],
     "taint_livepatch": [((0, 0), "{name}: tainting kernel with TAINT_LIVEPATCH")],
     "taint_oot": [((0, 0), "{name}: loading out-of-tree module taints kernel.")],
     "taint_license": [((0, 0), "{name}: module license '{license}' taints kernel.")],

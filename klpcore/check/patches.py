@@ -165,7 +165,7 @@ class _Pointers:
 def read_patch(elf: ElfModule) -> PatchInfo:
     """The livepatch objects and functions ``elf`` declares (empty when none)."""
     ptrs = _Pointers(elf)
-    for objs_name, funcs_name in KLP_BUILD_SECTIONS:
+    for objs_name, _funcs_name in KLP_BUILD_SECTIONS:
         sec = elf.section_by_name(objs_name)
         if sec is not None:
             return _klp_build(elf, ptrs, sec.index)
@@ -353,8 +353,8 @@ class VmlinuxImage:
         if m[:4] != C.ELFMAG or m[4] != C.ELFCLASS64:
             raise ValueError(f"{path}: not a 64-bit ELF")
         self.endian = "<" if m[5] == C.ELFDATA2LSB else ">"
-        shoff, = struct.unpack_from(self.endian + "Q", m, 0x28)
-        shnum, shstrndx = struct.unpack_from(self.endian + "HH", m, 0x3C)
+        (shoff,) = struct.unpack_from(self.endian + "Q", m, 0x28)
+        shnum, _shstrndx = struct.unpack_from(self.endian + "HH", m, 0x3C)
         self.sections = []
         for i in range(shnum):
             self.sections.append(struct.unpack_from(self.endian + "IIQQQQIIQQ", m, shoff + i * 64))
@@ -382,8 +382,16 @@ class VmlinuxImage:
         if symtab is not None:
             strsec = self.sections[symtab[6]]
             strtab = self._map[strsec[4] : strsec[4] + strsec[5]]
-            dt = np.dtype([("name", self.endian + "u4"), ("info", "u1"), ("other", "u1"),
-                           ("shndx", self.endian + "u2"), ("value", self.endian + "u8"), ("size", self.endian + "u8")])
+            dt = np.dtype(
+                [
+                    ("name", self.endian + "u4"),
+                    ("info", "u1"),
+                    ("other", "u1"),
+                    ("shndx", self.endian + "u2"),
+                    ("value", self.endian + "u8"),
+                    ("size", self.endian + "u8"),
+                ]
+            )
             arr = np.frombuffer(self._map, dtype=dt, count=symtab[5] // 24, offset=symtab[4])
             types = arr["info"] & 0xF
             idx = np.nonzero(types == C.STT_FILE)[0]

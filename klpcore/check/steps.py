@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -104,8 +104,15 @@ class PairCheck:
         self._taint_forced = False
 
     # --------------------------------------------------------------- helpers
-    def add(self, check: str, severity: str, message: str, kernel: str | None = None, outcome: str | None = None,
-            **extra: Any) -> Finding:
+    def add(
+        self,
+        check: str,
+        severity: str,
+        message: str,
+        kernel: str | None = None,
+        outcome: str | None = None,
+        **extra: Any,
+    ) -> Finding:
         f = Finding(check, severity, message, kernel, outcome, extra)
         self.findings.append(f)
         return f
@@ -131,8 +138,12 @@ class PairCheck:
             return True
         if force:
             if not self._taint_forced:
-                self.add(check, "warning", f"{what}: loads with a taint (CONFIG_MODULE_FORCE_LOAD)",
-                         self.msg("force_taint", name=self.name, reason=reason))
+                self.add(
+                    check,
+                    "warning",
+                    f"{what}: loads with a taint (CONFIG_MODULE_FORCE_LOAD)",
+                    self.msg("force_taint", name=self.name, reason=reason),
+                )
                 self._taint_forced = True
             return True
         return False
@@ -163,7 +174,7 @@ class PairCheck:
         if raw[:4] != C.ELFMAG:
             self.refuse("elf", "not an ELF file", self.msg("elf_magic"))
             raise Stop
-        order = "little" if raw[5] == C.ELFDATA2LSB else "big"
+        order: Literal["little", "big"] = "little" if raw[5] == C.ELFDATA2LSB else "big"
         etype = int.from_bytes(raw[16:18], order)
         if etype != C.ET_REL:
             self.refuse("elf", f"ELF type {etype} is not ET_REL", self.msg("elf_type", etype=etype))
@@ -173,8 +184,11 @@ class PairCheck:
         if tm is None:
             self.not_checked("elf", "the target's architecture is unknown (no config, no module tree)")
         elif machine != tm:
-            self.refuse("elf", f"module is for e_machine {machine}, the target kernel for {tm}",
-                        self.msg("elf_arch", machine=machine))
+            self.refuse(
+                "elf",
+                f"module is for e_machine {machine}, the target kernel for {tm}",
+                self.msg("elf_arch", machine=machine),
+            )
             raise Stop
         try:
             elf = ElfModule(raw, path=self.path)
@@ -192,8 +206,11 @@ class PairCheck:
         info = read_modinfo(elf, self.path, raw)
         self.info = info
         if not info.has_this_module:
-            self.refuse("elf", "no .gnu.linkonce.this_module section (not built as a module)",
-                        self.msg("no_module", name=info.name))
+            self.refuse(
+                "elf",
+                "no .gnu.linkonce.this_module section (not built as a module)",
+                self.msg("no_module", name=info.name),
+            )
             raise Stop
 
     # --------------------------------------------------------- modversions
@@ -217,21 +234,33 @@ class PairCheck:
         if info.ext_versions is not None and has_message("no_ext_version", self.version):
             got = info.ext_versions.get(sym)
             if got is None:
-                self.add(check, "warning", f"no extended symbol version for {sym} (accepted)",
-                         self.msg("no_ext_version", name=info.name, sym=sym))
+                self.add(
+                    check,
+                    "warning",
+                    f"no extended symbol version for {sym} (accepted)",
+                    self.msg("no_ext_version", name=info.name, sym=sym),
+                )
                 return True
         else:
             if info.versions is None:
                 return self.force_load(check, sym, "module has no __versions section")
             got = info.versions.get(sym)
             if got is None:
-                self.add(check, "warning", f"module's __versions has no entry for {sym} (accepted; printed once)",
-                         self.msg("no_version", name=info.name, sym=sym))
+                self.add(
+                    check,
+                    "warning",
+                    f"module's __versions has no entry for {sym} (accepted; printed once)",
+                    self.msg("no_version", name=info.name, sym=sym),
+                )
                 return True
         if got == crc:
             return True
-        self.refuse(check, f"CRC of {sym}: module {got:#010x}, target {crc:#010x}",
-                    self.msg("disagrees", name=info.name, sym=sym), symbol=sym)
+        self.refuse(
+            check,
+            f"CRC of {sym}: module {got:#010x}, target {crc:#010x}",
+            self.msg("disagrees", name=info.name, sym=sym),
+            symbol=sym,
+        )
         return False
 
     def step_modstruct(self) -> None:
@@ -248,8 +277,9 @@ class PairCheck:
             return
         if not self.check_version("modversions", "module_layout", entry.crc):
             if not self.findings or self.findings[-1].outcome != REFUSED:
-                self.refuse("modversions", "module has no __versions and the target has no CONFIG_MODULE_FORCE_LOAD",
-                            None)
+                self.refuse(
+                    "modversions", "module has no __versions and the target has no CONFIG_MODULE_FORCE_LOAD", None
+                )
             raise Stop
 
     def step_modinfo(self) -> None:
@@ -268,34 +298,49 @@ class PairCheck:
             if has_crcs:
                 a, b = a[a.find(" ") if " " in a else len(a) :], b[b.find(" ") if " " in b else len(b) :]
             if a != b:
-                self.refuse("vermagic", "vermagic differs" + (" (release part ignored: module has __versions)"
-                                                              if has_crcs else ""),
-                            self.msg("vermagic", name=info.name, modmagic=info.vermagic, vermagic=magic))
+                self.refuse(
+                    "vermagic",
+                    "vermagic differs" + (" (release part ignored: module has __versions)" if has_crcs else ""),
+                    self.msg("vermagic", name=info.name, modmagic=info.vermagic, vermagic=magic),
+                )
                 raise Stop
         if info.livepatch:
             lp = self.target.config_bool("CONFIG_LIVEPATCH")
             if lp is None:
                 self.not_checked("livepatch", "CONFIG_LIVEPATCH needs the target's config")
             elif not lp:
-                self.refuse("livepatch", "target kernel has no CONFIG_LIVEPATCH",
-                            self.msg("livepatch_disabled", name=info.name))
+                self.refuse(
+                    "livepatch", "target kernel has no CONFIG_LIVEPATCH", self.msg("livepatch_disabled", name=info.name)
+                )
                 raise Stop
             else:
-                self.add("livepatch", "warning", "taints the kernel (TAINT_LIVEPATCH)",
-                         self.msg("taint_livepatch", name=info.name))
+                self.add(
+                    "livepatch",
+                    "warning",
+                    "taints the kernel (TAINT_LIVEPATCH)",
+                    self.msg("taint_livepatch", name=info.name),
+                )
         if not info.intree:
             self.add("taint", "warning", "out-of-tree module taints the kernel", self.msg("taint_oot", name=info.name))
         if not info.gpl_compatible:
-            self.add("license", "warning", f"license '{info.license or 'unspecified'}' is not GPL-compatible: "
-                     "taints the kernel and hides GPL-only exports",
-                     self.msg("taint_license", name=info.name, license=info.license or "unspecified"))
+            self.add(
+                "license",
+                "warning",
+                f"license '{info.license or 'unspecified'}' is not GPL-compatible: "
+                "taints the kernel and hides GPL-only exports",
+                self.msg("taint_license", name=info.name, license=info.license or "unspecified"),
+            )
         if self.target.config_bool("CONFIG_MODULE_SIG") and not info.signed and self.depth == 0:
             force = self.target.config_bool("CONFIG_MODULE_SIG_FORCE")
             if force:
                 self.refuse("signature", "unsigned module on a kernel with CONFIG_MODULE_SIG_FORCE", None)
                 raise Stop
-            self.add("signature", "warning", "unsigned module taints the kernel (refused under Secure Boot lockdown)",
-                     self.msg("taint_unsigned", name=info.name))
+            self.add(
+                "signature",
+                "warning",
+                "unsigned module taints the kernel (refused under Secure Boot lockdown)",
+                self.msg("taint_unsigned", name=info.name),
+            )
 
     def step_export_versions(self) -> None:
         info = self.info
@@ -304,11 +349,12 @@ class PairCheck:
             return
         plain = [e for e in info.exports if not e.gpl]
         gpl = [e for e in info.exports if e.gpl]
-        if (plain and not info.has_kcrctab) or (gpl and not info.has_gpl_kcrctab):
-            if not self.force_load("export-versions", "no versions for exported symbols",
-                                   "module exports symbols without CRCs"):
-                self.refuse("export-versions", "exports without CRCs and no CONFIG_MODULE_FORCE_LOAD")
-                raise Stop
+        missing = (plain and not info.has_kcrctab) or (gpl and not info.has_gpl_kcrctab)
+        if missing and not self.force_load(
+            "export-versions", "no versions for exported symbols", "module exports symbols without CRCs"
+        ):
+            self.refuse("export-versions", "exports without CRCs and no CONFIG_MODULE_FORCE_LOAD")
+            raise Stop
 
     # -------------------------------------------------------- dependencies
     def step_dependencies(self) -> list[DepModule]:
@@ -328,12 +374,21 @@ class PairCheck:
                     out.append(d)
         for d in out:
             if d.path is None:
-                self.add("dependencies", "error", f"dependency '{d.name}' is not in the target's module tree; its "
-                         "symbols stay unknown", None, REFUSED)
+                self.add(
+                    "dependencies",
+                    "error",
+                    f"dependency '{d.name}' is not in the target's module tree; its symbols stay unknown",
+                    None,
+                    REFUSED,
+                )
             elif d.refused:
                 first = d.refused[0]
-                self.refuse("dependencies", f"dependency '{d.name}' is refused: {first.message}",
-                            first.kernel_message, dependency=d.name)
+                self.refuse(
+                    "dependencies",
+                    f"dependency '{d.name}' is refused: {first.message}",
+                    first.kernel_message,
+                    dependency=d.name,
+                )
         if any(f.outcome == REFUSED for f in self.findings if f.check == "dependencies"):
             raise Stop
         loaded = [d.name for d in out]
@@ -364,12 +419,17 @@ class PairCheck:
         for d in deps:
             if d.info is None:
                 continue
-            for e in d.info.exports:
-                if e.name in out:
+            for x in d.info.exports:
+                if x.name in out:
                     continue
-                entry: SymversEntry | None = self.target.symvers.get(e.name) if self.target.symvers else None
-                out[e.name] = Export(e.name, d.name, e.gpl, entry.crc if entry and self.modversions else None,
-                                     entry.namespace if entry else "")
+                entry: SymversEntry | None = self.target.symvers.get(x.name) if self.target.symvers else None
+                out[x.name] = Export(
+                    x.name,
+                    d.name,
+                    x.gpl,
+                    entry.crc if entry and self.modversions else None,
+                    entry.namespace if entry else "",
+                )
         return out
 
     def step_symbols(self, deps: list[DepModule]) -> None:
@@ -392,27 +452,48 @@ class PairCheck:
             if e is None or hidden:
                 if weak or sym in ignored:
                     continue
-                why = (f"GPL-only export of {e.owner}, and the module's license "  # type: ignore[union-attr]
-                       f"'{info.license or 'unspecified'}' is not GPL-compatible" if hidden else
-                       "not exported by the target kernel or a loaded dependency")
-                self.refuse("symbols", f"unknown symbol {sym}: {why}",
-                            self.msg("unknown_symbol", name=info.name, sym=sym, err=ERR_NOENT), symbol=sym)
+                why = (
+                    f"GPL-only export of {e.owner}, and the module's license "  # type: ignore[union-attr]
+                    f"'{info.license or 'unspecified'}' is not GPL-compatible"
+                    if hidden
+                    else "not exported by the target kernel or a loaded dependency"
+                )
+                self.refuse(
+                    "symbols",
+                    f"unknown symbol {sym}: {why}",
+                    self.msg("unknown_symbol", name=info.name, sym=sym, err=ERR_NOENT),
+                    symbol=sym,
+                )
                 failed = True
                 continue
             ok = self.check_version("symbols", sym, e.crc if mv else None)
-            if ok and e.namespace and e.namespace not in info.import_ns and not _module_ns_ok(e.namespace, info.name,
-                                                                                                self.version):
+            if (
+                ok
+                and e.namespace
+                and e.namespace not in info.import_ns
+                and not _module_ns_ok(e.namespace, info.name, self.version)
+            ):
                 text = self.msg("namespace", name=info.name, sym=sym, ns=e.namespace)
                 if allow_missing_ns:
-                    self.add("symbols", "warning", f"{sym} is in namespace {e.namespace}, not imported (allowed by "
-                             "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS)", text)
+                    self.add(
+                        "symbols",
+                        "warning",
+                        f"{sym} is in namespace {e.namespace}, not imported (allowed by "
+                        "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS)",
+                        text,
+                    )
                 else:
-                    self.refuse("symbols", f"{sym} is in namespace {e.namespace}; add MODULE_IMPORT_NS({e.namespace})",
-                                text, symbol=sym)
+                    self.refuse(
+                        "symbols",
+                        f"{sym} is in namespace {e.namespace}; add MODULE_IMPORT_NS({e.namespace})",
+                        text,
+                        symbol=sym,
+                    )
                     ok = False
             if not ok:
-                self.findings[-1].extra.setdefault("then", self.msg("unknown_symbol", name=info.name, sym=sym,
-                                                                    err=ERR_INVAL))
+                self.findings[-1].extra.setdefault(
+                    "then", self.msg("unknown_symbol", name=info.name, sym=sym, err=ERR_INVAL)
+                )
                 failed = True
         for i in np.flatnonzero(info.elf.symbols["st_shndx"] == C.SHN_COMMON).tolist():
             if not info.elf.symbol_names[i].startswith("__gnu_lto"):
@@ -470,8 +551,11 @@ class PairCheck:
             self._engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         n = sum(loaded.relocation_counts().values())
-        self.add("relocations", "info", f"{n} relocations applied at load" +
-                 (" and enable" if len(loaded.phases) > 1 else ""))
+        self.add(
+            "relocations",
+            "info",
+            f"{n} relocations applied at load" + (" and enable" if len(loaded.phases) > 1 else ""),
+        )
         for w in loaded.warnings:
             self.add("relocations", "warning", w.message, w.kernel_message)
         return loaded
@@ -479,8 +563,9 @@ class PairCheck:
     def _engine_errors(self, check: str, diags: list[Diagnostic], outcome: str, **extra: Any) -> None:
         for d in diags[:20]:
             where = d.location()
-            self.add(check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome,
-                     **extra)
+            self.add(
+                check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome, **extra
+            )
         if len(diags) > 20:
             self.add(check, "error", f"... and {len(diags) - 20} more", None, outcome, **extra)
 
@@ -498,8 +583,11 @@ class PairCheck:
             other = exports.get(e.name)
             if other is not None:
                 owner = "kernel" if other.owner == C.VMLINUX else other.owner
-                self.refuse("exports", f"{e.name} is already exported by {owner}",
-                            self.msg("duplicate_export", name=info.name, sym=e.name, owner=owner))
+                self.refuse(
+                    "exports",
+                    f"{e.name} is already exported by {owner}",
+                    self.msg("duplicate_export", name=info.name, sym=e.name, owner=owner),
+                )
                 raise Stop
 
     # ------------------------------------------------------------ livepatch
@@ -512,14 +600,21 @@ class PairCheck:
         self.patch = patch
         if not patch.objects:
             if info.livepatch:
-                self.add("livepatch", "warning", "marked livepatch=Y but no klp_patch, klp-build or kpatch function "
-                         "list was found; patched functions not checked")
+                self.add(
+                    "livepatch",
+                    "warning",
+                    "marked livepatch=Y but no klp_patch, klp-build or kpatch function "
+                    "list was found; patched functions not checked",
+                )
             return
         for p in patch.problems:
             self.add("livepatch", "warning", p)
         if not info.livepatch:
-            self.refuse("livepatch", "the module enables a patch but lacks MODULE_INFO(livepatch, \"Y\"); "
-                        "klp_enable_patch fails in its init", self.msg("not_livepatch", name=info.name))
+            self.refuse(
+                "livepatch",
+                'the module enables a patch but lacks MODULE_INFO(livepatch, "Y"); klp_enable_patch fails in its init',
+                self.msg("not_livepatch", name=info.name),
+            )
             return
         lp = LivepatchCheck(self, loaded, deps, patch)
         lp.run()
@@ -543,7 +638,7 @@ def load_dependency(target: Target, name: str, options: dict[str, Any], seen: se
     seen.add(key)
     if key in cache:
         d = cache[key]
-        chain = []
+        chain: list[DepModule] = []
         if d.info is not None:
             for sub in _dep_names(target, d.info):
                 chain += load_dependency(target, sub, options, seen)
@@ -553,7 +648,7 @@ def load_dependency(target: Target, name: str, options: dict[str, Any], seen: se
         d = DepModule(key, None)
         cache[key] = d
         return [d]
-    chain: list[DepModule] = []
+    chain = []
     try:
         raw = read_input(path, "module", limit=1 << 30)
         elf = ElfModule(raw, path=str(path))
@@ -608,8 +703,11 @@ class LivepatchCheck:
         # klp_init_object / klp_init_func: silent -EINVAL refusals
         for obj in self.patch.objects:
             if obj.name is not None and len(obj.name) >= MODULE_NAME_LEN:
-                pc.refuse("livepatch", f"object name '{obj.name}' is {len(obj.name)} characters (limit "
-                          f"{MODULE_NAME_LEN - 1}); klp_init_object fails with -EINVAL (no message)")
+                pc.refuse(
+                    "livepatch",
+                    f"object name '{obj.name}' is {len(obj.name)} characters (limit "
+                    f"{MODULE_NAME_LEN - 1}); klp_init_object fails with -EINVAL (no message)",
+                )
             for f in obj.funcs:
                 if f.old_name is None:
                     pc.refuse("livepatch", f"a function of object {obj.label} has no old_name (-EINVAL, no message)")
@@ -659,8 +757,14 @@ class LivepatchCheck:
             d = exc.diagnostics[0]
             cands = self.vmlinux_candidates(f.old_name)
             self.record(_Obj(None), f, status="error", candidates=cands)
-            pc.refuse("patched-functions", _klp_message(d, cands), d.kernel_message, object=C.VMLINUX,
-                      function=f.old_name, candidates=cands)
+            pc.refuse(
+                "patched-functions",
+                _klp_message(d, cands),
+                d.kernel_message,
+                object=C.VMLINUX,
+                function=f.old_name,
+                candidates=cands,
+            )
             return None
         self.record(_Obj(None), f, status="resolved", address=hex(addr))
         return addr
@@ -673,7 +777,7 @@ class LivepatchCheck:
             obj = self.target.symbols.objects[C.VMLINUX]
             got = (sorted(set(obj.addrs)),)
             cache["vmlinux_addrs"] = got
-        return got  # type: ignore[no-any-return]
+        return got
 
     def kallsyms_size(self, addr: int) -> int:
         (addrs,) = self.vmlinux_sorted()
@@ -729,9 +833,14 @@ class LivepatchCheck:
             row["ftrace"] = hex(int(sites[i]))
             return
         row["ftrace"] = None
-        pc.refuse("patched-functions", f"{f.old_name} at {addr:#x} has no ftrace location (notrace, or inlined "
-                  "code without a call site)", pc.msg("klp_ftrace", sym=f.old_name), object=C.VMLINUX,
-                  function=f.old_name, then=[pc.msg("klp_patch_object", obj=C.VMLINUX)])
+        pc.refuse(
+            "patched-functions",
+            f"{f.old_name} at {addr:#x} has no ftrace location (notrace, or inlined code without a call site)",
+            pc.msg("klp_ftrace", sym=f.old_name),
+            object=C.VMLINUX,
+            function=f.old_name,
+            then=[pc.msg("klp_patch_object", obj=C.VMLINUX)],
+        )
 
     # ------------------------------------------------------------ modules
     def module_object(self, obj: Any) -> None:
@@ -748,12 +857,25 @@ class LivepatchCheck:
         if path is None:
             norm = module_kernel_name(name)
             if norm != name and norm in self.target.module_index:
-                pc.add("patched-objects", "error", f"object '{name}' names no module: the kernel compares names "
-                       f"exactly and calls {self.target.module_index[norm].name} '{norm}'; the patch loads but never "
-                       "applies", None, PATCH_FAILS, object=name, module=norm)
+                pc.add(
+                    "patched-objects",
+                    "error",
+                    f"object '{name}' names no module: the kernel compares names "
+                    f"exactly and calls {self.target.module_index[norm].name} '{norm}'; the patch loads but never "
+                    "applies",
+                    None,
+                    PATCH_FAILS,
+                    object=name,
+                    module=norm,
+                )
             else:
-                pc.add("patched-objects", "warning", f"no module of the target is called '{name}'; the patch "
-                       "waits for it and applies nothing there", None, object=name)
+                pc.add(
+                    "patched-objects",
+                    "warning",
+                    f"no module of the target is called '{name}'; the patch waits for it and applies nothing there",
+                    None,
+                    object=name,
+                )
             for f in obj.funcs:
                 self.record(obj, f, status="object-missing")
             return
@@ -761,8 +883,10 @@ class LivepatchCheck:
         if tm is None:
             return
         elf, symbols = tm
-        kmsg_then = [pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
-                     pc.msg("klp_refuse_module", name=info.name, obj=name)]
+        kmsg_then = [
+            pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
+            pc.msg("klp_refuse_module", name=info.name, obj=name),
+        ]
         # klp_module_coming -> klp_init_object_loaded: the object's livepatch relocations first
         if self.loaded is not None:
             try:
@@ -780,8 +904,17 @@ class LivepatchCheck:
                 d = exc.diagnostics[0]
                 cands = self.module_candidates(elf, f.old_name)
                 self.record(obj, f, status="error", candidates=cands)
-                pc.add("patched-functions", "error", _klp_message(d, cands), d.kernel_message, PATCH_FAILS,
-                       object=name, function=f.old_name, candidates=cands, then=kmsg_then)
+                pc.add(
+                    "patched-functions",
+                    "error",
+                    _klp_message(d, cands),
+                    d.kernel_message,
+                    PATCH_FAILS,
+                    object=name,
+                    function=f.old_name,
+                    candidates=cands,
+                    then=kmsg_then,
+                )
                 continue
             row = self.record(obj, f, status="resolved", address=hex(addr))
             ext = self.module_extent(elf, f.old_name, f.sympos)
@@ -795,9 +928,16 @@ class LivepatchCheck:
                 row["ftrace"] = True
                 continue
             row["ftrace"] = None
-            pc.add("patched-functions", "error", f"{name}:{f.old_name} has no ftrace location",
-                   pc.msg("klp_ftrace", sym=f.old_name), PATCH_FAILS, object=name, function=f.old_name,
-                   then=[pc.msg("klp_patch_object", obj=name), *kmsg_then[:0]])
+            pc.add(
+                "patched-functions",
+                "error",
+                f"{name}:{f.old_name} has no ftrace location",
+                pc.msg("klp_ftrace", sym=f.old_name),
+                PATCH_FAILS,
+                object=name,
+                function=f.old_name,
+                then=[pc.msg("klp_patch_object", obj=name), *kmsg_then[:0]],
+            )
 
     def target_module(self, name: str, path: str) -> tuple[ElfModule, KernelSymbols] | None:
         cache: dict[str, Any] = self.target.cache.setdefault("patched_modules", {})
@@ -830,12 +970,18 @@ class LivepatchCheck:
     @staticmethod
     def module_candidates(elf: ElfModule, name: str | None) -> list[dict[str, Any]]:
         syms = elf.symbols
-        out = []
+        out: list[dict[str, Any]] = []
         for i, n in enumerate(elf.symbol_names):
             if n == name and 0 < int(syms["st_shndx"][i]) < C.SHN_LORESERVE:
                 nd = int(syms["st_shndx"][i])
-                out.append({"sympos": len(out) + 1, "section": elf.sections[nd].name,
-                            "offset": hex(int(syms["st_value"][i])), "size": int(syms["st_size"][i])})
+                out.append(
+                    {
+                        "sympos": len(out) + 1,
+                        "section": elf.sections[nd].name,
+                        "offset": hex(int(syms["st_value"][i])),
+                        "size": int(syms["st_size"][i]),
+                    }
+                )
         return out
 
 

@@ -10,8 +10,6 @@ recorded in :attr:`Target.missing` so that the checks needing it report
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .. import compress
 from .. import constants as C
 from ..errors import InputError, KlpError, SymbolFileError
 from ..symbols import KernelSymbols, parse_symbol_text, symbols_from_elf
@@ -50,34 +49,8 @@ def module_kernel_name(filename: str) -> str:
 
 
 def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -> bytes:
-    """A file's bytes, decompressed when it is gzip, xz or zstd."""
-    try:
-        from ..compress import read_input as core_read  # provided by the cli branch once merged
-
-        return core_read(os.fspath(path), limit=limit, what=what)  # type: ignore[no-any-return]
-    except ImportError:
-        pass
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        elif data[:6] == b"\xfd7zXZ\x00":
-            data = lzma.decompress(data)
-        elif data[:4] == b"\x28\xb5\x2f\xfd":
-            try:
-                import zstandard  # type: ignore[import-not-found]
-            except ImportError:
-                raise InputError(f"{what} {path} is zstd-compressed; install 'zstandard' to read it") from None
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise InputError(f"{what} {path}: bad compressed data: {exc}") from exc
-    if len(data) > limit:
-        raise InputError(f"{what} {path} is larger than {limit} bytes")
-    return data
+    """A file's bytes, decompressed when it is gzip, xz or zstd (the core's bounded reader)."""
+    return compress.read_input(path, limit=limit, what=what)
 
 
 class Target:
@@ -98,8 +71,14 @@ class Target:
         if self._release_hint:
             return self._release_hint
         found: dict[str, int] = {}
-        for pattern in ("lib/modules/*", "boot/System.map-*", "boot/config-*", "usr/lib/debug/boot/vmlinux-*",
-                        "usr/src/linux-headers-*", "boot/symvers-*"):
+        for pattern in (
+            "lib/modules/*",
+            "boot/System.map-*",
+            "boot/config-*",
+            "usr/lib/debug/boot/vmlinux-*",
+            "usr/src/linux-headers-*",
+            "boot/symvers-*",
+        ):
             for p in self.path.glob(pattern):
                 rel = p.name
                 for prefix in ("System.map-", "config-", "vmlinux-", "linux-headers-", "symvers-"):
@@ -114,8 +93,9 @@ class Target:
         if found:
             best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
             if len(best) > 1:
-                self.notes.append(f"several kernel releases under {self.path}: {', '.join(k for k, _ in best)}; "
-                                  f"using {best[0][0]}")
+                self.notes.append(
+                    f"several kernel releases under {self.path}: {', '.join(k for k, _ in best)}; using {best[0][0]}"
+                )
             return best[0][0]
         for name in ("release", "kernel.release", "include/config/kernel.release"):
             p = self.path / name
@@ -144,8 +124,14 @@ class Target:
     # ----------------------------------------------------------- config
     @cached_property
     def config_path(self) -> Path | None:
-        p = self._first("boot/config-{rel}", "usr/src/linux-headers-{rel}/.config", "lib/modules/{rel}/build/.config",
-                        "config", ".config", "config.gz")
+        p = self._first(
+            "boot/config-{rel}",
+            "usr/src/linux-headers-{rel}/.config",
+            "lib/modules/{rel}/build/.config",
+            "config",
+            ".config",
+            "config.gz",
+        )
         if p is None and str(self.path) == "/" and Path("/proc/config.gz").is_file():
             p = Path("/proc/config.gz")
         if p is None:
@@ -193,8 +179,13 @@ class Target:
     @cached_property
     def system_map_path(self) -> Path | None:
         placeholder = None
-        for cand in ("usr/lib/debug/boot/System.map-{rel}", "boot/System.map-{rel}", "lib/modules/{rel}/System.map",
-                     "System.map", "System.map.gz"):
+        for cand in (
+            "usr/lib/debug/boot/System.map-{rel}",
+            "boot/System.map-{rel}",
+            "lib/modules/{rel}/System.map",
+            "System.map",
+            "System.map.gz",
+        ):
             p = self._first(cand)
             if p is None:
                 continue
@@ -208,8 +199,13 @@ class Target:
 
     @cached_property
     def vmlinux_path(self) -> Path | None:
-        p = self._first("usr/lib/debug/boot/vmlinux-{rel}", "usr/lib/debug/lib/modules/{rel}/vmlinux",
-                        "lib/modules/{rel}/build/vmlinux", "boot/vmlinux-{rel}", "vmlinux")
+        p = self._first(
+            "usr/lib/debug/boot/vmlinux-{rel}",
+            "usr/lib/debug/lib/modules/{rel}/vmlinux",
+            "lib/modules/{rel}/build/vmlinux",
+            "boot/vmlinux-{rel}",
+            "vmlinux",
+        )
         if p is not None:
             with open(p, "rb") as fh:
                 if fh.read(4) != C.ELFMAG:
@@ -236,14 +232,15 @@ class Target:
         """vmlinux symbols (and loaded modules for a kallsyms dump), read once."""
         try:
             if self.kallsyms_path is not None:
-                return parse_symbol_text(read_input(self.kallsyms_path, "kallsyms").decode("utf-8", "replace"),
-                                         str(self.kallsyms_path))
+                return parse_symbol_text(
+                    read_input(self.kallsyms_path, "kallsyms").decode("utf-8", "replace"), str(self.kallsyms_path)
+                )
             if self.system_map_path is not None:
-                return parse_symbol_text(read_input(self.system_map_path, "System.map").decode("utf-8", "replace"),
-                                         str(self.system_map_path))
+                return parse_symbol_text(
+                    read_input(self.system_map_path, "System.map").decode("utf-8", "replace"), str(self.system_map_path)
+                )
             if self.vmlinux_path is not None:
-                return symbols_from_elf(read_input(self.vmlinux_path, "vmlinux", limit=4 << 30),
-                                        str(self.vmlinux_path))
+                return symbols_from_elf(read_input(self.vmlinux_path, "vmlinux", limit=4 << 30), str(self.vmlinux_path))
         except SymbolFileError as exc:
             self.missing["symbols"] = str(exc)
             return None
@@ -253,9 +250,14 @@ class Target:
     # ---------------------------------------------------------- symvers
     @cached_property
     def symvers_path(self) -> Path | None:
-        p = self._first("usr/src/linux-headers-{rel}/Module.symvers", "boot/symvers-{rel}.gz",
-                        "lib/modules/{rel}/symvers.gz", "lib/modules/{rel}/build/Module.symvers",
-                        "Module.symvers", "symvers.gz")
+        p = self._first(
+            "usr/src/linux-headers-{rel}/Module.symvers",
+            "boot/symvers-{rel}.gz",
+            "lib/modules/{rel}/symvers.gz",
+            "lib/modules/{rel}/build/Module.symvers",
+            "Module.symvers",
+            "symvers.gz",
+        )
         if p is None:
             found = sorted(self.path.glob("symvers-*.gz"))
             p = found[0] if found else None
@@ -356,8 +358,10 @@ class Target:
             parts.append("mod_unload")
         if cfg.get("CONFIG_MODVERSIONS") == "y":
             parts.append("modversions")
-        self.notes.append("vermagic built from the release and config (no in-tree module read); "
-                          "architecture-specific parts are not included")
+        self.notes.append(
+            "vermagic built from the release and config (no in-tree module read); "
+            "architecture-specific parts are not included"
+        )
         return " ".join(parts) + " "
 
     def describe(self) -> dict[str, object]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from elfbuild import Obj, Rela, Sec, Sym  # noqa: E402
+from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import constants as C  # noqa: E402
+from klpcore import constants as C
 
 EM_X86_64 = 62
 R_64, R_PLT32 = 1, 4
@@ -211,8 +211,9 @@ def vmlinux() -> bytes:
         link = 4 if t == C.SHT_SYMTAB else 0
         out += struct.pack("<IIQQQQIIQQ", names[i], t, 0, a, offs[i], len(d), link, 0, 8, 24 if link else 0)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    out[0:64] = ident + struct.pack("<HHIQQQIHHHHHH", C.ET_EXEC, EM_X86_64, 1, 0, 0, shoff, 0, 64, 0, 0, 64,
-                                    len(sections) + 1, len(sections))
+    out[0:64] = ident + struct.pack(
+        "<HHIQQQIHHHHHH", C.ET_EXEC, EM_X86_64, 1, 0, 0, shoff, 0, 64, 0, 0, 64, len(sections) + 1, len(sections)
+    )
     return bytes(out)
 
 
@@ -229,9 +230,17 @@ CONFIG = {
 }
 
 
-def make_target(root: Path, *, layout: str = "installed", config: dict[str, str | None] | None = None,
-                symvers: bool = True, system_map: bool = True, vmlinux_elf: bool = True,
-                tree: dict[str, Mod] | None = None, placeholder: bool = True) -> Path:
+def make_target(
+    root: Path,
+    *,
+    layout: str = "installed",
+    config: dict[str, str | None] | None = None,
+    symvers: bool = True,
+    system_map: bool = True,
+    vmlinux_elf: bool = True,
+    tree: dict[str, Mod] | None = None,
+    placeholder: bool = True,
+) -> Path:
     """A target kernel directory; ``layout`` is "installed" (extracted packages) or "flat"."""
     cfg = dict(CONFIG)
     for k, v in (config or {}).items():

@@ -75,15 +75,18 @@ def test_module_layout_missing_entry_warns(tmp_path: Path) -> None:
 
 
 def test_no_versions_force_load_taints(tmp_path: Path) -> None:
-    verdict, findings = run(tmp_path, Mod("nover", imports=["printk"], no_versions=True,
-                                          vermagic="6.1.0-9-amd64 SMP preempt mod_unload modversions "))
+    verdict, findings = run(
+        tmp_path,
+        Mod(
+            "nover", imports=["printk"], no_versions=True, vermagic="6.1.0-9-amd64 SMP preempt mod_unload modversions "
+        ),
+    )
     assert verdict == "loads"
     assert "nover: module_layout: kernel tainted." in kmsgs(findings)
 
 
 def test_no_versions_without_force_load_refused(tmp_path: Path) -> None:
-    verdict, findings = run(tmp_path, Mod("nover", no_versions=True),
-                            config={"CONFIG_MODULE_FORCE_LOAD": None})
+    verdict, findings = run(tmp_path, Mod("nover", no_versions=True), config={"CONFIG_MODULE_FORCE_LOAD": None})
     assert verdict == "refused"
     assert errors(findings)[0].check == "modversions"
 
@@ -98,8 +101,9 @@ def test_vermagic_mismatch(tmp_path: Path) -> None:
     magic = "6.1.0-9-amd64 SMP mod_unload modversions "
     verdict, findings = run(tmp_path, Mod("vm", vermagic=magic))
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == [f"vm: version magic '{magic}' should be '6.1.0-9-amd64 SMP preempt mod_unload "
-                                       "modversions '"]
+    assert kmsgs(errors(findings)) == [
+        f"vm: version magic '{magic}' should be '6.1.0-9-amd64 SMP preempt mod_unload modversions '"
+    ]
 
 
 def test_vermagic_release_compared_without_versions(tmp_path: Path) -> None:
@@ -156,8 +160,9 @@ def test_namespace_not_imported(tmp_path: Path) -> None:
 
 
 def test_namespace_allowed_missing_is_warning(tmp_path: Path) -> None:
-    verdict, findings = run(tmp_path, Mod("ns", imports=["ns_fn"]),
-                            config={"CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS": "y"})
+    verdict, findings = run(
+        tmp_path, Mod("ns", imports=["ns_fn"]), config={"CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS": "y"}
+    )
     assert verdict == "loads"
     assert any(f.severity == "warning" and "MY_NS" in (f.kernel_message or "") for f in findings)
 
@@ -170,9 +175,12 @@ def test_duplicate_export(tmp_path: Path) -> None:
 
 def test_dependency_exports_feed_resolution(tmp_path: Path) -> None:
     lib = Mod("helper_lib", exports=["helper_fn"], functions=["helper_fn"], modinfo={"intree": "Y"})
-    user = Mod("user", imports=["helper_fn"], versions={"module_layout": EXPORTS["module_layout"][0],
-                                                        "helper_fn": 0x66666666},
-               modinfo={"depends": "helper-lib"})
+    user = Mod(
+        "user",
+        imports=["helper_fn"],
+        versions={"module_layout": EXPORTS["module_layout"][0], "helper_fn": 0x66666666},
+        modinfo={"depends": "helper-lib"},
+    )
     verdict, findings = run(tmp_path, user, tree={"lib/helper-lib.ko": lib})
     assert verdict == "loads", findings
     assert any("loaded first: helper_lib" in f.message for f in findings)
@@ -219,9 +227,7 @@ def test_livepatch_loads(tmp_path: Path) -> None:
 def test_livepatch_without_config_livepatch(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("cmdline_proc_show", 0)]}), config={"CONFIG_LIVEPATCH": None})
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == [
-        "lp: module is marked as livepatch module, but livepatch support is disabled"
-    ]
+    assert kmsgs(errors(findings)) == ["lp: module is marked as livepatch module, but livepatch support is disabled"]
 
 
 def test_patch_without_livepatch_modinfo(tmp_path: Path) -> None:
@@ -273,8 +279,11 @@ def test_ftrace_not_checked_without_vmlinux(tmp_path: Path) -> None:
 
 
 def test_module_object(tmp_path: Path) -> None:
-    tree = {"drivers/target-mod.ko": Mod("target_mod", functions=["tfunc", "quiet"], notrace=["quiet"],
-                                         modinfo={"intree": "Y"})}
+    tree = {
+        "drivers/target-mod.ko": Mod(
+            "target_mod", functions=["tfunc", "quiet"], notrace=["quiet"], modinfo={"intree": "Y"}
+        )
+    }
     verdict, findings = run(tmp_path, lp({"target_mod": [("tfunc", 0)]}), tree=tree)
     assert verdict == "loads", findings
     verdict, findings = run(tmp_path, lp({"target_mod": [("gone", 0)]}))
@@ -312,8 +321,7 @@ def test_flat_target_and_placeholder(tmp_path: Path) -> None:
 
 
 def test_missing_files_are_not_checked(tmp_path: Path) -> None:
-    verdict, findings = run(tmp_path, Mod("m", imports=["printk"]), symvers=False, system_map=False,
-                            vmlinux_elf=False)
+    verdict, findings = run(tmp_path, Mod("m", imports=["printk"]), symvers=False, system_map=False, vmlinux_elf=False)
     assert verdict == "loads"
     checks = {f.check for f in findings if f.severity == "not-checked"}
     assert {"modversions", "symbols", "relocations"} <= checks
@@ -329,8 +337,18 @@ def test_cli_table_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     make_target(tmp_path / "t2", config={"CONFIG_LIVEPATCH": None})
     ko = tmp_path / "lp.ko"
     ko.write_bytes(lp({None: [("cmdline_proc_show", 0)]}).build())
-    rc = main(["check", str(ko), "--target", str(tmp_path / "t1"), "--target", str(tmp_path / "t2"),
-               "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "check",
+            str(ko),
+            "--target",
+            str(tmp_path / "t1"),
+            "--target",
+            str(tmp_path / "t2"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 1
     out = capsys.readouterr().out
     assert "verdict" in out.splitlines()[0]
