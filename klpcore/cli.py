@@ -491,6 +491,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for s in mod.elf.rela_sections()
         ],
     }
+    from .check.patches import read_patch
+
+    patch = read_patch(mod.elf)
+    data["patch_producer"] = patch.producer
+    data["patched_functions"] = [
+        {"object": o.label, "old_name": f.old_name, "sympos": f.sympos, "replacement": f.new_func}
+        for o, f in patch.functions
+    ]
     if _json_destination(args):
         emit_json(args, data, warnings=klp.warnings)
         return EXIT_OK
@@ -522,6 +530,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ],
         ("index", "section", "target", "entries", "types"),
     )
+    if patch.functions:
+        print(f"\npatched functions ({patch.producer})")
+        _table(
+            [(r["object"], r["old_name"], r["sympos"], r["replacement"]) for r in data["patched_functions"]],
+            ("object", "old_name", "sympos", "replacement"),
+        )
     _print_diags(klp.warnings)
     return EXIT_OK
 

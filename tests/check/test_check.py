@@ -363,3 +363,96 @@ def test_cli_table_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     rc = main(["check", str(ko), str(ko), "--target", str(tmp_path / "t1"), "--json", "-"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(doc["modules"]) == 2
+
+
+def _klp_build_module(objs_sec: str, funcs_sec: str) -> bytes:
+    from elfbuild import Obj, Rela, Sec, Sym
+
+    from klpcore import constants as C
+
+    text = Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(32), align=16)
+    strings = b"\0target_mod\0tfunc\0cmdline_proc_show\0"
+    objs = bytearray(128)
+    objs[56:60] = (1).to_bytes(4, "little")
+    objs[64 + 56 : 64 + 60] = (1).to_bytes(4, "little")
+    funcs = bytearray(48)
+    funcs[16:24] = (0).to_bytes(8, "little")
+    funcs[24 + 16 : 24 + 24] = (2).to_bytes(8, "little")
+    secs = [
+        text,
+        Sec(".klp.strings", flags=C.SHF_ALLOC, data=strings),
+        Sec(objs_sec, flags=C.SHF_ALLOC, data=bytes(objs), align=8),
+        Sec(funcs_sec, flags=C.SHF_ALLOC, data=bytes(funcs), align=8),
+    ]
+    syms = [
+        Sym(".klp.strings", ".klp.strings", 0, C.STB_LOCAL, C.STT_SECTION),
+        Sym(funcs_sec, funcs_sec, 0, C.STB_LOCAL, C.STT_SECTION),
+        Sym("new_a", ".text", 0, C.STB_LOCAL, C.STT_FUNC, 16),
+        Sym("new_b", ".text", 16, C.STB_LOCAL, C.STT_FUNC, 16),
+    ]
+    relas = [
+        Rela(objs_sec, 8, 1, funcs_sec, 0),  # vmlinux object: no name
+        Rela(objs_sec, 64, 1, ".klp.strings", 1),
+        Rela(objs_sec, 72, 1, funcs_sec, 24),
+        Rela(funcs_sec, 0, 1, ".klp.strings", 18),
+        Rela(funcs_sec, 8, 1, "new_a"),
+        Rela(funcs_sec, 24, 1, ".klp.strings", 12),
+        Rela(funcs_sec, 32, 1, "new_b"),
+    ]
+    return Obj(62, sections=secs, symbols=syms, relas=relas, modinfo={"livepatch": "Y"}).build()
+
+
+@pytest.mark.parametrize("names", [(".init.klp_objects", ".init.klp_funcs"), ("__klp_objects", "__klp_funcs")])
+def test_klp_build_layout(names: tuple[str, str]) -> None:
+    info = read_patch(ElfModule(_klp_build_module(*names), path="x.ko"))
+    assert info.producer == "klp-build"
+    assert [(o.name, f.old_name, f.sympos, f.new_func) for o, f in info.functions] == [
+        (None, "cmdline_proc_show", 0, "new_a"),
+        ("target_mod", "tfunc", 2, "new_b"),
+    ]
+
+
+def test_kpatch_layout() -> None:
+    from elfbuild import Obj, Rela, Sec, Sym
+
+    from klpcore import constants as C
+
+    strings = b"\0vmlinux\0cmdline_proc_show\0"
+    data = bytearray(56)
+    data[32:40] = (3).to_bytes(8, "little")
+    secs = [
+        Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(16), align=16),
+        Sec(".kpatch.strings", flags=C.SHF_ALLOC, data=strings),
+        Sec(".kpatch.funcs", flags=C.SHF_ALLOC, data=bytes(data), align=8),
+    ]
+    syms = [
+        Sym(".kpatch.strings", ".kpatch.strings", 0, C.STB_LOCAL, C.STT_SECTION),
+        Sym("cmdline_proc_show", ".text", 0, C.STB_LOCAL, C.STT_FUNC, 16),
+    ]
+    relas = [
+        Rela(".kpatch.funcs", 0, 1, "cmdline_proc_show"),
+        Rela(".kpatch.funcs", 40, 1, ".kpatch.strings", 9),
+        Rela(".kpatch.funcs", 48, 1, ".kpatch.strings", 1),
+    ]
+    elf = ElfModule(Obj(62, sections=secs, symbols=syms, relas=relas).build(), path="k.ko")
+    info = read_patch(elf)
+    assert info.producer == "kpatch"
+    assert [(o.label, f.old_name, f.sympos, f.new_func) for o, f in info.functions] == [
+        ("vmlinux", "cmdline_proc_show", 3, "cmdline_proc_show")
+    ]
+
+
+def test_inspect_shows_patched_functions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ko = tmp_path / "lp.ko"
+    ko.write_bytes(lp({None: [("cmdline_proc_show", 0)], "target_mod": [("tfunc", 2)]}).build())
+    assert main(["inspect", str(ko), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["patched_functions"] == [
+        {
+            "object": "vmlinux",
+            "old_name": "cmdline_proc_show",
+            "sympos": 0,
+            "replacement": "new_vmlinux_cmdline_proc_show",
+        },
+        {"object": "target_mod", "old_name": "tfunc", "sympos": 2, "replacement": "new_target_mod_tfunc"},
+    ]
