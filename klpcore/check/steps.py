@@ -304,6 +304,8 @@ class PairCheck:
                     self.msg("vermagic", name=info.name, modmagic=info.vermagic, vermagic=magic),
                 )
                 raise Stop
+        if not info.intree:
+            self.add("taint", "warning", "out-of-tree module taints the kernel", self.msg("taint_oot", name=info.name))
         if info.livepatch:
             lp = self.target.config_bool("CONFIG_LIVEPATCH")
             if lp is None:
@@ -320,8 +322,6 @@ class PairCheck:
                     "taints the kernel (TAINT_LIVEPATCH)",
                     self.msg("taint_livepatch", name=info.name),
                 )
-        if not info.intree:
-            self.add("taint", "warning", "out-of-tree module taints the kernel", self.msg("taint_oot", name=info.name))
         if not info.gpl_compatible:
             self.add(
                 "license",
