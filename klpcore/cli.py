@@ -584,6 +584,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ],
         "kernel_rules": kernel_summary(loader.kernel, loader.settings(mod)),
     }
+    from .check.patches import read_patch
+
+    patch = read_patch(mod.elf)
+    data["patch_producer"] = patch.producer
+    data["patched_functions"] = [
+        {"object": o.label, "old_name": f.old_name, "sympos": f.sympos, "replacement": f.new_func}
+        for o, f in patch.functions
+    ]
     if _json_destination(args):
         emit_json(args, data, warnings=klp.warnings)
         return EXIT_OK
@@ -616,6 +624,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ],
         ("index", "section", "target", "entries", "types"),
     )
+    if patch.functions:
+        print(f"\npatched functions ({patch.producer})")
+        _table(
+            [(r["object"], r["old_name"], r["sympos"], r["replacement"]) for r in data["patched_functions"]],
+            ("object", "old_name", "sympos", "replacement"),
+        )
     _print_diags(klp.warnings)
     return EXIT_OK
 
@@ -873,6 +887,25 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     print(kernel_line(loaded.kernel, loaded.module.settings))
     _print_diags(loaded.warnings)
     return EXIT_OK
+
+
+def _check_args(sp: argparse.ArgumentParser) -> None:
+    from .check.command import add_arguments
+
+    add_arguments(sp)
+
+
+@command(
+    "check",
+    help="judge whether modules load on target kernels (and whether a livepatch applies)",
+    description="Run the kernel's load sequence for each MODULE on each --target kernel directory.",
+    arguments=_check_args,
+)
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check.command import run
+
+    options = _kernel(argparse.Namespace(kernel="newest", kernel_option=args.kernel_option)).options
+    return run(args, options)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""``klpcore check``: will this (livepatch) module load on these kernels, and will the patch apply?
+
+Parts: :mod:`.target` (find a kernel's files in a directory, read lazily),
+:mod:`.modinfo` (what a module declares), :mod:`.steps` (the kernel's load
+sequence, in its order), :mod:`.patches` (the patched functions of a livepatch
+module), :mod:`.kmsg` (kernel messages by version), :mod:`.report` (verdicts,
+text and JSON).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .patches import PatchInfo, read_patch
+from .report import LOADS, PairResult, json_report, write_text
+from .steps import PATCH_FAILS, REFUSED, Finding, PairCheck
+from .target import Target
+
+
+def check_pair(module: str, target: Target, kernel_options: dict[str, Any] | None = None) -> PairResult:
+    """Judge one module file on one target."""
+    start = time.perf_counter()
+    pc = PairCheck(target, module, kernel_options=kernel_options)
+    findings = pc.run()
+    return PairResult(
+        module=module,
+        name=pc.name,
+        target=target.label,
+        release=target.release,
+        findings=findings,
+        patched=pc.patched,
+        files=target.describe(),
+        missing=dict(target.missing),
+        notes=list(target.notes),
+        seconds=time.perf_counter() - start,
+    )
+
+
+__all__ = [
+    "LOADS",
+    "PATCH_FAILS",
+    "REFUSED",
+    "Finding",
+    "PairResult",
+    "PatchInfo",
+    "Target",
+    "check_pair",
+    "json_report",
+    "read_patch",
+    "write_text",
+]

@@ -1,0 +1,73 @@
+"""The kernel's messages for each load step, keyed by the kernel version that prints them.
+
+Each key maps to rows ``(since, template)``; :func:`kmsg` picks the newest row
+whose ``since`` is not after the target version.  Templates use ``str.format``
+fields.  Sources: ``kernel/module/main.c``, ``kernel/module/version.c``,
+``kernel/livepatch/core.c`` and ``kernel/livepatch/patch.c`` of Linux 6.1.20
+and 6.19.0 (identical wording unless a second row says otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Version = tuple[int, int]
+
+#: key -> rows of (first version with this wording, template)
+MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
+    # elf_validity_check / elf_validity_cache_copy
+    "elf_len": [((0, 0), "Invalid ELF header len {len}")],
+    "elf_magic": [((0, 0), "Invalid ELF header magic: != \\x7fELF")],
+    "elf_type": [((0, 0), "Invalid ELF header type: {etype} != 1")],
+    "elf_arch": [((0, 0), "Invalid architecture in ELF header: {machine}")],
+    # setup_load_info
+    "no_symbols": [((0, 0), "{name}: module has no symbols (stripped?)")],
+    "no_module": [((0, 0), "{name}: No module found in object")],
+    # check_version / try_to_force_load
+    "disagrees": [((0, 0), "{name}: disagrees about version of symbol {sym}")],
+    "no_version": [((0, 0), "{name}: no symbol version for {sym}")],
+    # extended modversions (__version_ext_crcs/__version_ext_names) arrived after 6.1; 6.15 per the
+    # merge of "modules: Support extended MODVERSIONS info" (release UNCONFIRMED, present in 6.19)
+    "no_ext_version": [((6, 15), "{name}: no extended symbol version for {sym}")],
+    "force_taint": [((0, 0), "{name}: {reason}: kernel tainted.")],
+    # check_modinfo
+    "vermagic": [((0, 0), "{name}: version magic '{modmagic}' should be '{vermagic}'")],
+    "livepatch_disabled": [((0, 0), "{name}: module is marked as livepatch module, but livepatch support is disabled")],
+    "taint_livepatch": [((0, 0), "{name}: tainting kernel with TAINT_LIVEPATCH")],
+    "taint_oot": [((0, 0), "{name}: loading out-of-tree module taints kernel.")],
+    "taint_license": [((0, 0), "{name}: module license '{license}' taints kernel.")],
+    "taint_unsigned": [
+        ((0, 0), "{name}: module verification failed: signature and/or required key missing - tainting kernel")
+    ],
+    # simplify_symbols / resolve_symbol
+    "unknown_symbol": [((0, 0), "{name}: Unknown symbol {sym} (err {err})")],
+    "namespace": [((0, 0), "{name}: module uses symbol ({sym}) from namespace {ns}, but does not import it.")],
+    "common": [((0, 0), "{name}: please compile with -fno-common")],
+    # complete_formation / verify_exported_symbols
+    "duplicate_export": [((0, 0), "{name}: exports duplicate symbol {sym} (owned by {owner})")],
+    # klp_enable_patch / klp_init_* / klp_patch_func
+    "not_livepatch": [((0, 0), "module {name} is not marked as a livepatch module")],
+    "klp_not_found": [((0, 0), "symbol '{sym}' not found in symbol table")],
+    "klp_ambiguous": [((0, 0), "unresolvable ambiguity for symbol '{sym}' in object '{obj}'")],
+    "klp_sympos": [((0, 0), "symbol position {pos} for symbol '{sym}' in object '{obj}' not found")],
+    "klp_ftrace": [((0, 0), "failed to find location for function '{sym}'")],
+    "klp_patch_object": [((0, 0), "failed to patch object '{obj}'")],
+    "klp_enable": [((0, 0), "failed to enable patch '{name}'")],
+    "klp_coming": [((0, 0), "failed to initialize patch '{name}' for module '{obj}' ({err})")],
+    "klp_refuse_module": [((0, 0), "patch '{name}' failed for module '{obj}', refusing to load module '{obj}'")],
+}
+
+
+def kmsg(key: str, version: Version, **fields: object) -> str:
+    """The message ``key`` as the kernel of ``version`` prints it."""
+    rows = MESSAGES[key]
+    chosen = rows[0][1]
+    for since, template in rows:
+        if version >= since:
+            chosen = template
+    return chosen.format(**fields)
+
+
+def has_message(key: str, version: Version) -> bool:
+    """Whether the kernel of ``version`` has message ``key`` at all."""
+    return any(version >= since for since, _ in MESSAGES[key])

@@ -1,0 +1,156 @@
+"""What a module declares about itself: ``.modinfo``, ``__versions``, exports.
+
+Read from the module's ELF with the core's :class:`~klpcore.elf.ElfModule`;
+nothing here applies relocations.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .. import constants as C
+from ..elf import ElfModule
+
+#: ``struct modversion_info``: ``unsigned long crc; char name[MODULE_NAME_LEN]`` (64-bit)
+MODVERSION_SIZE = 64
+MODULE_NAME_LEN = 56
+SIGNATURE_MARKER = b"~Module signature appended~\n"
+GPL_COMPATIBLE = ("GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL")
+
+
+def license_is_gpl_compatible(text: str) -> bool:
+    """``license_is_gpl_compatible`` (include/linux/license.h)."""
+    return text in GPL_COMPATIBLE
+
+
+@dataclass
+class Export:
+    name: str
+    gpl: bool
+
+
+@dataclass
+class ModInfo:
+    """The facts the load steps need about one module file."""
+
+    path: str
+    elf: ElfModule
+    name: str
+    modinfo: dict[str, list[str]]
+    #: ``__versions`` entries (symbol -> CRC); ``None`` when the section is absent
+    versions: dict[str, int] | None
+    #: ``__version_ext_names``/``__version_ext_crcs``; ``None`` when absent
+    ext_versions: dict[str, int] | None
+    exports: list[Export] = field(default_factory=list)
+    has_kcrctab: bool = False
+    has_gpl_kcrctab: bool = False
+    has_this_module: bool = True
+    signed: bool = False
+
+    def first(self, key: str) -> str | None:
+        values = self.modinfo.get(key)
+        return values[0] if values else None
+
+    @property
+    def vermagic(self) -> str | None:
+        return self.first("vermagic")
+
+    @property
+    def license(self) -> str | None:
+        return self.first("license")
+
+    @property
+    def depends(self) -> list[str]:
+        value = self.first("depends") or ""
+        return [d for d in value.split(",") if d]
+
+    @property
+    def import_ns(self) -> list[str]:
+        return list(self.modinfo.get("import_ns", []))
+
+    @property
+    def livepatch(self) -> bool:
+        return "livepatch" in self.modinfo
+
+    @property
+    def intree(self) -> bool:
+        return "intree" in self.modinfo
+
+    @property
+    def gpl_compatible(self) -> bool:
+        return license_is_gpl_compatible(self.license or "unspecified")
+
+
+def read_modinfo(elf: ElfModule, path: str, raw: bytes | None = None) -> ModInfo:
+    """Collect ``.modinfo``, ``__versions`` and exports of ``elf``."""
+    versions = _versions(elf)
+    ext = _ext_versions(elf)
+    exports: list[Export] = []
+    sec_names = [s.name for s in elf.sections]
+    shndx = elf.symbols["st_shndx"].tolist()
+    for i, sym in enumerate(elf.symbol_names):
+        if not sym.startswith("__ksymtab_"):
+            continue
+        nd = shndx[i]
+        if not 0 < nd < len(sec_names):
+            continue
+        sec = sec_names[nd]
+        if sec in ("__ksymtab", "__ksymtab_gpl") or sec.startswith(("___ksymtab+", "___ksymtab_gpl+")):
+            exports.append(Export(sym[len("__ksymtab_") :], "gpl" in sec))
+    data = raw if raw is not None else elf.data
+    modinfo = elf.modinfo
+    name = (modinfo.get("name") or [""])[-1] or elf.name
+    return ModInfo(
+        path=path,
+        elf=elf,
+        name=name,
+        modinfo=modinfo,
+        versions=versions,
+        ext_versions=ext,
+        exports=exports,
+        has_kcrctab=elf.section_by_name("__kcrctab") is not None,
+        has_gpl_kcrctab=elf.section_by_name("__kcrctab_gpl") is not None,
+        has_this_module=elf.section_by_name(".gnu.linkonce.this_module") is not None,
+        signed=data.endswith(SIGNATURE_MARKER),
+    )
+
+
+def _versions(elf: ElfModule) -> dict[str, int] | None:
+    sec = elf.section_by_name("__versions")
+    if sec is None:
+        return None
+    data = elf.section_data(sec.index)
+    fmt = elf.endian + "Q"
+    out: dict[str, int] = {}
+    for off in range(0, len(data) - MODVERSION_SIZE + 1, MODVERSION_SIZE):
+        (crc,) = struct.unpack_from(fmt, data, off)
+        raw = data[off + 8 : off + MODVERSION_SIZE]
+        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        out.setdefault(name, crc)  # check_version stops at the first entry of that name
+    return out
+
+
+def _ext_versions(elf: ElfModule) -> dict[str, int] | None:
+    crcs = elf.section_by_name("__version_ext_crcs")
+    names = elf.section_by_name("__version_ext_names")
+    if crcs is None or names is None:
+        return None
+    cdata = elf.section_data(crcs.index)
+    ndata = elf.section_data(names.index)
+    values = struct.unpack_from(f"{elf.endian}{len(cdata) // 4}I", cdata)
+    out: dict[str, int] = {}
+    for name, crc in zip(ndata.split(b"\0"), values, strict=False):
+        out.setdefault(name.decode("utf-8", "replace"), crc)
+    return out
+
+
+def undefined_symbols(elf: ElfModule) -> list[tuple[int, str, bool]]:
+    """``(index, name, weak)`` of every ``SHN_UNDEF`` symbol, in symtab order."""
+    shndx = elf.symbols["st_shndx"].tolist()
+    info = elf.symbols["st_info"].tolist()
+    out = []
+    for i in range(1, elf.nsyms):
+        if shndx[i] == C.SHN_UNDEF:
+            out.append((i, elf.symbol_names[i], (info[i] >> 4) == C.STB_WEAK))
+    return out
