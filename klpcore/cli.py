@@ -905,7 +905,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check.command import run
 
     options = _kernel(argparse.Namespace(kernel="newest", kernel_option=args.kernel_option)).options
-    return run(args, options)
+    return run(args, options, lambda doc, code: emit_json(args, doc, code))
 
 
 # ---------------------------------------------------------------------------
@@ -922,8 +922,8 @@ def _argv_flag(argv: Sequence[str], flag: str) -> bool:
 
 def _argv_json_destination(argv: Sequence[str]) -> str | None:
     """The JSON destination when parsing failed: ``--json`` (stdout) or
-    ``apply --json REPORT``."""
-    is_apply = "apply" in argv
+    ``apply --json REPORT`` / ``check --json REPORT``."""
+    is_apply = "apply" in argv or "check" in argv
     for k, a in enumerate(argv):
         if a == "--":
             break

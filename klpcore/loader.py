@@ -1053,13 +1053,18 @@ def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(state)
 
 
-_PM_CACHE: list[pluggy.PluginManager] = []
+#: the environment variables that choose the plugins (see :mod:`klpcore.plugins`)
+_PLUGIN_ENV = ("KLPCORE_LOAD_PLUGINS", "KLPCORE_DISABLE_PLUGIN_AUTOLOAD", "KLPCORE_PLUGINS", "KLPCORE_TRACE_PLUGINS")
+_PM_CACHE: dict[tuple[str | None, ...], pluggy.PluginManager] = {}
 
 
 def default_plugin_manager() -> pluggy.PluginManager:
-    if not _PM_CACHE:
-        _PM_CACHE.append(get_plugin_manager())
-    return _PM_CACHE[0]
+    """The installed plugins, built once per plugin-choosing environment."""
+    key = tuple(os.environ.get(k) for k in _PLUGIN_ENV)
+    pm = _PM_CACHE.get(key)
+    if pm is None:
+        pm = _PM_CACHE[key] = get_plugin_manager()
+    return pm
 
 
 def examples(pm: pluggy.PluginManager | None = None) -> dict[str, Example]:

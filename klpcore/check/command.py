@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
@@ -76,7 +76,9 @@ def _targets(specs: list[str]) -> list[Target]:
     return out
 
 
-def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
+def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[str, Any], int], None]) -> int:
+    """Judge every (module, target) pair; ``emit(document, exit_code)`` writes
+    the JSON report (the CLI's schema-1 envelope) when ``--json`` is given."""
     for m in args.modules:
         if not os.path.isfile(m):
             raise InputError(f"{m}: no such module file")
@@ -94,13 +96,9 @@ def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
     _progress("")
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
+    code = 0 if all(p.verdict == LOADS for group in results for p in group) else 1
     if args.report:
-        text = json.dumps(json_report(results), indent=2) + "\n"
-        if args.report == "-":
-            sys.stdout.write(text)
-        else:
-            with open(args.report, "w") as fh:
-                fh.write(text)
+        emit(json_report(results), code)
     if args.report != "-":
         write_text(results, verbose=args.verbose)
-    return 0 if all(p.verdict == LOADS for group in results for p in group) else 1
+    return code

@@ -1,15 +1,17 @@
 """Verdicts, the text table and the JSON report (schema 1).
 
-JSON schema 1, one module::
+JSON schema 1 (inside the command line's envelope: ``schema``, ``command``,
+``ok``, ``exit_code``, ``errors``, ``warnings``; see docs/json-schema.md), one
+module::
 
-    {"schema": 1, "module": PATH, "name": NAME,
+    {"schema": 1, ..., "module": PATH, "name": NAME,
      "targets": [{"target": PATH, "release": STR|null, "verdict": "loads"|"refused"|"patch-fails",
                   "files": {...}, "missing": {WHAT: WHY}, "notes": [STR],
                   "findings": [{"check": STR, "severity": "error"|"warning"|"info"|"not-checked",
                                 "message": STR, "kernel_message": STR|null, "outcome"?: STR, ...}],
                   "patched_functions": [{"object", "old_name", "sympos", "replacement", "status", ...}]}]}
 
-Several modules: ``{"schema": 1, "modules": [<one-module object without "schema">, ...]}``.
+Several modules: ``{"schema": 1, ..., "modules": [<one-module object>, ...]}``.
 A finding may carry ``then``: the further kernel lines that follow its message.
 """
 
@@ -22,7 +24,6 @@ from typing import Any, TextIO
 from .steps import PATCH_FAILS, REFUSED, Finding
 
 LOADS = "loads"
-SCHEMA = 1
 
 
 @dataclass
@@ -72,8 +73,8 @@ def json_report(results: list[list[PairResult]]) -> dict[str, Any]:
         if pairs
     ]
     if len(mods) == 1:
-        return {"schema": SCHEMA, **mods[0]}
-    return {"schema": SCHEMA, "modules": mods}
+        return dict(mods[0])
+    return {"modules": mods}
 
 
 def _summary(r: PairResult) -> str:

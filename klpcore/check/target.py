@@ -68,6 +68,18 @@ class Target:
     # ----------------------------------------------------------- release
     @cached_property
     def release(self) -> str | None:
+        """The target's kernel release: from its files' names, else from the
+        vermagic of the modules in its tree."""
+        rel = self._file_release
+        if rel:
+            return rel
+        vm = self.tree_vermagic
+        return vm.split(" ", 1)[0] if vm else None
+
+    @cached_property
+    def _file_release(self) -> str | None:
+        """The release named by the target's files (never its module tree,
+        which is found with it)."""
         if self._release_hint:
             return self._release_hint
         found: dict[str, int] = {}
@@ -101,9 +113,6 @@ class Target:
             p = self.path / name
             if p.is_file():
                 return p.read_text(errors="replace").strip() or None
-        vm = self.tree_vermagic
-        if vm:
-            return vm.split(" ", 1)[0]
         return None
 
     @property
@@ -288,8 +297,8 @@ class Target:
     # ------------------------------------------------------ module tree
     @cached_property
     def modules_dir(self) -> Path | None:
-        if self.release:
-            d = self.path / "lib" / "modules" / self.release
+        if self._file_release:
+            d = self.path / "lib" / "modules" / self._file_release
             if d.is_dir():
                 return d
         if str(self.path) != "/" and any(self.path.glob("*.ko*")):

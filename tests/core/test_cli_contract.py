@@ -606,6 +606,11 @@ SAMPLES = {
         ["apply", "{mod}", "--base", "0x1", "-s", "{syms}", "--json", "-"],
     ],
     "disasm": [["disasm", "{mod}", "-s", "{syms}", "--json"], ["disasm", "{mod}", "--json"]],
+    "check": [
+        ["check", "{ckmod}", "--target", "{tmp}", "--json", "-"],  # loads
+        ["check", "{mod}", "--target", "{tmp}", "--json", "-"],  # refused: no .gnu.linkonce.this_module
+        ["check", "{mod}", "--target", "{junk}", "--json", "-"],  # not a directory
+    ],
 }
 
 
@@ -620,9 +625,12 @@ def test_json_output_validates(files, name) -> None:
     bad.write_bytes(toy_module(symbols=[Sym("nowhere")], relas=[Rela(".text", 0, T.ABS64, "nowhere")]))
     junk = tmp / "junk.ko"
     junk.write_bytes(b"junk" * 20)
+    ckmod = tmp / "ck.ko.module"  # not a .ko: the flat target's module tree stays empty
+    this_module = Sec(".gnu.linkonce.this_module", flags=DATA, data=bytes(0x40), align=64)
+    ckmod.write_bytes(toy_module(sections=[Sec(".text", flags=TEXT, data=bytes(64), align=16), this_module]))
     codes = set()
     for sample in SAMPLES[name]:
-        argv = [a.format(mod=mod, syms=syms, bad=bad, junk=junk) for a in sample]
+        argv = [a.format(mod=mod, syms=syms, bad=bad, junk=junk, ckmod=ckmod, tmp=tmp) for a in sample]
         code, out, _ = call(*argv)
         doc = json.loads(out)
         validate(doc)
@@ -704,7 +712,7 @@ def _real_env() -> dict[str, str]:
     return env
 
 
-def test_first_run_and_an_example_per_installed_arch(tmp_path) -> None:
+def test_first_run_and_an_example_per_installed_arch(tmp_path, monkeypatch) -> None:
     pytest.importorskip("klpcore_x86_64")
     from klpcore.plugins import get_plugin_manager, list_arch_plugins
 
@@ -713,8 +721,8 @@ def test_first_run_and_an_example_per_installed_arch(tmp_path) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr == "" and "warning" not in p.stdout
     assert f"wrote {tmp_path / 'klpdemo.relocated.ko'}" in p.stdout
-    os.environ.pop("KLPCORE_PLUGINS")
-    os.environ.pop("KLPCORE_LOAD_PLUGINS")
+    monkeypatch.delenv("KLPCORE_PLUGINS")
+    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS")
     archs = [a.name for i in list_arch_plugins(get_plugin_manager()) for a in i.archs]
     for arch in archs:
         p = run("apply", "--example", arch, "-q", "-o", str(tmp_path / f"{arch}.ko"), env=env)

@@ -346,7 +346,7 @@ def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", [])
+    monkeypatch.setattr(L, "_PM_CACHE", {})
     ko = Obj(
         sections=[
             Sec(".text", flags=TEXT, data=bytes(32), align=16),
@@ -438,7 +438,7 @@ def test_module_ko_symbols_while_coming(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", [])
+    monkeypatch.setattr(L, "_PM_CACHE", {})
     ko = Obj(
         sections=[Sec(".text", flags=TEXT, data=bytes(32), align=16), Sec(".init.text", flags=TEXT, data=bytes(16))],
         symbols=[

@@ -130,7 +130,7 @@ def test_module_ko_at_base(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", [])
+    monkeypatch.setattr(L, "_PM_CACHE", {})
     ko = Obj(
         sections=[
             Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(64), align=16),
