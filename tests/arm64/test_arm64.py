@@ -571,6 +571,13 @@ def test_shipped_example(tmp_path: Path) -> None:
     (ex,) = a64.klp_arch_examples()
     out = tmp_path / "demo.ko"
     assert main(["apply", "--example", "arm64", "-o", str(out), "-q"]) == 0
+    # every fact the plugin reads can be given on the command line
+    for key, value in (
+        ("erratum_843419", "false"),
+        ("randomize_base", "true"),
+        ("ftrace_caller", "0xffff800008000000"),
+    ):
+        assert main(["apply", "--example", "arm64", "-q", "-O", f"{key}={value}"]) == 0, key
     lm = Loader(get_plugin_manager()).load(str(ex.module), load_symbols(str(ex.symbols[0])), ex.base)
     assert lm.module.klp.is_livepatch and [o for o in lm.module.klp.objects] == ["vmlinux"]
     _, pbase, pbytes = section(lm, ".plt")

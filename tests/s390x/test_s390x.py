@@ -690,3 +690,17 @@ def test_both_sides_of_every_limit(rtype: int, side: str, value: int) -> None:
     assert d.kernel_message == (
         f"module edge: relocation error for symbol ext (r_type {rtype}, value {value & M64:#x})"
     )
+
+
+def test_shipped_example_and_its_options(tmp_path: Path) -> None:
+    """The example module applies from the command line, with and without expolines."""
+    from klpcore.cli import main
+
+    out = tmp_path / "demo.ko"
+    assert main(["apply", "--example", "s390x", "-o", str(out), "-q"]) == 0
+    assert main(["apply", "--example", "s390x", "-q", "-O", "expoline=y", "-O", "nospec_disable=false"]) == 0
+    from elftools.elf.elffile import ELFFile
+
+    with open(out, "rb") as f:
+        names = [s.name for s in ELFFile(f).iter_sections()]
+    assert ".klpcore.s390.got" in names and ".klpcore.s390.plt" in names

@@ -6,6 +6,7 @@ from typing import Any
 
 from klpcore.arch import ArchSpec
 
+from .options import OPTION_KINDS
 from .types import KERNEL_UNSUPPORTED, OTHER_TYPES
 
 EM_AARCH64 = 183
@@ -62,4 +63,7 @@ def identify(machine: int, elfclass: int, byteorder: str) -> ArchSpec | None:
         capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"),
         insn_target=insn_target,
         type_names=OTHER_TYPES,
+        # the kernel image lies in the top of the address space (48- or 52-bit VA, with or without KASLR)
+        kernel_text_range=(0xFFF0000000000000, 1 << 64),
+        options=OPTION_KINDS,
     )

@@ -31,6 +31,12 @@ FACTS: dict[str, tuple[str | None, Any]] = {
 }
 
 
+#: ``-O`` keys and their kinds, for the command line's checks (``ArchSpec.options``)
+OPTION_KINDS: dict[str, str] = {
+    name: "bool" if isinstance(default, bool) else "address" for name, (_, default) in FACTS.items()
+}
+
+
 def _config_value(kernel: KernelTarget, symbol: str) -> Any:
     """``symbol`` from the user's ``--config`` (absent from a .config = not set)."""
     config = kernel.config

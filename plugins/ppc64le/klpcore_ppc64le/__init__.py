@@ -135,6 +135,8 @@ OPTION_KINDS: dict[str, str] = {
     "dynamic_ftrace_with_regs": "bool",
     "mprofile_kernel": "bool",
     "paca_kernel_toc_offset": "int",
+    "ftrace_out_of_line": "bool",
+    "ftrace_ool_stub_size": "int",
     "kernel_toc": "address",
     "ftrace_caller": "address",
     "ftrace_regs_caller": "address",

@@ -13,6 +13,7 @@ from typing import Any
 from klpcore.arch import ArchSpec
 
 from . import types as T
+from .options import OPTION_KINDS
 
 EM_S390 = 22
 EM_S390_OLD = 0xA390
@@ -60,4 +61,5 @@ def identify(machine: int, elfclass: int, byteorder: str) -> ArchSpec | None:
         capstone=("CS_ARCH_SYSZ", "CS_MODE_BIG_ENDIAN"),
         insn_target=insn_target,
         type_names=T.OTHER_TYPES,
+        options=OPTION_KINDS,
     )

@@ -38,6 +38,10 @@ CONFIG_DEFAULTS: dict[str, str] = {
 }
 
 
+#: ``-O`` keys and their kinds, for the command line's checks (``ArchSpec.options``)
+OPTION_KINDS: dict[str, str] = {"expoline": "bool", "nospec_disable": "bool"}
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "y", "m", "yes", "true", "on")

@@ -206,6 +206,8 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         ignored_undefined=frozenset({"_GLOBAL_OFFSET_TABLE_"}),
         type_names=OTHER_TYPES,
         kernel_text_range=(0xFFFFFFFF80000000, 1 << 64),  # __START_KERNEL_map and up
+        # &__stack_chk_guard for R_X86_64_REX_GOTPCRELX (clang < 17 stack-protector kernels, 6.15+)
+        options={"stack_chk_guard_ptr": "address"},
     )
 
 
