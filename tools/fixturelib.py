@@ -82,6 +82,38 @@ def write_json(path: str, data: Any) -> None:
         f.write("\n")
 
 
+#: (name, source in src/, compiler flags, -D defines, kernel outcome, kernel message or None)
+OutcomeFixture = tuple[str, str, Sequence[str], Sequence[str], str, str | None]
+
+
+def build_outcome_fixtures(
+    here: str,
+    tools: Toolchain,
+    base: int,
+    symbols: Mapping[str, tuple[int, str]],
+    fixtures: Iterable[OutcomeFixture],
+    reloc_prefix: str = "R_",
+) -> None:
+    """Stage 1 of a script whose manifest says what the kernel does with each
+    fixture: compile every fixture into ``<name>.o``, then write ``kernel.map``
+    and ``manifest.json`` (object, source, defines, kernel outcome and message,
+    relocation types)."""
+    manifest: dict[str, Any] = {"base": f"{base:#x}", "symbols": "kernel.map", "fixtures": {}}
+    for name, src, flags, defines, outcome, msg in fixtures:
+        obj = f"{name}.o"
+        tools.compile([*flags, *defines], obj, f"src/{src}", cwd=here)
+        manifest["fixtures"][name] = {
+            "object": obj,
+            "source": src,
+            "defines": defines,
+            "kernel": outcome,
+            "kernel_message": msg,
+            "relocation_types": tools.reloc_types(os.path.join(here, obj), prefix=reloc_prefix),
+        }
+    write_kernel_map(os.path.join(here, "kernel.map"), symbols)
+    write_json(os.path.join(here, "manifest.json"), manifest)
+
+
 def write_placed(lm: Any, tmp: str) -> str:
     """klpcore's placed ELF of a loaded module, in ``tmp``; its path."""
     from klpcore.output import write_elf
