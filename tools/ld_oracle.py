@@ -55,9 +55,10 @@ from elftools.elf.descriptions import describe_reloc_type
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
+
 # --------------------------------------------------------------------------
 # Per-architecture settings.  Keep everything arch-specific in this table.
-#   ld         default linker binary
+#   ld         default linker binary (<binutils prefix>-ld)
 #   emulation  -m argument
 #   machine    expected e_machine (pyelftools name)
 #   extra      extra ld arguments
@@ -79,55 +80,50 @@ from elftools.elf.relocation import RelocationSection
 #              sets .TOC. to the module's r2; on x86_64 the kernel would look
 #              _GLOBAL_OFFSET_TABLE_ up and fail)
 # --------------------------------------------------------------------------
+def _arch(binutils: str, emulation: str, machine: str, **facts) -> dict:
+    """One ARCHES row: what is not given is no extra ld argument, no TOC, a
+    4-byte default width and _GLOBAL_OFFSET_TABLE_ left to ld."""
+    row = dict(extra=[], toc=False, default_width=4, linker_symbols={"_GLOBAL_OFFSET_TABLE_"})
+    return {"ld": f"{binutils}-ld", "emulation": emulation, "machine": machine, **row, **facts}
+
+
 ARCHES = {
-    "x86_64": dict(
-        ld="x86_64-linux-gnu-ld",
-        emulation="elf_x86_64",
-        machine="EM_X86_64",
-        extra=[],
-        toc=False,
+    "x86_64": _arch(
+        "x86_64-linux-gnu",
+        "elf_x86_64",
+        "EM_X86_64",
         default_width=8,
-        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
         generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt", ".plt.got", ".plt.sec"],
         # NONE 0, 64 1, PC32 2, GOT32 3, PLT32 4, GOTPCREL 9, 32 10, 32S 11,
         # 16 12, PC16 13, 8 14, PC8 15, PC64 24, GOTPCRELX 41, REX_GOTPCRELX 42
         widths={0: 0, 1: 8, 2: 4, 3: 4, 4: 4, 9: 4, 10: 4, 11: 4, 12: 2, 13: 2, 14: 1, 15: 1, 24: 8, 41: 4, 42: 4},
     ),
-    "aarch64": dict(
-        ld="aarch64-linux-gnu-ld",
-        emulation="aarch64linux",
-        machine="EM_AARCH64",
-        extra=[],
-        toc=False,
-        default_width=4,
-        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
+    "aarch64": _arch(
+        "aarch64-linux-gnu",
+        "aarch64linux",
+        "EM_AARCH64",
         generated=[".got", ".got.plt", ".igot.plt", ".iplt"],
         widths={0: 0, 256: 0, 257: 8, 258: 4, 259: 2, 260: 8, 261: 4, 262: 2},
         # module.lds.h placeholders the kernel resizes (NOBITS) and fills with
         # PLT entries, veneers and the ftrace trampoline
         kernel_sections={".plt", ".init.plt", ".text.ftrace_trampoline", ".init.text.ftrace_trampoline"},
     ),
-    "ppc64le": dict(
-        ld="powerpc64le-linux-gnu-ld",
-        emulation="elf64lppc",
-        machine="EM_PPC64",
+    "ppc64le": _arch(
+        "powerpc64le-linux-gnu",
+        "elf64lppc",
+        "EM_PPC64",
         extra=["--no-toc-optimize"],
         toc=True,
-        default_width=4,
         linker_symbols={".TOC."},
         generated=[".got", ".plt", ".iplt", ".branch_lt", ".iglink", ".glink"],
         widths={0: 0, 38: 8, 44: 8, 1: 4, 26: 4, 47: 2, 48: 2, 50: 2, 63: 2, 64: 2, 250: 2, 252: 2, 51: 8, 118: 8},
         not_oracle="ppc64_external_calls",
         kernel_sections={".stubs"},
     ),
-    "s390x": dict(
-        ld="s390x-linux-gnu-ld",
-        emulation="elf64_s390",
-        machine="EM_S390",
-        extra=[],
-        toc=False,
-        default_width=4,
-        linker_symbols={"_GLOBAL_OFFSET_TABLE_"},
+    "s390x": _arch(
+        "s390x-linux-gnu",
+        "elf64_s390",
+        "EM_S390",
         generated=[".got", ".got.plt", ".igot.plt", ".plt", ".iplt"],
         # every type arch/s390/kernel/module.c handles: bytes written at r_offset
         widths={

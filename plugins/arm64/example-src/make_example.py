@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.examples import system_map_with_ksymtab, write_example
 
 ROOT = Path(__file__).resolve().parents[3]
 FIX = ROOT / "tests" / "arm64" / "fixtures"
@@ -26,16 +26,9 @@ OUT = ROOT / "plugins" / "arm64" / "klpcore_arm64" / "examples"
 
 
 def main() -> None:
-    data = (FIX / "plt_calls.o").read_bytes()
-    chosen = ["far_a", "far_b"]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
     lines = (FIX / "kernel.map").read_text().splitlines()
-    exported = sorted(line.split()[2] for line in lines if line.split()[1] in "TD")
-    ksymtab = [f"{0xFFFF800009800000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(exported)]
-    merged = sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))
-    (OUT / "System.map").write_text("\n".join(merged) + "\n")
-    print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
+    system_map = system_map_with_ksymtab(lines, 0xFFFF800009800000)
+    write_example(OUT, (FIX / "plt_calls.o").read_bytes(), ["far_a", "far_b"], system_map)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.examples import system_map_with_ksymtab, write_example
 
 ROOT = Path(__file__).resolve().parents[3]
 FIX = ROOT / "tests" / "ppc64le" / "fixtures"
@@ -25,9 +25,6 @@ PATCHED = ("ext_add", "ext_mul")
 
 
 def main() -> None:
-    data = (FIX / "mod_calls.o").read_bytes()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in PATCHED}, fmt="final"))
     # as in Debian's 6.1.0-50 ppc64el System.map: what module_finalize's ftrace stubs need
     kernel = [
         "c000000000000000 T _stext",
@@ -36,15 +33,9 @@ def main() -> None:
         "c000000001148100 d .TOC.",
     ]
     lines = (FIX / "kernel.map").read_text().splitlines() + kernel
-    exported = [
-        line.split()[2]
-        for line in lines
-        if line.split()[1] in "TD" and line.split()[2] not in ("_stext", "ftrace_caller", "ftrace_regs_caller")
-    ]
-    ksymtab = [f"{0xC000000001A00000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(sorted(exported))]
-    text = "\n".join(sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))) + "\n"
-    (OUT / "System.map").write_text(text)
-    print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(PATCHED)})")
+    not_exported = ("_stext", "ftrace_caller", "ftrace_regs_caller")
+    system_map = system_map_with_ksymtab(lines, 0xC000000001A00000, not_exported=not_exported)
+    write_example(OUT, (FIX / "mod_calls.o").read_bytes(), PATCHED, system_map)
 
 
 if __name__ == "__main__":

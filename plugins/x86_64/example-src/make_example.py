@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from klpcore import ElfModule
-from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.examples import system_map_with_ksymtab, write_example
 
 ROOT = Path(__file__).resolve().parents[3]
 FIX = ROOT / "tests" / "x86_64" / "fixtures"
@@ -32,14 +32,9 @@ def main() -> None:
         for i, n in enumerate(m.symbol_names)
         if i and n and int(m.symbols["st_shndx"][i]) == 0 and not n.startswith("__")
     ]
-    chosen = undefined[:2]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "klpdemo.ko").write_bytes(klpify(data, {n: KlpSym("vmlinux") for n in chosen}))
     lines = (FIX / "mod_basic.map").read_text().splitlines()
-    exported = [line.split()[2] for line in lines if line.split()[1] in "TD" and line.split()[2] != "_stext"]
-    ksymtab = [f"{0xFFFFFFFF82400000 + 12 * i:016x} r __ksymtab_{name}" for i, name in enumerate(sorted(exported))]
-    (OUT / "System.map").write_text("\n".join(sorted(lines + ksymtab, key=lambda x: int(x.split()[0], 16))) + "\n")
-    print(f"wrote {OUT / 'klpdemo.ko'} (livepatch symbols: {', '.join(chosen)})")
+    system_map = system_map_with_ksymtab(lines, 0xFFFFFFFF82400000, not_exported=("_stext",))
+    write_example(OUT, data, undefined[:2], system_map)
 
 
 if __name__ == "__main__":
