@@ -426,8 +426,7 @@ QEMU_SUCCESS = 42  # harness.c: every modfn(x) right and ext_add called each tim
 
 
 def qemu_load(variant: str):
-    # the user-space harness run was laid out with 4 KiB pages (qemu-user, not a kernel)
-    kernel = KernelTarget.from_string(QEMU["kernel"], options={**QEMU["options"], "page_size": 4096})
+    kernel = KernelTarget.from_string(QEMU["kernel"], options=dict(QEMU["options"]))
     obj = FIX / QEMU["variants"][variant]["object"]
     return Loader(get_plugin_manager(), kernel=kernel).load(
         str(obj), load_symbols(str(FIX / QEMU["symbols"])), int(QEMU["base"], 16)
