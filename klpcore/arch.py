@@ -177,10 +177,15 @@ class RelocType:
     #: "patch_instruction"); None: a plain store
     write_hint: str | None = None
     range_doc: str = ""  # human-readable range rule, for ``klpcore plugins`` and docs
+    #: the kernel lists this type only to refuse it (its case returns an error,
+    #: e.g. s390's R_390_COPY: -ENOEXEC with no message): ``handler`` raises
+    #: RelocFailure for every entry.  Such a type writes nothing, so the
+    #: conformance suite asks for a refusal test instead of a byte test.
+    refuses: bool = False
 
     @property
     def is_noop(self) -> bool:
-        return self.width == 0 and self.handler is None
+        return self.width == 0 and self.handler is None and not self.refuses
 
     def describe(self) -> dict[str, Any]:
         rng = self.range_doc or (self.check.__doc__ if self.check else "none")

@@ -39,9 +39,10 @@ from .elf import ElfModule
 from .errors import Diagnostic, InputError, KlpError, OutputError
 from .kernel import CORE_OPTIONS, KernelTarget, Setting, parse_version
 from .loader import DEFAULT_BASE, LoadedModule, Loader, LoadingModule, resolve_module
+from .modtree import ModuleTree
 from .plugins import get_plugin_manager, installed_version, list_arch_plugins
 from .symbols import KernelSymbols, load_many
-from .versions import NEWEST
+from .versions import NEWEST, OLDEST
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: version of the JSON documents the CLI writes (docs/json-schema.md)
@@ -62,6 +63,8 @@ gzip, xz and zstd compression is detected too):
   vmlinux                   an ELF with .symtab
   mod.ko@0xADDR[:NAME]      a module loaded at ADDR (laid out by klpcore)
   Module.symvers            export CRCs, GPL-only flags, namespaces (checked as resolve_symbol does)
+with --module-tree DIR (/lib/modules/RELEASE or any directory of .ko files), a symbol no source
+has is attributed to the module of DIR that exports it: one line per missing module.
 
 exit codes: 0 success; 1 the module will not load (relocation, resolution or
 livepatch errors); 2 bad usage, unreadable input or unwritable output;
@@ -94,9 +97,10 @@ def _add_kernel_options(sp: argparse.ArgumentParser) -> None:
         "--kernel",
         metavar="VERSION",
         default=None,
-        help="target kernel version whose rules apply, e.g. 6.1 or 5.10, or 'newest' "
-        f"({NEWEST[0]}.{NEWEST[1]}); default: the module's own vermagic (6.1.0-50-amd64 -> 6.1), else the "
-        "release in the --config header, else newest (docs/versions.md lists what each release changes)",
+        help=f"target kernel version whose rules apply: {OLDEST[0]}.{OLDEST[1]} or newer, e.g. 6.1 or 5.10, or "
+        f"'newest' ({NEWEST[0]}.{NEWEST[1]}; a later release gets its rules and reports say so); default: the "
+        "module's own vermagic (6.1.0-50-amd64 -> 6.1), else the release in the --config header, else newest "
+        "(docs/versions.md lists what each release changes)",
     )
     sp.add_argument(
         "--config",
@@ -125,6 +129,13 @@ def _add_symbol_options(sp: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="kernel symbol source (required, repeatable): System.map, kallsyms, vmlinux, mod.ko@ADDR",
+    )
+    sp.add_argument(
+        "--module-tree",
+        metavar="DIR",
+        default=None,
+        help="the target's modules (/lib/modules/RELEASE, an extracted package root or any directory of "
+        ".ko/.ko.xz/.ko.zst/.ko.gz): unresolved symbols are grouped by the module that exports them",
     )
     sp.add_argument(
         "--base",
@@ -418,6 +429,17 @@ def _base(args: argparse.Namespace, mod: LoadingModule) -> int:
     return base
 
 
+def _module_tree(args: argparse.Namespace, mod: LoadingModule) -> ModuleTree | None:
+    """``--module-tree`` (a directory, or a root whose lib/modules has the module's release)."""
+    if not getattr(args, "module_tree", None):
+        return None
+    vermagic = (mod.elf.modinfo.get("vermagic") or [""])[-1]
+    tree = ModuleTree.open(args.module_tree, release=vermagic.split(" ", 1)[0] or None)
+    if not tree.index:
+        raise UsageError(f"--module-tree {args.module_tree}: no .ko, .ko.xz, .ko.zst or .ko.gz files under {tree.root}")
+    return tree
+
+
 def _symbols(args: argparse.Namespace) -> KernelSymbols:
     if not args.symbols:
         raise UsageError("no symbol source given: use --symbols System.map (or kallsyms, vmlinux, mod.ko@ADDR)")
@@ -492,10 +514,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for i in infos:
         for a in i.archs:
-            rows.append((a.name, i.distribution or i.name, i.version, a.machine, len(a.types)))
-    _table(rows, ("arch", "distribution", "version", "e_machine", "types"))
+            rows.append((a.name, i.distribution or i.name, i.version, a.machine, a.byteorder, len(a.types)))
+    _table(rows, ("arch", "distribution", "version", "e_machine", "byte order", "types"))
+    shown: set[tuple[str, tuple[str, ...]]] = set()
     for i in infos:
         for a in i.archs:
+            key = (a.name, tuple(t.name for t in a.types.values()))
+            if key in shown:  # the same arch in the other byte order: same table
+                continue
+            shown.add(key)
             if args.types:
                 print(f"\n{a.name}: {a.description}")
                 _table(
@@ -655,10 +682,11 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
     symbols = _symbols(args)
     loader, mod = _loader(args)
+    tree = _module_tree(args, mod)
     init_base = _address_option(args, "init_base", "--init-base", page_aligned=True)
     report = resolve_module(loader, mod, symbols, _base(args, mod), init_base)
     _progress_done()
-    errors = explain_errors(mod, report.errors, symbols)
+    errors = explain_errors(mod, report.errors, symbols, tree)
     code = EXIT_ERRORS if errors else EXIT_OK
     distinct = len({(r.name, r.object) for r in report.resolutions})
     if _json_destination(args):
@@ -695,6 +723,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
     symbols = _symbols(args)
     loader, mod = _loader(args)
+    tree = _module_tree(args, mod)
     init_base = _address_option(args, "init_base", "--init-base", page_aligned=True)
     _progress(f"applying {mod.name} ...")
     try:
@@ -702,7 +731,7 @@ def _load(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
     except KlpError as exc:
         from .explain import explain_errors
 
-        exc.diagnostics = explain_errors(mod, exc.diagnostics, symbols)
+        exc.diagnostics = explain_errors(mod, exc.diagnostics, symbols, tree)
         raise
     _progress_done()
     return loader, loaded
@@ -751,6 +780,10 @@ def _example(args: argparse.Namespace) -> None:
     examples = [e for group in pm.hook.klp_arch_examples() for e in (group or [])]
     if not examples:
         raise UsageError("no installed plugin ships an example module")
+    if not args.example:  # the host's architecture first, else the order plugins were found in
+        host = {"aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "x86_64": "x86_64"}
+        mine = host.get(os.uname().machine, "x86_64")
+        examples.sort(key=lambda e: e.name != mine)
     chosen = [e for e in examples if not args.example or e.name == args.example]
     if not chosen:
         raise UsageError(f"no example named {args.example!r}; available: {', '.join(e.name for e in examples)}")
@@ -764,7 +797,9 @@ def _example(args: argparse.Namespace) -> None:
 
 
 def _apply_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("module", metavar="MODULE", nargs="?", help="the module (.ko, .ko.xz, .ko.zst, .ko.gz)")
+    sp.add_argument(
+        "module", metavar="MODULE", nargs="?", help="the module: .ko, or compressed .ko.xz / .ko.zst / .ko.gz"
+    )
     sp.add_argument(
         "-o",
         "--output",
@@ -782,7 +817,8 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
         metavar="ARCH",
         nargs="?",
         const="",
-        help="instead of MODULE, use the example module shipped with an installed plugin (default: the first)",
+        help="instead of MODULE, use the example module shipped with the plugin for ARCH (default: the host's "
+        "architecture when its plugin is installed, else the first found)",
     )
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings")
 

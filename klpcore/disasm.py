@@ -1,8 +1,8 @@
 """Decoding relocation sites before and after, with capstone.
 
 Memory stays within a few times the module's size: a section's instruction
-boundaries are found by a light linear sweep (addresses only, kept in a numpy
-array) and only the instruction at each relocation site is decoded in detail.
+boundaries are found by a light linear sweep, a bounded slice at a time
+(offsets only, kept in a uint32 numpy array) and only the instruction at each relocation site is decoded in detail.
 Sites are listed by address.  A branch into a stub or PLT section the arch
 wrote (ppc64 ``.stubs``, arm64 ``.plt``) is shown as going through it, and every
 target address is named by the nearest symbol at or below it (module symbols
@@ -23,6 +23,10 @@ from .loader import LoadedModule
 
 #: sections into which an arch writes call stubs or PLT entries
 STUB_SECTIONS = frozenset({".stubs", ".plt", ".init.plt", ".text.ftrace_trampoline"})
+#: bytes decoded per capstone call in the instruction sweep (bounds capstone's allocation)
+SWEEP_CHUNK = 16 << 10
+#: longest instruction of any architecture (x86: 15 bytes)
+MAX_INSN = 16
 
 
 @dataclass
@@ -82,18 +86,42 @@ def _decoder(loaded: LoadedModule, detail: bool) -> Any:
 
 
 def _starts(md: Any, code: bytes, address: int) -> np.ndarray:
-    """Instruction start addresses of a linear sweep (no instruction objects kept)."""
-    out = np.fromiter((a for a, _s, _m, _o in md.disasm_lite(code, address)), dtype=np.uint64)
-    return out
+    """Instruction start offsets (uint32) of a linear sweep (no instruction objects kept).
+
+    Capstone's ``cs_disasm`` allocates every instruction of its input at once
+    (about 240 bytes each even without detail: 500 MB for 2 MB of one-byte
+    instructions), so the sweep goes :data:`SWEEP_CHUNK` bytes at a time; each
+    slice runs :data:`MAX_INSN` bytes past its end so that an instruction
+    starting before the cut decodes whole, and the next slice starts where the
+    last kept instruction ends.
+    """
+    parts: list[np.ndarray] = []
+    pos = 0
+    n = len(code)
+    while pos < n:
+        cut = min(pos + SWEEP_CHUNK, n)
+        chunk = code[pos : cut + MAX_INSN]
+        addrs: list[int] = []
+        end = pos
+        for a, size, _m, _o in md.disasm_lite(chunk, address + pos):
+            if a >= address + cut:
+                break
+            end = a - address + size
+            addrs.append(end - size)
+        parts.append(np.asarray(addrs, dtype=np.uint32))
+        pos = end if end > pos else pos + 1  # no progress: step over one byte
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
 
 
 def _insn_at(md: Any, starts: np.ndarray, code: bytes, base: int, addr: int) -> Any | None:
-    k = int(np.searchsorted(starts, np.uint64(addr), side="right")) - 1
+    rel = addr - base
+    if not 0 <= rel < len(code):
+        return None
+    k = int(np.searchsorted(starts, np.uint32(rel), side="right")) - 1
     if k < 0:
         return None
-    start = int(starts[k])
-    off = start - base
-    for insn in md.disasm(code[off : off + 16], start, 1):
+    off = int(starts[k])
+    for insn in md.disasm(code[off : off + MAX_INSN], base + off, 1):
         if addr < insn.address + insn.size:
             return insn
     return None

@@ -370,6 +370,36 @@ def _iter_lines(text: str, source: str) -> Iterator[tuple[int, str, str, str | N
         yield int(m.group(1), 16), m.group(2), m.group(3), m.group(4)
 
 
+#: characters of symbol text split at a time by the fast path (bounds the token lists' memory)
+SPLIT_CHUNK = 1 << 20
+
+
+def _fast_rows(text: str) -> tuple[list[str], list[int], list[str]] | None:
+    """(names, addresses, types) of symbol text made only of ``ADDR T NAME``
+    lines (System.map), split a bounded chunk of whole lines at a time; None
+    when any chunk is not of that shape (the line parser then decides)."""
+    if "[" in text:
+        return None
+    names: list[str] = []
+    addrs: list[int] = []
+    types: list[str] = []
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos + SPLIT_CHUNK)
+        end = len(text) if end < 0 else end + 1
+        tokens = text[pos:end].split()
+        pos = end
+        if len(tokens) % 3 or not all(len(t) == 1 for t in tokens[1::3]):
+            return None
+        fields = tokens[0::3]
+        if not _HEX_FIELDS.fullmatch(" ".join(fields) + " "):
+            return None
+        addrs += [int(a, 16) for a in fields]
+        names += tokens[2::3]
+        types += tokens[1::3]
+    return names, addrs, types
+
+
 def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     """Parse ``System.map`` or ``/proc/kallsyms`` text.
 
@@ -381,16 +411,11 @@ def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     nonzero = False
     # fast path: split fields; the regex parser reports malformed lines
     rows: dict[str | None, tuple[list[str], list[int], list[str]]] = {}
-    tokens = text.split() if "[" not in text else None
-    if tokens is not None and len(tokens) % 3 == 0 and all(len(t) == 1 for t in tokens[1::3]):
-        fields = tokens[0::3]
-        addrs: list[int] | None = None
-        if _HEX_FIELDS.fullmatch(" ".join(fields) + " "):
-            addrs = [int(a, 16) for a in fields]
-        if addrs is not None:
-            rows[None] = (tokens[2::3], addrs, tokens[1::3])
-            nonzero = any(addrs)
-            text = ""
+    fast = _fast_rows(text)
+    if fast is not None:
+        rows[None] = fast
+        nonzero = any(fast[1])
+        text = ""
     try:
         for line in text.splitlines():
             parts = line.split()

@@ -28,7 +28,7 @@ config, Module.symvers, vmlinux and .ko files.  --target / uses /proc/kallsyms.
 
 verdicts: loads, refused (insmod fails), patch-fails (loads, but a patched
 object fails when it is or later gets loaded)
-exit codes: 0 every pair loads, 1 any does not, 2 bad input
+exit codes: 0 every pair loads, 1 any does not, 2 bad input, 3 internal error (a bug)
 """
 
 

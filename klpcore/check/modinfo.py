@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .. import constants as C
 from ..elf import ElfModule
+from ..modtree import module_exports
 
 #: ``struct modversion_info``: ``unsigned long crc; char name[MODULE_NAME_LEN]`` (64-bit)
 MODVERSION_SIZE = 64
@@ -86,18 +87,7 @@ def read_modinfo(elf: ElfModule, path: str, raw: bytes | None = None) -> ModInfo
     """Collect ``.modinfo``, ``__versions`` and exports of ``elf``."""
     versions = _versions(elf)
     ext = _ext_versions(elf)
-    exports: list[Export] = []
-    sec_names = [s.name for s in elf.sections]
-    shndx = elf.symbols["st_shndx"].tolist()
-    for i, sym in enumerate(elf.symbol_names):
-        if not sym.startswith("__ksymtab_"):
-            continue
-        nd = shndx[i]
-        if not 0 < nd < len(sec_names):
-            continue
-        sec = sec_names[nd]
-        if sec in ("__ksymtab", "__ksymtab_gpl") or sec.startswith(("___ksymtab+", "___ksymtab_gpl+")):
-            exports.append(Export(sym[len("__ksymtab_") :], "gpl" in sec))
+    exports = [Export(name, gpl) for name, gpl in module_exports(elf)]
     data = raw if raw is not None else elf.data
     modinfo = elf.modinfo
     name = (modinfo.get("name") or [""])[-1] or elf.name

@@ -32,11 +32,12 @@ from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError, NoPluginError, ResolutionError
 from ..kernel import KernelTarget, parse_version
 from ..loader import DEFAULT_BASE, Loader, default_plugin_manager
+from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
 from .kmsg import Version, has_message, kmsg
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites, read_patch
-from .target import SymversEntry, Target, module_kernel_name, read_input
+from .target import SymversEntry, Target, read_input
 
 REFUSED, PATCH_FAILS = "refused", "patch-fails"
 MODULE_NAME_LEN = 56

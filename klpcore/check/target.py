@@ -20,9 +20,9 @@ from typing import Any
 from .. import compress
 from .. import constants as C
 from ..errors import InputError, KlpError, SymbolFileError
+from ..modtree import ModuleTree, module_kernel_name
 from ..symbols import KernelSymbols, parse_symbol_text, symbols_from_elf
 
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 #: e_machine for the architecture config symbols
 ARCH_CONFIG = (("CONFIG_X86_64", 62), ("CONFIG_PPC64", 21), ("CONFIG_ARM64", 183), ("CONFIG_S390", 22))
 PLACEHOLDER_MARK = "System.map is in the linux-image"
@@ -36,16 +36,6 @@ class SymversEntry:
     module: str  # "vmlinux" or the module's path without .ko
     gpl: bool
     namespace: str
-
-
-def module_kernel_name(filename: str) -> str:
-    """The name the kernel gives a module file: directory and suffix dropped, ``-`` -> ``_``."""
-    base = os.path.basename(filename)
-    for suffix in MODULE_SUFFIXES:
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base.replace("-", "_")
 
 
 def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -> bytes:
@@ -307,18 +297,14 @@ class Target:
         return None
 
     @cached_property
+    def module_tree(self) -> ModuleTree | None:
+        """The target's modules (index and exports, read lazily)."""
+        return ModuleTree(self.modules_dir) if self.modules_dir is not None else None
+
+    @cached_property
     def module_index(self) -> dict[str, Path]:
         """Kernel module name -> file, for every module in the tree."""
-        out: dict[str, Path] = {}
-        root = self.modules_dir
-        if root is None:
-            return out
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
-            for f in filenames:
-                if f.endswith(MODULE_SUFFIXES):
-                    out.setdefault(module_kernel_name(f), Path(dirpath) / f)
-        return out
+        return self.module_tree.index if self.module_tree is not None else {}
 
     @cached_property
     def modules_dep(self) -> dict[str, list[str]] | None:
@@ -333,7 +319,7 @@ class Target:
         return out
 
     def find_module(self, name: str) -> Path | None:
-        return self.module_index.get(name.replace("-", "_"))
+        return self.module_tree.find(name) if self.module_tree is not None else None
 
     @cached_property
     def tree_vermagic(self) -> str | None:

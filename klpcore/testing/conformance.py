@@ -10,6 +10,10 @@ What every plugin's tests must show, whatever the architecture:
   least one accepted and one refused case;
 * a type the kernel does not handle is an error that names the type (and
   quotes the kernel's message), and nothing is written;
+* a type the kernel lists only to refuse it (``RelocType.refuses``, e.g.
+  s390's ``R_390_COPY``) needs no byte test: the suite loads the fixture with
+  that type and asserts the refusal (an error naming the type, with the kernel
+  message the type declares, or none);
 * every type documents its formula and range, and every hook the plugin
   implements is a declared, documented hook.
 
@@ -133,7 +137,7 @@ def conformance_tests(
             assert spec.types, "the plugin returned no relocation types"
 
         def test_every_type_has_a_byte_test(self) -> None:
-            writing = {t.name for t in _table() if not t.is_noop}
+            writing = {t.name for t in _table() if not t.is_noop and not t.refuses}
             missing = writing - set(byte_tested())
             assert not missing, f"types without a byte test against an oracle: {sorted(missing)}"
 
@@ -167,6 +171,33 @@ def conformance_tests(
                     assert d.kernel_message == spec.unknown_type_error.format(module=d.module, number=number)
                 else:
                     raise AssertionError(f"type {number} was accepted")
+
+        def test_refusing_types_are_refused(self) -> None:
+            """``RelocType.refuses`` is a claim the suite checks: such a type
+            writes nothing, so a type that writes cannot hide behind it."""
+            from klpcore import RelocationError, load_symbols
+
+            loader, spec, _ = _setup()
+            for t in [t for t in _table() if t.refuses]:
+                assert t.handler is not None or t.batch is not None, (
+                    f"{t.name}: refuses=True needs the refusing handler"
+                )
+                data, secname, _ = with_relocation_type(Path(module).read_bytes(), t.number)
+                try:
+                    loader.load(data, load_symbols(str(symbols)), base if base is not None else spec.default_base)
+                except RelocationError as e:
+                    diags = [d for d in e.diagnostics if d.section == secname]
+                    assert diags, e.diagnostics
+                    d = diags[0]
+                    assert d.rtype == t.name and t.name in d.message, d
+                    if t.kernel_error is None:
+                        assert d.kernel_message is None, (
+                            f"{t.name}: the kernel prints nothing, got {d.kernel_message!r}"
+                        )
+                    else:
+                        assert d.kernel_message, f"{t.name}: no kernel message"
+                else:
+                    raise AssertionError(f"{t.name} is marked refuses=True but was accepted")
 
         def test_types_document_formula_and_range(self) -> None:
             for t in _table():

@@ -9,9 +9,9 @@ import pytest
 from kbuild import EXPORTS, RELEASE, VMLINUX_FUNCS, Mod, make_target
 
 from klpcore.check import Target, check_pair, read_patch
-from klpcore.check.target import module_kernel_name
 from klpcore.cli import main
 from klpcore.elf import ElfModule
+from klpcore.modtree import module_kernel_name
 
 
 def run(tmp_path: Path, mod: Mod, **target_kw: object) -> tuple[str, list]:

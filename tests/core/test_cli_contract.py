@@ -595,6 +595,139 @@ def test_unknown_symbols_grouped_by_missing_module(files) -> None:
     assert code == 1 and doc["errors"][0]["kind"] == "missing-module" and doc["errors"][0]["count"] == 30
 
 
+def exporter(name: str, exports: list[str]) -> bytes:
+    """A toy module exporting ``exports`` as a linked .ko does (__ksymtab_NAME in __ksymtab / __ksymtab_gpl)."""
+    half = len(exports) // 2
+    return Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16 * len(exports) or 16), align=16),
+            Sec("__ksymtab", flags=C.SHF_ALLOC, data=bytes(12 * max(half, 1)), align=4),
+            Sec("__ksymtab_gpl", flags=C.SHF_ALLOC, data=bytes(12 * max(len(exports) - half, 1)), align=4),
+        ],
+        symbols=[Sym(e, ".text", 16 * i, type=C.STT_FUNC, size=16) for i, e in enumerate(exports)]
+        + [
+            Sym(f"__ksymtab_{e}", "__ksymtab" if i < half else "__ksymtab_gpl", 12 * (i % max(half, 1)), C.STB_LOCAL)
+            for i, e in enumerate(exports)
+        ]
+        # a name that only looks like an export (not in an export section) is not one
+        + [Sym("__ksymtab_fake_export", ".text", 0, C.STB_LOCAL)],
+        modinfo={"name": name},
+    ).build()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """lib/modules/<release> with two exporting modules (one xz-compressed, one with a '-' in its name)."""
+    root = tmp_path / "root"
+    d = root / "lib" / "modules" / "6.1.0-toy" / "kernel" / "drivers"
+    d.mkdir(parents=True)
+    (d / "ppp-gen.ko").write_bytes(exporter("ppp_gen", [f"ppp_fn{i}" for i in range(7)]))
+    (d / "slhc.ko.xz").write_bytes(lzma.compress(exporter("slhc", ["slhc_init", "slhc_free"])))
+    (d / "unrelated.ko").write_bytes(exporter("unrelated", ["other"]))
+    (root / "lib" / "modules" / "6.1.0-toy" / "build").mkdir()
+    (root / "lib" / "modules" / "6.1.0-toy" / "build" / "decoy.ko").write_bytes(exporter("decoy", ["slhc_init"]))
+    return root
+
+
+def tree_user(tmp: Path) -> Path:
+    names = [f"ppp_fn{i}" for i in range(7)] + ["slhc_init", "slhc_free", "fake_export", "nowhere"]
+    m = tmp / "user.ko"
+    m.write_bytes(
+        toy_module(
+            symbols=[Sym(n) for n in names],
+            relas=[Rela(".text", 8 * (i % 8), T.ABS64, n) for i, n in enumerate(names[:8])],
+            modinfo={"name": "user", "depends": "ppp-gen"},  # slhc is not declared: only the tree knows it
+        )
+    )
+    return m
+
+
+@pytest.mark.parametrize("where", ["root", "release dir", "flat"])
+def test_unknown_symbols_grouped_by_module_tree(files, tree, where) -> None:
+    _, syms, tmp = files
+    m = tree_user(tmp)
+    rel = tree / "lib" / "modules" / "6.1.0-toy"
+    if where == "flat":
+        flat = tmp / "flat"
+        flat.mkdir()
+        for p in (rel / "kernel" / "drivers").iterdir():
+            (flat / p.name).write_bytes(p.read_bytes())
+        given = flat
+    else:
+        given = tree if where == "root" else rel
+    code, _, err = call("apply", str(m), "-s", str(syms), "--module-tree", str(given))
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3, err  # one per missing module, one for what no module exports
+    ppp, slhc, rest = lines
+    assert (
+        "7 unknown symbols (ppp_fn0, ppp_fn1, ppp_fn2, ppp_fn3, ppp_fn4, ... (2 more)) are exported by module " in ppp
+    )
+    assert "module ppp_gen (" in ppp and "ppp-gen.ko), which is not among the symbol sources" in ppp
+    assert "--symbols " in ppp and "ppp-gen.ko@ADDRESS (where ppp_gen is loaded)" in ppp
+    assert "2 unknown symbols (slhc_init, slhc_free) are exported by module slhc (" in slhc
+    assert "slhc.ko.xz@ADDRESS" in slhc and "/build/" not in slhc
+    assert "2 unknown symbols (fake_export, nowhere) are not exported by any symbol source" in rest
+    assert "exports them either" in rest
+    code, out, _ = call("resolve", str(m), "-s", str(syms), "--json", "--module-tree", str(given))
+    doc = json.loads(out)
+    groups = [(e["kind"], e.get("provider"), e["count"]) for e in doc["errors"]]
+    assert code == 1 and groups == [
+        ("missing-module", "ppp_gen", 7),
+        ("missing-module", "slhc", 2),
+        ("unknown-symbols", None, 2),
+    ]
+    assert doc["errors"][1]["path"].endswith("slhc.ko.xz") and doc["errors"][1]["symbols"] == ["slhc_init", "slhc_free"]
+
+
+def test_module_tree_given_as_a_source_is_not_missing(files, tree) -> None:
+    """A tree module that is among the sources (mod.ko@ADDR) is not reported missing."""
+    _, syms, tmp = files
+    m = tree_user(tmp)
+    ppp = tree / "lib" / "modules" / "6.1.0-toy" / "kernel" / "drivers" / "ppp-gen.ko"
+    code, _, err = call(
+        "resolve", str(m), "-s", str(syms), "-s", f"{ppp}@0xffffffffc1000000", "--module-tree", str(tree)
+    )
+    assert code == 1 and "ppp_gen" not in err and "module slhc" in err
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: t / "nope", "not a directory"),
+        (lambda t: t / "good.ko", "not a directory"),
+        (lambda t: (t / "empty").mkdir(exist_ok=True) or t / "empty", "no .ko, .ko.xz, .ko.zst or .ko.gz files"),
+    ],
+)
+def test_module_tree_bad_path(files, make, message) -> None:
+    mod, syms, tmp = files
+    for cmd in ("resolve", "apply", "disasm"):
+        code, _, err = call(cmd, str(mod), "-s", str(syms), "--module-tree", str(make(tmp)))
+        assert code == 2 and message in one_line(err), err
+
+
+def test_module_tree_several_releases(files, tree) -> None:
+    mod, syms, tmp = files
+    (tree / "lib" / "modules" / "5.10.0-toy").mkdir()
+    code, _, err = call("resolve", str(mod), "-s", str(syms), "--module-tree", str(tree))
+    assert code == 2 and "several releases under lib/modules (5.10.0-toy, 6.1.0-toy)" in one_line(err)
+
+
+def test_module_tree_shared_with_check(tree) -> None:
+    """check's target and the CLI read module trees through one class (klpcore.modtree)."""
+    from klpcore.check.target import Target
+    from klpcore.modtree import ModuleTree
+
+    t = Target(tree)
+    assert isinstance(t.module_tree, ModuleTree)
+    assert set(t.module_index) == {"ppp_gen", "slhc", "unrelated"}  # build/ is not part of the tree
+    assert t.module_tree.exports("slhc") == {"slhc_init", "slhc_free"}
+    assert t.module_tree.providers(["ppp_fn3", "slhc_free", "fake_export"]) == {
+        "ppp_fn3": "ppp_gen",
+        "slhc_free": "slhc",
+    }
+
+
 # ===================================================== 6: one JSON schema
 SAMPLES = {
     "plugins": [["plugins", "--json"], ["plugins", "--json", "-O", "x=1"]],
@@ -758,3 +891,33 @@ def test_ppc64le_kernel_toc_banana() -> None:
     p = run("apply", "--example", "ppc64le", "-q", "-O", "kernel_toc=banana", env=_real_env())
     assert p.returncode == 2
     assert "-O kernel_toc: 'banana' is not an address; expected 0x-prefixed hex or decimal" in one_line(p.stderr)
+
+
+def test_plugins_table_shows_byte_order_and_each_type_list_once() -> None:
+    """The toy plugin answers for both byte orders: two rows that differ in byte order, one type list."""
+    code, out, _ = call("plugins")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.startswith("toy ")]
+    assert [r[-2] for r in rows] == ["little", "big"] and "byte order" in out
+    assert sum(1 for line in out.splitlines() if line.startswith("toy: ")) == 1
+
+
+def test_kernel_help_states_the_modelled_range() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    text = " ".join(sub.choices["resolve"].format_help().split())
+    assert "4.3 or newer" in text and "a later release gets its rules and reports say so" in text
+    code, _, err = call("plugins", "--kernel", "4.2")
+    assert code == 2 and "(4.3 and newer; releases after" in one_line(err)
+
+
+@pytest.mark.parametrize(("machine", "arch"), [("s390x", "s390x"), ("aarch64", "arm64"), ("x86_64", "x86_64")])
+def test_default_example_is_the_host_architecture(monkeypatch, machine, arch) -> None:
+    pytest.importorskip(f"klpcore_{arch}")
+    monkeypatch.delenv("KLPCORE_PLUGINS")
+    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS")
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, real.release, real.version, machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    code, out, _ = call("apply", "--example")
+    assert code == 0 and f"klpcore_{arch}/examples/klpdemo.ko" in out.splitlines()[1]

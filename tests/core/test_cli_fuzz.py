@@ -1,23 +1,24 @@
 """Property test of the command-line contract on hostile inputs.
 
-Every subcommand runs (in-process ``main()``: the same code as the console
-script) on structure-aware mutations of valid modules — ELF header fields,
+Every subcommand runs (``main()``, the same code as the console script, in one
+long-lived subprocess with a limited address space) on structure-aware mutations of valid modules — ELF header fields,
 section header fields, symbol entries, relocation entries, string tables,
 livepatch symbol names, ``.modinfo`` — on generated System.map / kallsyms text
 and on generated argument vectors.  Whatever the input: the exit code is 0, 1
-or 2 (never 3, an internal error), stderr holds no traceback, and with
+or 2 (never 3, an internal error: a MemoryError over the memory budget is one),
+stderr holds no traceback, and with
 ``--json`` stdout is one document valid against schema 1.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import struct
+import subprocess
+import sys
 from collections import Counter
-from contextlib import redirect_stderr, redirect_stdout
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from klpcore import constants as C
-from klpcore.cli import main
 from klpcore.testing.klpify import KlpSym, klpify
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -256,18 +256,87 @@ def toy_only(monkeypatch):
 
 CODES: Counter[tuple[str, int]] = Counter()
 
+#: address space each CLI run may use over what Python, numpy, capstone and klpcore occupy after import
+MEMORY_BUDGET = 256 << 20
 
-def check(args: list[str]) -> int:
+#: the CLI's ``main()`` in one long-lived subprocess whose address space is limited (``RLIMIT_AS``) to the
+#: imported baseline plus MEMORY_BUDGET; it reads one JSON request per line (arguments, environment) and
+#: answers [exit code, stdout, stderr].  A run that needs more memory fails with MemoryError: exit 3.
+WORKER = """
+import io, json, os, re, resource, sys
+from contextlib import redirect_stderr, redirect_stdout
+import capstone, numpy
+import klpcore.disasm, klpcore.loader, klpcore.output
+from klpcore.cli import main
+with open("/proc/self/status") as fh:
+    vm = int(re.search(r"VmSize:\\s+(\\d+) kB", fh.read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]),) * 2)
+answer = sys.stdout
+for line in sys.stdin:
+    req = json.loads(line)
+    for key, value in req["env"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main([*args, "--debug"])  # a traceback only for internal errors, which fail the test anyway
+        code = main(req["args"])
+    answer.write(json.dumps([code, out.getvalue(), err.getvalue()]) + "\\n")
+    answer.flush()
+"""
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def run(self, args: list[str]) -> tuple[int, str, str]:
+        if self.proc is None or self.proc.poll() is not None:
+            env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(map(str, sys.path)))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(MEMORY_BUDGET)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        env = {key: os.environ.get(key) for key in ("KLPCORE_PLUGINS", "KLPCORE_LOAD_PLUGINS")}
+        self.proc.stdin.write(json.dumps({"args": args, "env": env}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            rc = self.proc.wait()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.proc = None
+            pytest.fail(f"the CLI process died (exit {rc}) on {args}:\n{err}", pytrace=False)
+        code, out, errtext = json.loads(line)
+        return int(code), str(out), str(errtext)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.communicate("", timeout=60)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker()
+    yield w
+    w.close()
+
+
+def check(worker: Worker, args: list[str]) -> int:
+    code, out, err = worker.run([*args, "--debug"])  # a traceback only for internal errors, which fail anyway
     CODES[(args[0], code)] += 1
     if code not in (0, 1, 2):
-        pytest.fail(f"exit {code} for {args}:\n{err.getvalue()}", pytrace=False)
-    assert "Traceback" not in err.getvalue()
+        pytest.fail(f"exit {code} for {args}:\n{err}", pytrace=False)
+    assert "Traceback" not in err
     wants_json = "--json" in args and (args[0] != "apply" or args[args.index("--json") + 1 :][:1] == ["-"])
-    if wants_json and out.getvalue().strip():
-        doc = json.loads(out.getvalue())
+    if wants_json and out.strip():
+        doc = json.loads(out)
         VALIDATOR.validate(doc)
         assert doc["exit_code"] == code
     return code
@@ -283,27 +352,27 @@ def workdir(tmp_path):
 
 @SETTINGS
 @given(data=hostile_module(), command=st.sampled_from(["inspect", "resolve", "apply", "disasm"]))
-def test_hostile_modules(workdir, data, command) -> None:
+def test_hostile_modules(worker, workdir, data, command) -> None:
     m = workdir / "m.ko"
     m.write_bytes(data)
     args = [command, str(m), "--json"] if command != "apply" else [command, str(m), "--json", "-"]
     if command != "inspect":
         args += ["-s", str(workdir / "s.map"), "-s", f"{m}@0xffffffffd0000000:other"]
-    check(args)
+    check(worker, args)
 
 
 @SETTINGS
 @given(text=symbol_text(), command=st.sampled_from(["resolve", "apply", "disasm"]))
-def test_hostile_symbol_files(workdir, text, command) -> None:
+def test_hostile_symbol_files(worker, workdir, text, command) -> None:
     s = workdir / "hostile.map"
     s.write_bytes(text)
-    check([command, str(workdir / "m.ko"), "-s", str(s), "--json"] + (["-"] if command == "apply" else []))
+    check(worker, [command, str(workdir / "m.ko"), "-s", str(s), "--json"] + (["-"] if command == "apply" else []))
 
 
 @settings(SETTINGS, max_examples=EXAMPLES * 2)
 @given(data=st.data())
-def test_argument_vectors(workdir, data) -> None:
-    check(data.draw(argv(workdir)))
+def test_argument_vectors(worker, workdir, data) -> None:
+    check(worker, data.draw(argv(workdir)))
 
 
 def _example_seeds() -> list[tuple[bytes, Path]]:
@@ -323,7 +392,7 @@ REAL = _example_seeds()
 @pytest.mark.skipif(not REAL, reason="no architecture plugin with an example installed")
 @SETTINGS
 @given(data=st.data(), command=st.sampled_from(["resolve", "apply", "disasm"]))
-def test_hostile_real_modules(workdir, monkeypatch, data, command) -> None:
+def test_hostile_real_modules(worker, workdir, monkeypatch, data, command) -> None:
     """The same mutations through the real plugins' handlers (stubs, TOC, PLT-like paths)."""
     monkeypatch.delenv("KLPCORE_PLUGINS", raising=False)
     monkeypatch.delenv("KLPCORE_LOAD_PLUGINS", raising=False)
@@ -336,4 +405,21 @@ def test_hostile_real_modules(workdir, monkeypatch, data, command) -> None:
         SEEDS = saved
     m = workdir / "real.ko"
     m.write_bytes(module)
-    check([command, str(m), "-s", str(symbols), "--json"] + (["-"] if command == "apply" else []))
+    check(worker, [command, str(m), "-s", str(symbols), "--json"] + (["-"] if command == "apply" else []))
+
+
+def test_the_memory_bound_is_real(worker, workdir) -> None:
+    """A valid module whose .bss needs more than the budget ends in MemoryError (exit 3) in the worker."""
+    big = Obj(
+        sections=[
+            Sec(".text", flags=TEXT, data=bytes(16), align=16),
+            Sec(".bss", type=C.SHT_NOBITS, flags=DATA, size=MEMORY_BUDGET + (64 << 20), align=8),
+        ],
+        symbols=[Sym("fn", ".text", 0, type=C.STT_FUNC, size=16)],
+        modinfo={"name": "bigbss"},
+    ).build()
+    (workdir / "bss.ko").write_bytes(big)
+    code, _out, err = worker.run(["apply", str(workdir / "bss.ko"), "-s", str(workdir / "s.map")])
+    assert code == 3 and "MemoryError" in err, err
+    # and the worker goes on serving
+    assert worker.run(["apply", str(workdir / "m.ko"), "-s", str(workdir / "s.map")])[0] in (0, 1)

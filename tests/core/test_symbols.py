@@ -190,3 +190,20 @@ def test_vmlinux_elf(tmp_path) -> None:
 def test_address_wider_than_64_bits_is_a_clear_error() -> None:
     with pytest.raises(SymbolFileError, match="x:2: address '10000000000001024' is not a 64-bit hex address"):
         parse_symbol_text("ffffffff81000000 T printk\n10000000000001024 t far\t[mod]\n", source="x")
+
+
+def test_system_map_fast_path_in_chunks_equals_one_piece(monkeypatch) -> None:
+    """The fast path splits bounded chunks of whole lines; the result is the same for any chunk size, and a
+    malformed line in a later chunk still reaches the line parser's error."""
+    import klpcore.symbols as S
+
+    text = (
+        "".join(f"ffffffff81{i:06x} {'Tt'[i % 2]} fn_{i}\n" for i in range(500)) + "ffffffff82000000 r __ksymtab_fn_0\n"
+    )
+    whole = S.parse_symbol_text(text, "map").objects["vmlinux"]
+    monkeypatch.setattr(S, "SPLIT_CHUNK", 37)
+    parts = S.parse_symbol_text(text, "map").objects["vmlinux"]
+    assert (parts.names, parts.addrs, parts.types) == (whole.names, whole.addrs, whole.types)
+    assert len(parts.names) == 501
+    with pytest.raises(S.SymbolFileError, match=r"map:400: "):
+        S.parse_symbol_text(text.replace("fn_399\n", "fn_399 extra\n"), "map")

@@ -8,8 +8,10 @@ regenerates everything).  The tests need no cross tools, emulator or network.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -17,7 +19,16 @@ import numpy as np
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, KlpError, Loader, NoPluginError, RelocationError, get_plugin_manager, load_symbols
+from klpcore import (
+    ABS,
+    KernelTarget,
+    KlpError,
+    Loader,
+    NoPluginError,
+    RelocationError,
+    get_plugin_manager,
+    load_symbols,
+)
 from klpcore import constants as C
 from klpcore.config import KernelConfig
 from klpcore.constants import ModuleState
@@ -25,6 +36,7 @@ from klpcore.elf import ElfModule
 from klpcore.memory import ModuleImage
 from klpcore.output import write_elf
 from klpcore.symbols import parse_symbol_text
+from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
 
 s390 = pytest.importorskip("klpcore_s390x")
@@ -106,6 +118,125 @@ def test_bytes_equal_gnu_ld(name: str) -> None:
     assert compared >= 1
 
 
+def byte_tested() -> set[str]:
+    """Types whose bytes the tests compare with GNU ld (GOT/PLT slots by hand, below)."""
+    return {t for name in expected_files() for t in MANIFEST["fixtures"][name]["relocation_types"]}
+
+
+def range_cases() -> list[tuple[str, str]]:
+    outcome = {"ok": ACCEPTED, "refused": REFUSED}
+    return [
+        (t, outcome[fx["kernel"]])
+        for name, fx in MANIFEST["fixtures"].items()
+        if name.startswith("range_") and fx["kernel"] in outcome
+        for t in fx["relocation_types"]
+    ]
+
+
+CONFORMANCE = {
+    "plugin": "s390x",
+    "module": FIX / "all_types.o",
+    "symbols": Path(SYMS),
+    "unsupported": [37, 60, 61],
+    "base": BASE,
+    "kernel": "6.1",
+}
+TestConformance = conformance_tests(
+    byte_tested=lambda: byte_tested() | {"R_390_PLT32"}, range_cases=lambda: probed_range_cases(), **CONFORMANCE
+)
+
+
+RANGE_FIXTURE_TYPES = {
+    t for n, fx in MANIFEST["fixtures"].items() if n.startswith("range_") for t in fx["relocation_types"]
+}
+#: checked types whose limits ld cannot exercise (values through the kernel's GOT and PLT): probed below
+PROBED_TYPES = sorted(
+    {t.name for t in s390.types.reloc_types(KernelTarget()) if t.check is not None} - RANGE_FIXTURE_TYPES
+) + ["R_390_PLT32"]
+
+
+def _first_rela(data: bytes, number: int) -> tuple[str, int, str, int, int]:
+    """(rela section, entry index, target section, r_offset, addend) of the first relocation of type ``number``."""
+    elf = ElfModule(data)
+    for relsec in elf.rela_sections():
+        relas = elf.relas(relsec.index)
+        for i, (info, off, add) in enumerate(
+            zip(relas["r_info"].tolist(), relas["r_offset"].tolist(), relas["r_addend"].tolist(), strict=True)
+        ):
+            if info & 0xFFFFFFFF == number:
+                return relsec.name, i, elf.sections[relsec.info].name, off, add
+    raise AssertionError(f"no relocation of type {number}")
+
+
+def _with_addend(data: bytes, relsec: str, index: int, addend: int) -> bytes:
+    sec = ElfModule(data).section_by_name(relsec)
+    assert sec is not None
+    out = bytearray(data)
+    struct.pack_into(">q", out, sec.offset + 24 * index + 16, addend)
+    return bytes(out)
+
+
+def _refused_value(data: bytes, name: str) -> int:
+    with pytest.raises(RelocationError) as ei:
+        load(data)
+    (d,) = [d for d in ei.value.diagnostics if d.rtype == name]
+    m = re.search(r"\(r_type \d+, value 0x([0-9a-f]+)\)$", d.kernel_message or "")
+    assert m, d.kernel_message
+    v = int(m.group(1), 16)
+    return v - (1 << 64) if v >> 63 else v
+
+
+@pytest.mark.parametrize("name", PROBED_TYPES)
+def test_got_plt_limits_both_sides(name: str) -> None:
+    """Both sides of the upper limit of each GOT/PLT-dependent type: the fixture's relocation gets the addend
+    that puts the kernel's value exactly at the limit (accepted, field by hand) and one step over (refused,
+    with the kernel's message and value).  The value at the fixture's own addend is read from the kernel
+    message of a probe 2^40 further."""
+    number = next(t.number for t in s390.types.reloc_types(KernelTarget()) if t.name == name)
+    data = (FIX / ("range_plt32_backward.o" if name == "R_390_PLT32" else "all_types.o")).read_bytes()
+    relsec, index, target, off, addend = _first_rela(data, number)
+    probe = 1 << 40
+    v0 = _refused_value(_with_addend(data, relsec, index, addend + probe), name) - probe
+    sign, bits, shift = s390.types.FIELDS[number]
+    hi = ((1 << (bits - 1)) - 1 if sign else (1 << bits) - 1) << shift
+    at_limit = addend + hi - v0
+    lm = load(_with_addend(data, relsec, index, at_limit))
+    _, _, sbytes = section(lm, target)
+    assert _field(sbytes, off, number) == (hi >> shift) & ((1 << bits) - 1)
+    assert _refused_value(_with_addend(data, relsec, index, at_limit + (1 << shift)), name) == hi + (1 << shift)
+
+
+def probed_range_cases() -> list[tuple[str, str]]:
+    return range_cases() + [(n, side) for n in PROBED_TYPES for side in (ACCEPTED, REFUSED)]
+
+
+def test_conformance_suite_catches_gaps(monkeypatch) -> None:
+    """Refuse-only types keep the suite strict: a byte gap, a missing range side and a type that claims to
+    refuse but writes are each caught."""
+    gaps = conformance_tests(
+        byte_tested=lambda: byte_tested() - {"R_390_PC16"},
+        range_cases=lambda: [c for c in probed_range_cases() if c != ("R_390_GOT12", REFUSED)],
+        **CONFORMANCE,
+    )()
+    with pytest.raises(AssertionError, match="R_390_PC16"):
+        gaps.test_every_type_has_a_byte_test()
+    with pytest.raises(AssertionError, match="R_390_GOT12"):
+        gaps.test_every_range_has_both_sides()
+    real = s390.types.reloc_types
+
+    def lying(kernel):
+        out = []
+        for t in real(kernel):
+            if t.name == "R_390_RELATIVE":  # claims to refuse, writes S + A like R_390_64
+                t = dataclasses.replace(t, width=8, compute=ABS, handler=None)
+            out.append(t)
+        return out
+
+    monkeypatch.setattr(s390.types, "reloc_types", lying)
+    with pytest.raises(AssertionError, match="R_390_RELATIVE"):
+        gaps.test_refusing_types_are_refused()
+
+
 def test_fixtures_cover_every_kernel_type() -> None:
     seen = set()
     for name in expected_files():
@@ -118,10 +249,10 @@ def test_fixtures_cover_every_kernel_type() -> None:
     assert {"R_390_8", "R_390_12", "R_390_16", "R_390_20", "R_390_32", "R_390_64", "R_390_PC16"} <= seen
 
 
-REFUSED = [n for n, fx in MANIFEST["fixtures"].items() if fx["kernel"] == "refused"]
+REFUSED_FIXTURES = [n for n, fx in MANIFEST["fixtures"].items() if fx["kernel"] == "refused"]
 
 
-@pytest.mark.parametrize("name", REFUSED)
+@pytest.mark.parametrize("name", REFUSED_FIXTURES)
 def test_range_refused_with_kernel_message(name: str) -> None:
     with pytest.raises(RelocationError) as ei:
         load(MANIFEST["fixtures"][name]["object"])
@@ -133,7 +264,7 @@ def test_range_refused_with_kernel_message(name: str) -> None:
 def test_range_pairs_complete() -> None:
     """Every refused limit has its accepted neighbour compared with ld."""
     ok = set(expected_files())
-    refused = set(REFUSED)
+    refused = set(REFUSED_FIXTURES)
     for kind in ("8", "12", "16", "20", "32", "pc16", "pc32", "pc16dbl", "pc32dbl", "got12", "got20"):
         assert f"range_{kind}_ok_max" in ok and f"range_{kind}_over_max" in refused
     for kind in ("20", "pc16", "pc32", "pc16dbl", "pc32dbl", "got20"):

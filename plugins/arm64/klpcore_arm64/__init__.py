@@ -127,7 +127,8 @@ def klp_arch_examples() -> Sequence[Example]:
             name="arm64",
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
-            description="an arm64 livepatch module with .klp.rela sections (needs --kernel 6.17 or newer)",
+            description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
+            "an older --kernel refuses it)",
             base=DEFAULT_BASE,
         )
     ]

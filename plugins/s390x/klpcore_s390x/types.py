@@ -298,5 +298,9 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
         (R_390_JMP_SLOT, "R_390_JMP_SLOT"),
         (R_390_RELATIVE, "R_390_RELATIVE"),
     ):
-        out.append(RelocType(number, name, 0, "refused (-ENOEXEC, no message)", handler=refuse, range_doc="refused"))
+        out.append(
+            RelocType(
+                number, name, 0, "refused (-ENOEXEC, no message)", handler=refuse, range_doc="refused", refuses=True
+            )
+        )
     return out

@@ -1,0 +1,163 @@
+"""A tree of kernel modules: which file is which module, and what each exports.
+
+Used by ``klpcore check`` (a target's ``lib/modules/<release>/``) and by
+``resolve``/``apply``/``disasm --module-tree DIR`` (which module provides a
+symbol that no symbol source has).  Nothing is read up front: the file index
+is one directory walk on first use, and a module's exports are read when they
+are asked for, one file at a time through the core's bounded reader, keeping
+only the exported names.
+
+A module exports ``foo`` when its symbol table has ``__ksymtab_foo`` in an
+export section (``__ksymtab``/``__ksymtab_gpl`` in a linked ``.ko``,
+``___ksymtab+foo``/``___ksymtab_gpl+foo`` in an object), as ``find_symbol``
+finds it through the module's ``struct kernel_symbol`` entries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import compress
+from .errors import InputError, KlpError
+
+if TYPE_CHECKING:
+    from .elf import ElfModule
+
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+EXPORT_PREFIX = "__ksymtab_"
+#: largest module file read (after decompression)
+MAX_MODULE = 1 << 30
+#: directories of a lib/modules/<release> tree that hold no modules of that release
+SKIP_DIRS = ("build", "source")
+
+
+def module_kernel_name(filename: str) -> str:
+    """The name the kernel gives a module file: directory and suffix dropped, ``-`` -> ``_``."""
+    base = os.path.basename(filename)
+    for suffix in MODULE_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+def module_exports(elf: ElfModule) -> list[tuple[str, bool]]:
+    """``(name, gpl_only)`` for every symbol ``elf`` exports, in symbol-table order."""
+    sec_names = [s.name for s in elf.sections]
+    shndx = elf.symbols["st_shndx"].tolist()
+    out: list[tuple[str, bool]] = []
+    for i, sym in enumerate(elf.symbol_names):
+        if not sym.startswith(EXPORT_PREFIX):
+            continue
+        nd = shndx[i]
+        if not 0 < nd < len(sec_names):
+            continue
+        sec = sec_names[nd]
+        if sec in ("__ksymtab", "__ksymtab_gpl") or sec.startswith(("___ksymtab+", "___ksymtab_gpl+")):
+            out.append((sym[len(EXPORT_PREFIX) :], "gpl" in sec))
+    return out
+
+
+class ModuleTree:
+    """The modules under ``root`` (``lib/modules/<release>`` or any directory of ``.ko`` files)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        #: module files that could not be read, with the reason (reported, not fatal)
+        self.unreadable: dict[str, str] = {}
+        self._exports: dict[str, frozenset[str]] = {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], release: str | None = None) -> ModuleTree:
+        """A tree given on the command line: a directory of modules, or a root
+        holding ``lib/modules/<release>/`` (the release ``release`` when given
+        and present, else the only one)."""
+        p = Path(path)
+        if not p.is_dir():
+            raise InputError(f"--module-tree {path}: not a directory")
+        mods = p / "lib" / "modules"
+        if mods.is_dir():
+            releases = sorted(d.name for d in mods.iterdir() if d.is_dir())
+            if release in releases:
+                return cls(mods / str(release))
+            if len(releases) == 1:
+                return cls(mods / releases[0])
+            if releases:
+                raise InputError(
+                    f"--module-tree {path}: several releases under lib/modules ({', '.join(releases)}); "
+                    "name one: --module-tree " + str(mods / releases[0])
+                )
+        return cls(p)
+
+    @cached_property
+    def index(self) -> dict[str, Path]:
+        """Kernel module name -> file, for every module in the tree (first found wins)."""
+        out: dict[str, Path] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            for f in sorted(filenames):
+                if f.endswith(MODULE_SUFFIXES):
+                    out.setdefault(module_kernel_name(f), Path(dirpath) / f)
+        return out
+
+    def find(self, name: str) -> Path | None:
+        return self.index.get(name.replace("-", "_"))
+
+    def read(self, name: str) -> ElfModule:
+        """The module ``name`` parsed (:class:`KlpError` when it cannot be)."""
+        from .elf import ElfModule
+
+        path = self.find(name)
+        if path is None:
+            raise InputError(f"no module {name} in {self.root}")
+        return ElfModule(compress.read_input(path, limit=MAX_MODULE, what="module"), path=str(path))
+
+    def exports(self, name: str) -> frozenset[str]:
+        """Names the module ``name`` exports (empty when it is unreadable or absent)."""
+        found = self._exports.get(name)
+        if found is None:
+            try:
+                found = frozenset(n for n, _gpl in module_exports(self.read(name)))
+            except KlpError as exc:
+                self.unreadable[name] = str(exc)
+                found = frozenset()
+            self._exports[name] = found
+        return found
+
+    def _may_export(self, name: str, wanted: set[str]) -> bool:
+        """A cheap look at the raw file: does its string table hold ``__ksymtab_N`` for a wanted N?
+        (Parsing the module, done only then, decides.)"""
+        path = self.find(name)
+        if path is None:
+            return False
+        try:
+            raw = compress.read_input(path, limit=MAX_MODULE, what="module")
+        except KlpError as exc:
+            self.unreadable[name] = str(exc)
+            return False
+        if b"\0__ksymtab_" not in raw:
+            return False
+        return any(b"\0__ksymtab_" + n.encode() + b"\0" in raw for n in wanted)
+
+    def providers(self, names: Iterable[str], prefer: Sequence[str] = ()) -> dict[str, str]:
+        """``symbol -> module`` for each of ``names`` some module of the tree
+        exports.  The modules in ``prefer`` (e.g. ``depends=``) are read first;
+        the rest, in path order, only while a name is still unattributed."""
+        wanted = set(names)
+        out: dict[str, str] = {}
+        order = [m for m in dict.fromkeys(n.replace("-", "_") for n in prefer) if m in self.index]
+        order += [m for m in self.index if m not in set(order)]
+        for m in order:
+            if not wanted:
+                break
+            if m not in self._exports and not self._may_export(m, wanted):
+                continue
+            hit = wanted & self.exports(m)
+            for n in hit:
+                out[n] = m
+            wanted -= hit
+        return out
