@@ -256,6 +256,41 @@ class Target:
         self.missing["symbols"] = "no System.map (the -dbg package has it), vmlinux ELF or kallsyms"
         return None
 
+    @cached_property
+    def ftrace_addrs_path(self) -> Path | None:
+        """The ftrace locations as ``available_filter_functions_addrs`` lists them
+        ("address name" per line, the tracefs file of 6.5+ kernels)."""
+        if str(self.path) == "/":
+            for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+                p = Path(d) / "available_filter_functions_addrs"
+                try:
+                    with open(p):
+                        return p
+                except OSError:
+                    continue
+            return None
+        return self._first("available_filter_functions_addrs", "available_filter_functions_addrs.gz")
+
+    @cached_property
+    def ftrace_sites(self) -> Any:
+        """Sorted ftrace call-site addresses of vmlinux from ``available_filter_functions_addrs``
+        (``None`` when the target has no such file); module lines (``[mod]``) are skipped."""
+        import numpy as np
+
+        p = self.ftrace_addrs_path
+        if p is None:
+            return None
+        addrs = []
+        for lineno, line in enumerate(read_input(p, "ftrace locations").decode("utf-8", "replace").splitlines(), 1):
+            w = line.split()
+            if not w or (len(w) > 2 and w[2].startswith("[")):
+                continue
+            try:
+                addrs.append(int(w[0], 16))
+            except ValueError:
+                raise InputError(f"{p}:{lineno}: not an 'address name' line: {line[:80]!r}") from None
+        return np.unique(np.array(addrs, dtype=np.uint64))
+
     # ---------------------------------------------------------- symvers
     @cached_property
     def symvers_path(self) -> Path | None:

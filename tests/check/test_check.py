@@ -234,22 +234,22 @@ def test_patch_without_livepatch_modinfo(tmp_path: Path) -> None:
     m = Mod("lp", imports=["klp_enable_patch"], livepatch=False, patch={None: [("cmdline_proc_show", 0)]})
     verdict, findings = run(tmp_path, m)
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == ["module lp is not marked as a livepatch module"]
+    assert kmsgs(errors(findings)) == ["livepatch: module lp is not marked as a livepatch module"]
 
 
 def test_patched_function_not_found(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("renamed_fn", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "symbol 'renamed_fn' not found in symbol table"
-    assert err.extra["then"] == ["failed to enable patch 'lp'"]
+    assert err.kernel_message == "livepatch: symbol 'renamed_fn' not found in symbol table"
+    assert "then" not in err.extra  # klp_init_patch fails silently: no "failed to enable patch"
 
 
 def test_ambiguous_function_lists_candidates(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("dup", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "unresolvable ambiguity for symbol 'dup' in object '(null)'"
+    assert err.kernel_message == "livepatch: unresolvable ambiguity for symbol 'dup' in object '(null)'"
     cands = err.extra["candidates"]
     assert [(c["sympos"], c["address"], c["file"]) for c in cands] == [
         (1, hex(VMLINUX_FUNCS["dup"][0]), "fs/proc/cmdline.c"),
@@ -261,15 +261,15 @@ def test_ambiguous_function_lists_candidates(tmp_path: Path) -> None:
 def test_sympos_beyond_count(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("dup", 3)]}))
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == ["symbol position 3 for symbol 'dup' in object 'vmlinux' not found"]
+    assert kmsgs(errors(findings)) == ["livepatch: symbol position 3 for symbol 'dup' in object 'vmlinux' not found"]
 
 
 def test_function_without_ftrace_location(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("notrace_fn", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "failed to find location for function 'notrace_fn'"
-    assert err.extra["then"][0] == "failed to patch object 'vmlinux'"
+    assert err.kernel_message == "livepatch: failed to find location for function 'notrace_fn'"
+    assert err.extra["then"][0] == "livepatch: failed to patch object 'vmlinux'"
 
 
 def test_ftrace_not_checked_without_vmlinux(tmp_path: Path) -> None:
@@ -289,11 +289,14 @@ def test_module_object(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({"target_mod": [("gone", 0)]}))
     assert verdict == "patch-fails"
     err = errors(findings)[0]
-    assert err.kernel_message == "symbol 'gone' not found in symbol table"
-    assert err.extra["then"][1] == "patch 'lp' failed for module 'target_mod', refusing to load module 'target_mod'"
+    assert err.kernel_message == "livepatch: symbol 'gone' not found in symbol table"
+    assert (
+        err.extra["then"][1]
+        == "livepatch: patch 'lp' failed for module 'target_mod', refusing to load module 'target_mod'"
+    )
     verdict, findings = run(tmp_path, lp({"target_mod": [("quiet", 0)]}))
     assert verdict == "patch-fails"
-    assert kmsgs(errors(findings)) == ["failed to find location for function 'quiet'"]
+    assert kmsgs(errors(findings)) == ["livepatch: failed to find location for function 'quiet'"]
 
 
 def test_object_name_with_dash_or_suffix(tmp_path: Path) -> None:

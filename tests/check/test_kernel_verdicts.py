@@ -1,0 +1,94 @@
+"""``klpcore check`` against the real kernel: Debian 6.1.0-50 amd64 under qemu decided.
+
+Each case in ``fixtures/kernel/x86_64-6.1.0-50/cases.json`` is a module built
+with Debian's kbuild and insmodded (one ``finit_module``, a freshly booted
+kernel per case) by ``tools/kernel_oracle/run.py``; ``fixtures/kernel/build.py``
+regenerates it all.  The target is the committed slice ``target/`` (the
+System.map, Module.symvers and config lines the cases need, the ftrace
+locations of the patched functions, dm-persistent-data.ko.xz).
+
+Normalisation of the kernel's lines: the dmesg timestamp is dropped (the
+recording does it); the livepatch transition's "'<patch>': patching complete"
+is printed from a workqueue when the transition finishes, before or after the
+marker that ends the module's lines, so it is compared only when the recording
+caught it (check always reports it, as an info finding).  check's lines are every finding's
+``kernel_message`` followed by its ``then`` lines, in order.  Lines the kernel
+prints later, when a patched module loads, are compared with the findings of
+check for patched module objects (``object`` set).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from klpcore.check import Target, check_pair
+from klpcore.check.target import module_kernel_name
+
+HERE = Path(__file__).resolve().parent / "fixtures" / "kernel" / "x86_64-6.1.0-50"
+CASES: dict[str, dict[str, Any]] = json.loads((HERE / "cases.json").read_text())
+
+
+def kernel_verdict(case: dict[str, Any]) -> str:
+    """refused: insmod failed; patch-fails: a patched object whose module is loaded was never
+    patched (/sys/kernel/livepatch/<patch>/<object>/patched is 0); else loads."""
+    if case["insmod"] != 0:
+        return "refused"
+    loaded = set(case["modules"])
+    for key, value in case["livepatch"].items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "patched" and value == "0":
+            obj = parts[1]
+            if obj == "vmlinux" or module_kernel_name(obj) in loaded:
+                return "patch-fails"
+    return "loads"
+
+
+def check_lines(findings: list[Any]) -> list[str]:
+    out: list[str] = []
+    for f in findings:
+        if f.kernel_message:
+            out.append(f.kernel_message)
+        then = f.extra.get("then")
+        out += [then] if isinstance(then, str) else list(then or [])
+    return out
+
+
+@pytest.fixture(scope="module")
+def target() -> Target:
+    return Target(HERE / "target")
+
+
+def test_recording_is_complete() -> None:
+    assert len(CASES) >= 12
+    verdicts = {kernel_verdict(c) for c in CASES.values()}
+    assert verdicts == {"loads", "refused", "patch-fails"}
+    for name in CASES:
+        assert (HERE / f"{name}.ko").is_file(), name
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_verdict_and_messages_match_the_kernel(name: str, target: Target) -> None:
+    case = CASES[name]
+    r = check_pair(str(HERE / f"{name}.ko"), target)
+    assert r.verdict == kernel_verdict(case), (case["what"], [f.as_dict() for f in r.findings])
+    assert not [f for f in r.findings if f.severity == "not-checked"], r.findings
+    at_insmod = [f for f in r.findings if f.extra.get("object") in (None, "vmlinux")]
+    mod_lines = check_lines(at_insmod)
+    complete = f"livepatch: '{name}': patching complete"
+    if complete not in case["kernel_lines"] and mod_lines[-1:] == [complete]:
+        mod_lines.pop()
+    assert mod_lines == case["kernel_lines"], case["what"]
+    later = [ln for lines in case["after"].values() for ln in lines if ln.startswith("livepatch:")]
+    assert check_lines([f for f in r.findings if f not in at_insmod]) == later
+
+
+def test_the_target_is_a_slice(target: Target) -> None:
+    # the committed target names what it has; nothing is missing for these cases
+    assert target.release == "6.1.0-50-amd64"
+    assert target.vermagic == "6.1.0-50-amd64 SMP preempt mod_unload modversions "
+    assert set(target.module_index) == {"dm_persistent_data"}
+    assert target.ftrace_sites is not None and len(target.ftrace_sites) >= 5
