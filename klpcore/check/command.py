@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -86,11 +87,12 @@ def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[
     results: list[list[PairResult]] = []
     total = len(args.modules) * len(targets)
     n = 0
+    start = time.monotonic()
     for m in args.modules:
         pairs = []
         for t in targets:
             n += 1
-            _progress(f"[{n}/{total}] {os.path.basename(m)} on {t.label} ...")
+            _progress(f"[{n}/{total}] {time.monotonic() - start:5.1f} s  {os.path.basename(m)} on {t.label} ...")
             pairs.append(check_pair(m, t, options))
         results.append(pairs)
     _progress("")
