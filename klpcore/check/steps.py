@@ -160,6 +160,7 @@ class PairCheck:
     # ------------------------------------------------------------------ run
     def run(self) -> list[Finding]:
         try:
+            self.step_modules()
             elf, raw = self.step_elf()
             self.step_load_info(elf, raw)
             self.step_modstruct()
@@ -173,6 +174,18 @@ class PairCheck:
         except Stop:
             pass
         return self.findings
+
+    # ------------------------------------------------------------- modules
+    def step_modules(self) -> None:
+        """A kernel built without CONFIG_MODULES has no init_module/finit_module (ENOSYS, no message)."""
+        cfg = self.target.config
+        if cfg is not None and cfg.get("CONFIG_MODULES") == "n":
+            self.refuse(
+                "modules",
+                "the target kernel has no loadable-module support (CONFIG_MODULES is not set): "
+                "insmod fails with ENOSYS",
+            )
+            raise Stop
 
     # ----------------------------------------------------------------- ELF
     def step_elf(self) -> tuple[ElfModule, bytes]:

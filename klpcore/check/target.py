@@ -158,6 +158,8 @@ class Target:
             if line.startswith("CONFIG_"):
                 key, _, value = line.partition("=")
                 out[key] = value.strip().strip('"')
+            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                out[line[2:-11]] = "n"  # said to be off (a missing symbol is merely unknown)
         return out
 
     def config_bool(self, key: str) -> bool | None:

@@ -459,3 +459,51 @@ def test_inspect_shows_patched_functions(tmp_path: Path, capsys: pytest.CaptureF
         },
         {"object": "target_mod", "old_name": "tfunc", "sympos": 2, "replacement": "new_target_mod_tfunc"},
     ]
+
+
+def test_kernel_without_module_support(tmp_path: Path) -> None:
+    # a kernel built without CONFIG_MODULES (as this sandbox's) has no init_module: ENOSYS, no message
+    tdir = make_target(tmp_path / "target")
+    cfg = tdir / "boot" / f"config-{RELEASE}"
+    cfg.write_text(cfg.read_text() + "# CONFIG_MODULES is not set\n")
+    verdict, findings = run(tmp_path, Mod("good", imports=["printk"]))
+    assert verdict == "refused"
+    assert [(f.check, f.kernel_message) for f in errors(findings)] == [("modules", None)]
+    # a config that does not mention it is not taken as "no modules"
+    cfg.write_text(cfg.read_text().replace("# CONFIG_MODULES is not set\n", ""))
+    r = check_pair(str(tmp_path / "good.ko"), Target(tdir))
+    assert r.verdict == "loads"
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+def test_dependency_from_a_compressed_tree(tmp_path: Path, suffix: str) -> None:
+    # distributions compress their module trees (.ko.xz, .ko.gz, .ko.zst): a dependency is found,
+    # read and checked the same way
+    import gzip
+    import lzma
+
+    from klpcore import compress
+
+    lib = Mod("helper_lib", exports=["helper_fn"], functions=["helper_fn"], modinfo={"intree": "Y"})
+    user = Mod(
+        "user",
+        imports=["helper_fn"],
+        versions={"module_layout": EXPORTS["module_layout"][0], "helper_fn": 0x66666666},
+        modinfo={"depends": "helper-lib"},
+    )
+    tdir = make_target(tmp_path / "target", tree={"lib/helper-lib.ko": lib})
+    plain = next(tdir.rglob("helper-lib.ko"))
+    data = plain.read_bytes()
+    if suffix == ".xz":
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ)
+    elif suffix == ".gz":
+        packed = gzip.compress(data)
+    else:
+        zstd = pytest.importorskip("zstandard")
+        packed = zstd.ZstdCompressor().compress(data)
+    plain.with_name("helper-lib.ko" + suffix).write_bytes(packed)
+    plain.unlink()
+    assert compress.read_input(plain.with_name("helper-lib.ko" + suffix), limit=1 << 20, what="t") == data
+    verdict, findings = run(tmp_path, user)
+    assert verdict == "loads", findings
+    assert any("loaded first: helper_lib" in f.message for f in findings)
