@@ -353,17 +353,34 @@ class PairCheck:
                 self.msg("taint_license", name=info.name, license=info.license or "unspecified"),
             )
             self.lockdep_taint(lic)
-        if self.target.config_bool("CONFIG_MODULE_SIG") and not info.signed and self.depth == 0:
-            force = self.target.config_bool("CONFIG_MODULE_SIG_FORCE")
-            if force:
-                self.refuse("signature", "unsigned module on a kernel with CONFIG_MODULE_SIG_FORCE", None)
-                raise Stop
-            self.add(
-                "signature",
-                "warning",
-                "unsigned module taints the kernel (refused under Secure Boot lockdown)",
-                self.msg("taint_unsigned", name=info.name),
-            )
+        if self.target.config_bool("CONFIG_MODULE_SIG") and self.depth == 0:
+            self.step_signature(info)
+
+    def step_signature(self, info: ModInfo) -> None:
+        """``module_sig_check``: an unsigned module, or one whose key the kernel does not hold, taints
+        (printed once per boot) or, with CONFIG_MODULE_SIG_FORCE, is refused.  The target's trusted
+        keys are approximated by the key that signed its own modules."""
+        why = "unsigned module"
+        if info.signed:
+            own = self.target.tree_signer
+            if own is None:
+                self.not_checked(
+                    "signature", "whether the target trusts the module's signing key needs its signed modules"
+                )
+                return
+            if info.signer == own:
+                self.add("signature", "info", "signed with the key that signed the target's own modules")
+                return
+            why = "signed with a key other than the target's own modules' (unless that key is in its keyring)"
+        if self.target.config_bool("CONFIG_MODULE_SIG_FORCE"):
+            self.refuse("signature", f"{why} on a kernel with CONFIG_MODULE_SIG_FORCE", None)
+            raise Stop
+        self.add(
+            "signature",
+            "warning",
+            f"{why}: taints the kernel (refused under Secure Boot lockdown)",
+            self.msg("taint_unsigned", name=info.name),
+        )
 
     def step_export_versions(self) -> None:
         info = self.info

@@ -386,6 +386,20 @@ class Target:
         return None
 
     @cached_property
+    def tree_signer(self) -> bytes | None:
+        """The signer of the target's own signed modules (the key its build signed them with)."""
+        from .modinfo import module_signer
+
+        for path in list(self.module_index.values())[:20]:
+            try:
+                signer = module_signer(read_input(path, "module", limit=1 << 30))
+            except KlpError:
+                continue
+            if signer is not None:
+                return signer
+        return None
+
+    @cached_property
     def vermagic(self) -> str | None:
         """``VERMAGIC_STRING``: from an in-tree module, else built from the release and config."""
         if self.tree_vermagic:

@@ -28,8 +28,12 @@ import pytest
 from klpcore.check import Target, check_pair
 from klpcore.check.target import module_kernel_name
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "kernel" / "x86_64-6.1.0-50"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kernel"
+HERE = FIXTURES / "x86_64-6.1.0-50"
 CASES: dict[str, dict[str, Any]] = json.loads((HERE / "cases.json").read_text())
+#: every recording (one per kernel ABI) and its cases
+RECORDINGS = {d.name: json.loads((d / "cases.json").read_text()) for d in sorted(FIXTURES.glob("x86_64-*"))}
+PAIRS = [(abi, name) for abi, cases in RECORDINGS.items() for name in sorted(cases)]
 
 
 def kernel_verdict(case: dict[str, Any]) -> str:
@@ -57,9 +61,19 @@ def check_lines(findings: list[Any]) -> list[str]:
     return out
 
 
+_TARGETS: dict[str, Target] = {}
+
+
+def target_of(abi: str) -> Target:
+    """One Target per recording, shared by its cases (as one command shares it)."""
+    if abi not in _TARGETS:
+        _TARGETS[abi] = Target(FIXTURES / abi / "target")
+    return _TARGETS[abi]
+
+
 @pytest.fixture(scope="module")
 def target() -> Target:
-    return Target(HERE / "target")
+    return target_of(HERE.name)
 
 
 def test_recording_is_complete() -> None:
@@ -70,10 +84,10 @@ def test_recording_is_complete() -> None:
         assert (HERE / f"{name}.ko").is_file(), name
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_verdict_and_messages_match_the_kernel(name: str, target: Target) -> None:
-    case = CASES[name]
-    r = check_pair(str(HERE / f"{name}.ko"), target)
+@pytest.mark.parametrize(("abi", "name"), PAIRS)
+def test_verdict_and_messages_match_the_kernel(abi: str, name: str) -> None:
+    case = RECORDINGS[abi][name]
+    r = check_pair(str(FIXTURES / abi / f"{name}.ko"), target_of(abi))
     assert r.verdict == kernel_verdict(case), (case["what"], [f.as_dict() for f in r.findings])
     assert not [f for f in r.findings if f.severity == "not-checked"], r.findings
     at_insmod = [f for f in r.findings if f.extra.get("object") in (None, "vmlinux")]
