@@ -964,16 +964,9 @@ class LivepatchCheck:
             pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
             pc.msg("klp_refuse_module", name=info.name, obj=name),
         ]
-        # klp_module_coming: "applying patch", then klp_init_object_loaded (the object's livepatch
-        # relocations, then every function looked up; the first failure ends it), then
-        # klp_patch_object (every function's ftrace location; the first failure ends it)
-        pc.add(
-            "patched-objects",
-            "info",
-            f"when {name} loads, klp_module_coming applies the patch to it",
-            pc.msg("klp_applying", name=info.name, obj=name),
-            object=name,
-        )
+        # klp_module_coming: klp_init_object_loaded (the object's livepatch relocations, then every
+        # function looked up; the first failure ends it), "applying patch", then klp_patch_object
+        # (every function's ftrace location; the first failure ends it)
         if self.loaded is not None:
             try:
                 self.loaded.coming(name, symbols)
@@ -1007,6 +1000,14 @@ class LivepatchCheck:
                 failed = True
                 continue
             found.append((f, self.record(obj, f, status="resolved", address=hex(addr))))
+        if not failed:
+            pc.add(
+                "patched-objects",
+                "info",
+                f"when {name} loads, klp_module_coming applies the patch to it",
+                pc.msg("klp_applying", name=info.name, obj=name),
+                object=name,
+            )
         for f, row in found:
             ext = self.module_extent(elf, f.old_name, f.sympos)
             if sites is None or ext is None:

@@ -49,16 +49,17 @@ def kernel_lines(name: str, case: dict[str, Any]) -> list[str]:
 
 
 def kernel_verdict(case: dict[str, Any]) -> str:
-    """refused: insmod failed; patch-fails: a patched object whose module is loaded was never
-    patched (/sys/kernel/livepatch/<patch>/<object>/patched is 0); else loads."""
+    """refused: insmod failed; patch-fails: a patched object whose module was then loaded was never
+    patched (/sys/kernel/livepatch/<patch>/<object>/patched is 0), or its insmod failed; else loads."""
     if case["insmod"] != 0:
         return "refused"
     loaded = set(case["modules"])
+    failed = {module_kernel_name(k) for k, v in case.get("insmod_all", {}).items() if v != 0}
     for key, value in case["livepatch"].items():
         parts = key.split("/")
         if len(parts) == 3 and parts[2] == "patched" and value == "0":
-            obj = parts[1]
-            if obj == "vmlinux" or module_kernel_name(obj) in loaded:
+            obj = module_kernel_name(parts[1])
+            if parts[1] == "vmlinux" or obj in loaded or obj in failed:
                 return "patch-fails"
     return "loads"
 
