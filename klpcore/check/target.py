@@ -429,6 +429,7 @@ class Target:
             "release": self.release,
             "symbols": str(self.kallsyms_path or self.system_map_path or self.vmlinux_path or "") or None,
             "vmlinux": str(self.vmlinux_path) if self.vmlinux_path else None,
+            "ftrace_locations": str(self.ftrace_addrs_path) if self.ftrace_addrs_path else None,
             "config": str(self.config_path) if self.config_path else None,
             "symvers": str(self.symvers_path) if self.symvers_path else None,
             "modules": str(self.modules_dir) if self.modules_dir else None,
