@@ -46,6 +46,14 @@ DEP_STRIDE = 0x1000000
 #: module area slots (the x86_64 module area ends at 0xffffffffff000000)
 DEP_SLOTS = 46
 ERR_NOENT, ERR_INVAL = -2, -22
+#: load rules a distribution's kernel patches change: distribution -> {rule: (value, source)}
+DISTRIBUTION_RULES: dict[str, dict[str, tuple[bool, str]]] = {
+    "debian": {
+        # upstream check_version warns once and accepts an import without a __versions entry;
+        # Debian (since 4.9) prints the warning and refuses it (seen on 6.1.0-50: kc_noentry, kc_nolayout)
+        "missing_crc_refused": (True, "Debian's patch 'module: Disable matching missing version CRC' (2016)"),
+    },
+}
 
 
 @dataclass
@@ -247,6 +255,13 @@ class PairCheck:
             return any(e.crc for e in sv.values())
         return None
 
+    def distribution_rule(self, rule: str) -> bool:
+        """A load rule the target's distribution patched in (``-O missing_crc=refuse|accept`` overrides)."""
+        if rule == "missing_crc_refused" and "missing_crc" in self.kernel_options:
+            return str(self.kernel_options["missing_crc"]) == "refuse"
+        dist = self.target.distribution
+        return bool(dist and DISTRIBUTION_RULES.get(dist, {}).get(rule, (False, ""))[0])
+
     def check_version(self, check: str, sym: str, crc: int | None) -> bool:
         """``check_version``; False means the symbol is refused (-EINVAL)."""
         info = self.info
@@ -267,6 +282,17 @@ class PairCheck:
             if info.versions is None:
                 return self.force_load(check, sym, "module has no __versions section")
             got = info.versions.get(sym)
+            if got is None and self.distribution_rule("missing_crc_refused"):
+                self.refuse(
+                    check,
+                    f"module's __versions has no entry for {sym}: refused by "
+                    + DISTRIBUTION_RULES.get(self.target.distribution or "", {}).get(
+                        "missing_crc_refused", (True, "-O missing_crc=refuse")
+                    )[1],
+                    self.msg("no_version", name=info.name, sym=sym),
+                    symbol=sym,
+                )
+                return False
             if got is None:
                 self.add(
                     check,

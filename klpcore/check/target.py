@@ -169,6 +169,18 @@ class Target:
             return None
         return cfg.get(key) in ("y", "m")
 
+    @cached_property
+    def distribution(self) -> str | None:
+        """The distribution whose kernel patches change a load rule (see ``DISTRIBUTION_RULES`` in
+        steps): "debian" when the config says Debian built it (its compiler string or its
+        trusted-keys file), else ``None``."""
+        cfg = self.config or {}
+        if "(Debian" in cfg.get("CONFIG_CC_VERSION_TEXT", "") or cfg.get("CONFIG_SYSTEM_TRUSTED_KEYS", "").startswith(
+            "debian/"
+        ):
+            return "debian"
+        return None
+
     # ------------------------------------------------------------ arch
     @cached_property
     def machine(self) -> int | None:

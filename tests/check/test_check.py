@@ -507,3 +507,20 @@ def test_dependency_from_a_compressed_tree(tmp_path: Path, suffix: str) -> None:
     verdict, findings = run(tmp_path, user)
     assert verdict == "loads", findings
     assert any("loaded first: helper_lib" in f.message for f in findings)
+
+
+def test_missing_crc_rule_by_distribution(tmp_path: Path) -> None:
+    # upstream accepts an import without a __versions entry (warning); Debian's kernels refuse it
+    # (tests/check/test_kernel_verdicts.py: kc_noentry, kc_nolayout on the real 6.1.0-50)
+    versions = {"module_layout": EXPORTS["module_layout"][0]}
+    mod = Mod("noent", imports=["printk"], versions=versions)
+    verdict, _ = run(tmp_path, mod)
+    assert verdict == "loads"
+    r = check_pair(str(tmp_path / "noent.ko"), Target(tmp_path / "target"), {"missing_crc": "refuse"})
+    assert r.verdict == "refused"
+    assert kmsgs(errors(r.findings)) == [f"noent: no symbol version for {n}" for n in ("__fentry__", "printk")]
+    deb = make_target(tmp_path / "debian", config={"CONFIG_CC_VERSION_TEXT": '"gcc-12 (Debian 12.2.0-14) 12.2.0"'})
+    assert Target(deb).distribution == "debian"
+    r = check_pair(str(tmp_path / "noent.ko"), Target(deb))
+    assert r.verdict == "refused"
+    assert errors(r.findings)[-1].extra["then"] == "noent: Unknown symbol printk (err -22)"
