@@ -256,9 +256,7 @@ class PairCheck:
         return None
 
     def distribution_rule(self, rule: str) -> bool:
-        """A load rule the target's distribution patched in (``-O missing_crc=refuse|accept`` overrides)."""
-        if rule == "missing_crc_refused" and "missing_crc" in self.kernel_options:
-            return str(self.kernel_options["missing_crc"]) == "refuse"
+        """A load rule the target's distribution patched in (``--distribution`` overrides the guess)."""
         dist = self.target.distribution
         return bool(dist and DISTRIBUTION_RULES.get(dist, {}).get(rule, (False, ""))[0])
 
@@ -286,9 +284,7 @@ class PairCheck:
                 self.refuse(
                     check,
                     f"module's __versions has no entry for {sym}: refused by "
-                    + DISTRIBUTION_RULES.get(self.target.distribution or "", {}).get(
-                        "missing_crc_refused", (True, "-O missing_crc=refuse")
-                    )[1],
+                    + DISTRIBUTION_RULES[self.target.distribution or ""]["missing_crc_refused"][1],
                     self.msg("no_version", name=info.name, sym=sym),
                     symbol=sym,
                 )

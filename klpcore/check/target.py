@@ -56,8 +56,11 @@ def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -
 class Target:
     """One target kernel found under ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str], release: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], release: str | None = None, distribution: str | None = None
+    ) -> None:
         self.path = Path(path)
+        self._distribution = distribution  # None: guessed from the config; "upstream": none
         if not self.path.is_dir():
             raise InputError(f"target {path}: not a directory")
         self._release_hint = release
@@ -171,9 +174,11 @@ class Target:
 
     @cached_property
     def distribution(self) -> str | None:
-        """The distribution whose kernel patches change a load rule (see ``DISTRIBUTION_RULES`` in
-        steps): "debian" when the config says Debian built it (its compiler string or its
-        trusted-keys file), else ``None``."""
+        """The distribution whose kernel patches change a load rule (``DISTRIBUTION_RULES`` in
+        steps): as given, else "debian" when the config says Debian built it (its compiler string
+        or its trusted-keys file), else ``None`` (upstream rules)."""
+        if self._distribution is not None:
+            return None if self._distribution == "upstream" else self._distribution
         cfg = self.config or {}
         if "(Debian" in cfg.get("CONFIG_CC_VERSION_TEXT", "") or cfg.get("CONFIG_SYSTEM_TRUSTED_KEYS", "").startswith(
             "debian/"
@@ -439,6 +444,7 @@ class Target:
     def describe(self) -> dict[str, object]:
         return {
             "release": self.release,
+            "distribution": self.distribution,
             "symbols": str(self.kallsyms_path or self.system_map_path or self.vmlinux_path or "") or None,
             "vmlinux": str(self.vmlinux_path) if self.vmlinux_path else None,
             "ftrace_locations": str(self.ftrace_addrs_path) if self.ftrace_addrs_path else None,
