@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,13 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         help="target kernel directory (repeatable); PATH:RELEASE picks a release",
     )
     sp.add_argument(
+        "--distribution",
+        choices=["auto", "debian", "upstream"],
+        default="auto",
+        help="whose kernel patches change load rules on the targets (default: from each target's config; "
+        "debian: an import without a __versions entry is refused)",
+    )
+    sp.add_argument(
         "--json", metavar="FILE", dest="report", help="write the JSON report (schema 1) to FILE ('-' = stdout)"
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
@@ -64,7 +72,7 @@ def _progress(text: str) -> None:
         sys.stderr.flush()
 
 
-def _targets(specs: list[str]) -> list[Target]:
+def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
     out = []
     for spec in specs:
         path, release = spec, None
@@ -72,7 +80,7 @@ def _targets(specs: list[str]) -> list[Target]:
             path, _, release = spec.rpartition(":")
         if not os.path.isdir(path):
             raise InputError(f"--target {spec}: not a directory")
-        out.append(Target(path, release))
+        out.append(Target(path, release, distribution))
     return out
 
 
@@ -82,15 +90,16 @@ def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[
     for m in args.modules:
         if not os.path.isfile(m):
             raise InputError(f"{m}: no such module file")
-    targets = _targets(args.target)
+    targets = _targets(args.target, None if args.distribution == "auto" else args.distribution)
     results: list[list[PairResult]] = []
     total = len(args.modules) * len(targets)
     n = 0
+    start = time.monotonic()
     for m in args.modules:
         pairs = []
         for t in targets:
             n += 1
-            _progress(f"[{n}/{total}] {os.path.basename(m)} on {t.label} ...")
+            _progress(f"[{n}/{total}] {time.monotonic() - start:5.1f} s  {os.path.basename(m)} on {t.label} ...")
             pairs.append(check_pair(m, t, options))
         results.append(pairs)
     _progress("")

@@ -45,16 +45,27 @@ MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
     "common": [((0, 0), "{name}: please compile with -fno-common")],
     # complete_formation / verify_exported_symbols
     "duplicate_export": [((0, 0), "{name}: exports duplicate symbol {sym} (owned by {owner})")],
-    # klp_enable_patch / klp_init_* / klp_patch_func
-    "not_livepatch": [((0, 0), "module {name} is not marked as a livepatch module")],
-    "klp_not_found": [((0, 0), "symbol '{sym}' not found in symbol table")],
-    "klp_ambiguous": [((0, 0), "unresolvable ambiguity for symbol '{sym}' in object '{obj}'")],
-    "klp_sympos": [((0, 0), "symbol position {pos} for symbol '{sym}' in object '{obj}' not found")],
-    "klp_ftrace": [((0, 0), "failed to find location for function '{sym}'")],
-    "klp_patch_object": [((0, 0), "failed to patch object '{obj}'")],
-    "klp_enable": [((0, 0), "failed to enable patch '{name}'")],
-    "klp_coming": [((0, 0), "failed to initialize patch '{name}' for module '{obj}' ({err})")],
-    "klp_refuse_module": [((0, 0), "patch '{name}' failed for module '{obj}', refusing to load module '{obj}'")],
+    # add_taint: the first taint that makes lockdep unreliable (forced load, proprietary license)
+    "lockdep_off": [((0, 0), "Disabling lock debugging due to kernel taint")],
+    # klp_enable_patch / klp_init_* / klp_patch_func / klp_module_coming: kernel/livepatch/*.c print
+    # through pr_fmt "livepatch: "
+    "not_livepatch": [((0, 0), "livepatch: module {name} is not marked as a livepatch module")],
+    "klp_not_found": [((0, 0), "livepatch: symbol '{sym}' not found in symbol table")],
+    "klp_ambiguous": [((0, 0), "livepatch: unresolvable ambiguity for symbol '{sym}' in object '{obj}'")],
+    "klp_sympos": [((0, 0), "livepatch: symbol position {pos} for symbol '{sym}' in object '{obj}' not found")],
+    "klp_enabling": [((0, 0), "livepatch: enabling patch '{name}'")],
+    "klp_start": [((0, 0), "livepatch: '{name}': starting patching transition")],
+    "klp_complete": [((0, 0), "livepatch: '{name}': patching complete")],
+    "klp_ftrace": [((0, 0), "livepatch: failed to find location for function '{sym}'")],
+    "klp_patch_object": [((0, 0), "livepatch: failed to patch object '{obj}'")],
+    "klp_enable": [((0, 0), "livepatch: failed to enable patch '{name}'")],
+    "klp_unpatched": [((0, 0), "livepatch: '{name}': unpatching complete")],
+    "klp_applying": [((0, 0), "livepatch: applying patch '{name}' to loading module '{obj}'")],
+    "klp_coming": [((0, 0), "livepatch: failed to initialize patch '{name}' for module '{obj}' ({err})")],
+    "klp_apply_failed": [((0, 0), "livepatch: failed to apply patch '{name}' to module '{obj}' ({err})")],
+    "klp_refuse_module": [
+        ((0, 0), "livepatch: patch '{name}' failed for module '{obj}', refusing to load module '{obj}'")
+    ],
 }
 
 
@@ -66,6 +77,17 @@ def kmsg(key: str, version: Version, **fields: object) -> str:
         if version >= since:
             chosen = template
     return chosen.format(**fields)
+
+
+#: pr_fmt of kernel/livepatch/*.c
+KLP_PREFIX = "livepatch: "
+
+
+def klp_line(text: str | None) -> str | None:
+    """A livepatch-core message as the kernel prints it (the core's diagnostics omit the prefix)."""
+    if text is None or text.startswith(KLP_PREFIX):
+        return text
+    return KLP_PREFIX + text
 
 
 def has_message(key: str, version: Version) -> bool:

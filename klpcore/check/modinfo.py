@@ -48,6 +48,8 @@ class ModInfo:
     has_gpl_kcrctab: bool = False
     has_this_module: bool = True
     signed: bool = False
+    #: the signature's signer (the DER of its SignerInfo's sid: issuer and serial, or key id)
+    signer: bytes | None = None
 
     def first(self, key: str) -> str | None:
         values = self.modinfo.get(key)
@@ -103,7 +105,54 @@ def read_modinfo(elf: ElfModule, path: str, raw: bytes | None = None) -> ModInfo
         has_gpl_kcrctab=elf.section_by_name("__kcrctab_gpl") is not None,
         has_this_module=elf.section_by_name(".gnu.linkonce.this_module") is not None,
         signed=data.endswith(SIGNATURE_MARKER),
+        signer=module_signer(data),
     )
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end of contents) of the DER element at ``pos``."""
+    tag = data[pos]
+    n = data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k == 0 or k > 4:
+            raise ValueError("DER length")
+        n = int.from_bytes(data[pos : pos + k], "big")
+        pos += k
+    if pos + n > len(data):
+        raise ValueError("DER overrun")
+    return tag, pos, pos + n
+
+
+def module_signer(data: bytes) -> bytes | None:
+    """Who signed a module: ``struct module_signature`` (12 bytes, ``sig_len`` big-endian at 8) and
+    the marker end the file; the PKCS#7 SignedData before them holds one SignerInfo whose ``sid``
+    (IssuerAndSerialNumber or SubjectKeyIdentifier) names the key.  ``None``: unsigned or unreadable."""
+    if not data.endswith(SIGNATURE_MARKER) or len(data) < 40:
+        return None
+    tail = len(data) - len(SIGNATURE_MARKER)
+    sig_len = int.from_bytes(data[tail - 4 : tail], "big")
+    if data[tail - 10] != 2 or sig_len <= 0 or sig_len > tail - 12:  # id_type 2: PKEY_ID_PKCS7
+        return None
+    blob = data[tail - 12 - sig_len : tail - 12]
+    try:
+        _, c, _ = _der(blob, 0)  # ContentInfo
+        _, c, _ = _der(blob, _der(blob, c)[2])  # skip contentType OID, enter [0]
+        tag, pos, end = _der(blob, c)  # SignedData
+        pos = _der(blob, pos)[2]  # version
+        pos = _der(blob, pos)[2]  # digestAlgorithms
+        pos = _der(blob, pos)[2]  # encapContentInfo
+        while pos < end:
+            tag, c, e = _der(blob, pos)
+            if tag == 0x31:  # signerInfos
+                _, si, _ = _der(blob, c)  # first SignerInfo
+                sid = _der(blob, _der(blob, si)[2])  # after its version
+                return blob[_der(blob, si)[2] : sid[2]]
+            pos = e  # [0] certificates, [1] crls
+    except (ValueError, IndexError):
+        return None
+    return None
 
 
 def _versions(elf: ElfModule) -> dict[str, int] | None:

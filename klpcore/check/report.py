@@ -77,37 +77,57 @@ def json_report(results: list[list[PairResult]]) -> dict[str, Any]:
     return {"modules": mods}
 
 
+#: errors shown per pair in a several-pair run without --verbose
+MAX_ERRORS = 5
+
+
 def _summary(r: PairResult) -> str:
-    f = r.first_error
-    if f is None:
-        warn = sum(1 for x in r.findings if x.severity == "warning")
+    """The table's last column: the first failure (and how many more), else the warnings by check."""
+    errors = [x for x in r.findings if x.severity == "error"]
+    if not errors:
+        warn = sorted({x.check for x in r.findings if x.severity == "warning"})
         nc = sum(1 for x in r.findings if x.severity == "not-checked")
-        bits = [f"{warn} warning(s)"] if warn else []
+        bits = [f"warnings: {', '.join(warn)}"] if warn else []
         if nc:
             bits.append(f"{nc} not checked")
-        return ", ".join(bits)
-    return f.kernel_message or f.message
+        return "; ".join(bits) or "no warnings"
+    first = errors[0]
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{first.check}: {first.kernel_message or first.message}{more}"
 
 
 def write_text(results: list[list[PairResult]], out: TextIO | None = None, verbose: bool = False) -> None:
     out = out or sys.stdout
     pairs = [p for group in results for p in group]
-    if len(pairs) > 1:
+    several = len(pairs) > 1
+    if several:
         rows = [(p.name, p.target, p.release or "?", p.verdict, _summary(p)) for p in pairs]
-        header = ("module", "target", "release", "verdict", "first failure / notes")
+        header = ("module", "target", "release", "verdict", "first failure / warnings")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
         for n, r in enumerate([header, *rows]):
             out.write("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] + "\n")
             if n == 0:
-                out.write("  ".join("-" * w for w in widths) + "  " + "-" * 21 + "\n")
-        out.write("\n")
+                out.write("  ".join("-" * w for w in widths) + "  " + "-" * len(header[4]) + "\n")
+        counts = {v: sum(1 for p in pairs if p.verdict == v) for v in (LOADS, REFUSED, PATCH_FAILS)}
+        out.write(f"{len(pairs)} pairs: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "\n")
     for p in pairs:
-        out.write(f"{p.name} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n")
-        if len(pairs) > 1 and not verbose and p.verdict == LOADS:
+        if several and not verbose and p.verdict == LOADS:
             continue
+        out.write(
+            ("\n" if several else "") + f"{p.name} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n"
+        )
+        shown_errors = 0
+        hidden = 0
         for f in p.findings:
             if f.severity == "info" and not verbose:
                 continue
+            if several and not verbose and f.severity != "error":
+                continue  # the table names the warnings; -v shows them
+            if f.severity == "error":
+                shown_errors += 1
+                if several and not verbose and shown_errors > MAX_ERRORS:
+                    hidden += 1
+                    continue
             label = f.severity if not f.outcome else f"{f.severity} ({f.outcome})"
             out.write(f"  {label:<22} {f.check:<18} {f.message}\n")
             if f.kernel_message:
@@ -115,7 +135,9 @@ def write_text(results: list[list[PairResult]], out: TextIO | None = None, verbo
                 then = f.extra.get("then")
                 for line in [then] if isinstance(then, str) else (then or []):
                     out.write(f"  {'':<22} {'':<18}         {line}\n")
-        if p.patched and (verbose or len(pairs) == 1):
+        if hidden:
+            out.write(f"  ... {hidden} more error(s) (-v shows them)\n")
+        if p.patched and (verbose or not several):
             out.write("  patched functions:\n")
             for row in p.patched:
                 where = row.get("address") or ""

@@ -34,7 +34,7 @@ from ..kernel import KernelTarget, parse_version
 from ..loader import DEFAULT_BASE, Loader, default_plugin_manager
 from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
-from .kmsg import Version, has_message, kmsg
+from .kmsg import Version, has_message, klp_line, kmsg
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites, read_patch
 from .target import SymversEntry, Target, read_input
@@ -47,6 +47,14 @@ DEP_STRIDE = 0x1000000
 #: module area slots (the x86_64 module area ends at 0xffffffffff000000)
 DEP_SLOTS = 46
 ERR_NOENT, ERR_INVAL = -2, -22
+#: load rules a distribution's kernel patches change: distribution -> {rule: (value, source)}
+DISTRIBUTION_RULES: dict[str, dict[str, tuple[bool, str]]] = {
+    "debian": {
+        # upstream check_version warns once and accepts an import without a __versions entry;
+        # Debian (since 4.9) prints the warning and refuses it (seen on 6.1.0-50: kc_noentry, kc_nolayout)
+        "missing_crc_refused": (True, "Debian's patch 'module: Disable matching missing version CRC' (2016)"),
+    },
+}
 
 
 @dataclass
@@ -103,6 +111,7 @@ class PairCheck:
         self.version: Version = parse_version(rel) if rel and _is_version(rel) else (99, 0)
         self.version_known = rel is not None and _is_version(rel)
         self._taint_forced = False
+        self._lockdep_off = False  # add_taint prints its line once, at the first such taint
 
     # --------------------------------------------------------------- helpers
     def add(
@@ -139,19 +148,28 @@ class PairCheck:
             return True
         if force:
             if not self._taint_forced:
-                self.add(
+                f = self.add(
                     check,
                     "warning",
                     f"{what}: loads with a taint (CONFIG_MODULE_FORCE_LOAD)",
                     self.msg("force_taint", name=self.name, reason=reason),
                 )
+                self.lockdep_taint(f)
                 self._taint_forced = True
             return True
         return False
 
+    def lockdep_taint(self, finding: Finding) -> None:
+        """A taint that makes lockdep unreliable (forced load, proprietary module): the first one
+        on a freshly booted kernel also prints the lockdep line."""
+        if not self._lockdep_off:
+            self._lockdep_off = True
+            finding.extra["then"] = [*finding.extra.get("then", []), self.msg("lockdep_off")]
+
     # ------------------------------------------------------------------ run
     def run(self) -> list[Finding]:
         try:
+            self.step_modules()
             elf, raw = self.step_elf()
             self.step_load_info(elf, raw)
             self.step_modstruct()
@@ -165,6 +183,18 @@ class PairCheck:
         except Stop:
             pass
         return self.findings
+
+    # ------------------------------------------------------------- modules
+    def step_modules(self) -> None:
+        """A kernel built without CONFIG_MODULES has no init_module/finit_module (ENOSYS, no message)."""
+        cfg = self.target.config
+        if cfg is not None and cfg.get("CONFIG_MODULES") == "n":
+            self.refuse(
+                "modules",
+                "the target kernel has no loadable-module support (CONFIG_MODULES is not set): "
+                "insmod fails with ENOSYS",
+            )
+            raise Stop
 
     # ----------------------------------------------------------------- ELF
     def step_elf(self) -> tuple[ElfModule, bytes]:
@@ -226,6 +256,11 @@ class PairCheck:
             return any(e.crc for e in sv.values())
         return None
 
+    def distribution_rule(self, rule: str) -> bool:
+        """A load rule the target's distribution patched in (``--distribution`` overrides the guess)."""
+        dist = self.target.distribution
+        return bool(dist and DISTRIBUTION_RULES.get(dist, {}).get(rule, (False, ""))[0])
+
     def check_version(self, check: str, sym: str, crc: int | None) -> bool:
         """``check_version``; False means the symbol is refused (-EINVAL)."""
         info = self.info
@@ -246,6 +281,15 @@ class PairCheck:
             if info.versions is None:
                 return self.force_load(check, sym, "module has no __versions section")
             got = info.versions.get(sym)
+            if got is None and self.distribution_rule("missing_crc_refused"):
+                self.refuse(
+                    check,
+                    f"module's __versions has no entry for {sym}: refused by "
+                    + DISTRIBUTION_RULES[self.target.distribution or ""]["missing_crc_refused"][1],
+                    self.msg("no_version", name=info.name, sym=sym),
+                    symbol=sym,
+                )
+                return False
             if got is None:
                 self.add(
                     check,
@@ -324,24 +368,42 @@ class PairCheck:
                     self.msg("taint_livepatch", name=info.name),
                 )
         if not info.gpl_compatible:
-            self.add(
+            lic = self.add(
                 "license",
                 "warning",
                 f"license '{info.license or 'unspecified'}' is not GPL-compatible: "
                 "taints the kernel and hides GPL-only exports",
                 self.msg("taint_license", name=info.name, license=info.license or "unspecified"),
             )
-        if self.target.config_bool("CONFIG_MODULE_SIG") and not info.signed and self.depth == 0:
-            force = self.target.config_bool("CONFIG_MODULE_SIG_FORCE")
-            if force:
-                self.refuse("signature", "unsigned module on a kernel with CONFIG_MODULE_SIG_FORCE", None)
-                raise Stop
-            self.add(
-                "signature",
-                "warning",
-                "unsigned module taints the kernel (refused under Secure Boot lockdown)",
-                self.msg("taint_unsigned", name=info.name),
-            )
+            self.lockdep_taint(lic)
+        if self.target.config_bool("CONFIG_MODULE_SIG") and self.depth == 0:
+            self.step_signature(info)
+
+    def step_signature(self, info: ModInfo) -> None:
+        """``module_sig_check``: an unsigned module, or one whose key the kernel does not hold, taints
+        (printed once per boot) or, with CONFIG_MODULE_SIG_FORCE, is refused.  The target's trusted
+        keys are approximated by the key that signed its own modules."""
+        why = "unsigned module"
+        if info.signed:
+            own = self.target.tree_signer
+            if own is None:
+                self.not_checked(
+                    "signature", "whether the target trusts the module's signing key needs its signed modules"
+                )
+                return
+            if info.signer == own:
+                self.add("signature", "info", "signed with the key that signed the target's own modules")
+                return
+            why = "signed with a key other than the target's own modules' (unless that key is in its keyring)"
+        if self.target.config_bool("CONFIG_MODULE_SIG_FORCE"):
+            self.refuse("signature", f"{why} on a kernel with CONFIG_MODULE_SIG_FORCE", None)
+            raise Stop
+        self.add(
+            "signature",
+            "warning",
+            f"{why}: taints the kernel (refused under Secure Boot lockdown)",
+            self.msg("taint_unsigned", name=info.name),
+        )
 
     def step_export_versions(self) -> None:
         info = self.info
@@ -720,7 +782,9 @@ class LivepatchCheck:
             return
         vmlinux_objs = [o for o in self.patch.objects if o.name is None]
         module_objs = [o for o in self.patch.objects if o.name is not None]
-        # vmlinux object: resolved at klp_init_object_loaded, then ftrace at __klp_enable_patch
+        # klp_init_patch: each loaded object's functions resolved (klp_init_object_loaded), the
+        # first failure ends it silently; then __klp_enable_patch: "enabling patch", each
+        # function's ftrace location (the first failure ends it), the transition
         resolved: list[tuple[Any, Any, int | None]] = []
         ks = self.target.symbols
         for obj in vmlinux_objs:
@@ -729,14 +793,28 @@ class LivepatchCheck:
                 if ks is None:
                     pc.not_checked("patched-functions", f"{f.old_name}: vmlinux symbols missing")
                 resolved.append((obj, f, addr))
-        if ks is not None and not any(x.outcome == REFUSED for x in pc.findings):
+        if (ks is not None or not vmlinux_objs) and not any(x.outcome == REFUSED for x in pc.findings):
+            pc.add("livepatch", "info", "klp_enable_patch enables the patch", pc.msg("klp_enabling", name=info.name))
+            failed = None
             for obj, f, addr in resolved:
-                if addr is not None:
-                    self.ftrace_vmlinux(obj, f, addr)
-        refused = [x for x in pc.findings if x.outcome == REFUSED and x.check == "patched-functions"]
-        if refused:
-            then = refused[-1].extra.get("then") or []
-            refused[-1].extra["then"] = [*then, pc.msg("klp_enable", name=info.name)]
+                if addr is not None and failed is None:
+                    failed = self.ftrace_vmlinux(obj, f, addr)
+                elif addr is not None:
+                    self.ftrace_vmlinux(obj, f, addr, reached=False)
+            if failed is not None:
+                failed.extra["then"] = [
+                    *failed.extra.get("then", []),
+                    pc.msg("klp_enable", name=info.name),
+                    pc.msg("klp_unpatched", name=info.name),
+                ]
+            else:
+                pc.add("livepatch", "info", "the patching transition starts", pc.msg("klp_start", name=info.name))
+                pc.add(
+                    "livepatch",
+                    "info",
+                    "the transition completes once every task is out of the patched functions (asynchronous)",
+                    pc.msg("klp_complete", name=info.name),
+                )
         # module objects: when the module is, or later gets, loaded
         for obj in module_objs:
             self.module_object(obj)
@@ -758,10 +836,11 @@ class LivepatchCheck:
             d = exc.diagnostics[0]
             cands = self.vmlinux_candidates(f.old_name)
             self.record(_Obj(None), f, status="error", candidates=cands)
+            first = not any(x.check == "patched-functions" and x.outcome == REFUSED for x in pc.findings)
             pc.refuse(
                 "patched-functions",
-                _klp_message(d, cands),
-                d.kernel_message,
+                _klp_message(d, cands) + ("" if first else " (the kernel stops at the first failure: not printed)"),
+                klp_line(d.kernel_message) if first else None,
                 object=C.VMLINUX,
                 function=f.old_name,
                 candidates=cands,
@@ -807,7 +886,8 @@ class LivepatchCheck:
             out.append(row)
         return out
 
-    def ftrace_vmlinux(self, obj: Any, f: Any, addr: int) -> None:
+    def ftrace_vmlinux(self, obj: Any, f: Any, addr: int, reached: bool = True) -> Finding | None:
+        """The refusal when ``f`` has no ftrace location (``reached``: the kernel gets to it)."""
         pc = self.pc
         ks = self.target.symbols
         assert ks is not None
@@ -817,26 +897,45 @@ class LivepatchCheck:
             vm = ks.objects.get(C.VMLINUX)
             start = vm.matches("__start_mcount_loc") if vm else []
             stop = vm.matches("__stop_mcount_loc") if vm else []
-            if img is None or not start or not stop:
-                why = "no vmlinux ELF" if img is None else "no __start_mcount_loc/__stop_mcount_loc symbols"
-                pc.not_checked("ftrace", f"{f.old_name}: ftrace locations need the vmlinux ELF's __mcount_loc ({why})")
-                return
-            arr = img.mcount_sites(start[0], stop[0])
+            arr = img.mcount_sites(start[0], stop[0]) if img is not None and start and stop else None
             if arr is None:
-                pc.not_checked("ftrace", f"{f.old_name}: __mcount_loc is not in the vmlinux ELF's sections")
-                return
+                arr = self.target.ftrace_sites
+            if arr is None:
+                why = (
+                    "no vmlinux ELF"
+                    if img is None
+                    else "no __start_mcount_loc/__stop_mcount_loc symbols"
+                    if not start or not stop
+                    else "__mcount_loc is not in the vmlinux ELF's sections"
+                )
+                pc.not_checked(
+                    "ftrace",
+                    f"{f.old_name}: ftrace locations need the vmlinux ELF's __mcount_loc or "
+                    f"available_filter_functions_addrs ({why})",
+                )
+                return None
             sites = arr
             self.target.cache["vmlinux_mcount"] = sites
         size = self.kallsyms_size(addr) or 1
         i = int(np.searchsorted(sites, addr))
-        row = self.pc.patched[-1] if self.pc.patched and self.pc.patched[-1]["old_name"] == f.old_name else {}
+        rows = [r for r in pc.patched if r["object"] == C.VMLINUX and r["old_name"] == f.old_name]
+        row = rows[-1] if rows else {}
         if i < len(sites) and int(sites[i]) < addr + size:
             row["ftrace"] = hex(int(sites[i]))
-            return
+            return None
         row["ftrace"] = None
-        pc.refuse(
+        text = f"{f.old_name} at {addr:#x} has no ftrace location (notrace, or inlined code without a call site)"
+        if not reached:
+            return pc.refuse(
+                "patched-functions",
+                text + " (the kernel stops at the first failure: not printed)",
+                None,
+                object=C.VMLINUX,
+                function=f.old_name,
+            )
+        return pc.refuse(
             "patched-functions",
-            f"{f.old_name} at {addr:#x} has no ftrace location (notrace, or inlined code without a call site)",
+            text,
             pc.msg("klp_ftrace", sym=f.old_name),
             object=C.VMLINUX,
             function=f.old_name,
@@ -888,7 +987,9 @@ class LivepatchCheck:
             pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
             pc.msg("klp_refuse_module", name=info.name, obj=name),
         ]
-        # klp_module_coming -> klp_init_object_loaded: the object's livepatch relocations first
+        # klp_module_coming: klp_init_object_loaded (the object's livepatch relocations, then every
+        # function looked up; the first failure ends it), "applying patch", then klp_patch_object
+        # (every function's ftrace location; the first failure ends it)
         if self.loaded is not None:
             try:
                 self.loaded.coming(name, symbols)
@@ -898,6 +999,8 @@ class LivepatchCheck:
         ks = KernelSymbols()
         ks.objects = {name: symbols.objects[name]} if name in symbols.objects else {}
         sites = module_ftrace_sites(elf)
+        failed = False
+        found: list[tuple[Any, dict[str, Any]]] = []
         for f in obj.funcs:
             try:
                 addr = ks.find_object_symbol(name, f.old_name, f.sympos)
@@ -908,16 +1011,27 @@ class LivepatchCheck:
                 pc.add(
                     "patched-functions",
                     "error",
-                    _klp_message(d, cands),
-                    d.kernel_message,
+                    _klp_message(d, cands)
+                    + (" (the kernel stops at the first failure: not printed)" if failed else ""),
+                    None if failed else klp_line(d.kernel_message),
                     PATCH_FAILS,
                     object=name,
                     function=f.old_name,
                     candidates=cands,
-                    then=kmsg_then,
+                    **({} if failed else {"then": kmsg_then}),
                 )
+                failed = True
                 continue
-            row = self.record(obj, f, status="resolved", address=hex(addr))
+            found.append((f, self.record(obj, f, status="resolved", address=hex(addr))))
+        if not failed:
+            pc.add(
+                "patched-objects",
+                "info",
+                f"when {name} loads, klp_module_coming applies the patch to it",
+                pc.msg("klp_applying", name=info.name, obj=name),
+                object=name,
+            )
+        for f, row in found:
             ext = self.module_extent(elf, f.old_name, f.sympos)
             if sites is None or ext is None:
                 pc.not_checked("ftrace", f"{name}:{f.old_name}: the module has no __mcount_loc")
@@ -932,13 +1046,24 @@ class LivepatchCheck:
             pc.add(
                 "patched-functions",
                 "error",
-                f"{name}:{f.old_name} has no ftrace location",
-                pc.msg("klp_ftrace", sym=f.old_name),
+                f"{name}:{f.old_name} has no ftrace location"
+                + (" (the kernel stops at the first failure: not printed)" if failed else ""),
+                None if failed else pc.msg("klp_ftrace", sym=f.old_name),
                 PATCH_FAILS,
                 object=name,
                 function=f.old_name,
-                then=[pc.msg("klp_patch_object", obj=name), *kmsg_then[:0]],
+                **(
+                    {}
+                    if failed
+                    else {
+                        "then": [
+                            pc.msg("klp_apply_failed", name=info.name, obj=name, err=ERR_INVAL),
+                            kmsg_then[1],
+                        ]
+                    }
+                ),
             )
+            failed = True
 
     def target_module(self, name: str, path: str) -> tuple[ElfModule, KernelSymbols] | None:
         cache: dict[str, Any] = self.target.cache.setdefault("patched_modules", {})

@@ -46,8 +46,11 @@ def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -
 class Target:
     """One target kernel found under ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str], release: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], release: str | None = None, distribution: str | None = None
+    ) -> None:
         self.path = Path(path)
+        self._distribution = distribution  # None: guessed from the config; "upstream": none
         if not self.path.is_dir():
             raise InputError(f"target {path}: not a directory")
         self._release_hint = release
@@ -148,6 +151,8 @@ class Target:
             if line.startswith("CONFIG_"):
                 key, _, value = line.partition("=")
                 out[key] = value.strip().strip('"')
+            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                out[line[2:-11]] = "n"  # said to be off (a missing symbol is merely unknown)
         return out
 
     def config_bool(self, key: str) -> bool | None:
@@ -156,6 +161,20 @@ class Target:
         if cfg is None:
             return None
         return cfg.get(key) in ("y", "m")
+
+    @cached_property
+    def distribution(self) -> str | None:
+        """The distribution whose kernel patches change a load rule (``DISTRIBUTION_RULES`` in
+        steps): as given, else "debian" when the config says Debian built it (its compiler string
+        or its trusted-keys file), else ``None`` (upstream rules)."""
+        if self._distribution is not None:
+            return None if self._distribution == "upstream" else self._distribution
+        cfg = self.config or {}
+        if "(Debian" in cfg.get("CONFIG_CC_VERSION_TEXT", "") or cfg.get("CONFIG_SYSTEM_TRUSTED_KEYS", "").startswith(
+            "debian/"
+        ):
+            return "debian"
+        return None
 
     # ------------------------------------------------------------ arch
     @cached_property
@@ -246,6 +265,41 @@ class Target:
         self.missing["symbols"] = "no System.map (the -dbg package has it), vmlinux ELF or kallsyms"
         return None
 
+    @cached_property
+    def ftrace_addrs_path(self) -> Path | None:
+        """The ftrace locations as ``available_filter_functions_addrs`` lists them
+        ("address name" per line, the tracefs file of 6.5+ kernels)."""
+        if str(self.path) == "/":
+            for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+                p = Path(d) / "available_filter_functions_addrs"
+                try:
+                    with open(p):
+                        return p
+                except OSError:
+                    continue
+            return None
+        return self._first("available_filter_functions_addrs", "available_filter_functions_addrs.gz")
+
+    @cached_property
+    def ftrace_sites(self) -> Any:
+        """Sorted ftrace call-site addresses of vmlinux from ``available_filter_functions_addrs``
+        (``None`` when the target has no such file); module lines (``[mod]``) are skipped."""
+        import numpy as np
+
+        p = self.ftrace_addrs_path
+        if p is None:
+            return None
+        addrs = []
+        for lineno, line in enumerate(read_input(p, "ftrace locations").decode("utf-8", "replace").splitlines(), 1):
+            w = line.split()
+            if not w or (len(w) > 2 and w[2].startswith("[")):
+                continue
+            try:
+                addrs.append(int(w[0], 16))
+            except ValueError:
+                raise InputError(f"{p}:{lineno}: not an 'address name' line: {line[:80]!r}") from None
+        return np.unique(np.array(addrs, dtype=np.uint64))
+
     # ---------------------------------------------------------- symvers
     @cached_property
     def symvers_path(self) -> Path | None:
@@ -335,6 +389,20 @@ class Target:
         return None
 
     @cached_property
+    def tree_signer(self) -> bytes | None:
+        """The signer of the target's own signed modules (the key its build signed them with)."""
+        from .modinfo import module_signer
+
+        for path in list(self.module_index.values())[:20]:
+            try:
+                signer = module_signer(read_input(path, "module", limit=1 << 30))
+            except KlpError:
+                continue
+            if signer is not None:
+                return signer
+        return None
+
+    @cached_property
     def vermagic(self) -> str | None:
         """``VERMAGIC_STRING``: from an in-tree module, else built from the release and config."""
         if self.tree_vermagic:
@@ -362,8 +430,10 @@ class Target:
     def describe(self) -> dict[str, object]:
         return {
             "release": self.release,
+            "distribution": self.distribution,
             "symbols": str(self.kallsyms_path or self.system_map_path or self.vmlinux_path or "") or None,
             "vmlinux": str(self.vmlinux_path) if self.vmlinux_path else None,
+            "ftrace_locations": str(self.ftrace_addrs_path) if self.ftrace_addrs_path else None,
             "config": str(self.config_path) if self.config_path else None,
             "symvers": str(self.symvers_path) if self.symvers_path else None,
             "modules": str(self.modules_dir) if self.modules_dir else None,

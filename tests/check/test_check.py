@@ -234,22 +234,22 @@ def test_patch_without_livepatch_modinfo(tmp_path: Path) -> None:
     m = Mod("lp", imports=["klp_enable_patch"], livepatch=False, patch={None: [("cmdline_proc_show", 0)]})
     verdict, findings = run(tmp_path, m)
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == ["module lp is not marked as a livepatch module"]
+    assert kmsgs(errors(findings)) == ["livepatch: module lp is not marked as a livepatch module"]
 
 
 def test_patched_function_not_found(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("renamed_fn", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "symbol 'renamed_fn' not found in symbol table"
-    assert err.extra["then"] == ["failed to enable patch 'lp'"]
+    assert err.kernel_message == "livepatch: symbol 'renamed_fn' not found in symbol table"
+    assert "then" not in err.extra  # klp_init_patch fails silently: no "failed to enable patch"
 
 
 def test_ambiguous_function_lists_candidates(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("dup", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "unresolvable ambiguity for symbol 'dup' in object '(null)'"
+    assert err.kernel_message == "livepatch: unresolvable ambiguity for symbol 'dup' in object '(null)'"
     cands = err.extra["candidates"]
     assert [(c["sympos"], c["address"], c["file"]) for c in cands] == [
         (1, hex(VMLINUX_FUNCS["dup"][0]), "fs/proc/cmdline.c"),
@@ -261,15 +261,15 @@ def test_ambiguous_function_lists_candidates(tmp_path: Path) -> None:
 def test_sympos_beyond_count(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("dup", 3)]}))
     assert verdict == "refused"
-    assert kmsgs(errors(findings)) == ["symbol position 3 for symbol 'dup' in object 'vmlinux' not found"]
+    assert kmsgs(errors(findings)) == ["livepatch: symbol position 3 for symbol 'dup' in object 'vmlinux' not found"]
 
 
 def test_function_without_ftrace_location(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("notrace_fn", 0)]}))
     assert verdict == "refused"
     err = errors(findings)[0]
-    assert err.kernel_message == "failed to find location for function 'notrace_fn'"
-    assert err.extra["then"][0] == "failed to patch object 'vmlinux'"
+    assert err.kernel_message == "livepatch: failed to find location for function 'notrace_fn'"
+    assert err.extra["then"][0] == "livepatch: failed to patch object 'vmlinux'"
 
 
 def test_ftrace_not_checked_without_vmlinux(tmp_path: Path) -> None:
@@ -289,11 +289,14 @@ def test_module_object(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({"target_mod": [("gone", 0)]}))
     assert verdict == "patch-fails"
     err = errors(findings)[0]
-    assert err.kernel_message == "symbol 'gone' not found in symbol table"
-    assert err.extra["then"][1] == "patch 'lp' failed for module 'target_mod', refusing to load module 'target_mod'"
+    assert err.kernel_message == "livepatch: symbol 'gone' not found in symbol table"
+    assert (
+        err.extra["then"][1]
+        == "livepatch: patch 'lp' failed for module 'target_mod', refusing to load module 'target_mod'"
+    )
     verdict, findings = run(tmp_path, lp({"target_mod": [("quiet", 0)]}))
     assert verdict == "patch-fails"
-    assert kmsgs(errors(findings)) == ["failed to find location for function 'quiet'"]
+    assert kmsgs(errors(findings)) == ["livepatch: failed to find location for function 'quiet'"]
 
 
 def test_object_name_with_dash_or_suffix(tmp_path: Path) -> None:
@@ -456,3 +459,69 @@ def test_inspect_shows_patched_functions(tmp_path: Path, capsys: pytest.CaptureF
         },
         {"object": "target_mod", "old_name": "tfunc", "sympos": 2, "replacement": "new_target_mod_tfunc"},
     ]
+
+
+def test_kernel_without_module_support(tmp_path: Path) -> None:
+    # a kernel built without CONFIG_MODULES (as this sandbox's) has no init_module: ENOSYS, no message
+    tdir = make_target(tmp_path / "target")
+    cfg = tdir / "boot" / f"config-{RELEASE}"
+    cfg.write_text(cfg.read_text() + "# CONFIG_MODULES is not set\n")
+    verdict, findings = run(tmp_path, Mod("good", imports=["printk"]))
+    assert verdict == "refused"
+    assert [(f.check, f.kernel_message) for f in errors(findings)] == [("modules", None)]
+    # a config that does not mention it is not taken as "no modules"
+    cfg.write_text(cfg.read_text().replace("# CONFIG_MODULES is not set\n", ""))
+    r = check_pair(str(tmp_path / "good.ko"), Target(tdir))
+    assert r.verdict == "loads"
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+def test_dependency_from_a_compressed_tree(tmp_path: Path, suffix: str) -> None:
+    # distributions compress their module trees (.ko.xz, .ko.gz, .ko.zst): a dependency is found,
+    # read and checked the same way
+    import gzip
+    import lzma
+
+    from klpcore import compress
+
+    lib = Mod("helper_lib", exports=["helper_fn"], functions=["helper_fn"], modinfo={"intree": "Y"})
+    user = Mod(
+        "user",
+        imports=["helper_fn"],
+        versions={"module_layout": EXPORTS["module_layout"][0], "helper_fn": 0x66666666},
+        modinfo={"depends": "helper-lib"},
+    )
+    tdir = make_target(tmp_path / "target", tree={"lib/helper-lib.ko": lib})
+    plain = next(tdir.rglob("helper-lib.ko"))
+    data = plain.read_bytes()
+    if suffix == ".xz":
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ)
+    elif suffix == ".gz":
+        packed = gzip.compress(data)
+    else:
+        zstd = pytest.importorskip("zstandard")
+        packed = zstd.ZstdCompressor().compress(data)
+    plain.with_name("helper-lib.ko" + suffix).write_bytes(packed)
+    plain.unlink()
+    assert compress.read_input(plain.with_name("helper-lib.ko" + suffix), limit=1 << 20, what="t") == data
+    verdict, findings = run(tmp_path, user)
+    assert verdict == "loads", findings
+    assert any("loaded first: helper_lib" in f.message for f in findings)
+
+
+def test_missing_crc_rule_by_distribution(tmp_path: Path) -> None:
+    # upstream accepts an import without a __versions entry (warning); Debian's kernels refuse it
+    # (tests/check/test_kernel_verdicts.py: kc_noentry, kc_nolayout on the real 6.1.0-50)
+    versions = {"module_layout": EXPORTS["module_layout"][0]}
+    mod = Mod("noent", imports=["printk"], versions=versions)
+    verdict, _ = run(tmp_path, mod)
+    assert verdict == "loads"
+    r = check_pair(str(tmp_path / "noent.ko"), Target(tmp_path / "target", distribution="debian"))
+    assert r.verdict == "refused"
+    assert kmsgs(errors(r.findings)) == [f"noent: no symbol version for {n}" for n in ("__fentry__", "printk")]
+    deb = make_target(tmp_path / "debian", config={"CONFIG_CC_VERSION_TEXT": '"gcc-12 (Debian 12.2.0-14) 12.2.0"'})
+    assert Target(deb).distribution == "debian"
+    r = check_pair(str(tmp_path / "noent.ko"), Target(deb))
+    assert r.verdict == "refused"
+    assert errors(r.findings)[-1].extra["then"] == "noent: Unknown symbol printk (err -22)"
+    assert check_pair(str(tmp_path / "noent.ko"), Target(deb, distribution="upstream")).verdict == "loads"

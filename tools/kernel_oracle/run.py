@@ -109,15 +109,22 @@ mkdir -p /out
 read up _ < /proc/uptime
 echo "uptime_before_insmod $up" >> /out/log
 while read f targ; do
-  insmod /mods/$f
-  echo "insmod $f $?" >> /out/log
+  echo "koracle: insmod $f" > /dev/kmsg
+  if [ -x /kinsmod ]; then /kinsmod /mods/$f 2>> /out/insmod.err; else insmod /mods/$f 2>> /out/insmod.err; fi
+  rc=$?
+  echo "insmod $f $rc" >> /out/log
+  echo "koracle: insmod $f exit $rc" > /dev/kmsg
 done < /mods/order
 read up _ < /proc/uptime
 echo "uptime_after_insmod $up" >> /out/log
 cat /proc/modules > /out/modules
-cat /proc/kallsyms | gzip -c > /out/kallsyms.gz
+for f in /sys/kernel/livepatch/*/enabled /sys/kernel/livepatch/*/*/patched; do
+  [ -f "$f" ] && echo "${f#/sys/kernel/livepatch/} $(cat $f)" >> /out/livepatch
+done
 dmesg > /out/dmesg
-while read f targ; do
+[ -f /mods/quick ] && quick=1
+[ -n "$quick" ] || cat /proc/kallsyms | gzip -c > /out/kallsyms.gz
+[ -n "$quick" ] || while read f targ; do
   [ "$targ" = 1 ] || continue
   m=${f%.ko}
   m=$(echo $m | tr - _)
@@ -266,15 +273,15 @@ def load_order(targets: list[Path], index: dict[str, Path], root: Path | None = 
     return order
 
 
-def build_helper(arch: Arch, work: Path) -> Path:
-    out = work / f"kcore_read.{arch.name}"
-    src = HERE / "kcore_read.c"
+def build_helper(arch: Arch, work: Path, name: str = "kcore_read") -> Path:
+    out = work / f"{name}.{arch.name}"
+    src = HERE / f"{name}.c"
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         subprocess.run([arch.cc, "-static", "-Os", "-Wall", "-o", str(out), str(src)], check=True)
     return out
 
 
-def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, dest: Path) -> None:
+def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, dest: Path, quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         root = Path(tmp)
         for d in ("bin", "proc", "sys", "dev", "mods", "out", "tmp"):
@@ -286,6 +293,7 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
         applets = [
             "sh",
             "mount",
+            "ls",
             "cat",
             "echo",
             "mkdir",
@@ -302,6 +310,8 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
         for a in applets:
             os.symlink("busybox", root / "bin" / a)
         shutil.copy(helper, root / "kcore_read")
+        if quick:  # one finit_module per module (busybox insmod retries with init_module)
+            shutil.copy(build_helper(arch, helper.parent, "kinsmod"), root / "kinsmod")
         lines = []
         for ko, is_target in order:
             name = ko.name
@@ -310,6 +320,8 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
             (root / "mods" / name).write_bytes(read_ko(ko))
             lines.append(f"{name} {int(is_target)}\n")
         (root / "mods/order").write_text("".join(lines))
+        if quick:
+            (root / "mods/quick").write_text("1\n")
         (root / "init").write_text(INIT)
         (root / "init").chmod(0o755)
         files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
@@ -348,6 +360,22 @@ def boot(arch: Arch, kernel: Path, initrd: Path, append: str, timeout: int) -> t
     return proc.stdout.decode(errors="replace"), time.monotonic() - t0, cmd
 
 
+def per_module_dmesg(dmesg: str) -> dict[str, list[str]]:
+    """The kernel lines between the markers the init script writes around each insmod
+    (timestamp and the marker lines themselves dropped)."""
+    out: dict[str, list[str]] = {}
+    cur: list[str] | None = None
+    for ln in dmesg.splitlines():
+        text = re.sub(r"^\[\s*[0-9.]+\]\s?", "", ln)
+        m = re.match(r"koracle: insmod (\S+)( exit -?\d+)?$", text)
+        if m:
+            cur = None if m.group(2) else out.setdefault(m.group(1), [])
+            continue
+        if cur is not None:
+            cur.append(text)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arch", choices=sorted(ARCHES))
@@ -363,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kaslr", action="store_true", help="boot without nokaslr (arm64: module PLTs in use)")
     ap.add_argument("--append", default="", help="extra kernel command line")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument(
+        "--insmod-only",
+        action="store_true",
+        help="record only insmod's exit codes, dmesg and /sys/kernel/livepatch (no kallsyms, no module memory)",
+    )
     args = ap.parse_args(argv)
 
     arch = ARCHES[args.arch]
@@ -383,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     helper = build_helper(arch, work)
     initrd = work / f"initrd.{arch.name}.{os.getpid()}.gz"
-    make_initramfs(arch, order, helper, initrd)
+    make_initramfs(arch, order, helper, initrd, args.insmod_only)
     append = arch.append
     if args.kaslr and arch.kaslr_off:
         append = " ".join(w for w in append.split() if w != arch.kaslr_off)
@@ -420,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_order": [ko.name for ko, _ in order],
         "targets": [modname(ko) for ko, t in order if t],
         "insmod": insmod,
+        "per_module_dmesg": per_module_dmesg((out / "dmesg").read_text()),
     }
     (out / "boot.json").write_text(json.dumps(info, indent=1) + "\n")
     failed = [k for k, v in insmod.items() if v != 0]
