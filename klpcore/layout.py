@@ -33,7 +33,7 @@ type, in the order reserved, before any section is placed there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import constants as C
@@ -136,20 +136,30 @@ def _assign(
     for init in (False, True):
         for req, excl, core_t, init_t in _ROWS:
             mt = init_t if init else core_t
-            for s in sections:
-                if s.index == 0 or s.index in placed:
-                    continue
-                if (s.flags & req) != req or (s.flags & excl) or is_init(s.name) != init:
-                    continue
-                if mt is None:  # ro_after_init has no init memory: the kernel warns and skips
-                    continue
-                placed.add(s.index)
+            if mt is None:
+                continue
+            for s in _row_sections(sections, is_init, init, req, excl, placed):
                 off = align(sizes.get(mt, 0), s.addralign or 1)
                 sizes[mt] = off + s.size
                 out.setdefault(mt, []).append((s, off))
-            if mt is not None:
-                row_ends[mt] = sizes.get(mt, 0)
+            row_ends[mt] = sizes.get(mt, 0)
     return out, sizes, row_ends
+
+
+def _row_sections(
+    sections: Sequence[Section], is_init: Callable[[str], bool], init: bool, req: int, excl: int, placed: set[int]
+) -> Iterator[Section]:
+    """The not yet placed sections of one row of ``layout_sections`` (flags
+    ``req`` set, ``excl`` clear, init or not), in section order; each is
+    marked placed.  A row with no memory type (ro_after_init in init memory:
+    the kernel warns and skips those sections) is not asked for."""
+    for s in sections:
+        if s.index == 0 or s.index in placed:
+            continue
+        if (s.flags & req) != req or (s.flags & excl) or is_init(s.name) != init:
+            continue
+        placed.add(s.index)
+        yield s
 
 
 def layout_sections(
@@ -251,17 +261,11 @@ def _legacy(
         row_ends: list[tuple[MemType, int]] = []
         for row, (req, excl, core_t, init_t) in enumerate(_ROWS):
             mt = init_t if init else core_t
-            for s in sections:
-                if s.index == 0 or s.index in placed:
-                    continue
-                if (s.flags & req) != req or (s.flags & excl) or is_init(s.name) != init:
-                    continue
-                if mt is None:  # ro_after_init has no init memory: the kernel warns and skips
-                    continue
-                placed.add(s.index)
-                off = align(size, s.addralign or 1)
-                size = off + s.size
-                members.append((s, mt, off))
+            if mt is not None:
+                for s in _row_sections(sections, is_init, init, req, excl, placed):
+                    off = align(size, s.addralign or 1)
+                    size = off + s.size
+                    members.append((s, mt, off))
             if row != 3:  # text_size, ro_size, ro_after_init_size, and the whole size at the end
                 size = align(size, row_align)
                 if mt is not None:
