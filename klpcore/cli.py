@@ -110,6 +110,10 @@ def _add_kernel_options(sp: argparse.ArgumentParser) -> None:
         "page size, STRICT_MODULE_RWX, ftrace options ...; without it each architecture uses the common "
         "distribution setting and says so",
     )
+    _add_kernel_option_flag(sp)
+
+
+def _add_kernel_option_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "-O",
         "--kernel-option",
@@ -929,6 +933,7 @@ def _check_args(sp: argparse.ArgumentParser) -> None:
     from .check.command import add_arguments
 
     add_arguments(sp)
+    _add_kernel_option_flag(sp)
 
 
 @command(

@@ -56,14 +56,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         "--json", metavar="FILE", dest="report", help="write the JSON report (schema 1) to FILE ('-' = stdout)"
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
-    sp.add_argument(
-        "-O",
-        "--kernel-option",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="a kernel configuration fact for plugins (repeatable)",
-    )
+    # -O KEY=VALUE is added by the command line with the other subcommands' (klpcore.cli)
 
 
 def _progress(text: str) -> None:
