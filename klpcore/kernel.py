@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import KernelConfig
+from .errors import InputError
 from .versions import BEHAVIOURS, NEWEST, OLDEST
 
 if TYPE_CHECKING:
@@ -189,7 +190,12 @@ def page_size_setting(hooks: ArchHooks | None, kernel: KernelTarget) -> Setting:
     """``PAGE_SIZE`` of the target: the arch hook (from the config or its
     distribution default), else 4096."""
     if "page_size" in kernel.options:
-        return Setting("PAGE_SIZE", int(kernel.options["page_size"]), "option")
+        size = int(kernel.options["page_size"])
+        if size < 1024 or size > 1 << 20 or size & (size - 1):
+            raise InputError(
+                f"-O page_size={size}: a page size is a power of two from 1 KiB to 1 MiB (4096, 65536, ...)"
+            )
+        return Setting("PAGE_SIZE", size, "option")
     if hooks is not None:
         answer = hooks.klp_arch_page_size(kernel=kernel)  # type: ignore[attr-defined]
         if answer is not None:

@@ -13,7 +13,7 @@ from elfbuild import Obj, Rela, Sec, Sym
 from klpcore import KernelTarget, Loader, MemType, get_plugin_manager, parse_symbol_text
 from klpcore import constants as C
 from klpcore.config import ConfigError, KernelConfig
-from klpcore.errors import KlpError
+from klpcore.errors import InputError, KlpError
 from klpcore.hookspecs import hookimpl
 from klpcore.kernel import config_setting, page_size_setting
 from klpcore.layout import layout_sections
@@ -150,6 +150,9 @@ def test_config_settings_sources() -> None:
     assert config_setting(hooks, k, "LIVEPATCH").value == "y"
     assert config_setting(hooks, k, "STRICT_MODULE_RWX").value == "n"  # absent from a .config: not set
     assert page_size_setting(hooks, KernelTarget(options={"page_size": 8192})).value == 8192
+    for bad in (0, 3, -4096, 4096 + 1024, 1 << 21):  # not a page size: an input error, never a crash
+        with pytest.raises(InputError, match=rf"-O page_size={bad}: a page size is a power of two"):
+            page_size_setting(hooks, KernelTarget(options={"page_size": bad}))
 
 
 def test_unaligned_base_is_an_input_error() -> None:
