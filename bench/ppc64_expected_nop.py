@@ -66,5 +66,5 @@ def old_describe(ctx, address):
 
 
 if "--old" in sys.argv:
-    ppc.describe_address = old_describe
+    ppc.stubs.describe_address = old_describe  # nop_failure (in stubs) looks it up there
     print("symtab scan (before):", run())
