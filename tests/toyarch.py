@@ -3,8 +3,12 @@ no real architecture plugin installed.  Machine 0xBEEF, either byte order."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from klpcore import ABS, PREL, ArchSpec, Entry, RelocFailure, RelocType, SectionContext, hookimpl, signed, unsigned
+from klpcore import constants as C
 from klpcore.constants import ModuleState
+from klpcore.testing.klpify import KlpSym, klpify
 
 TOY = 0xBEEF
 ARCHES = [(TOY, 2, "little", 0), (TOY, 2, "big", 0)]
@@ -68,3 +72,22 @@ def klp_arch_write_method(image: object, region: object, address: int, size: int
     if hint == "poke":
         return "toy_poke"
     return None
+
+
+def toy_livepatch(name: str = "livepatch_demo", helper: KlpSym | None = None, **klpify_kw: Any) -> bytes:
+    """A toy livepatch module: ``.text.fn`` with an ABS64 to ``printk`` (an
+    export) and CALLs to ``secret`` (a ``vmlinux`` klp symbol) and ``helper``
+    (``helper``, default the second ``ext4`` symbol of that name)."""
+    from elfbuild import Obj, Rela, Sec, Sym  # the tests' ELF builder (tests/ is on the path)
+
+    base = Obj(
+        sections=[Sec(".text.fn", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(32), align=16)],
+        symbols=[Sym("printk"), Sym("secret"), Sym("helper")],
+        relas=[
+            Rela(".text.fn", 0, ABS64, "printk", 0),
+            Rela(".text.fn", 8, CALL, "secret", 0),
+            Rela(".text.fn", 16, CALL, "helper", 0),
+        ],
+        modinfo={"name": name},
+    ).build()
+    return klpify(base, {"secret": KlpSym("vmlinux"), "helper": helper or KlpSym("ext4", 2)}, **klpify_kw)

@@ -27,7 +27,7 @@ from elfbuild import Obj, Rela, Sec, Sym
 
 from klpcore import constants as C
 from klpcore.cli import COMMANDS, EXIT_INTERNAL, build_parser, main
-from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.klpify import KlpSym
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -149,17 +149,7 @@ def files(tmp_path):
 
 
 def patch_module() -> bytes:
-    base = Obj(
-        sections=[Sec(".text.fn", flags=TEXT, data=bytes(32), align=16)],
-        symbols=[Sym("printk"), Sym("secret"), Sym("helper")],
-        relas=[
-            Rela(".text.fn", 0, T.ABS64, "printk", 0),
-            Rela(".text.fn", 8, T.CALL, "secret", 0),
-            Rela(".text.fn", 16, T.CALL, "helper", 0),
-        ],
-        modinfo={"name": "livepatch_demo"},
-    ).build()
-    return klpify(base, {"secret": KlpSym("vmlinux"), "helper": KlpSym("ext4", 1)})
+    return T.toy_livepatch(helper=KlpSym("ext4", 1))
 
 
 # =========================================================== 1: no traceback

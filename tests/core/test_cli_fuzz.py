@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from klpcore import constants as C
-from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.klpify import KlpSym
 
 jsonschema = pytest.importorskip("jsonschema")
 SCHEMA = json.loads((resources.files("klpcore") / "schema" / "v1.json").read_text())
@@ -74,17 +74,7 @@ def _plain() -> bytes:
 
 
 def _livepatch() -> bytes:
-    base = Obj(
-        sections=[Sec(".text.fn", flags=TEXT, data=bytes(32), align=16)],
-        symbols=[Sym("printk"), Sym("secret"), Sym("helper")],
-        relas=[
-            Rela(".text.fn", 0, T.ABS64, "printk", 0),
-            Rela(".text.fn", 8, T.CALL, "secret", 0),
-            Rela(".text.fn", 16, T.CALL, "helper", 0),
-        ],
-        modinfo={"name": "lpfuzz"},
-    ).build()
-    return klpify(base, {"secret": KlpSym("vmlinux"), "helper": KlpSym("ext4", 1)})
+    return T.toy_livepatch("lpfuzz", helper=KlpSym("ext4", 1))
 
 
 SEEDS = [_plain(), _livepatch()]

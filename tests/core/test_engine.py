@@ -296,17 +296,7 @@ def test_custom_backend_sees_writes(toy_pm) -> None:
 
 # ------------------------------------------------------------- livepatch
 def patch_module(helper: KlpSym = KlpSym("ext4", 2), **kw) -> bytes:
-    base = Obj(
-        sections=[Sec(".text.fn", flags=TEXT, data=bytes(32), align=16)],
-        symbols=[Sym("printk"), Sym("secret"), Sym("helper")],
-        relas=[
-            Rela(".text.fn", 0, T.ABS64, "printk", 0),
-            Rela(".text.fn", 8, T.CALL, "secret", 0),
-            Rela(".text.fn", 16, T.CALL, "helper", 0),
-        ],
-        modinfo={"name": "livepatch_demo"},
-    ).build()
-    return klpify(base, {"secret": KlpSym("vmlinux"), "helper": helper}, **kw)
+    return T.toy_livepatch(helper=helper, **kw)
 
 
 EXT4 = "ffffffffc1000000 t helper\t[ext4]\nffffffffc1000100 t helper\t[ext4]\n"
