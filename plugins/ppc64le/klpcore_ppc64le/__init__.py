@@ -39,7 +39,7 @@ from klpcore.memory import ModuleImage, Region
 
 from . import options, protection, stubs, toc
 from .abi import ha16, lo16, local_entry_offset, s64
-from .identify import ARCHES, EM_PPC64, identify, insn_target
+from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
 from .options import DEFAULT_OPTIONS, OPTION_KINDS, PAGE_64K, option
 from .stubs import STUB_SIZE, branch_insn, count_relocs, describe_address, sort_relas, stub_for_addr, stub_words
 from .toc import entry_words, my_r2
@@ -101,7 +101,7 @@ def klp_arch_examples() -> Sequence[Example]:
             name="ppc64le",
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
-            base=0xC008000000000000,
+            base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
         )
     ]

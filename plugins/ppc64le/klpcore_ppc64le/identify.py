@@ -20,6 +20,8 @@ from .types import OTHER_TYPES
 EM_PPC64 = 21
 #: (e_machine, class, byte order, e_flags) this plugin answers to.
 ARCHES = [(EM_PPC64, 2, "little", 2)]
+#: start of the ppc64 module/vmalloc area (radix): the default --base
+DEFAULT_BASE = 0xC008000000000000
 
 
 def insn_target(insn: Any) -> int | None:
@@ -62,7 +64,7 @@ def identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchS
         byteorder="little",
         description="ppc64le ELFv2 (arch/powerpc/kernel/module_64.c)",
         unknown_type_error="{module}: Unknown ADD relocation: {number}",
-        default_base=0xC008000000000000,  # start of the ppc64 module/vmalloc area (radix)
+        default_base=DEFAULT_BASE,
         capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
         insn_target=insn_target,
         type_names=OTHER_TYPES,
