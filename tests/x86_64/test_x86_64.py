@@ -18,6 +18,7 @@ import pytest
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
 from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.testing.ldrecord import assert_equals_ld
 
 pytest.importorskip("klpcore_x86_64")
 
@@ -54,17 +55,7 @@ def load(loader: Loader, obj: str | bytes, symfile: str, **kw):
 def test_bytes_equal_gnu_ld(loader, name, variant, symfile) -> None:
     exp = expected(name, variant)
     lm = load(loader, MANIFEST["fixtures"][name]["object"], symfile)
-    compared = 0
-    for sname, rec in exp["sections"].items():
-        sec = lm.module.section_by_name(sname)
-        assert sec is not None, sname
-        if rec.get("not_loaded"):
-            assert lm.section_address(sec.index) is None, f"{sname}: the kernel does not load it"
-            continue
-        assert lm.section_address(sec.index) == int(rec["address"], 16), sname
-        assert lm.section_bytes(sec.index).hex() == rec["bytes"], f"{name}/{variant}: {sname} differs from ld"
-        compared += 1
-    assert compared >= 1
+    assert assert_equals_ld(lm, exp["sections"], label=f"{name}/{variant}: ") >= 1
     truncations = [w for w in lm.warnings if "truncated" in w.message]
     if MANIFEST["fixtures"][name]["maps"][variant]["kernel"] == "ok-truncated":
         assert truncations, "the kernel truncates silently; klpcore must warn"
