@@ -31,8 +31,9 @@ from .. import constants as C
 from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError, NoPluginError, ResolutionError
 from ..kernel import KernelTarget, parse_version
-from ..loader import DEFAULT_BASE, Loader, default_plugin_manager
+from ..loader import DEFAULT_BASE, Loader
 from ..modtree import module_kernel_name
+from ..plugins import default_plugin_manager
 from ..symbols import KernelSymbols, symbols_from_elf
 from .kmsg import Version, has_message, klp_line, kmsg
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
