@@ -25,7 +25,7 @@ import pluggy
 
 from . import defaults, hookspecs
 from .arch import ArchSpec, RelocType
-from .errors import NoPluginError
+from .errors import KlpError, NoPluginError
 from .kernel import KernelTarget
 
 ENTRY_POINT_GROUP = "klpcore.arch"
@@ -40,6 +40,7 @@ _HOOKS = (
     "klp_arch_write_method",
     "klp_arch_page_size",
     "klp_arch_config_default",
+    "klp_arch_kernel_oracle",
 )
 
 
@@ -144,6 +145,30 @@ def machine_name(machine: int) -> str:
     from elftools.elf.enums import ENUM_E_MACHINE
 
     return next((k for k, v in ENUM_E_MACHINE.items() if v == machine and k.startswith("EM_")), "")
+
+
+def arch_spec(
+    pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int, kernel: KernelTarget
+) -> ArchSpec | None:
+    """The :class:`ArchSpec` of the plugin that claims this ELF identification;
+    None when no installed plugin does (or the plugin refuses the module)."""
+    try:
+        return identify(pm, machine, elfclass, byteorder, e_flags, kernel).spec
+    except KlpError:
+        return None
+
+
+def arch_config_symbols(pm: pluggy.PluginManager) -> list[tuple[str, int]]:
+    """``(CONFIG_ symbol, e_machine)`` of every installed architecture
+    (``ArchSpec.config_symbol``): a kernel ``.config`` that sets the symbol is
+    that architecture's."""
+    out: list[tuple[str, int]] = []
+    for plugin in _arch_plugins(pm):
+        for ident in getattr(plugin, "ARCHES", ()):
+            spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
+            if spec is not None and spec.config_symbol and (spec.config_symbol, spec.machine) not in out:
+                out.append((spec.config_symbol, spec.machine))
+    return out
 
 
 @dataclass(frozen=True)

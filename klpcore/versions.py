@@ -236,7 +236,7 @@ def render_markdown(behaviours: Iterable[Behaviour] | None = None) -> str:
         "     tests/core/test_versions.py fails when this file and the table differ. -->",
         "",
         "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
-        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-amd64` -> 6.1), and the",
+        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-<flavour>` -> 6.1), and the",
         f"newest checked release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
         "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
         "kernel with a backport).",

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -29,6 +30,9 @@ from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
+
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
 
 from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
@@ -84,6 +88,14 @@ def klp_arch_behaviours() -> Sequence[Behaviour]:
 
 
 @hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
+
+
+@hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
     """The ``apply_relocate_add`` table (write hints by version)."""
     return reloc_types(kernel)
@@ -136,5 +148,6 @@ def klp_arch_examples() -> Sequence[Example]:
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
+            hosts=("aarch64",),
         )
     ]

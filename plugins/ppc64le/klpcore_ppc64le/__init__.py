@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -37,6 +38,9 @@ from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
+
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
 
 from . import options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
@@ -83,6 +87,14 @@ def klp_arch_behaviours() -> Sequence[Behaviour]:
 
 
 @hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
+
+
+@hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
     return reloc_types(kernel)
 
@@ -109,6 +121,7 @@ def klp_arch_examples() -> Sequence[Example]:
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
+            hosts=("ppc64le",),
         )
     ]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -26,8 +27,11 @@ from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
 from . import protection, versions
-from .identify import ARCHES, EM_X86_64, identify, insn_target
+from .identify import ARCHES, DEFAULT_BASE, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
     R_X86_64_REX_GOTPCRELX,
@@ -59,6 +63,14 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -111,6 +123,8 @@ def klp_arch_examples() -> Sequence[Example]:
             name="x86_64",
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
+            base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux (final .klp.rela format)",
+            hosts=("x86_64",),
         )
     ]
