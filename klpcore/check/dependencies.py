@@ -9,7 +9,6 @@ from typing import Any
 from .. import constants as C
 from ..elf import ElfModule
 from ..errors import KlpError
-from ..kernel import KernelTarget
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols, symbols_from_elf
 from .modinfo import ModInfo, read_modinfo
@@ -29,14 +28,14 @@ UNKNOWN_AREA = 1 << 30
 
 def slot_count(elf: ElfModule) -> int:
     """Dependency slots in the module area of ``elf``'s architecture (one stride kept free at its end)."""
-    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, KernelTarget())
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
     area = spec.module_area_size if spec is not None else UNKNOWN_AREA
     return (area - DEP_OFFSET) // DEP_STRIDE - 1
 
 
 def slot_address(elf: ElfModule, slot: int) -> int:
     """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`)."""
-    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, KernelTarget())
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
     return (spec.default_base if spec is not None else 0) + DEP_OFFSET + slot * DEP_STRIDE
 
 

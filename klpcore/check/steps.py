@@ -301,7 +301,7 @@ class PairCheck(DependencySteps):
         kernel = self.kernel_target()
         if not kernel.has("ignore_undef_symbol"):
             return frozenset()
-        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, kernel)
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
         return spec.ignored_undefined if spec is not None else frozenset()
 
     def step_relocations(self, deps: list[DepModule]) -> Any:
