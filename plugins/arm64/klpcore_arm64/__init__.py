@@ -145,11 +145,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="arm64",
+            hosts=("aarch64",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
-            hosts=("aarch64",),
         )
     ]

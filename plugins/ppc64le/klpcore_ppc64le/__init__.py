@@ -119,11 +119,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="ppc64le",
+            hosts=("ppc64le",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
-            hosts=("ppc64le",),
         )
     ]
 

@@ -111,11 +111,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="s390x",
+            hosts=("s390x",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             description="an s390x livepatch module whose vmlinux calls go through the module PLT (GOT and PLT "
             "at the start of the text)",
             base=DEFAULT_BASE,
-            hosts=("s390x",),
         )
     ]

@@ -123,10 +123,10 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="x86_64",
+            hosts=("x86_64",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux (final .klp.rela format)",
-            hosts=("x86_64",),
         )
     ]
