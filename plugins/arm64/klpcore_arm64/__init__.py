@@ -33,9 +33,6 @@ from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
-
 from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
@@ -87,6 +84,10 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
+
+
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl

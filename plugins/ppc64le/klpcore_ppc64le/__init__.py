@@ -41,9 +41,6 @@ from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
-
 from . import options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
@@ -86,6 +83,10 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
+
+
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl

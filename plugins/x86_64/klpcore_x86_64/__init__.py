@@ -29,11 +29,8 @@ from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
-
 from . import protection, versions
-from .identify import ARCHES, DEFAULT_BASE, EM_X86_64, identify, insn_target
+from .identify import ARCHES, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
     R_X86_64_REX_GOTPCRELX,
@@ -65,6 +62,10 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
+
+
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl
@@ -119,6 +120,8 @@ def klp_arch_clear_section(ctx: SectionContext) -> bool:
 
 @hookimpl
 def klp_arch_examples() -> Sequence[Example]:
+    from .identify import DEFAULT_BASE
+
     here = Path(__file__).parent / "examples"
     return [
         Example(
