@@ -179,13 +179,27 @@ def _refused_value(data: bytes, name: str) -> int:
 def test_got_plt_limits_both_sides(name: str) -> None:
     """Both sides of the upper limit of each GOT/PLT-dependent type: the fixture's relocation gets the addend
     that puts the kernel's value exactly at the limit (accepted, field by hand) and one step over (refused,
-    with the kernel's message and value).  The value at the fixture's own addend is read from the kernel
-    message of a probe 2^40 further."""
+    with the kernel's message and value).  The value at the fixture's own addend comes from the kernel's
+    formula (``_value``: GOT slots and PLT entries in order of first use), not from klpcore."""
     number = next(t.number for t in s390.types.reloc_types(KernelTarget()) if t.name == name)
-    data = (FIX / ("range_plt32_backward.o" if name == "R_390_PLT32" else "all_types.o")).read_bytes()
+    plt32 = name == "R_390_PLT32"
+    data = (FIX / ("range_plt32_backward.o" if plt32 else "all_types.o")).read_bytes()
     relsec, index, target, off, addend = _first_rela(data, number)
-    probe = 1 << 40
-    v0 = _refused_value(_with_addend(data, relsec, index, addend + probe), name) - probe
+    mod = loader().open(data)  # the layout only: the value at this addend may be refused (PLT32's is)
+    loader().prepare(mod, BASE)
+    elf = mod.elf
+    relas = elf.relas(elf.section_by_name(relsec).index)
+    si = int(relas["r_info"][index]) >> 32
+    symbol = elf.symbol_names[si]
+    P = mod.layout.placements[elf.section_by_name(target).index].address + off
+    shndx = int(elf.symbols["st_shndx"][si])
+    if shndx >= C.SHN_LORESERVE:  # SHN_ABS
+        S = int(elf.symbols["st_value"][si])
+    elif shndx:  # the module's own symbol: its section's address + st_value
+        S = mod.layout.placements[shndx].address + int(elf.symbols["st_value"][si])
+    else:
+        (S,) = load_symbols(SYMS).objects["vmlinux"].matches(symbol)
+    v0 = _value(S, number, symbol, addend, P, *(([], ["tgt"]) if plt32 else ()))
     sign, bits, shift = s390.types.FIELDS[number]
     hi = ((1 << (bits - 1)) - 1 if sign else (1 << bits) - 1) << shift
     at_limit = addend + hi - v0
@@ -289,12 +303,14 @@ def test_got_and_plt_at_the_start_of_the_text() -> None:
     }
 
 
-def _value(lm, off: int, rtype: int, symbol: str, addend: int, P: int) -> int:
-    """The kernel's formulas, written out for the all_types sites ld cannot check."""
-    G = 8 * ALL_GOT.index(symbol) if symbol in ALL_GOT else None
-    plt = BASE + 8 * len(ALL_GOT)
-    PLTe = plt + 22 * ALL_PLT.index(symbol) if symbol in ALL_PLT else None
-    S = sym(lm, symbol) if symbol != "_GLOBAL_OFFSET_TABLE_" else 0
+def _value(
+    S: int, rtype: int, symbol: str, addend: int, P: int, got: list[str] = ALL_GOT, plt_: list[str] = ALL_PLT
+) -> int:
+    """The kernel's formulas, written out for the sites ld cannot check (GOT slots and PLT entries in order
+    of first use: ``got`` and ``plt_``, all_types' by default)."""
+    G = 8 * got.index(symbol) if symbol in got else None
+    plt = BASE + 8 * len(got)
+    PLTe = plt + 22 * plt_.index(symbol) if symbol in plt_ else None
     if rtype in (6, 15, 58, 7, 24, 29, 30, 59, 31, 32):  # GOT*, GOTPLT*
         return G + addend
     if rtype in (26, 33):  # GOTENT, GOTPLTENT
@@ -303,7 +319,7 @@ def _value(lm, off: int, rtype: int, symbol: str, addend: int, P: int) -> int:
         reach = 0xFFFF if rtype == 18 else 0xFFFFFFFF
         target = S if -reach <= S - P <= reach - 1 else PLTe
         return target + addend - P
-    if rtype == 25:  # PLT64
+    if rtype in (8, 25):  # PLT32, PLT64
         return PLTe + addend - P
     if rtype in (34, 35, 36):  # PLTOFF*
         return PLTe - BASE + addend
@@ -336,7 +352,7 @@ def test_got_plt_dependent_fields_by_hand(target: str) -> None:
         if rtype not in kernel_only:
             continue
         sign, bits, shift = s390.types.FIELDS[rtype]
-        want = _value(lm, off, rtype, symbol, addend, addr + off)
+        want = _value(sym(lm, symbol) if symbol != "_GLOBAL_OFFSET_TABLE_" else 0, rtype, symbol, addend, addr + off)
         got = _field(data, off, rtype)
         mask = (1 << bits) - 1
         assert got == (want >> shift) & mask, (target, off, rtype, symbol)
@@ -674,7 +690,12 @@ def test_page_size_and_config_defaults() -> None:
     lm = load("mod_calls.o")
     assert lm.module.page_size == 4096
     assert s390.klp_arch_config_default("EXPOLINE", KernelTarget()) == "n"
-    assert struct.calcsize(">Q") == 8
+    # the page size is the layout's: each memory kind starts on its own 4 KiB page
+    starts = [r.address for r in lm.image.regions]
+    assert len(starts) == 3 and all(a % 4096 == 0 for a in starts) and len({a // 4096 for a in starts}) == 3
+    # EXPOLINE=n is what a load with no configuration gets: four 22-byte PLT entries, no __jump_r1 thunk after them
+    assert len(lm.reserved_bytes(PLT)[1]) == 4 * 22
+    assert len(load("mod_calls.o", expoline="y").reserved_bytes(PLT)[1]) > 4 * 22
 
 
 def test_enable_phase_for_an_already_loaded_target() -> None:
