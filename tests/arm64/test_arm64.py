@@ -14,6 +14,7 @@ import json
 import struct
 from pathlib import Path
 
+import capstone
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,7 +28,6 @@ from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
 
 a64 = pytest.importorskip("klpcore_arm64")
-capstone = pytest.importorskip("capstone")
 from klpcore_arm64 import plt, types  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"

@@ -14,6 +14,7 @@ import re
 import struct
 from pathlib import Path
 
+import capstone
 import numpy as np
 import pytest
 
@@ -25,7 +26,6 @@ from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
 
 ppc = pytest.importorskip("klpcore_ppc64le")
-capstone = pytest.importorskip("capstone")
 
 FIX = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIX / "manifest.json").read_text())

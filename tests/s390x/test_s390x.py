@@ -15,6 +15,7 @@ import re
 import struct
 from pathlib import Path
 
+import capstone
 import numpy as np
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
@@ -458,7 +459,6 @@ def test_plt16dbl_boundary() -> None:
     [{"expoline": "y"}, {"config": "CONFIG_EXPOLINE=y\n"}],
 )
 def test_expoline_plt_and_thunk(how) -> None:
-    capstone = pytest.importorskip("capstone")
     lm = load("mod_calls.o", **how)
     plt_addr, plt = lm.reserved_bytes(PLT)
     n = len(plt) // 22 - 1  # the last slot is the __jump_r1 thunk
@@ -587,7 +587,6 @@ def test_output_elf_shows_got_and_plt() -> None:
 
 
 def test_capstone_and_insn_target() -> None:
-    capstone = pytest.importorskip("capstone")
     lm = load("all_types.o")
     _, addr, data = section(lm, ".text")
     md = capstone.Cs(capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN)
