@@ -20,12 +20,13 @@ module ends the sequence, as the kernel does.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .. import constants as C
 from ..elf import ElfModule
+from ..elfheader import read_ident
 from ..errors import Diagnostic, KlpError, NoPluginError
 from ..kernel import KernelTarget
 from ..loader import Loader
@@ -82,12 +83,12 @@ class PairCheck(DependencySteps):
         if raw[:4] != C.ELFMAG:
             self.refuse("elf", "not an ELF file", self.msg("elf_magic"))
             raise Stop
-        order: Literal["little", "big"] = "little" if raw[5] == C.ELFDATA2LSB else "big"
-        etype = int.from_bytes(raw[16:18], order)
+        ident = read_ident(raw)  # long enough, and the magic is right
+        etype = ident.type
         if etype != C.ET_REL:
             self.refuse("elf", f"ELF type {etype} is not ET_REL", self.msg("elf_type", etype=etype))
             raise Stop
-        machine = int.from_bytes(raw[18:20], order)
+        machine = ident.machine
         tm = self.target.machine
         if tm is None:
             self.not_checked("elf", "the target's architecture is unknown (no config, no module tree)")
