@@ -27,8 +27,9 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 IDENT_SIZE = 20
 SHN_XINDEX = 0xFFFF
 
-_EHDR64 = "HHIQQQIHHHHHH"  # e_type .. e_shstrndx, after the 16 bytes of e_ident
-_SHDR64 = "IIQQQQIIQQ"
+#: struct formats (without the byte order) of the records, shared with :mod:`klpcore.elfwriter`
+EHDR64_FORMAT = "HHIQQQIHHHHHH"  # e_type .. e_shstrndx, after the 16 bytes of e_ident
+SHDR64_FORMAT = "IIQQQQIIQQ"
 
 
 class ElfHeaderError(ValueError):
@@ -114,7 +115,7 @@ def read_header(data: Buffer) -> FileHeader:
         raise ElfHeaderError(f"ELF class {ident.elfclass} is not ELFCLASS64; only 64-bit files are supported")
     if ident.encoding not in (C.ELFDATA2LSB, C.ELFDATA2MSB):
         raise ElfHeaderError(f"unknown ELF data encoding {ident.encoding}")
-    _type, _machine, *rest = struct.unpack_from(ident.endian + _EHDR64, data, 16)
+    _type, _machine, *rest = struct.unpack_from(ident.endian + EHDR64_FORMAT, data, 16)
     return FileHeader(ident, *rest)
 
 
@@ -126,7 +127,7 @@ def section_header(data: Buffer, hdr: FileHeader, index: int) -> SectionHeader:
             f"section header {index} (offset {offset:#x}, e_shentsize {hdr.shentsize}) is not inside the file "
             f"({len(data)} bytes)"
         )
-    return SectionHeader(*struct.unpack_from(hdr.endian + _SHDR64, data, offset))
+    return SectionHeader(*struct.unpack_from(hdr.endian + SHDR64_FORMAT, data, offset))
 
 
 def section_count(data: Buffer, hdr: FileHeader) -> int:
@@ -151,6 +152,6 @@ def section_headers(data: Buffer, hdr: FileHeader, count: int | None = None) -> 
     """The first ``count`` section headers (default: :func:`section_count`), each inside ``data``."""
     n = section_count(data, hdr) if count is None else count
     if n and hdr.shentsize == C.SHDR_SIZE and hdr.shoff + n * C.SHDR_SIZE <= len(data):
-        fmt = struct.Struct(hdr.endian + _SHDR64)
+        fmt = struct.Struct(hdr.endian + SHDR64_FORMAT)
         return [SectionHeader(*fmt.unpack_from(data, hdr.shoff + i * C.SHDR_SIZE)) for i in range(n)]
     return [section_header(data, hdr, i) for i in range(n)]
