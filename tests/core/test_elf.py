@@ -227,3 +227,28 @@ def test_header_reader_refuses_what_it_cannot_read() -> None:
         section_count(b, read_header(b))
     with pytest.raises(ElfFormatError, match="section header 0 .* is not inside the file"):
         ElfModule(bytes(b))
+
+
+def test_writer_records_read_back() -> None:
+    """What elfwriter packs, elfheader reads field for field, in both byte orders."""
+    from klpcore.elfheader import SectionHeader, read_header, section_headers
+    from klpcore.elfwriter import ElfWriter, pack_file_header
+
+    for endian in "<>":
+        w = ElfWriter(endian, pack_file_header(endian, type=C.ET_REL, machine=0x1234, flags=7, shnum=3, shstrndx=2))
+        assert w.add(b"abc", 16) == 64 and w.add(b"d", 3) == 69 and w.end == 70
+        rows = [
+            SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            SectionHeader(1, C.SHT_PROGBITS, C.SHF_ALLOC, 0xFFFF800000001000, 64, 3, 0, 0, 16, 0),
+            SectionHeader(5, C.SHT_STRTAB, 0, 0, 69, 1, 0, 0, 1, 0),
+        ]
+        shoff = w.add_section_headers(rows)
+        assert shoff == 72 and w.header_field("shoff") == 72
+        data = w.getvalue()
+        h = read_header(data)
+        assert (h.endian, h.ident.type, h.ident.machine, h.flags) == (endian, C.ET_REL, 0x1234, 7)
+        assert (h.shoff, h.shnum, h.shstrndx, h.shentsize, h.ehsize, h.version) == (72, 3, 2, 64, 64, 1)
+        assert section_headers(data, h) == rows
+        assert data[64:67] == b"abc" and data[67:69] == bytes(2)
+        w.set_header(shnum=0)
+        assert read_header(w.getvalue()).shnum == 0
