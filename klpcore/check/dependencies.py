@@ -3,8 +3,9 @@ target, and the exports the module then sees (vmlinux's, then each dependency's)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from .. import constants as C
 from ..elf import ElfModule
@@ -48,8 +49,26 @@ class Export:
     namespace: str
 
 
+class DependencyCheck(Protocol):
+    """What checking a dependency takes from the pair check (a :class:`~klpcore.check.steps.PairCheck`
+    at depth 1): its module info, the steps that run before relocations, and its findings."""
+
+    info: ModInfo | None
+    findings: list[Finding]
+
+    def step_modstruct(self) -> None: ...
+
+    def step_modinfo(self) -> None: ...
+
+    def step_symbols(self, deps: list[DepModule]) -> None: ...
+
+
 class DependencySteps(ModversionSteps):
     """The dependency steps of :class:`~klpcore.check.steps.PairCheck`."""
+
+    def dependency_check(self, path: str) -> DependencyCheck:
+        """The check of the dependency at ``path`` (PairCheck makes one of its own kind)."""
+        raise NotImplementedError
 
     def step_dependencies(self) -> list[DepModule]:
         info = self.info
@@ -63,7 +82,7 @@ class DependencySteps(ModversionSteps):
             return []
         out: list[DepModule] = []
         for dep in names:
-            for d in load_dependency(self.target, dep, self.kernel_options, set()):
+            for d in load_dependency(self.target, dep, set(), self.dependency_check):
                 if d not in out:
                     out.append(d)
         for d in out:
@@ -135,8 +154,11 @@ class DepModule:
     refused: list[Finding] = field(default_factory=list)
 
 
-def load_dependency(target: Target, name: str, options: dict[str, Any], seen: set[str]) -> list[DepModule]:
-    """``name`` and its own dependencies, depth first, each checked once per target."""
+def load_dependency(
+    target: Target, name: str, seen: set[str], new_check: Callable[[str], DependencyCheck]
+) -> list[DepModule]:
+    """``name`` and its own dependencies, depth first, each checked once per target by a check
+    ``new_check(path)`` makes."""
     key = name.replace("-", "_")
     cache: dict[str, DepModule] = target.cache.setdefault("deps", {})
     if key in seen:
@@ -147,7 +169,7 @@ def load_dependency(target: Target, name: str, options: dict[str, Any], seen: se
         chain: list[DepModule] = []
         if d.info is not None:
             for sub in _dep_names(target, d.info):
-                chain += load_dependency(target, sub, options, seen)
+                chain += load_dependency(target, sub, seen, new_check)
         return [*chain, d]
     path = target.find_module(key)
     if path is None:
@@ -164,12 +186,10 @@ def load_dependency(target: Target, name: str, options: dict[str, Any], seen: se
         cache[key] = d
         return [d]
     for sub in _dep_names(target, info):
-        chain += load_dependency(target, sub, options, seen)
+        chain += load_dependency(target, sub, seen, new_check)
     d = DepModule(info.name, str(path), info)
     cache[key] = d
-    from .steps import PairCheck  # the whole sequence, which imports this module
-
-    pc = PairCheck(target, str(path), depth=1, kernel_options=options)
+    pc = new_check(str(path))
     pc.info = info
     try:
         pc.step_modstruct()
