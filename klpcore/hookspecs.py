@@ -120,24 +120,6 @@ def klp_arch_behaviours() -> Sequence[Behaviour] | None:  # type: ignore[empty-b
     """
 
 
-@hookspec(firstresult=True)
-def klp_arch_kernel_oracle() -> OracleRules | None:  # type: ignore[empty-body]
-    """The architecture's part of the comparison with bytes a real kernel wrote
-    (:mod:`klpcore.testing.kernel_oracle`, ``tests/kernel_oracle``).
-
-    :return: an :class:`~klpcore.testing.kernel_oracle.OracleRules`: each
-        relocation type's field width, the ``__ex_table`` entry layout, how
-        ftrace rewrites a call site at module load, and the rules for what only
-        this architecture rewrites after relocation (each checks that the
-        kernel's bytes are the documented ones); None when the plugin has no
-        recordings.  Import the rules lazily (inside the hook): they are only
-        needed by the comparison.
-
-    Stops at the first non-None result; called only on the plugin that
-    identified the module.
-    """
-
-
 @hookspec
 def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
     """Example modules shipped with the plugin, for ``klpcore apply --example``.
@@ -284,4 +266,25 @@ def klp_arch_write_method(
 
     Stops at the first non-None result; an embedder's plugin registered with
     ``tryfirst=True`` can override the architecture's decision.
+    """
+
+
+# --------------------------------------------------------------------------
+# Testing against the real kernel
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_kernel_oracle() -> OracleRules | None:  # type: ignore[empty-body]
+    """The architecture's part of the comparison with bytes a real kernel wrote
+    (:mod:`klpcore.testing.kernel_oracle`, ``tests/kernel_oracle``).
+
+    :return: an :class:`~klpcore.testing.kernel_oracle.OracleRules`: each
+        relocation type's field width, the ``__ex_table`` entry layout, how
+        ftrace rewrites a call site at module load, and the rules for what only
+        this architecture rewrites after relocation (each checks that the
+        kernel's bytes are the documented ones); None when the plugin has no
+        recordings.  Import the rules lazily (inside the hook): they are only
+        needed by the comparison.
+
+    Stops at the first non-None result; called only on the plugin that
+    identified the module.
     """

@@ -33,7 +33,6 @@ ENTRY_POINT_GROUP = "klpcore.arch"
 
 _HOOKS = (
     "klp_arch_reloc_types",
-    "klp_arch_kernel_oracle",
     "klp_arch_frob_sections",
     "klp_arch_is_init_section",
     "klp_arch_apply_section",
@@ -42,6 +41,7 @@ _HOOKS = (
     "klp_arch_write_method",
     "klp_arch_page_size",
     "klp_arch_config_default",
+    "klp_arch_kernel_oracle",
 )
 
 

@@ -33,6 +33,9 @@ from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
 from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
@@ -84,10 +87,6 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
-
-
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl
@@ -146,11 +145,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="arm64",
-            hosts=("aarch64",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
+            hosts=("aarch64",),
         )
     ]

@@ -41,6 +41,9 @@ from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
 from . import options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
@@ -85,10 +88,6 @@ def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
 
 
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
-
-
 @hookimpl
 def klp_arch_kernel_oracle() -> OracleRules:
     """The rules for comparing with a real kernel's bytes (imported only when asked)."""
@@ -120,11 +119,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="ppc64le",
-            hosts=("ppc64le",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
+            hosts=("ppc64le",),
         )
     ]
 

@@ -33,6 +33,9 @@ from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
 from . import gotplt, identify, options, protection, types, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
@@ -47,10 +50,6 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
-
-
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl
@@ -112,11 +111,11 @@ def klp_arch_examples() -> Sequence[Example]:
     return [
         Example(
             name="s390x",
-            hosts=("s390x",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             description="an s390x livepatch module whose vmlinux calls go through the module PLT (GOT and PLT "
             "at the start of the text)",
             base=DEFAULT_BASE,
+            hosts=("s390x",),
         )
     ]

@@ -29,8 +29,11 @@ from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
 from . import protection, versions
-from .identify import ARCHES, EM_X86_64, identify, insn_target
+from .identify import ARCHES, DEFAULT_BASE, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
     R_X86_64_REX_GOTPCRELX,
@@ -62,10 +65,6 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
-
-
-if TYPE_CHECKING:
-    from klpcore.testing.kernel_oracle import OracleRules
 
 
 @hookimpl
@@ -120,16 +119,14 @@ def klp_arch_clear_section(ctx: SectionContext) -> bool:
 
 @hookimpl
 def klp_arch_examples() -> Sequence[Example]:
-    from .identify import DEFAULT_BASE
-
     here = Path(__file__).parent / "examples"
     return [
         Example(
             name="x86_64",
-            hosts=("x86_64",),
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux (final .klp.rela format)",
+            hosts=("x86_64",),
         )
     ]
