@@ -50,6 +50,7 @@ _HOOKS = (
     "klp_arch_write_method",
     "klp_arch_page_size",
     "klp_arch_config_default",
+    "klp_arch_convert_rules",
 )
 
 

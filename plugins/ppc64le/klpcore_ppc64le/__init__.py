@@ -32,12 +32,13 @@ from pathlib import Path
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 
-from . import options, protection, stubs, toc
+from . import convert, options, protection, stubs, toc
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
 from .options import DEFAULT_OPTIONS, OPTION_KINDS, PAGE_64K, option
@@ -140,3 +141,8 @@ def klp_arch_write_method(
     """memcpy while unformed; then ``patch_instruction`` (5.16+), plain stores
     into writable memory, ``module_disable_ro`` before 5.8, else a fault (None)."""
     return protection.write_method(image, region, kernel, hint)
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)

@@ -24,12 +24,13 @@ from pathlib import Path
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 
-from . import gotplt, identify, options, protection, types
+from . import convert, gotplt, identify, options, protection, types
 from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
 __all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
@@ -98,3 +99,8 @@ def klp_arch_examples() -> Sequence[Example]:
             base=DEFAULT_BASE,
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)

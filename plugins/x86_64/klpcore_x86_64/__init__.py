@@ -20,12 +20,13 @@ from pathlib import Path
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
 
-from . import protection
+from . import convert, protection
 from .identify import ARCHES, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
@@ -108,3 +109,8 @@ def klp_arch_examples() -> Sequence[Example]:
             description="a livepatch module patching vmlinux (final .klp.rela format)",
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)

@@ -1,0 +1,24 @@
+"""``klpcore convert`` rules for arm64.
+
+* No symbol or type is kept ordinary (klp-build's arm64 port and kpatch add none).
+* ``apply_relocate_add`` takes ``R_ARM_NONE`` (0) as a no-op: a moved
+  relocation leaves type 0.
+* Late writes: ``apply_relocate_add`` writes read-only module text late only
+  through the text-poke API, from 6.17 (``arm64_late_text_poke``); before,
+  a late relocation into text faults (kpatch issues #1216, #1439).
+"""
+
+from __future__ import annotations
+
+from klpcore.convert.rules import ConvertRules
+from klpcore.kernel import KernelTarget
+
+
+def late_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> str | None:
+    if writable or kernel.has("arm64_late_text_poke") or not kernel.has("klp_no_module_disable_ro"):
+        return None
+    return "arm64_late_text_poke"
+
+
+def rules(kernel: KernelTarget) -> ConvertRules:
+    return ConvertRules(late_hazard=late_hazard, none_type=0)
