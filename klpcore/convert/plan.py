@@ -397,14 +397,13 @@ def plan_and_write(
                     section=relsec,
                 )
                 break
-            row = rules.late_hazard(rtype, tsec, writable, kernel) if late else None
-            if row is not None:
-                b = BEHAVIOURS[row]
+            b = rules.late_hazard(rtype, tsec, writable, kernel) if late else None
+            if b is not None:
                 err(
                     f"{type_name(rtype)} at {tsec}+{off:#x} against '{name}' ({sym_obj}) is applied late (when "
                     f"{sym_obj if sym_obj != C.VMLINUX else 'the patch'} is enabled), into "
                     f"{'writable' if writable else 'read-only'} memory, which Linux {kernel.label} cannot write "
-                    f"for this type (versions row {row}, {b.label}: {b.description})",
+                    f"for this type (versions row {b.name}, {b.label}: {b.description})",
                     symbol=name,
                     section=relsec,
                     index=None,

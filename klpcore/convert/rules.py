@@ -7,21 +7,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..kernel import KernelTarget
+from ..versions import Behaviour
 
 #: ``(type number, target section name) -> reason`` a relocation of that type must
 #: stay an ordinary relocation, or None
 KeepType = Callable[[int, str], "str | None"]
 #: ``(type number, target section name, target writable after load, kernel) ->``
-#: the :mod:`klpcore.versions` row whose absence (or presence) makes the kernel
-#: unable to write that relocation late, or None when it can
-LateHazard = Callable[[int, str, bool, KernelTarget], "str | None"]
+#: the version-table row (a :class:`~klpcore.versions.Behaviour`) whose absence
+#: makes the kernel unable to write that relocation late, or None when it can
+LateHazard = Callable[[int, str, bool, KernelTarget], "Behaviour | None"]
 
 
 def _no_keep(rtype: int, section: str) -> str | None:
     return None
 
 
-def _no_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> str | None:
+def _no_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> Behaviour | None:
     return None
 
 

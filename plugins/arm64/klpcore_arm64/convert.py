@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from klpcore.convert.rules import ConvertRules
 from klpcore.kernel import KernelTarget
+from klpcore.versions import Behaviour
+
+from .versions import LATE_TEXT_POKE
 
 
-def late_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> str | None:
-    if writable or kernel.has("arm64_late_text_poke") or not kernel.has("klp_no_module_disable_ro"):
+def late_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> Behaviour | None:
+    if writable or kernel.has(LATE_TEXT_POKE) or not kernel.has("klp_no_module_disable_ro"):
         return None
-    return "arm64_late_text_poke"
+    return LATE_TEXT_POKE
 
 
 def rules(kernel: KernelTarget) -> ConvertRules:

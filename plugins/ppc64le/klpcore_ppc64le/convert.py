@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from klpcore.convert.rules import ConvertRules
 from klpcore.kernel import KernelTarget
+from klpcore.versions import Behaviour
 
 from .abi import R_PPC64_ENTRY, R_PPC64_REL16_HA, R_PPC64_REL16_LO, R_PPC64_REL24, R_PPC64_REL64
+from .versions import PATCH_INSTRUCTION, STRICT_MODULE_RWX
 
 
 def keep_type(rtype: int, section: str) -> str | None:
@@ -33,12 +35,12 @@ def keep_type(rtype: int, section: str) -> str | None:
     return None
 
 
-def late_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> str | None:
-    if writable or not kernel.has("ppc64_strict_module_rwx") or not kernel.has("klp_no_module_disable_ro"):
+def late_hazard(rtype: int, section: str, writable: bool, kernel: KernelTarget) -> Behaviour | None:
+    if writable or not kernel.has(STRICT_MODULE_RWX) or not kernel.has("klp_no_module_disable_ro"):
         return None
-    if rtype == R_PPC64_REL24 and kernel.has("ppc64_patch_instruction"):
+    if rtype == R_PPC64_REL24 and kernel.has(PATCH_INSTRUCTION):
         return None
-    return "ppc64_patch_instruction"
+    return PATCH_INSTRUCTION
 
 
 def rules(kernel: KernelTarget) -> ConvertRules:
