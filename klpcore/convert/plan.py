@@ -36,6 +36,7 @@ from .. import constants as C
 from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError
 from ..kernel import KernelTarget
+from ..livepatch import rfc_objname
 from ..symbols import KernelSymbols, ObjectSymbols
 from ..versions import BEHAVIOURS
 from .elfedit import ElfEditError, Format, KlpSym, Style, check_objname, rewrite
@@ -371,6 +372,14 @@ def plan_and_write(
         except ElfEditError as exc:
             err(str(exc), symbol=name)
             continue
+        if fmt == "rfc" and rfc_objname(f"{C.KLP_RFC_RELA_PREFIX}{sym_obj}.text") != sym_obj:
+            err(
+                f"{where}: object {sym_obj} cannot be named in the 2015 RFC format: its __klp_rela_ section names "
+                f"are read back as object {rfc_objname(f'{C.KLP_RFC_RELA_PREFIX}{sym_obj}.text')!r} (the text after "
+                "the last '_')",
+                symbol=name,
+            )
+            continue
         sympos = _sympos(name, sym_obj, table, positions, target, err)
         if name in positions:
             used_positions.add(name)
@@ -410,7 +419,8 @@ def plan_and_write(
                 )
                 break
         else:
-            ksym = KlpSym(sym_obj, sympos)
+            # the 2015 RFC marks a symbol found through the exports (klp_find_external_symbol) external
+            ksym = KlpSym(sym_obj, sympos, external=fmt == "rfc" and how == "module export")
             chosen[index] = ksym
             converted.append(Converted(index, name, sym_obj, sympos, len(use.sites), sym_obj, how))
 
@@ -467,6 +477,8 @@ def _sympos(
         symbol=name,
         extra={
             "object": objname,
+            "kind": "ambiguous",
+            "positions": [{"sympos": k, "address": hex(a)} for k, a in enumerate(addrs, 1)],
             "candidates": [
                 {"sympos": k, "address": hex(a), **({"file": files[a]} if a in files else {})}
                 for k, a in enumerate(addrs, 1)
@@ -516,6 +528,46 @@ __all__: Sequence[str] = [
     "TargetSymbols",
     "convert",
     "from_kernel_symbols",
+    "from_target",
     "module_object_symbols",
     "plan_and_write",
 ]
+
+
+def from_target(target: Any) -> TargetSymbols:
+    """Target symbols from a :class:`klpcore.check.target.Target` (an extracted
+    distribution kernel): its System.map / kallsyms / vmlinux, its
+    Module.symvers for exports (else the ``__ksymtab_`` entries) and its module
+    tree for the symbols of a module object."""
+    ks = target.symbols
+    if ks is None:
+        raise InputError(f"target {target.path}: no vmlinux symbols ({target.missing.get('symbols', 'not found')})")
+    symvers = target.symvers
+    base = from_kernel_symbols(ks, str(target.vmlinux_path) if target.vmlinux_path else None)
+    cache: dict[str, ObjectSymbols | None] = {}
+
+    def export(name: str) -> ExportOwner | None:
+        if symvers is not None:
+            e = symvers.get(name)
+            return ExportOwner(_module_name(e.module), e.namespace) if e is not None else None
+        return base.export(name)
+
+    def module(name: str) -> ObjectSymbols | None:
+        if name == C.VMLINUX:
+            return None
+        if name not in cache:
+            found = ks.objects.get(name)
+            if found is None and target.find_module(name) is not None:
+                found = module_object_symbols(target.module_tree.read(name), name)
+            cache[name] = found
+        return cache[name]
+
+    return TargetSymbols(
+        vmlinux=base.vmlinux,
+        module=module,
+        export=export,
+        has_exports=symvers is not None or base.has_exports,
+        source_file=base.source_file,
+        description=str(target.path),
+        module_names=base.module_names,
+    )
