@@ -29,6 +29,7 @@ def kallsyms(arch: str) -> KernelSymbols:
 
 
 def patch(arch: str, name: str = "lp_patch") -> ElfModule:
+    pytest.importorskip(f"klpcore_{arch}")
     return ElfModule.from_file(FIX / f"{name}.{arch}.o")
 
 

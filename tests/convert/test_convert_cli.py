@@ -17,6 +17,7 @@ from klpcore.livepatch import discover
 from klpcore.loader import Loader
 from klpcore.symbols import load_many
 
+pytest.importorskip("klpcore_x86_64")
 FIX = Path(__file__).resolve().parent / "fixtures"
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "klpcore" / "schema" / "v1.json").read_text())
 
@@ -31,6 +32,7 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, 
 
 
 def base(arch: str, tmp: Path, *extra: str, name: str = "lp_patch") -> list[str]:
+    pytest.importorskip(f"klpcore_{arch}")
     return [str(FIX / f"{name}.{arch}.o"), "-s", str(FIX / f"{arch}.kallsyms"), "-o", str(tmp / "out.ko"), *extra]
 
 
