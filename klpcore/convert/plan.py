@@ -406,6 +406,15 @@ def plan_and_write(
                     section=relsec,
                 )
                 break
+            if late and tsec.startswith(".init"):
+                err(
+                    f"{tsec}+{off:#x} refers to '{name}' of {sym_obj}: its livepatch relocation would be applied when "
+                    f"{sym_obj if sym_obj != C.VMLINUX else 'the patch'} is enabled, after the kernel freed the patch "
+                    "module's init memory; move the reference out of init code",
+                    symbol=name,
+                    section=relsec,
+                )
+                break
             b = rules.late_hazard(rtype, tsec, writable, kernel) if late else None
             if b is not None:
                 err(

@@ -139,6 +139,14 @@ def test_jump_table_key_in_a_module(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "use static_key_enabled() on the key instead of a static branch" in msg
 
 
+def test_module_reference_from_init_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc, _ = cli(capsys, *base("x86_64", tmp_path, "--object", "tgtmod", name="lp_init"))
+    assert code == 1
+    (msg,) = errors(doc)
+    assert msg.startswith(".init.text+0x6 refers to 'mod_hidden' of tgtmod: its livepatch relocation would be applied")
+    assert "after the kernel freed the patch module's init memory" in msg
+
+
 def test_annotated_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, doc, _ = cli(capsys, *base("x86_64", tmp_path, name="lp_annot"))
     assert code == 0
