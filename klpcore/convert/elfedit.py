@@ -57,8 +57,10 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
+
 from .. import constants as C
-from ..elf import ElfModule
+from ..elf import ElfModule, rela_dtype, sym_dtype
 from ..errors import InputError
 
 __all__ = ["ElfEditError", "Format", "KlpSym", "Style", "rewrite"]
@@ -143,14 +145,6 @@ class _Symbol:
         return self.st_info & 0xF
 
 
-@dataclasses.dataclass
-class _Rela:
-    r_offset: int
-    r_sym: int
-    r_type: int
-    r_addend: int
-
-
 def _round_up(value: int, align: int) -> int:
     if align <= 1:
         return value
@@ -163,7 +157,6 @@ class _Elf:
     _EHDR_TAIL = "HHIQQQIHHHHHH"
     _SHDR = "IIQQQQIIQQ"
     _SYM = "IBBHQQ"
-    _RELA = "QQq"
     _REL = "QQ"
 
     def __init__(self, module: ElfModule) -> None:
@@ -234,14 +227,6 @@ class _Elf:
                 struct.pack(fmt, s.st_name, s.st_info, s.st_other, s.st_shndx, s.st_value, s.st_size) for s in symbols
             )
         )
-
-    def read_relas(self, sec: _Section) -> list[_Rela]:
-        fmt = self.endian + self._RELA
-        return [_Rela(o, i >> 32, i & 0xFFFFFFFF, a) for o, i, a in struct.iter_unpack(fmt, bytes(sec.data))]
-
-    def pack_relas(self, relas: Sequence[_Rela]) -> bytearray:
-        fmt = self.endian + self._RELA
-        return bytearray(b"".join(struct.pack(fmt, r.r_offset, (r.r_sym << 32) | r.r_type, r.r_addend) for r in relas))
 
     def read_rel_symbols(self, sec: _Section) -> list[int]:
         fmt = self.endian + self._REL
@@ -411,11 +396,14 @@ def rewrite(
     if symtab.sh_entsize not in (0, C.SYM_SIZE):
         raise ElfEditError(f"section {symtab.name!r}: malformed symbol table")
     strtab_index = symtab.sh_link
-    syms = elf.read_symbols(symtab)
+    sdt = sym_dtype(elf.endian)
+    symarr = np.frombuffer(bytes(symtab.data), dtype=sdt).copy()
+    nsyms_before = len(symarr)
+    tomb_rows: list[tuple[int, int, int, int, int, int]] = []
     moved: dict[int, tuple[str, KlpSym]] = {}
     for index, ksym in sorted(symbols.items()):
-        if not 0 < index < len(syms):
-            raise ElfEditError(f"symbol index {index} is outside the symbol table (1..{len(syms) - 1})")
+        if not 0 < index < nsyms_before:
+            raise ElfEditError(f"symbol index {index} is outside the symbol table (1..{nsyms_before - 1})")
         name = module.symbol_names[index]
         _check_request(name, ksym, fmt)
         moved[index] = (name, ksym)
@@ -447,69 +435,75 @@ def rewrite(
                     f"{moved[r_sym][0]!r}; only SHT_RELA is supported"
                 )
 
-    # Move the entries.
-    klp_entries: dict[tuple[str, int], list[_Rela]] = {}
+    # Move the entries: arrays per section; Python runs only per moved symbol.
+    dtype = rela_dtype(elf.endian)
+    moved_idx = np.array(sorted(moved), dtype=np.uint64)
+    klp_entries: dict[tuple[str, int], list[np.ndarray]] = {}
     tombstones: dict[int, int] = {}
-    nsyms_before = len(syms)
     for sec in list(elf.sections):
         if sec.sh_type != C.SHT_RELA or not applies_to(sec):
             continue
         if len(sec.data) % C.RELA_SIZE:
             raise ElfEditError(f"section {sec.name!r}: size is not a multiple of {C.RELA_SIZE}")
-        kept: list[_Rela] = []
-        changed = False
-        for rela in elf.read_relas(sec):
-            if rela.r_sym >= nsyms_before:
-                raise ElfEditError(
-                    f"section {sec.name!r}: relocation at {rela.r_offset:#x} has bad symbol index {rela.r_sym}"
-                )
-            if rela.r_sym not in moved:
-                kept.append(rela)
-                continue
-            changed = True
-            name, ksym = moved[rela.r_sym]
-            klp_entries.setdefault((ksym.rela_object, sec.sh_info), []).append(rela)
-            if style == "objtool":
-                if rela.r_sym not in tombstones:
-                    tombstones[rela.r_sym] = len(syms)
-                    syms.append(
-                        _Symbol(
-                            st_name=elf.add_string(strtab_index, C.KLP_TOMBSTONE_PREFIX + (ksym.name or name)),
-                            st_info=(C.STB_WEAK << 4) | C.STT_NOTYPE,
-                            st_other=0,
-                            st_shndx=C.SHN_UNDEF,
-                            st_value=0,
-                            st_size=0,
-                        )
-                    )
-                kept.append(_Rela(rela.r_offset, tombstones[rela.r_sym], 0, rela.r_addend))
-        if changed:
-            sec.data = elf.pack_relas(kept)
+        arr = np.frombuffer(bytes(sec.data), dtype=dtype).copy()
+        rsym = arr["r_info"] >> np.uint64(32)
+        bad = np.nonzero(rsym >= np.uint64(nsyms_before))[0]
+        if bad.size:
+            k = int(bad[0])
+            raise ElfEditError(
+                f"section {sec.name!r}: relocation at {int(arr['r_offset'][k]):#x} has bad symbol index {int(rsym[k])}"
+            )
+        hits = np.nonzero(np.isin(rsym, moved_idx))[0]
+        if not hits.size:
+            continue
+        uniq, first = np.unique(rsym[hits], return_index=True)
+        in_order = [int(u) for _, u in sorted(zip(first.tolist(), uniq.tolist(), strict=True))]
+        objects = list(dict.fromkeys(moved[i][1].rela_object for i in in_order))
+        for objname in objects:
+            mine = np.array([i for i in in_order if moved[i][1].rela_object == objname], dtype=np.uint64)
+            klp_entries.setdefault((objname, sec.sh_info), []).append(arr[hits[np.isin(rsym[hits], mine)]])
+        if style == "objtool":
+            for i in in_order:
+                if i not in tombstones:
+                    name, ksym = moved[i]
+                    tombstones[i] = nsyms_before + len(tomb_rows)
+                    st_name = elf.add_string(strtab_index, C.KLP_TOMBSTONE_PREFIX + (ksym.name or name))
+                    tomb_rows.append((st_name, (C.STB_WEAK << 4) | C.STT_NOTYPE, 0, C.SHN_UNDEF, 0, 0))
+            lookup = np.zeros(nsyms_before, dtype=np.uint64)
+            for i in in_order:
+                lookup[i] = tombstones[i]
+            arr["r_info"][hits] = lookup[rsym[hits].astype(np.int64)] << np.uint64(32)
+            sec.data = bytearray(arr.tobytes())
+        else:
+            keep = np.ones(len(arr), dtype=bool)
+            keep[hits] = False
+            sec.data = bytearray(arr[keep].tobytes())
 
     # Mark the symbols.
     xindex_cleared: list[int] = []
     for index, (name, ksym) in moved.items():
-        sym = syms[index]
-        if sym.st_shndx == C.SHN_XINDEX:
+        if int(symarr["st_shndx"][index]) == C.SHN_XINDEX:
             xindex_cleared.append(index)
-        sym.st_value = 0
+        symarr["st_value"][index] = 0
         if fmt == "final":
-            sym.st_name = elf.add_string(
+            symarr["st_name"][index] = elf.add_string(
                 strtab_index, f"{C.KLP_SYM_PREFIX}{ksym.objname}.{ksym.name or name},{ksym.sympos}"
             )
-            sym.st_shndx = C.SHN_LIVEPATCH
+            symarr["st_shndx"][index] = C.SHN_LIVEPATCH
         else:
             if ksym.name:
-                sym.st_name = elf.add_string(strtab_index, ksym.name)
-            sym.st_shndx = C.SHN_LIVEPATCH_RFC
+                symarr["st_name"][index] = elf.add_string(strtab_index, ksym.name)
+            symarr["st_shndx"][index] = C.SHN_LIVEPATCH_RFC
             if ksym.external:
-                sym.st_info = (C.STB_LIVEPATCH_EXT << 4) | sym.type
-    elf.write_symbols(symtab, syms)
+                symarr["st_info"][index] = (C.STB_LIVEPATCH_EXT << 4) | (int(symarr["st_info"][index]) & 0xF)
+    if tomb_rows:  # (concatenate gives native byte order: back to the file's)
+        symarr = np.concatenate([symarr, np.array(tomb_rows, dtype=sdt)]).astype(sdt)
+    symtab.data = bytearray(symarr.tobytes())
     for sec in elf.sections:
         if sec.sh_type == _SHT_SYMTAB_SHNDX and sec.sh_link == symtab_index:
             for index in xindex_cleared:
                 sec.data[index * 4 : index * 4 + 4] = bytes(4)
-            sec.data += bytes(4 * (len(syms) - nsyms_before))
+            sec.data += bytes(4 * len(tomb_rows))
 
     # Append the livepatch relocation sections.
     names = {sec.name for sec in elf.sections}
@@ -523,7 +517,7 @@ def rewrite(
         if sec_name in names:
             raise ElfEditError(f"section {sec_name!r} already exists")
         names.add(sec_name)
-        payload = elf.pack_relas(entries)
+        payload = bytearray(np.concatenate(entries).astype(dtype).tobytes())  # concatenate makes it native
         elf.add_section(
             _Section(
                 sec_name,

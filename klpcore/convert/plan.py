@@ -215,14 +215,34 @@ def source_files(vmlinux: str, name: str) -> dict[int, str]:
 # ---------------------------------------------------------------------------
 @dataclass
 class _Use:
-    """Relocations against one symbol: (relocation section, target section, offset, type)."""
+    """Relocations against one symbol, per relocation section: (relocation section,
+    target section, target writable, offsets, types) as arrays."""
 
-    sites: list[tuple[str, str, int, int, bool]] = field(default_factory=list)
+    chunks: list[tuple[str, str, bool, np.ndarray, np.ndarray]] = field(default_factory=list)
+    _sites: list[tuple[str, str, int, int, bool]] | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(len(c[3]) for c in self.chunks)
+
+    def sites(self) -> list[tuple[str, str, int, int, bool]]:
+        """One site per (relocation section, type): its first offset; rules depend on no more."""
+        if self._sites is not None:
+            return self._sites
+        out = []
+        for relsec, target, writable, offs, types in self.chunks:
+            uniq, first = np.unique(types, return_index=True)
+            for t, k in sorted(zip(uniq.tolist(), first.tolist(), strict=True), key=lambda p: p[1]):
+                out.append((relsec, target, int(offs[k]), int(t), writable))
+        self._sites = out
+        return out
 
 
 def _uses(elf: ElfModule) -> dict[int, _Use]:
-    """Relocations of ordinary RELA sections that apply to allocated sections, by symbol."""
+    """Relocations of ordinary RELA sections that apply to allocated sections, against
+    undefined symbols, by symbol (arrays; Python runs per section and symbol)."""
     out: dict[int, _Use] = {}
+    undefined = elf.symbols["st_shndx"] == C.SHN_UNDEF
     for rs in elf.rela_sections():
         if rs.flags & (C.SHF_RELA_LIVEPATCH | C.SHF_RELA_LIVEPATCH_RFC) or not 0 < rs.info < len(elf.sections):
             continue
@@ -231,10 +251,20 @@ def _uses(elf: ElfModule) -> dict[int, _Use]:
             continue
         arr = elf.relas(rs.index)
         syms = (arr["r_info"] >> np.uint64(32)).astype(np.int64)
-        types = (arr["r_info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        pick = np.nonzero(undefined[syms] & (syms > 0))[0]
+        if not pick.size:
+            continue
+        syms = syms[pick]
+        order = np.argsort(syms, kind="stable")
+        syms = syms[order]
+        offs = arr["r_offset"][pick][order]
+        types = (arr["r_info"][pick][order] & np.uint64(0xFFFFFFFF)).astype(np.int64)
         writable = target.is_write and target.name != ".data..ro_after_init"
-        for s, t, off in zip(syms.tolist(), types.tolist(), arr["r_offset"].tolist(), strict=True):
-            out.setdefault(s, _Use()).sites.append((rs.name, target.name, off, t, writable))
+        uniq, starts = np.unique(syms, return_index=True)
+        bounds = [*starts.tolist(), len(syms)]
+        for n, sym in enumerate(uniq.tolist()):
+            a, b = bounds[n], bounds[n + 1]
+            out.setdefault(sym, _Use()).chunks.append((rs.name, target.name, writable, offs[a:b], types[a:b]))
     return out
 
 
@@ -327,7 +357,7 @@ def plan_and_write(
                 continue
             lp_obj, a_obj, sym, pos = parts
             chosen[index] = KlpSym(a_obj, pos, section_object=lp_obj, name=sym)
-            converted.append(Converted(index, sym, a_obj, pos, len(use.sites), lp_obj, "annotated"))
+            converted.append(Converted(index, sym, a_obj, pos, use.count, lp_obj, "annotated"))
             continue
         why = rules.keep_symbol(name)
         if why is not None:
@@ -385,7 +415,7 @@ def plan_and_write(
             used_positions.add(name)
         if sympos is None:
             continue
-        kept_types = [(s, why) for s in use.sites if (why := rules.keep_type(s[3], s[1])) is not None]
+        kept_types = [(s, why) for s in use.sites() if (why := rules.keep_type(s[3], s[1])) is not None]
         if kept_types:
             (relsec, tsec, off, rtype, _), reason = kept_types[0]
             err(
@@ -396,7 +426,7 @@ def plan_and_write(
             )
             continue
         late = sym_obj != C.VMLINUX or not kernel.has("early_vmlinux_klp")
-        for relsec, tsec, off, rtype, writable in use.sites:
+        for relsec, tsec, off, rtype, writable in use.sites():
             if tsec in SPECIAL_SECTIONS and late:
                 err(
                     f"{tsec} entry at {off:#x} refers to '{name}' of {sym_obj}: the kernel reads {tsec} when the "
@@ -431,7 +461,7 @@ def plan_and_write(
             # the 2015 RFC marks a symbol found through the exports (klp_find_external_symbol) external
             ksym = KlpSym(sym_obj, sympos, external=fmt == "rfc" and how == "module export")
             chosen[index] = ksym
-            converted.append(Converted(index, name, sym_obj, sympos, len(use.sites), sym_obj, how))
+            converted.append(Converted(index, name, sym_obj, sympos, use.count, sym_obj, how))
 
     for name in sorted(set(positions) - used_positions):
         err(f"--position {name}={positions[name]}: the module has no reference to convert to '{name}'", symbol=name)
@@ -509,9 +539,9 @@ def convert(
     pm: Any = None,
 ) -> Result:
     """Convert ``elf`` with its architecture plugin's rules (see :func:`plan_and_write`)."""
-    from ..plugins import get_plugin_manager, identify
+    from ..plugins import default_plugin_manager, identify
 
-    pm = pm or get_plugin_manager()
+    pm = pm or default_plugin_manager()
     hooks = identify(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, kernel)
     rules = hooks.klp_arch_convert_rules(arch=hooks.spec, kernel=kernel)  # type: ignore[attr-defined]
     if rules is None:
