@@ -228,3 +228,65 @@ def test_final_format_refused_for_the_rfc_era(tmp_path: Path, capsys: pytest.Cap
         "Linux 4.4 reads the 2015 RFC format only (versions row final_klp_format, 4.7): use --format rfc2015"
         in (errors(doc)[0])
     )
+
+
+def flat_target(tmp: Path) -> Path:
+    """A target directory as --target reads it: System.map, Module.symvers, the module tree (tgtmod.ko)."""
+    d = tmp / "target"
+    d.mkdir()
+    lines = (FIX / "x86_64.kallsyms").read_text().splitlines(True)
+    (d / "System.map").write_text("".join(ln for ln in lines if "[" not in ln))
+    (d / "Module.symvers").write_text(
+        "0x1\texp_fn\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tmod_exp_data\tdrivers/misc/tgtmod\tEXPORT_SYMBOL_GPL\t\n"
+    )
+    (d / "tgtmod.ko").write_bytes((FIX / "tgtmod.x86_64.ko").read_bytes())
+    return d
+
+
+def test_target_module_positions_in_symbol_table_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = flat_target(tmp_path)
+    argv = [
+        str(FIX / "lp_moddup.x86_64.o"),
+        "--target",
+        str(target),
+        "--object",
+        "tgtmod",
+        "-o",
+        str(tmp_path / "o.ko"),
+    ]
+    code, doc, _ = cli(capsys, *argv)
+    assert code == 1
+    amb = next(e for e in doc["errors"] if e.get("kind") == "ambiguous")
+    assert amb["message"].startswith("symbol 'dup_mod' occurs 2 times in tgtmod: settle it with --position dup_mod=N")
+    code, doc, _ = cli(capsys, *argv, "--position", "dup_mod=2")
+    assert code == 0, errors(doc)
+    assert {c["symbol"]: (c["object"], c["sympos"]) for c in doc["converted"]} == {
+        "dup_mod": ("tgtmod", 2),
+        "mod_hidden": ("tgtmod", 0),
+    }
+    # klpcore's resolver, with tgtmod loaded, finds position 2 where the module's second dup_mod lies
+    base = 0xFFFFFFFFC1000000
+    symbols = load_many([f"{FIX / 'tgtmod.x86_64.ko'}@{base:#x}:tgtmod", str(target / "System.map")])
+    loaded = Loader(kernel=KernelTarget()).load(ElfModule.from_file(tmp_path / "o.ko"), symbols, 0xFFFFFFFFC0000000)
+    got = {r.name: r.value for r in loaded.resolutions if r.how == "livepatch"}
+    assert got[".klp.sym.tgtmod.dup_mod,2"] == symbols.objects["tgtmod"].matches("dup_mod")[1]
+    assert got[".klp.sym.tgtmod.dup_mod,2"] != symbols.objects["tgtmod"].matches("dup_mod")[0]
+
+
+def test_target_kernel_release_and_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = flat_target(tmp_path)
+    argv = [str(FIX / "lp_patch.x86_64.o"), "--target", str(target), "--object", "tgtmod", "-o", str(tmp_path / "o.ko")]
+    code, doc, _ = cli(capsys, *argv, "--mark", "--position", "dup_static=2")
+    assert code == 0, errors(doc)
+    how = {c["symbol"]: c["how"] for c in doc["converted"]}
+    assert how["mod_exp_data"] == "module export"  # Module.symvers: exported by tgtmod
+    assert how["mod_hidden"] == "unexported"
+    assert doc["kept"] == [{"symbol": "exp_fn", "why": "exported by vmlinux"}]
+
+
+def test_target_without_symbols(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [str(FIX / "lp_patch.x86_64.o"), "--target", str(tmp_path / "empty"), "-o", str(tmp_path / "o.ko")]
+    code, doc, _ = cli(capsys, *argv)
+    assert code == 2
+    assert errors(doc)[0].startswith(f"target {tmp_path / 'empty'}: no vmlinux symbols (no System.map")
