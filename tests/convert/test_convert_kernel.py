@@ -75,3 +75,27 @@ def test_klpcore_agrees_with_the_kernel(release: str) -> None:
     plain = rec["plain"]
     assert said == {line for line in plain["dmesg"] if "Unknown symbol" in line}  # type: ignore[index]
     assert "insmod koc_convert.ko 2" in plain["log"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``klpcore check`` (the symbols a target gives, nothing else): the converted module loads and its
+    patched function resolves; the module as compiled is refused, as the kernel refused it."""
+    from klpcore.cli import main
+
+    d, _ = fixture(release)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "System.map").write_text((d / "systemmap").read_text())
+    (target / "config").write_text("CONFIG_X86_64=y\nCONFIG_LIVEPATCH=y\nCONFIG_MODULES=y\n")
+    out = tmp_path / "klp.ko"
+    out.write_bytes(converted(release))
+    verdicts = {}
+    for mod in (out, d / "koc_convert.ko"):
+        main(["check", str(mod), "--target", str(target), "--json", "-"])
+        doc = json.loads(capsys.readouterr().out)
+        verdicts[mod.name] = doc["targets"][0]["verdict"]
+        if mod == out:
+            (pf,) = doc["targets"][0]["patched_functions"]
+            assert pf["old_name"] == "uptime_proc_show"
+    assert verdicts == {"klp.ko": "loads", "koc_convert.ko": "refused"}

@@ -47,8 +47,8 @@ def _arguments(sp: argparse.ArgumentParser) -> None:
         "--object",
         metavar="NAME",
         default="vmlinux",
-        help="the patched object: vmlinux (default) or a module name; its unexported symbols are looked up "
-        "there before vmlinux",
+        help="the patched object: vmlinux (default) or a module name as the kernel names it ('-' becomes '_'); "
+        "its unexported symbols are looked up there before vmlinux",
     )
     sp.add_argument(
         "--position",
@@ -121,7 +121,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         elf,
         target,
         kernel,
-        objname=args.object,
+        objname=args.object.replace("-", "_"),
         positions=positions,
         mark=args.mark,
         fmt="rfc" if args.format == "rfc2015" else "final",
@@ -135,7 +135,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "written": True,
         "format": args.format,
         "style": "none-type" if result.style == "objtool" else "removed",
-        "object": args.object,
+        "object": args.object.replace("-", "_"),
         "converted": [c.as_dict() for c in result.converted],
         "kept": [{"symbol": k, "why": v} for k, v in result.kept.items()],
         "modinfo_added": result.modinfo_added,
