@@ -734,6 +734,10 @@ SAMPLES = {
         ["check", "{mod}", "--target", "{tmp}", "--json", "-"],  # refused: no .gnu.linkonce.this_module
         ["check", "{mod}", "--target", "{junk}", "--json", "-"],  # not a directory
     ],
+    "convert": [
+        ["convert", "{mod}", "-s", "{syms}", "--mark", "-o", "{tmp}/converted.ko", "--json"],
+        ["convert", "{bad}", "-s", "{syms}", "-o", "{tmp}/converted.ko", "--json"],  # not livepatch=Y, 'nowhere'
+    ],
 }
 
 
