@@ -465,3 +465,34 @@ def _base(arch: str) -> int:
     pm = get_plugin_manager()
     elf = patch(arch)
     return identify(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, KernelTarget()).spec.default_base
+
+
+# ---------------------------------------------------------------------------
+# convert by name (what the arch plugins' livepatch fixtures are made with)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHES)
+def test_convert_named_is_convert(arch: str) -> None:
+    """Naming the symbols ``klpcore convert`` decides on, with their objects and
+    positions, gives the very bytes ``convert`` writes from the kernel's symbols."""
+    from klpcore.convert.elfedit import KlpSym
+    from klpcore.convert.named import convert_named
+
+    r = run(arch)
+    named = convert_named(patch(arch), {c.name: KlpSym(c.objname, c.sympos) for c in r.converted})
+    assert named.data == r.data
+    assert named.style == r.style and named.modinfo_added == r.modinfo_added
+
+
+def test_convert_named_refuses_what_it_cannot_name() -> None:
+    from klpcore.convert.elfedit import KlpSym
+    from klpcore.convert.named import convert_named
+    from klpcore.errors import InputError
+
+    with pytest.raises(InputError, match="one module object at a time"):
+        convert_named(patch("x86_64"), {"mod_hidden": KlpSym("tgtmod"), "hidden_fn": KlpSym("othermod")})
+    with pytest.raises(InputError, match="only an object and a position"):
+        convert_named(patch("x86_64"), {"hidden_fn": KlpSym("vmlinux", external=True)})
+    with pytest.raises(InputError, match="not_used .the module does not refer to it"):
+        convert_named(patch("x86_64"), {"hidden_fn": KlpSym("vmlinux"), "not_used": KlpSym("vmlinux")})
+    with pytest.raises(InputError, match=r"\.TOC\. \(the module loader resolves"):  # the plugin's rules apply
+        convert_named(patch("ppc64le"), {".TOC.": KlpSym("vmlinux")})
