@@ -1,0 +1,333 @@
+"""Unwrap a kernel image as distributions ship it into the kernel proper.
+
+Formats (recognised by content, never by file name):
+
+* an ELF ``vmlinux`` (ppc64le ships one, even named ``vmlinuz``): its
+  ``PT_LOAD`` segments map link-time addresses to file offsets;
+* an x86 ``bzImage``: the setup header (``HdrS`` at 0x202, boot protocol
+  2.08+) gives ``payload_offset``/``payload_length`` (0x248/0x24c) counted
+  from the protected-mode code, which starts after ``setup_sects`` (0x1f1;
+  0 means 4) + 1 sectors of 512 bytes; the payload, once decompressed, is the
+  stripped vmlinux ELF (any trailing ``vmlinux.relocs`` is ignored);
+* an arm64 ``Image`` (``ARM\\x64`` at byte 56): raw, byte 0 is ``_text``;
+* an EFI zboot image (``MZ`` then ``zimg`` at byte 4; payload offset and size
+  as little-endian u32 at 8 and 12, compression name NUL-terminated at 24 —
+  drivers/firmware/efi/libstub/zboot-header.S) wrapping one of the above;
+* a whole-file gzip/xz/zstd/... stream (``Image.gz``) wrapping one of the above;
+* anything else carrying one compressed stream that decompresses to one of the
+  above or to a raw kernel (the s390x image: its decompressor followed by the
+  compressed ``vmlinux.bin``).
+
+Compressions: gzip, xz, lzma, bzip2 (Python's standard library), zstd (the
+``zstandard`` dependency), lz4 (legacy frames, as ``lz4 -l`` writes them:
+needs the optional ``lz4`` package) and lzo (lzop files: needs the optional
+``python-lzo`` package).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import SymbolFileError
+
+#: largest decompressed kernel read (a 7.2 amd64 vmlinux is ~60 MiB; debug builds are larger)
+DECOMPRESSED_LIMIT = 1 << 30
+
+MAGICS: tuple[tuple[str, bytes], ...] = (
+    ("gzip", b"\x1f\x8b\x08"),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("zstd", b"\x28\xb5\x2f\xfd"),
+    ("bzip2", b"BZh"),
+    ("lz4", b"\x02\x21\x4c\x18"),
+    ("lzo", b"\x89LZO\x00\r\n\x1a\n"),
+    ("lzma", b"\x5d\x00\x00"),
+)
+
+#: compression names a zboot header carries (COMP_TYPE), each read by :func:`decompress` under the same name
+ZBOOT_COMPRESSIONS = frozenset({"gzip", "lzma", "xz", "zstd", "lz4", "lzo", "bzip2"})
+
+EM_NAMES = {62: "x86_64", 183: "arm64", 21: "ppc64le", 22: "s390x"}
+
+
+@dataclass
+class KernelImage:
+    """The kernel proper: its bytes and how file offsets map to link-time addresses."""
+
+    data: bytes
+    container: str  # how it was shipped: "bzImage (zstd)", "arm64 Image", "ELF", ...
+    arch: str  # "x86_64", "arm64", "ppc64le", "s390x" or "" when not known
+    byteorder: str  # "little" or "big"
+    #: (vaddr, offset, filesz) of each loaded part; empty for a raw image whose base is not known
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+    #: ELF section headers by name: (vaddr, offset, size), when the image has them
+    sections: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    is_elf: bool = False
+
+    def off_to_va(self, off: int) -> int | None:
+        for va, o, n in self.segments:
+            if o <= off < o + n:
+                return va + off - o
+        return None
+
+    def va_to_off(self, va: int) -> int | None:
+        for v, o, n in self.segments:
+            if v <= va < v + n:
+                return o + va - v
+        return None
+
+    @property
+    def endian(self) -> str:
+        return "<" if self.byteorder == "little" else ">"
+
+
+def decompress(fmt: str, blob: bytes | memoryview, what: str, limit: int = DECOMPRESSED_LIMIT) -> bytes:
+    """Decompress one stream of ``fmt``; trailing bytes (the size the kernel's
+    build appends, padding) are ignored.  Bounded by ``limit``."""
+    try:
+        if fmt == "gzip":
+            import zlib
+
+            gz = zlib.decompressobj(31)
+            out = gz.decompress(bytes(blob), limit + 1)
+        elif fmt in ("xz", "lzma"):
+            import lzma
+
+            lz = lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE)
+            out = lz.decompress(bytes(blob), limit + 1)
+        elif fmt == "bzip2":
+            import bz2
+
+            out = bz2.BZ2Decompressor().decompress(bytes(blob), limit + 1)
+        elif fmt == "zstd":
+            import zstandard
+
+            rest, parts, total = bytes(blob), [], 0
+            # one or more frames; the build appends the size (4 bytes) after them
+            while rest[:4] == b"\x28\xb5\x2f\xfd" and total <= limit:
+                dobj = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
+                part = dobj.decompress(rest)
+                parts.append(part)
+                total += len(part)
+                rest = dobj.unused_data
+            out = b"".join(parts)
+        elif fmt == "lz4":
+            out = _lz4_legacy(blob, what, limit)
+        elif fmt == "lzo":
+            out = _lzop(blob, what)
+        else:  # pragma: no cover - callers pass known names
+            raise SymbolFileError(f"{what}: unknown compression {fmt!r}")
+    except SymbolFileError:
+        raise
+    except Exception as exc:  # each library raises its own types on corrupt data
+        raise SymbolFileError(f"{what}: corrupt {fmt} data: {type(exc).__name__}: {exc}") from None
+    if len(out) > limit:
+        raise SymbolFileError(f"{what}: {fmt} data decompresses to more than {limit >> 20} MiB")
+    return out
+
+
+def _lz4_legacy(blob: bytes | memoryview, what: str, limit: int) -> bytes:
+    try:
+        import lz4.block  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise SymbolFileError(
+            f"{what}: the kernel image is lz4-compressed; reading it needs the optional 'lz4' package (pip install lz4)"
+        ) from None
+    mv = memoryview(blob)
+    pos, parts, total = 4, [], 0
+    while pos + 4 <= len(mv):
+        (size,) = struct.unpack_from("<I", mv, pos)
+        if size == 0x184C2102:  # a second legacy frame
+            pos += 4
+            continue
+        if size == 0 or pos + 4 + size > len(mv):
+            break
+        part = lz4.block.decompress(bytes(mv[pos + 4 : pos + 4 + size]), uncompressed_size=8 << 20)
+        parts.append(part)
+        total += len(part)
+        if total > limit:
+            break
+        pos += 4 + size
+        if len(part) < 8 << 20:
+            break
+    return b"".join(parts)
+
+
+def _lzop(blob: bytes | memoryview, what: str) -> bytes:  # pragma: no cover - needs python-lzo
+    try:
+        import lzo  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise SymbolFileError(
+            f"{what}: the kernel image is lzo-compressed; reading it needs the optional 'python-lzo' package "
+            "(pip install python-lzo)"
+        ) from None
+    # lzop file: header, then blocks of (u32 BE decompressed size, u32 BE compressed size, [checksums], data)
+    mv = bytes(blob)
+    pos = 9
+    version, _lib, _need = struct.unpack_from(">HHH", mv, pos)
+    pos += 6
+    pos += 1  # method
+    if version >= 0x0940:
+        pos += 1  # level
+    (flags,) = struct.unpack_from(">I", mv, pos)
+    pos += 4
+    if flags & 0x00000800:  # filter
+        pos += 4
+    pos += 4 + 4  # mode, mtime_low
+    if version >= 0x0940:
+        pos += 4
+    name_len = mv[pos]
+    pos += 1 + name_len + 4  # name, header checksum
+    if flags & 0x00000040:  # extra field
+        (n,) = struct.unpack_from(">I", mv, pos)
+        pos += 4 + n + 4
+    out = []
+    while True:
+        (dlen,) = struct.unpack_from(">I", mv, pos)
+        pos += 4
+        if dlen == 0:
+            break
+        (clen,) = struct.unpack_from(">I", mv, pos)
+        pos += 4
+        pos += 4 * (bool(flags & 0x1) + bool(flags & 0x100))  # adler32 / crc32 of decompressed
+        if clen < dlen:
+            pos += 4 * (bool(flags & 0x2) + bool(flags & 0x200))
+            out.append(lzo.decompress(mv[pos : pos + clen], False, dlen))
+        else:
+            out.append(mv[pos : pos + clen])
+        pos += clen
+    return b"".join(out)
+
+
+def _elf(data: bytes, container: str) -> KernelImage:
+    if len(data) < 64 or data[4] != 2:
+        raise SymbolFileError(f"{container}: only 64-bit kernels are read")
+    e = "<" if data[5] == 1 else ">"
+    machine = struct.unpack_from(e + "H", data, 18)[0]
+    phoff, shoff = struct.unpack_from(e + "QQ", data, 32)
+    phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH", data, 54)
+    segs = []
+    for i in range(phnum):
+        p = phoff + i * phentsize
+        if p + 56 > len(data):
+            break
+        ptype, _flags, off, vaddr, _paddr, filesz = struct.unpack_from(e + "IIQQQQ", data, p)
+        if ptype == 1 and filesz:
+            segs.append((vaddr, off, min(filesz, max(0, len(data) - off))))
+    sections: dict[str, tuple[int, int, int]] = {}
+    if shoff and shnum and shoff + shnum * shentsize <= len(data) and shstrndx < shnum:
+        hdrs = [struct.unpack_from(e + "IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        stro = hdrs[shstrndx][4]
+        for name_off, stype, _f, addr, off, size in hdrs:
+            if stype == 0 or not addr:
+                continue
+            end = data.find(b"\0", stro + name_off)
+            name = data[stro + name_off : end].decode("latin-1")
+            sections.setdefault(name, (addr, off if stype != 8 else -1, size))
+    return KernelImage(
+        data, container, EM_NAMES.get(machine, ""), "little" if e == "<" else "big", segs, sections, is_elf=True
+    )
+
+
+def _inner(data: bytes, container: str, what: str, depth: int) -> KernelImage | None:
+    """The kernel inside ``data`` when ``data`` is one of the known containers."""
+    if data[:4] == b"\x7fELF":
+        return _elf(data, container or "ELF")
+    if len(data) > 0x260 and data[0x202:0x206] == b"HdrS":
+        ss = data[0x1F1] or 4
+        version = struct.unpack_from("<H", data, 0x206)[0]
+        if version < 0x208:
+            raise SymbolFileError(
+                f"{what}: bzImage boot protocol {version >> 8}.{version & 0xFF} (before 2.08) not read"
+            )
+        poff, plen = struct.unpack_from("<II", data, 0x248)
+        start = (ss + 1) * 512 + poff
+        payload = memoryview(data)[start : start + plen]
+        fmt = _format(payload)
+        if fmt is None:
+            raise SymbolFileError(f"{what}: bzImage payload at {start:#x} is in no compression klpcore knows")
+        inner = _inner(decompress(fmt, payload, what), f"bzImage ({fmt})", what, depth + 1)
+        if inner is None:
+            raise SymbolFileError(f"{what}: bzImage payload is not an ELF kernel")
+        return inner
+    if len(data) > 64 and data[56:60] == b"ARM\x64":
+        return KernelImage(data, container or "arm64 Image", "arm64", "little")
+    if data[:2] == b"MZ" and data[4:8] == b"zimg":
+        poff, plen = struct.unpack_from("<II", data, 8)
+        comp = data[24 : data.find(b"\0", 24, 56)].decode("latin-1")
+        if comp not in ZBOOT_COMPRESSIONS:
+            raise SymbolFileError(f"{what}: EFI zboot image compressed with {comp!r}, which klpcore does not read")
+        inner = _inner(decompress(comp, memoryview(data)[poff : poff + plen], what), f"zboot ({comp})", what, depth + 1)
+        if inner is None:
+            raise SymbolFileError(f"{what}: EFI zboot payload is not a kernel image")
+        return inner
+    if depth == 0:
+        fmt = _format(data)
+        if fmt is not None and fmt != "lzma":
+            inner = _inner(decompress(fmt, data, what), f"{fmt}-compressed", what, depth + 1)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _format(blob: bytes | memoryview) -> str | None:
+    head = bytes(blob[:10])
+    for name, magic in MAGICS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 4 KiB, decompressed) starts a kernel
+    image container klpcore unwraps: a bzImage, an arm64 Image, a zboot image,
+    or an s390x image (its IPL PSW and ``Linux S390`` marker are not needed:
+    any file is tried by :func:`open_image` as a last resort)."""
+    return (
+        (len(head) > 0x206 and head[0x202:0x206] == b"HdrS")
+        or (len(head) > 60 and head[56:60] == b"ARM\x64")
+        or (head[:2] == b"MZ" and head[4:8] == b"zimg")
+    )
+
+
+def open_image(data: bytes, what: str) -> KernelImage:
+    """The kernel proper inside ``data`` (a file's bytes, already decompressed
+    when the whole file was one gzip/xz/zstd stream)."""
+    img = _inner(data, "", what, 0)
+    if img is not None:
+        return img
+    # last resort (s390x and other self-decompressing images): the largest
+    # stream a known compression decodes from inside the file
+    import re
+
+    best: KernelImage | None = None
+    for name, magic in MAGICS:
+        if name == "lzma":  # too short a magic to scan for
+            continue
+        for m in re.finditer(re.escape(magic), data):
+            try:
+                out = decompress(name, memoryview(data)[m.start() :], what)
+            except SymbolFileError:
+                continue
+            if len(out) < 1 << 20:
+                continue
+            inner = _inner(out, f"{name} payload at {m.start():#x}", what, 1)
+            if inner is None:
+                inner = KernelImage(out, f"{name} payload at {m.start():#x}", _guess_arch(data), _guess_order(data))
+            if best is None or len(inner.data) > len(best.data):
+                best = inner
+        if best is not None:
+            break
+    if best is None:
+        raise SymbolFileError(f"{what}: not a kernel image klpcore can read (bzImage, arm64 Image, zboot, ELF, s390x)")
+    return best
+
+
+def _guess_arch(data: bytes) -> str:
+    if b"Linux S390" in data[:0x20000] or data[:8] == b"\x00\x08\x00\x00\x80\x00\x02\x00":
+        return "s390x"
+    return ""
+
+
+def _guess_order(data: bytes) -> str:
+    return "big" if _guess_arch(data) == "s390x" else "little"
