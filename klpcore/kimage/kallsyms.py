@@ -47,6 +47,8 @@ from .container import KernelImage
 _DIGITS = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00"
 #: how far before the token table the markers are looked for (seqs of 400k symbols fit)
 _MARKER_WINDOW = 8 << 20
+#: a raw image's link address is at least this aligned (arm64: 2 MiB + TEXT_OFFSET 0x80000 or 0; s390x: 1 MiB)
+_BASE_ALIGN = 1 << 16
 
 
 @dataclass
@@ -93,15 +95,17 @@ def _token_table(data: bytes, e: str) -> tuple[int, int, np.ndarray, np.ndarray]
             q = z + 1
         if len(offs) != 256 or offs[0x30] != p - s or offs[-1] > 0xFFFF:
             continue
-        packed = struct.pack(e + "256H", *offs)
-        j = data.find(packed, q, q + 16 + 512)
-        if j < 0:
-            j = data.find(packed)
-        if j < 0:
-            continue
-        idx = np.array(offs, dtype=np.int64)
-        lens = np.diff(np.append(idx, q - s)) - 1
-        return s, j, idx, lens
+        # the walk back cannot tell where the first token starts (the bytes before
+        # it need not end in NUL): each start within it is tried against the index
+        for j in range(min(offs[1], 64)):
+            shifted = [0] + [o - j for o in offs[1:]]
+            packed = struct.pack(e + "256H", *shifted)
+            k = data.find(packed, q, q + 16 + 512)
+            if k < 0:
+                continue
+            idx = np.array(shifted, dtype=np.int64)
+            lens = np.diff(np.append(idx, q - s - j)) - 1
+            return s + j, k, idx, lens
     raise SymbolFileError("no kallsyms token table (a kernel built without CONFIG_KALLSYMS?)")
 
 
@@ -247,15 +251,24 @@ def _addresses(img: KernelImage, num_syms_off: int, ti_end: int, n: int) -> tupl
             for b in (bo + (-bo) % 8, bo + (-bo) % 4):
                 if b + 8 <= len(data):
                     base = struct.unpack_from(e + "Q", data, b)[0]
-                    got = _from_base(raw, base)
+                    got = _from_base(raw, base, img)
                     if got is not None:
-                        return got[0], off, got[1], base
+                        return got[0], off, got[1], int(got[0][0]) if base < 1 << 12 else base
             if va is None and not _monotonic(rel):
-                pr = 4 * np.arange(n, dtype=np.int64) + raw
+                pr = off + 4 * np.arange(n, dtype=np.int64) + raw  # address - (address of byte 0)
                 if _monotonic(pr):
-                    raise SymbolFileError(
-                        "kallsyms addresses are place-relative and the image does not say where it is linked "
-                        "(a raw image without relocations)"
+                    b0 = _raw_base(img, pr)
+                    if b0 is None:
+                        raise SymbolFileError(
+                            "kallsyms addresses are place-relative and the image does not say where it is "
+                            "linked (no pointer in it names a symbol)"
+                        )
+                    img.segments = [(b0, 0, len(data))]
+                    return (
+                        (pr + b0).astype(np.uint64) if b0 < 1 << 62 else pr.astype(np.uint64) + np.uint64(b0),
+                        off,
+                        "place-relative",
+                        None,
                     )
         else:
             b = off - 8
@@ -266,9 +279,9 @@ def _addresses(img: KernelImage, num_syms_off: int, ti_end: int, n: int) -> tupl
                 if o < 0:
                     continue
                 raw = np.frombuffer(data, dtype=f"{e}i4", count=n, offset=o).astype(np.int64)
-                got = _from_base(raw, base)
+                got = _from_base(raw, base, img)
                 if got is not None:
-                    return got[0], o, got[1], base
+                    return got[0], o, got[1], int(got[0][0]) if base < 1 << 12 else base
             for o in (off - 8 * n, off - 8 * n - 4):
                 if o < 0:
                     continue
@@ -278,9 +291,67 @@ def _addresses(img: KernelImage, num_syms_off: int, ti_end: int, n: int) -> tupl
     raise SymbolFileError("kallsyms addresses not found next to the symbol names (an unknown table layout)")
 
 
-def _from_base(raw: np.ndarray, base: int) -> tuple[np.ndarray, str] | None:
-    if base < 1 << 12:
+def _raw_base(img: KernelImage, rel: np.ndarray) -> int | None:
+    """The link address of byte 0 of a raw image, from the pointers it holds.
+
+    ``rel`` are the symbols' addresses less that base.  The most frequent
+    pointer-sized values of the image are mostly pointers to symbols: each
+    votes for every page-aligned base that makes it one; the base with most
+    votes wins, if enough values agree."""
+    data = img.data
+    v = np.frombuffer(data, dtype=f"{img.endian}u8", count=len(data) // 8)
+    if img.arch == "arm64":  # kernel addresses: the upper half
+        v = v[(v >> np.uint64(47)) == np.uint64(0x1FFFF)]
+    elif img.arch == "s390x":  # linked low (from 1 MiB), pointers are at least halfword-aligned
+        v = v[(v >= np.uint64(1 << 20)) & (v < np.uint64(1 << 40)) & ((v & np.uint64(1)) == 0)]
+    else:
+        v = v[v > len(data)]
+    if not len(v):
         return None
+    vals, counts = np.unique(v, return_counts=True)
+    top = vals[np.argsort(counts)[::-1][:256]].astype(np.uint64)
+    syms = np.unique(rel[rel >= 0]).astype(np.uint64)
+    votes: dict[int, int] = {}
+    # a symbol t makes p a pointer for an aligned base only when t = p modulo the alignment
+    rem = syms & np.uint64(_BASE_ALIGN - 1)
+    order = np.argsort(rem, kind="stable")
+    rem_sorted, syms_by_rem = rem[order], syms[order]
+    for p in top.tolist():
+        r = np.uint64(p & (_BASE_ALIGN - 1))
+        lo, hi = np.searchsorted(rem_sorted, r), np.searchsorted(rem_sorted, r, side="right")
+        t = syms_by_rem[lo:hi]
+        cands = np.uint64(p) - t[t <= np.uint64(p)]
+        for b in np.unique(cands).tolist():
+            votes[b] = votes.get(b, 0) + 1
+    if not votes:
+        return None
+    # the finalists are scored on every distinct value: how many name a symbol exactly
+    finalists = sorted(votes, key=lambda b: votes[b], reverse=True)[:16]
+    sample = vals[:: max(1, len(vals) // 65536)]
+
+    def hits(b: int) -> int:
+        x = sample - np.uint64(b)
+        i = np.minimum(np.searchsorted(syms, x), len(syms) - 1)
+        return int((syms[i] == x).sum())
+
+    scores = {b: hits(b) for b in finalists}
+    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+    best, score = ranked[0]
+    if score < 64 or (len(ranked) > 1 and ranked[1][1] * 2 > score):
+        return None
+    return int(best)
+
+
+def _from_base(raw: np.ndarray, base: int, img: KernelImage | None = None) -> tuple[np.ndarray, str] | None:
+    if base < 1 << 12:
+        # an unrelocated slot (arm64 RELA, s390x before 6.10: the relocation holds the value)
+        rel0 = raw & 0xFFFFFFFF
+        if img is None or img.is_elf or not _monotonic(rel0):
+            return None
+        found = _raw_base(img, rel0)
+        if found is None:
+            return None
+        base = found
     rel = (raw & 0xFFFFFFFF).astype(np.uint64) + np.uint64(base)
     if _monotonic(rel):
         return rel, "relative"
