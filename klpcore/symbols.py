@@ -1,7 +1,8 @@
 """Kernel symbol tables and the kernel's symbol resolution rules.
 
 Sources: ``System.map``, ``/proc/kallsyms`` text (``[module]`` annotations make
-each module its own object), the ``.symtab`` of a vmlinux ELF, the
+each module its own object), the ``.symtab`` of a vmlinux ELF, a kernel image
+as shipped (``vmlinuz``: its kallsyms tables, see :mod:`klpcore.kimage`), the
 ``.symtab`` of a module ``.ko`` loaded at a given base, and the build's
 ``Module.symvers`` (no addresses: each export's CRC, GPL-only flag and
 namespace, for ``resolve_symbol``'s checks).  Several sources merge into one
@@ -590,6 +591,13 @@ def load_symbols(spec: str) -> KernelSymbols:
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise SymbolFileError(f"--symbols {spec}: {name!r} is not a module name")
     data = _read_bytes(path, module=base is not None)
+    if base is None:
+        from .kimage import is_kernel_image
+
+        if is_kernel_image(data):
+            from .kimage.source import symbols_from_image
+
+            return symbols_from_image(data, path)
     if data[:4] == C.ELFMAG:
         return symbols_from_elf(data, path, base=base, objname=name)
     if base is not None:
@@ -597,7 +605,15 @@ def load_symbols(spec: str) -> KernelSymbols:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SymbolFileError(f"{path}: neither an ELF file nor System.map/kallsyms text") from exc
+        # last resort: an image whose format says nothing at its start (s390x)
+        from .kimage.source import symbols_from_image
+
+        try:
+            return symbols_from_image(data, path)
+        except SymbolFileError as why:
+            raise SymbolFileError(
+                f"{path}: neither an ELF file nor System.map/kallsyms text, nor a kernel image klpcore reads ({why})"
+            ) from exc
     symvers = parse_symvers(text, path)
     if symvers is not None:
         return symvers

@@ -38,7 +38,7 @@ MAGICS: tuple[tuple[str, bytes], ...] = (
     ("gzip", b"\x1f\x8b\x08"),
     ("xz", b"\xfd7zXZ\x00"),
     ("zstd", b"\x28\xb5\x2f\xfd"),
-    ("bzip2", b"BZh"),
+    ("bzip2", b"BZh91AY&SY"),  # the kernel's build compresses with -9
     ("lz4", b"\x02\x21\x4c\x18"),
     ("lzo", b"\x89LZO\x00\r\n\x1a\n"),
     ("lzma", b"\x5d\x00\x00"),
@@ -46,6 +46,9 @@ MAGICS: tuple[tuple[str, bytes], ...] = (
 
 #: compression names a zboot header carries (COMP_TYPE), each read by :func:`decompress` under the same name
 ZBOOT_COMPRESSIONS = frozenset({"gzip", "lzma", "xz", "zstd", "lz4", "lzo", "bzip2"})
+
+#: streams of one compression tried per file when its format says nothing at its start
+_SCAN_TRIES = 32
 
 EM_NAMES = {62: "x86_64", 183: "arm64", 21: "ppc64le", 22: "s390x"}
 
@@ -304,7 +307,9 @@ def open_image(data: bytes, what: str) -> KernelImage:
     for name, magic in MAGICS:
         if name == "lzma":  # too short a magic to scan for
             continue
-        for m in re.finditer(re.escape(magic), data):
+        for k, m in enumerate(re.finditer(re.escape(magic), data)):
+            if k >= _SCAN_TRIES:
+                break
             try:
                 out = decompress(name, memoryview(data)[m.start() :], what)
             except SymbolFileError:

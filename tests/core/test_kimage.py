@@ -1,0 +1,174 @@
+"""klpcore.kimage: kallsyms read from kernel images (synthesized: tests/kimagebuild.py)."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import struct
+
+import pytest
+
+from klpcore.errors import SymbolFileError
+from klpcore.kimage import is_kernel_image
+from klpcore.kimage.container import decompress, open_image
+from klpcore.kimage.kallsyms import read_kallsyms
+from klpcore.kimage.source import cache_dir, decode_image, symbols_from_image
+from klpcore.symbols import load_symbols
+from tests import kimagebuild as kb
+
+X86_BASE = 0xFFFFFFFF81000000
+ARM64_BASE = 0xFFFF800080000000
+S390_BASE = 0x100000
+
+
+def _rows(syms: list[kb.Sym]) -> list[tuple[int, str, str]]:
+    return [(s.addr, s.type, s.name) for s in syms]
+
+
+def _decoded(data: bytes) -> list[tuple[int, str, str]]:
+    k = read_kallsyms(open_image(data, "<test>"))
+    return list(zip((int(a) for a in k.addresses), k.types, k.names, strict=True))
+
+
+@pytest.mark.parametrize("layout", ["4.19", "6.1", "abs", "6.4", "7.0"])
+def test_every_layout_from_an_elf(layout: str) -> None:
+    syms = kb.sample_symbols(X86_BASE)
+    assert _decoded(kb.elf_kernel(syms, layout, X86_BASE)) == _rows(syms)
+
+
+def test_absolute_percpu_offsets() -> None:
+    syms = kb.sample_symbols(X86_BASE, percpu=5)
+    k = read_kallsyms(open_image(kb.elf_kernel(syms, "6.1-percpu", X86_BASE), "<test>"))
+    assert k.tables.address_mode == "absolute-percpu"
+    assert [int(a) for a in k.addresses] == [s.addr for s in syms]
+    assert k.names[:2] == ["percpu_var0", "percpu_var1"]
+
+
+def test_a_name_longer_than_127_uses_two_length_bytes() -> None:
+    syms = kb.sample_symbols(X86_BASE)
+    names = [n for _, _, n in _decoded(kb.elf_kernel(syms, "7.0", X86_BASE))]
+    assert "a_very_long_rust_symbol_" + "x" * 130 in names
+
+
+def test_big_endian_tables() -> None:
+    syms = kb.sample_symbols(S390_BASE)
+    assert _decoded(kb.elf_kernel(syms, "6.4", S390_BASE, machine=22, e=">")) == _rows(syms)
+
+
+@pytest.mark.parametrize(("fmt", "pack"), [("gzip", gzip.compress), ("xz", lzma.compress)])
+def test_bzimage_payload(fmt: str, pack: object) -> None:
+    syms = kb.sample_symbols(X86_BASE)
+    image = kb.bzimage(pack(kb.elf_kernel(syms, "7.0", X86_BASE)))  # type: ignore[operator]
+    img = open_image(image, "<test>")
+    assert img.container == f"bzImage ({fmt})"
+    assert img.arch == "x86_64"
+    assert _decoded(image) == _rows(syms)
+
+
+def test_bzimage_zstd_payload_with_the_appended_size() -> None:
+    import zstandard
+
+    syms = kb.sample_symbols(X86_BASE)
+    elf = kb.elf_kernel(syms, "6.4", X86_BASE)
+    image = kb.bzimage(zstandard.ZstdCompressor().compress(elf) + struct.pack("<I", len(elf)))
+    assert _decoded(image) == _rows(syms)
+
+
+@pytest.mark.parametrize("layout", ["6.1", "6.4", "7.0"])
+def test_arm64_image_link_address_from_its_pointers(layout: str) -> None:
+    syms = kb.sample_symbols(ARM64_BASE)
+    image = kb.arm64_image(kb.raw_kernel(syms, layout, ARM64_BASE))
+    assert _decoded(image) == _rows(syms)
+
+
+def test_arm64_unrelocated_relative_base_uses_the_pointers() -> None:
+    """arm64 with RELA relocations keeps 0 in kallsyms_relative_base's slot."""
+    syms = kb.sample_symbols(ARM64_BASE)
+    raw = bytearray(kb.raw_kernel(syms, "6.1", ARM64_BASE))
+    blob = kb.kallsyms_blob(syms, "6.1", blob_va=ARM64_BASE + 0x10000)
+    count_at = 0x10000 + blob.index(struct.pack("<I", len(syms)) + b"\0\0\0\0")
+    raw[count_at - 8 : count_at] = b"\0" * 8
+    assert _decoded(kb.arm64_image(bytes(raw))) == _rows(syms)
+
+
+def test_zboot_and_gzip_wrapped_images() -> None:
+    syms = kb.sample_symbols(ARM64_BASE)
+    image = kb.arm64_image(kb.raw_kernel(syms, "7.0", ARM64_BASE))
+    z = kb.zboot(gzip.compress(image, 1))
+    assert open_image(z, "<test>").container == "zboot (gzip)"
+    assert _decoded(z) == _rows(syms)
+    assert _decoded(gzip.compress(image, 1)) == _rows(syms)
+
+
+def test_zboot_with_an_unknown_compression_is_named() -> None:
+    with pytest.raises(SymbolFileError, match="'snappy'"):
+        open_image(kb.zboot(b"x" * 64, "snappy"), "<test>")
+
+
+def test_s390_compressed_raw_kernel() -> None:
+    syms = kb.sample_symbols(S390_BASE)
+    image = kb.s390_image(kb.raw_kernel(syms, "7.0", S390_BASE, e=">", size=(1 << 20) + 4096))
+    img = open_image(image, "<test>")
+    assert img.byteorder == "big"
+    assert _decoded(image) == _rows(syms)
+
+
+def test_no_tables_is_one_clear_error() -> None:
+    elf = kb.elf_kernel(kb.sample_symbols(X86_BASE), "7.0", X86_BASE)
+    broken = elf.replace(b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00", b"x" * 20)
+    with pytest.raises(SymbolFileError, match="no kallsyms token table"):
+        read_kallsyms(open_image(broken, "<test>"))
+
+
+def test_not_an_image() -> None:
+    with pytest.raises(SymbolFileError, match="not a kernel image"):
+        open_image(b"\x01" * 4096, "junk")
+
+
+def test_corrupt_payload_names_the_format() -> None:
+    with pytest.raises(SymbolFileError, match="corrupt xz data"):
+        decompress("xz", b"\xfd7zXZ\x00garbage", "img")
+
+
+def test_lz4_without_the_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lz4", None)
+    monkeypatch.setitem(sys.modules, "lz4.block", None)
+    with pytest.raises(SymbolFileError, match=r"pip install lz4"):
+        decompress("lz4", b"\x02\x21\x4c\x18" + b"\0" * 8, "img")
+
+
+def test_load_symbols_detects_an_image_by_content(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(X86_BASE)
+    path = tmp_path / "vmlinuz-anything"
+    path.write_bytes(kb.bzimage(gzip.compress(kb.elf_kernel(syms, "7.0", X86_BASE))))
+    ks = load_symbols(str(path))
+    assert ks.find_object_symbol("vmlinux", "__pfx_do_thing_5_x5", 0) == next(
+        s.addr for s in syms if s.name == "__pfx_do_thing_5_x5"
+    )
+    assert not ks.text_only
+    assert is_kernel_image(path.read_bytes())
+
+
+def test_a_text_only_image_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(X86_BASE, data=False)
+    ks = symbols_from_image(kb.elf_kernel(syms, "6.4", X86_BASE), "img")
+    assert ks.text_only == ["img"]
+
+
+def test_cache_round_trip_and_opt_out(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("KLPCORE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("KLPCORE_NO_CACHE", raising=False)
+    syms = kb.sample_symbols(X86_BASE)
+    data = kb.elf_kernel(syms, "7.0", X86_BASE)
+    first = decode_image(data, "img")
+    files = list((tmp_path / "kimage").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz"
+    again = decode_image(data, "img")
+    assert again.names == first.names and again.types == first.types
+    assert again.addresses.tolist() == first.addresses.tolist()
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    assert cache_dir() is None
