@@ -165,6 +165,10 @@ class KernelSymbols:
         self._export_info: bool | None = None
         #: export metadata from Module.symvers (symbol name -> how it is exported)
         self.export_meta: dict[str, ExportInfo] = {}
+        #: export tables read as the kernel reads them (``struct kernel_symbol``:
+        #: a kernel image's, a module's ``__ksymtab``): object -> exported name -> address.
+        #: Where an object has one, it decides; elsewhere ``__ksymtab_<name>`` symbols do.
+        self.exported: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
@@ -180,6 +184,8 @@ class KernelSymbols:
     def merge(self, other: KernelSymbols) -> None:
         self._export_info = None
         self.export_meta.update(other.export_meta)
+        for oname, table in other.exported.items():
+            self.exported.setdefault(oname, {}).update(table)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)
             if dst is None or not dst.names:
@@ -301,12 +307,19 @@ class KernelSymbols:
     @property
     def has_export_info(self) -> bool:
         if self._export_info is None:
-            self._export_info = any(any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values())
+            self._export_info = bool(self.exported) or any(
+                any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values()
+            )
         return self._export_info
 
     def find_exported(self, name: str) -> Match | None:
         """``find_symbol``: an exported symbol of vmlinux or a loaded module."""
         for oname in [C.VMLINUX, *self.loaded_modules]:
+            table = self.exported.get(oname)
+            if table is not None:
+                if name in table:
+                    return Match(table[name], oname, self._export_source(oname))
+                continue
             obj = self.objects.get(oname)
             if obj is None or not obj.has_name(EXPORT_PREFIX + name):
                 continue
@@ -317,6 +330,10 @@ class KernelSymbols:
             i = best[0]
             return Match(obj.addrs[i], oname, obj.sources[i])
         return None
+
+    def _export_source(self, oname: str) -> str:
+        obj = self.objects.get(oname)
+        return obj.sources[0] if obj is not None and obj.sources else ""
 
     def find_global(self, name: str) -> list[Match]:
         out = []

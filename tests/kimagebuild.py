@@ -152,21 +152,91 @@ def kallsyms_blob(
     return bytes(b)
 
 
-def raw_kernel(syms: list[Sym], layout: str, base: int, *, e: str = "<", size: int = 1 << 18) -> bytes:
+@dataclass
+class Export:
+    name: str  # the string name_offset points at
+    target: str  # the symbol whose address is the value
+    gpl: bool = False
+    namespace: str = ""
+
+
+EXPORTS_AT = 0x8000
+
+
+def export_tables(
+    syms: list[Sym], exports: list[Export], va: int, *, e: str = "<", prel32: bool = True, flagstab: bool = False
+) -> tuple[bytes, list[Sym]]:
+    """``__ksymtab`` (+ ``__ksymtab_gpl``, or ``__kflagstab``) and their strings at link address ``va``,
+    and the ``__start_``/``__stop_`` symbols kallsyms lists for them."""
+    addr = {s.name: s.addr for s in syms}
+    width = 12 if prel32 else 24
+    plain = exports if flagstab else [x for x in exports if not x.gpl]
+    gpl = [] if flagstab else [x for x in exports if x.gpl]
+    n_all = len(plain) + len(gpl)
+    strings_va = va + width * n_all + len(exports) + 16
+    strings = bytearray()
+    where: dict[str, int] = {}
+    for x in exports:
+        for text in (x.name, x.namespace):
+            if text not in where:
+                where[text] = strings_va + len(strings)
+                strings += text.encode() + b"\0"
+    out = bytearray()
+
+    def entry(x: Export) -> None:
+        at = va + len(out)
+        if prel32:
+            out.extend(
+                struct.pack(e + "iii", addr[x.target] - at, where[x.name] - (at + 4), where[x.namespace] - (at + 8))
+            )
+        else:
+            out.extend(struct.pack(e + "QQQ", addr[x.target], where[x.name], where[x.namespace]))
+
+    for x in plain:
+        entry(x)
+    extra = [Sym(va, "R", "__start___ksymtab"), Sym(va + len(out), "R", "__stop___ksymtab")]
+    if gpl:
+        extra.append(Sym(va + len(out), "R", "__start___ksymtab_gpl"))
+        for x in gpl:
+            entry(x)
+        extra.append(Sym(va + len(out), "R", "__stop___ksymtab_gpl"))
+    if flagstab:
+        extra.append(Sym(va + len(out), "R", "__start___kflagstab"))
+        out += bytes(1 if x.gpl else 0 for x in plain)
+    out += b"\0" * (strings_va - va - len(out))
+    out += strings
+    return bytes(out), extra
+
+
+def raw_kernel(
+    syms: list[Sym],
+    layout: str,
+    base: int,
+    *,
+    e: str = "<",
+    size: int = 1 << 18,
+    exports: list[Export] | None = None,
+    prel32: bool = True,
+    flagstab: bool = False,
+) -> bytes:
     """A raw kernel linked at ``base``: filler, a pointer table (as a kernel's
-    ops structures hold), the kallsyms tables at 64 KiB."""
+    ops structures hold), export tables at 32 KiB, the kallsyms tables at 64 KiB."""
     blob_off = 0x10000
     body = bytearray(bytes((i * 37 + 11) & 0xFF for i in range(blob_off)))
     ptrs = b"".join(struct.pack(e + "Q", s.addr) for s in syms if s.addr >= base)
-    body[0x100 : 0x100 + len(ptrs)] = ptrs[: blob_off - 0x200]
+    body[0x100 : 0x100 + len(ptrs)] = ptrs[: EXPORTS_AT - 0x200]
+    if exports:
+        tables, extra = export_tables(syms, exports, base + EXPORTS_AT, e=e, prel32=prel32, flagstab=flagstab)
+        body[EXPORTS_AT : EXPORTS_AT + len(tables)] = tables
+        syms = sorted([*syms, *extra], key=lambda s: s.addr)
     body += kallsyms_blob(syms, layout, e=e, blob_va=base + blob_off)
     body += b"\0" * max(0, size - len(body))
     return bytes(body)
 
 
-def elf_kernel(syms: list[Sym], layout: str, base: int, *, machine: int = 62, e: str = "<") -> bytes:
+def elf_kernel(syms: list[Sym], layout: str, base: int, *, machine: int = 62, e: str = "<", **kw: object) -> bytes:
     """An ET_EXEC vmlinux with one PT_LOAD (file offset 0x1000 at ``base``) and no section headers."""
-    raw = raw_kernel(syms, layout, base, e=e)
+    raw = raw_kernel(syms, layout, base, e=e, **kw)  # type: ignore[arg-type]
     hdr = bytearray(0x1000)
     ident = b"\x7fELF" + bytes([2, 1 if e == "<" else 2, 1]) + b"\0" * 9
     hdr[0:16] = ident

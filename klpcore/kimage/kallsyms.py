@@ -385,5 +385,8 @@ def read_kallsyms(img: KernelImage) -> Kallsyms:
     moff, width, (ns_off, names_off, n, walk) = found
     names, types = _expand(data, tt, idx, lens, walk)
     addrs, aoff, mode, base = _addresses(img, ns_off, ti + 512, n)
+    if not img.is_elf and not img.segments and "_text" in names:
+        # a raw image starts at _text (arm64 Image, s390x vmlinux.bin)
+        img.segments = [(int(addrs[names.index("_text")]), 0, len(data))]
     tables = KallsymsTables(n, ns_off, names_off, int(walk[3][-1]), moff, width, tt, ti, aoff, mode, base)
     return Kallsyms(names, types, addrs, tables)

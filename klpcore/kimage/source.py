@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import constants as C
-from ..symbols import KernelSymbols
+from ..symbols import ExportInfo, KernelSymbols
+from .exports import ImageExport
 
 #: bump when what is cached, or how it is decoded, changes
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 _DATA_TYPES = frozenset("dDbBrRgGsSvV")
 
@@ -35,6 +36,8 @@ class DecodedImage:
     types: list[str]
     addresses: np.ndarray  # uint64
     info: dict[str, object]  # container, arch, address mode, table offsets
+    #: vmlinux's exports (None: the image does not say where its export table is)
+    exports: list[ImageExport] | None = None
 
 
 def cache_dir() -> Path | None:
@@ -60,11 +63,20 @@ def _load(path: Path) -> DecodedImage | None:
             types = list(z["types"].tobytes().decode("latin-1"))
             addrs = z["addresses"].astype(np.uint64)
             info = json.loads(z["info"].tobytes().decode("utf-8"))
+            exports = None
+            if "ex_names" in z:
+                en = z["ex_names"].tobytes().decode("utf-8").split("\n")
+                ens = z["ex_ns"].tobytes().decode("utf-8").split("\n")
+                ea, ef, ec = z["ex_addr"].tolist(), z["ex_gpl"].tolist(), z["ex_crc"].tolist()
+                exports = [
+                    ImageExport(n, a, bool(f), ns, None if c < 0 else c)
+                    for n, a, f, ns, c in zip(en, ea, ef, ens, ec, strict=True)
+                ]
     except (OSError, ValueError, KeyError):
         return None
     if len(names) != len(types) or len(names) != len(addrs) or not isinstance(info, dict):
         return None
-    return DecodedImage(names, types, addrs, info)
+    return DecodedImage(names, types, addrs, info, exports)
 
 
 def _store(path: Path, d: DecodedImage) -> None:
@@ -72,17 +84,30 @@ def _store(path: Path, d: DecodedImage) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                names=np.frombuffer("\n".join(d.names).encode("utf-8", "surrogateescape"), dtype=np.uint8),
-                types=np.frombuffer("".join(d.types).encode("latin-1"), dtype=np.uint8),
-                addresses=d.addresses.astype(np.uint64),
-                info=np.frombuffer(json.dumps(d.info).encode("utf-8"), dtype=np.uint8),
-            )
+            arrays = {
+                "names": np.frombuffer("\n".join(d.names).encode("utf-8", "surrogateescape"), dtype=np.uint8),
+                "types": np.frombuffer("".join(d.types).encode("latin-1"), dtype=np.uint8),
+                "addresses": d.addresses.astype(np.uint64),
+                "info": np.frombuffer(json.dumps(d.info).encode("utf-8"), dtype=np.uint8),
+                **_export_arrays(d.exports),
+            }
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError, UnboundLocalError):
             os.unlink(tmp)
+
+
+def _export_arrays(exports: list[ImageExport] | None) -> dict[str, np.ndarray]:
+    if exports is None:
+        return {}
+    return {
+        "ex_names": np.frombuffer("\n".join(x.name for x in exports).encode("utf-8"), dtype=np.uint8),
+        "ex_ns": np.frombuffer("\n".join(x.namespace for x in exports).encode("utf-8"), dtype=np.uint8),
+        "ex_addr": np.array([x.address for x in exports], dtype=np.uint64),
+        "ex_gpl": np.array([x.gpl_only for x in exports], dtype=np.uint8),
+        "ex_crc": np.array([-1 if x.crc is None else x.crc for x in exports], dtype=np.int64),
+    }
 
 
 def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImage:
@@ -94,10 +119,13 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
         if got is not None:
             return got
     from .container import open_image
+    from .exports import read_exports
     from .kallsyms import read_kallsyms
 
     img = open_image(data, source)
     k = read_kallsyms(img)
+    bounds = {n: int(a) for n, a in zip(k.names, k.addresses.tolist(), strict=True) if n.startswith("__st")}
+    ex = read_exports(img, bounds)
     t = k.tables
     info: dict[str, object] = {
         "container": img.container,
@@ -107,7 +135,10 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
         "num_syms": t.num_syms,
         "link_base": img.segments[0][0] - img.segments[0][1] if img.segments and not img.is_elf else None,
     }
-    out = DecodedImage(k.names, k.types, k.addresses, info)
+    if ex is not None:
+        info["export_layout"] = ex.layout
+        info["gpl_from"] = ex.flags_from
+    out = DecodedImage(k.names, k.types, k.addresses, info, None if ex is None else ex.exports)
     if path is not None:
         _store(path, out)
     return out
@@ -123,4 +154,8 @@ def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> Kerne
     vmlinux.sort_by_address()
     if not _DATA_TYPES.intersection(d.types):
         ks.text_only.append(source)
+    if d.exports is not None:
+        ks.exported[C.VMLINUX] = {x.name: x.address for x in d.exports}
+        for x in d.exports:
+            ks.export_meta.setdefault(x.name, ExportInfo(x.name, x.crc or 0, C.VMLINUX, x.gpl_only, x.namespace))
     return ks

@@ -163,12 +163,64 @@ def test_cache_round_trip_and_opt_out(tmp_path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KLPCORE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("KLPCORE_NO_CACHE", raising=False)
     syms = kb.sample_symbols(X86_BASE)
-    data = kb.elf_kernel(syms, "7.0", X86_BASE)
+    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=_exports(), flagstab=True)
     first = decode_image(data, "img")
+    assert first.exports is not None and len(first.exports) == 4
     files = list((tmp_path / "kimage").iterdir())
     assert len(files) == 1 and files[0].suffix == ".npz"
     again = decode_image(data, "img")
     assert again.names == first.names and again.types == first.types
     assert again.addresses.tolist() == first.addresses.tolist()
+    assert again.exports == first.exports
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     assert cache_dir() is None
+
+
+def _exports() -> list[kb.Export]:
+    return [
+        kb.Export("__pfx_do_thing_1_x1", "__pfx_do_thing_1_x1"),
+        kb.Export("__pfx_do_thing_2_x2", "__pfx_do_thing_2_x2", gpl=True),
+        kb.Export("some_table_6_data", "some_table_6_data", namespace="MY_NS"),
+        # the name string decides what is exported, not the target's symbol name
+        kb.Export("alias_name", "__pfx_do_thing_4_x4", gpl=True, namespace="OTHER"),
+    ]
+
+
+@pytest.mark.parametrize(("prel32", "flagstab"), [(True, False), (True, True), (False, False), (False, True)], ids=str)
+def test_exports_read_through_kernel_symbol(prel32: bool, flagstab: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(X86_BASE)
+    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=_exports(), prel32=prel32, flagstab=flagstab)
+    ks = symbols_from_image(data, "img")
+    addr = {s.name: s.addr for s in syms}
+    assert ks.exported["vmlinux"] == {
+        "__pfx_do_thing_1_x1": addr["__pfx_do_thing_1_x1"],
+        "__pfx_do_thing_2_x2": addr["__pfx_do_thing_2_x2"],
+        "some_table_6_data": addr["some_table_6_data"],
+        "alias_name": addr["__pfx_do_thing_4_x4"],
+    }
+    meta = ks.export_meta
+    assert [meta[n].gpl_only for n in ("__pfx_do_thing_1_x1", "__pfx_do_thing_2_x2", "alias_name")] == [
+        False,
+        True,
+        True,
+    ]
+    assert (meta["some_table_6_data"].namespace, meta["__pfx_do_thing_1_x1"].namespace) == ("MY_NS", "")
+    match = ks.find_exported("alias_name")
+    assert match is not None and match.address == addr["__pfx_do_thing_4_x4"]
+    assert ks.find_exported("__pfx_do_thing_4_x4") is None  # a symbol, not an export
+    assert ks.has_export_info
+
+
+def test_exports_of_a_raw_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(ARM64_BASE)
+    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, exports=_exports(), flagstab=True))
+    ks = symbols_from_image(image, "img")
+    assert set(ks.exported["vmlinux"]) == {x.name for x in _exports()}
+
+
+def test_no_export_table_is_not_an_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    ks = symbols_from_image(kb.elf_kernel(kb.sample_symbols(X86_BASE), "7.0", X86_BASE), "img")
+    assert "vmlinux" not in ks.exported
