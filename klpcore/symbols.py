@@ -169,6 +169,9 @@ class KernelSymbols:
         #: a kernel image's, a module's ``__ksymtab``): object -> exported name -> address.
         #: Where an object has one, it decides; elsewhere ``__ksymtab_<name>`` symbols do.
         self.exported: dict[str, dict[str, int]] = {}
+        #: ftrace record addresses (``rec->ip``), sorted, by object, where a source gives them
+        #: (a kernel image's ``__mcount_loc``)
+        self.ftrace: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
@@ -186,6 +189,7 @@ class KernelSymbols:
         self.export_meta.update(other.export_meta)
         for oname, table in other.exported.items():
             self.exported.setdefault(oname, {}).update(table)
+        self.ftrace.update(other.ftrace)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)
             if dst is None or not dst.names:

@@ -161,6 +161,7 @@ class Export:
 
 
 EXPORTS_AT = 0x8000
+MCOUNT_AT = 0xC000
 
 
 def export_tables(
@@ -218,6 +219,8 @@ def raw_kernel(
     exports: list[Export] | None = None,
     prel32: bool = True,
     flagstab: bool = False,
+    mcount: list[int] | None = None,
+    insns: dict[int, int] | None = None,
 ) -> bytes:
     """A raw kernel linked at ``base``: filler, a pointer table (as a kernel's
     ops structures hold), export tables at 32 KiB, the kallsyms tables at 64 KiB."""
@@ -229,6 +232,16 @@ def raw_kernel(
         tables, extra = export_tables(syms, exports, base + EXPORTS_AT, e=e, prel32=prel32, flagstab=flagstab)
         body[EXPORTS_AT : EXPORTS_AT + len(tables)] = tables
         syms = sorted([*syms, *extra], key=lambda s: s.addr)
+    if mcount is not None:
+        table = b"".join(struct.pack(e + "Q", a) for a in mcount)
+        body[MCOUNT_AT : MCOUNT_AT + len(table)] = table
+        extra = [
+            Sym(base + MCOUNT_AT, "D", "__start_mcount_loc"),
+            Sym(base + MCOUNT_AT + len(table), "D", "__stop_mcount_loc"),
+        ]
+        syms = sorted([*syms, *extra], key=lambda s: s.addr)
+    for va, insn in (insns or {}).items():
+        struct.pack_into(e + "I", body, va - base, insn)
     body += kallsyms_blob(syms, layout, e=e, blob_va=base + blob_off)
     body += b"\0" * max(0, size - len(body))
     return bytes(body)

@@ -25,7 +25,7 @@ from ..symbols import ExportInfo, KernelSymbols
 from .exports import ImageExport
 
 #: bump when what is cached, or how it is decoded, changes
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 _DATA_TYPES = frozenset("dDbBrRgGsSvV")
 
@@ -38,6 +38,8 @@ class DecodedImage:
     info: dict[str, object]  # container, arch, address mode, table offsets
     #: vmlinux's exports (None: the image does not say where its export table is)
     exports: list[ImageExport] | None = None
+    #: vmlinux's ftrace record addresses, sorted (None: not read, see info["ftrace"])
+    ftrace: np.ndarray | None = None
 
 
 def cache_dir() -> Path | None:
@@ -72,11 +74,12 @@ def _load(path: Path) -> DecodedImage | None:
                     ImageExport(n, a, bool(f), ns, None if c < 0 else c)
                     for n, a, f, ns, c in zip(en, ea, ef, ens, ec, strict=True)
                 ]
+            ftrace = z["ftrace"].astype(np.uint64) if "ftrace" in z else None
     except (OSError, ValueError, KeyError):
         return None
     if len(names) != len(types) or len(names) != len(addrs) or not isinstance(info, dict):
         return None
-    return DecodedImage(names, types, addrs, info, exports)
+    return DecodedImage(names, types, addrs, info, exports, ftrace)
 
 
 def _store(path: Path, d: DecodedImage) -> None:
@@ -90,6 +93,7 @@ def _store(path: Path, d: DecodedImage) -> None:
                 "addresses": d.addresses.astype(np.uint64),
                 "info": np.frombuffer(json.dumps(d.info).encode("utf-8"), dtype=np.uint8),
                 **_export_arrays(d.exports),
+                **({} if d.ftrace is None else {"ftrace": d.ftrace.astype(np.uint64)}),
             }
             np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
@@ -120,12 +124,21 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
             return got
     from .container import open_image
     from .exports import read_exports
+    from .ftrace import read_mcount
     from .kallsyms import read_kallsyms
 
     img = open_image(data, source)
     k = read_kallsyms(img)
-    bounds = {n: int(a) for n, a in zip(k.names, k.addresses.tolist(), strict=True) if n.startswith("__st")}
+    bounds = {
+        n: int(a)
+        for n, a in zip(k.names, k.addresses.tolist(), strict=True)
+        if n.startswith("__st") or n in ("_sinittext", "_einittext")
+    }
     ex = read_exports(img, bounds)
+    is_func = np.isin(
+        np.frombuffer("".join(k.types).encode("latin-1"), dtype=np.uint8), np.frombuffer(b"tTW", np.uint8)
+    )
+    ft = read_mcount(img, bounds, np.unique(k.addresses[is_func]))
     t = k.tables
     info: dict[str, object] = {
         "container": img.container,
@@ -135,10 +148,11 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
         "num_syms": t.num_syms,
         "link_base": img.segments[0][0] - img.segments[0][1] if img.segments and not img.is_elf else None,
     }
+    info["ftrace"] = "read" if ft.sites is not None else ft.why_not
     if ex is not None:
         info["export_layout"] = ex.layout
         info["gpl_from"] = ex.flags_from
-    out = DecodedImage(k.names, k.types, k.addresses, info, None if ex is None else ex.exports)
+    out = DecodedImage(k.names, k.types, k.addresses, info, None if ex is None else ex.exports, ft.sites)
     if path is not None:
         _store(path, out)
     return out
@@ -154,6 +168,8 @@ def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> Kerne
     vmlinux.sort_by_address()
     if not _DATA_TYPES.intersection(d.types):
         ks.text_only.append(source)
+    if d.ftrace is not None:
+        ks.ftrace[C.VMLINUX] = d.ftrace
     if d.exports is not None:
         ks.exported[C.VMLINUX] = {x.name: x.address for x in d.exports}
         for x in d.exports:

@@ -224,3 +224,47 @@ def test_no_export_table_is_not_an_empty_one(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     ks = symbols_from_image(kb.elf_kernel(kb.sample_symbols(X86_BASE), "7.0", X86_BASE), "img")
     assert "vmlinux" not in ks.exported
+
+
+def _funcs(syms: list[kb.Sym]) -> list[int]:
+    return [s.addr for s in syms if s.type in "tT" and s.name.startswith("__pfx_do_thing_")][:40]
+
+
+def test_ftrace_records_from_mcount_loc_without_init_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(X86_BASE)
+    funcs = _funcs(syms)
+    init_lo, init_hi = funcs[30], funcs[35]
+    syms += [kb.Sym(init_lo, "T", "_sinittext"), kb.Sym(init_hi, "T", "_einittext")]
+    syms.sort(key=lambda s: s.addr)
+    # unsorted, with a 0 the linker left for a discarded function
+    table = [*reversed(funcs), 0]
+    ks = symbols_from_image(kb.elf_kernel(syms, "7.0", X86_BASE, mcount=table), "img")
+    assert ks.ftrace["vmlinux"].tolist() == [a for a in funcs if not init_lo <= a < init_hi]
+
+
+def test_arm64_call_ops_records_skip_the_nops_and_a_bti(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(ARM64_BASE)
+    funcs = _funcs(syms)
+    nop, bti_c = 0xD503201F, 0xD503245F
+    insns = {f: (bti_c if i % 2 else nop) for i, f in enumerate(funcs)}
+    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=[f - 8 for f in funcs], insns=insns))
+    ks = symbols_from_image(image, "img")
+    assert ks.ftrace["vmlinux"].tolist() == sorted(f + (8 if i % 2 else 4) for i, f in enumerate(funcs))
+
+
+def test_arm64_without_pre_function_nops_records_the_second_nop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(ARM64_BASE)
+    funcs = _funcs(syms)
+    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=funcs))
+    assert symbols_from_image(image, "img").ftrace["vmlinux"].tolist() == [f + 4 for f in funcs]
+
+
+def test_unrelocated_mcount_table_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    syms = kb.sample_symbols(ARM64_BASE)
+    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=[0] * 8))
+    d = decode_image(image, "img")
+    assert d.ftrace is None and "relocations" in str(d.info["ftrace"])
