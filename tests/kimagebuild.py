@@ -288,5 +288,36 @@ def zboot(payload: bytes, comp: str = "gzip") -> bytes:
 
 
 def s390_image(raw: bytes) -> bytes:
-    """A decompressor stand-in followed by the gzip-compressed raw kernel."""
-    return b"\x00\x08\x00\x00\x80\x00\x02\x00" + b"\x07" * 0x2000 + gzip.compress(raw, 1)
+    """A decompressor stand-in (``S390EP`` at 0x10008) followed by the gzip-compressed raw kernel."""
+    head = bytearray(b"\x07" * 0x10100)
+    head[0:8] = b"\x00\x08\x00\x00\x80\x00\x02\x00"
+    head[0x10008:0x1000E] = b"S390EP"
+    return bytes(head) + gzip.compress(raw, 1)
+
+
+# --- helpers for the tests -------------------------------------------------------------------
+def rows(syms: list[Sym]) -> list[tuple[int, str, str]]:
+    return [(s.addr, s.type, s.name) for s in syms]
+
+
+def decoded(data: bytes) -> list[tuple[int, str, str]]:
+    """(address, type, name) as klpcore reads them from an image."""
+    from klpcore.kimage.container import open_image
+    from klpcore.kimage.kallsyms import read_kallsyms
+
+    k = read_kallsyms(open_image(data, "<test>"))
+    return list(zip((int(a) for a in k.addresses), k.types, k.names, strict=True))
+
+
+def sample_exports() -> list[Export]:
+    return [
+        Export("__pfx_do_thing_1_x1", "__pfx_do_thing_1_x1"),
+        Export("__pfx_do_thing_2_x2", "__pfx_do_thing_2_x2", gpl=True),
+        Export("some_table_6_data", "some_table_6_data", namespace="MY_NS"),
+        # the name string decides what is exported, not the target's symbol name
+        Export("alias_name", "__pfx_do_thing_4_x4", gpl=True, namespace="OTHER"),
+    ]
+
+
+def first_funcs(syms: list[Sym], n: int = 40) -> list[int]:
+    return [s.addr for s in syms if s.type in "tT" and s.name.startswith("__pfx_do_thing_")][:n]

@@ -14,9 +14,9 @@ from .kallsyms import Kallsyms, read_kallsyms
 
 def is_kernel_image(data: bytes) -> bool:
     """Whether ``data`` (a file's bytes, decompressed) is a kernel image to read
-    through kallsyms: a bzImage, arm64 Image or zboot image, or a vmlinux ELF
-    with no symbol table (stripped, or ppc64le's shipped ``vmlinux``)."""
-    if looks_like_image(data[:4096]):
+    through kallsyms: a zboot image, an image an architecture plugin marks as
+    its own, or a vmlinux ELF with no symbol table (stripped, or shipped so)."""
+    if looks_like_image(data[: 1 << 17]):
         return True
     return data[:4] == b"\x7fELF" and _stripped_kernel_elf(data)
 

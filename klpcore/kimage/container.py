@@ -2,21 +2,17 @@
 
 Formats (recognised by content, never by file name):
 
-* an ELF ``vmlinux`` (ppc64le ships one, even named ``vmlinuz``): its
-  ``PT_LOAD`` segments map link-time addresses to file offsets;
-* an x86 ``bzImage``: the setup header (``HdrS`` at 0x202, boot protocol
-  2.08+) gives ``payload_offset``/``payload_length`` (0x248/0x24c) counted
-  from the protected-mode code, which starts after ``setup_sects`` (0x1f1;
-  0 means 4) + 1 sectors of 512 bytes; the payload, once decompressed, is the
-  stripped vmlinux ELF (any trailing ``vmlinux.relocs`` is ignored);
-* an arm64 ``Image`` (``ARM\\x64`` at byte 56): raw, byte 0 is ``_text``;
+* an ELF ``vmlinux`` (some architectures ship one, even named ``vmlinuz``):
+  its ``PT_LOAD`` segments map link-time addresses to file offsets;
 * an EFI zboot image (``MZ`` then ``zimg`` at byte 4; payload offset and size
   as little-endian u32 at 8 and 12, compression name NUL-terminated at 24 —
-  drivers/firmware/efi/libstub/zboot-header.S) wrapping one of the above;
-* a whole-file gzip/xz/zstd/... stream (``Image.gz``) wrapping one of the above;
-* anything else carrying one compressed stream that decompresses to one of the
-  above or to a raw kernel (the s390x image: its decompressor followed by the
-  compressed ``vmlinux.bin``).
+  drivers/firmware/efi/libstub/zboot-header.S) wrapping one of these;
+* a whole-file gzip/xz/zstd/... stream (``Image.gz``) wrapping one of these;
+* what an architecture's plugin recognises (:class:`~.rules.ImageRules`): a
+  structured container it unwraps (a boot-protocol header pointing at a
+  compressed ELF), a raw image that is the kernel itself (byte 0 at
+  ``_text``), or a self-decompressing image carrying the kernel as the
+  largest compressed stream inside it.
 
 Compressions: gzip, xz, lzma, bzip2 (Python's standard library), zstd (the
 ``zstandard`` dependency), lz4 (legacy frames, as ``lz4 -l`` writes them:
@@ -30,6 +26,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import SymbolFileError
+from .rules import ImageRules, image_rules
 
 #: largest decompressed kernel read (a 7.2 amd64 vmlinux is ~60 MiB; debug builds are larger)
 DECOMPRESSED_LIMIT = 1 << 30
@@ -49,8 +46,6 @@ ZBOOT_COMPRESSIONS = frozenset({"gzip", "lzma", "xz", "zstd", "lz4", "lzo", "bzi
 
 #: streams of one compression tried per file when its format says nothing at its start
 _SCAN_TRIES = 32
-
-EM_NAMES = {62: "x86_64", 183: "arm64", 21: "ppc64le", 22: "s390x"}
 
 
 @dataclass
@@ -227,34 +222,24 @@ def _elf(data: bytes, container: str) -> KernelImage:
             end = data.find(b"\0", stro + name_off)
             name = data[stro + name_off : end].decode("latin-1")
             sections.setdefault(name, (addr, off if stype != 8 else -1, size))
-    return KernelImage(
-        data, container, EM_NAMES.get(machine, ""), "little" if e == "<" else "big", segs, sections, is_elf=True
-    )
+    arch = next((r.arch for r in image_rules() if r.machine == machine), "")
+    return KernelImage(data, container, arch, "little" if e == "<" else "big", segs, sections, is_elf=True)
 
 
 def _inner(data: bytes, container: str, what: str, depth: int) -> KernelImage | None:
     """The kernel inside ``data`` when ``data`` is one of the known containers."""
     if data[:4] == b"\x7fELF":
         return _elf(data, container or "ELF")
-    if len(data) > 0x260 and data[0x202:0x206] == b"HdrS":
-        ss = data[0x1F1] or 4
-        version = struct.unpack_from("<H", data, 0x206)[0]
-        if version < 0x208:
-            raise SymbolFileError(
-                f"{what}: bzImage boot protocol {version >> 8}.{version & 0xFF} (before 2.08) not read"
-            )
-        poff, plen = struct.unpack_from("<II", data, 0x248)
-        start = (ss + 1) * 512 + poff
-        payload = memoryview(data)[start : start + plen]
-        fmt = _format(payload)
-        if fmt is None:
-            raise SymbolFileError(f"{what}: bzImage payload at {start:#x} is in no compression klpcore knows")
-        inner = _inner(decompress(fmt, payload, what), f"bzImage ({fmt})", what, depth + 1)
-        if inner is None:
-            raise SymbolFileError(f"{what}: bzImage payload is not an ELF kernel")
-        return inner
-    if len(data) > 64 and data[56:60] == b"ARM\x64":
-        return KernelImage(data, container or "arm64 Image", "arm64", "little")
+    for rules in image_rules():
+        if rules.unwrap is not None and _marked(data, rules):
+            got = rules.unwrap(data, what)
+            if got is not None:
+                inner = _inner(got[0], got[1], what, depth + 1)
+                if inner is None:
+                    raise SymbolFileError(f"{what}: {got[1]} does not hold a kernel klpcore reads")
+                return inner
+        if rules.raw and _marked(data, rules):
+            return KernelImage(data, container or f"{rules.arch} raw image", rules.arch, rules.byteorder)
     if data[:2] == b"MZ" and data[4:8] == b"zimg":
         poff, plen = struct.unpack_from("<II", data, 8)
         comp = data[24 : data.find(b"\0", 24, 56)].decode("latin-1")
@@ -273,6 +258,15 @@ def _inner(data: bytes, container: str, what: str, depth: int) -> KernelImage | 
     return None
 
 
+def _marked(data: bytes, rules: ImageRules) -> bool:
+    return any(data[off : off + len(magic)] == magic for off, magic in rules.magics)
+
+
+def detect_compression(blob: bytes | memoryview) -> str | None:
+    """The compression whose magic starts ``blob``, or None."""
+    return _format(blob)
+
+
 def _format(blob: bytes | memoryview) -> str | None:
     head = bytes(blob[:10])
     for name, magic in MAGICS:
@@ -282,15 +276,12 @@ def _format(blob: bytes | memoryview) -> str | None:
 
 
 def looks_like_image(head: bytes) -> bool:
-    """Whether ``head`` (a file's first 4 KiB, decompressed) starts a kernel
-    image container klpcore unwraps: a bzImage, an arm64 Image, a zboot image,
-    or an s390x image (its IPL PSW and ``Linux S390`` marker are not needed:
-    any file is tried by :func:`open_image` as a last resort)."""
-    return (
-        (len(head) > 0x206 and head[0x202:0x206] == b"HdrS")
-        or (len(head) > 60 and head[56:60] == b"ARM\x64")
-        or (head[:2] == b"MZ" and head[4:8] == b"zimg")
-    )
+    """Whether ``head`` (a file's first bytes, decompressed; 128 KiB is enough)
+    starts a kernel image container: a zboot image or one an architecture's
+    plugin marks as its own."""
+    if head[:2] == b"MZ" and head[4:8] == b"zimg":
+        return True
+    return any(_marked(head, r) for r in image_rules())
 
 
 def open_image(data: bytes, what: str) -> KernelImage:
@@ -318,21 +309,20 @@ def open_image(data: bytes, what: str) -> KernelImage:
                 continue
             inner = _inner(out, f"{name} payload at {m.start():#x}", what, 1)
             if inner is None:
-                inner = KernelImage(out, f"{name} payload at {m.start():#x}", _guess_arch(data), _guess_order(data))
+                owner = next((r for r in image_rules() if not r.raw and _marked(data, r)), None)
+                inner = KernelImage(
+                    out,
+                    f"{name} payload at {m.start():#x}",
+                    owner.arch if owner else "",
+                    owner.byteorder if owner else "little",
+                )
             if best is None or len(inner.data) > len(best.data):
                 best = inner
         if best is not None:
             break
     if best is None:
-        raise SymbolFileError(f"{what}: not a kernel image klpcore can read (bzImage, arm64 Image, zboot, ELF, s390x)")
+        raise SymbolFileError(
+            f"{what}: not a kernel image klpcore can read (ELF, zboot, or an image an installed architecture "
+            "plugin recognises)"
+        )
     return best
-
-
-def _guess_arch(data: bytes) -> str:
-    if b"Linux S390" in data[:0x20000] or data[:8] == b"\x00\x08\x00\x00\x80\x00\x02\x00":
-        return "s390x"
-    return ""
-
-
-def _guess_order(data: bytes) -> str:
-    return "big" if _guess_arch(data) == "s390x" else "little"

@@ -6,8 +6,8 @@ The linker script collects every call site the compiler recorded
 between ``__start_mcount_loc`` and ``__stop_mcount_loc``: one absolute
 ``unsigned long`` per site, the link-time address (relocated at boot by the
 KASLR offset).  ``ftrace_process_locs`` sorts them and turns each into a
-record whose ``ip`` is ``ftrace_call_adjust(site)`` (arm64 moves past its
-BTI/NOP prologue); the livepatch core refuses a function with no record
+record whose ``ip`` is ``ftrace_call_adjust(site)`` (the architecture's
+plugin says how: :attr:`~.rules.ImageRules.ftrace_adjust`); the livepatch core refuses a function with no record
 between its start and end ("failed to find location for function").
 
 Records in init text (``_sinittext``.. ``_einittext``) are left out: the
@@ -16,7 +16,7 @@ kernel's ``available_filter_functions_addrs`` no longer lists them.
 
 Found through kallsyms' ``__start_mcount_loc``/``__stop_mcount_loc``
 (``CONFIG_KALLSYMS_ALL``).  A raw image whose table holds zeros keeps the
-values in relocations (arm64 RELA): not read here, and said so.
+values in relocations (RELA-only raw images): not read here, and said so.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import KernelImage
+from .rules import image_rules
 
 
 @dataclass
@@ -36,7 +37,7 @@ class FtraceSites:
 
 def read_mcount(img: KernelImage, bounds: dict[str, int], funcs: np.ndarray | None = None) -> FtraceSites:
     """The kernel's ftrace record addresses (``rec->ip``), sorted; ``funcs``: sorted
-    addresses of the image's function symbols (arm64 tells its layout by them)."""
+    addresses of the image's function symbols (for the architecture's adjustment)."""
     start, stop = bounds.get("__start_mcount_loc"), bounds.get("__stop_mcount_loc")
     if start is None or stop is None:
         return FtraceSites(None, "no __start_mcount_loc/__stop_mcount_loc in kallsyms (no CONFIG_KALLSYMS_ALL?)")
@@ -49,33 +50,9 @@ def read_mcount(img: KernelImage, bounds: dict[str, int], funcs: np.ndarray | No
     if len(vals) and not vals.any():
         return FtraceSites(None, "__mcount_loc holds zeros: its values are in the image's relocations (not read)")
     sites = np.sort(vals[vals != 0])  # 0: a site the linker discarded; the kernel skips it
-    got = _arm64_records(img, sites, funcs) if img.arch == "arm64" else FtraceSites(sites)
+    rules = next((r for r in image_rules() if r.arch == img.arch), None) if img.arch else None
+    got = FtraceSites(rules.ftrace_adjust(img, sites, funcs) if rules and rules.ftrace_adjust else sites)
     lo, hi = bounds.get("_sinittext"), bounds.get("_einittext")
     if got.sites is not None and lo is not None and hi is not None:
         got.sites = got.sites[(got.sites < np.uint64(lo)) | (got.sites >= np.uint64(hi))]
     return got
-
-
-def _arm64_records(img: KernelImage, sites: np.ndarray, funcs: np.ndarray | None) -> FtraceSites:
-    """arm64's ``ftrace_call_adjust``: with pre-function NOPs (CALL_OPS, ``-fpatchable-function-entry=4,2``)
-    the site is 8 bytes before the function, the record is past the two NOPs, a BTI, and the first NOP
-    after the entry; without them the record is the site + 4."""
-    call_ops = False
-    if funcs is not None and len(funcs):
-        before = np.isin(sites + np.uint64(8), funcs).sum()
-        at = np.isin(sites, funcs).sum()
-        call_ops = bool(before > at)
-    if not call_ops:
-        return FtraceSites(sites + np.uint64(4))
-    ip = sites + np.uint64(8)
-    base = img.segments[0][0] - img.segments[0][1] if img.segments else None
-    if base is not None:
-        offs = (ip - np.uint64(base)).astype(np.int64)
-        ok = (offs >= 0) & (offs + 4 <= len(img.data))
-        insn = np.zeros(len(ip), dtype=np.uint32)
-        words = np.frombuffer(img.data, dtype="<u4", count=len(img.data) // 4)
-        insn[ok] = words[offs[ok] // 4]
-        # BTI {, c, j, jc}: HINT #32/#34/#36/#38
-        bti = (insn & np.uint32(0xFFFFFF3F)) == np.uint32(0xD503241F)
-        ip = ip + np.where(bti, np.uint64(4), np.uint64(0))
-    return FtraceSites(np.sort(ip + np.uint64(4)))

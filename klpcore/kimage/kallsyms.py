@@ -43,11 +43,13 @@ import numpy as np
 
 from ..errors import SymbolFileError
 from .container import KernelImage
+from .rules import image_rules
 
 _DIGITS = b"0\x001\x002\x003\x004\x005\x006\x007\x008\x009\x00"
 #: how far before the token table the markers are looked for (seqs of 400k symbols fit)
 _MARKER_WINDOW = 8 << 20
-#: a raw image's link address is at least this aligned (arm64: 2 MiB + TEXT_OFFSET 0x80000 or 0; s390x: 1 MiB)
+#: a raw image's link address is at least this aligned (2 MiB + a 0x80000 text offset, or 1 MiB, on the
+#: architectures that ship raw images)
 _BASE_ALIGN = 1 << 16
 
 
@@ -265,7 +267,7 @@ def _addresses(img: KernelImage, num_syms_off: int, ti_end: int, n: int) -> tupl
                         )
                     img.segments = [(b0, 0, len(data))]
                     return (
-                        (pr + b0).astype(np.uint64) if b0 < 1 << 62 else pr.astype(np.uint64) + np.uint64(b0),
+                        pr.astype(np.uint64) + np.uint64(b0),
                         off,
                         "place-relative",
                         None,
@@ -300,12 +302,8 @@ def _raw_base(img: KernelImage, rel: np.ndarray) -> int | None:
     votes wins, if enough values agree."""
     data = img.data
     v = np.frombuffer(data, dtype=f"{img.endian}u8", count=len(data) // 8)
-    if img.arch == "arm64":  # kernel addresses: the upper half
-        v = v[(v >> np.uint64(47)) == np.uint64(0x1FFFF)]
-    elif img.arch == "s390x":  # linked low (from 1 MiB), pointers are at least halfword-aligned
-        v = v[(v >= np.uint64(1 << 20)) & (v < np.uint64(1 << 40)) & ((v & np.uint64(1)) == 0)]
-    else:
-        v = v[v > len(data)]
+    rules = next((r for r in image_rules() if r.arch == img.arch), None) if img.arch else None
+    v = rules.pointer_mask(v) if rules is not None and rules.pointer_mask is not None else v[v > len(data)]
     if not len(v):
         return None
     vals, counts = np.unique(v, return_counts=True)
@@ -344,7 +342,7 @@ def _raw_base(img: KernelImage, rel: np.ndarray) -> int | None:
 
 def _from_base(raw: np.ndarray, base: int, img: KernelImage | None = None) -> tuple[np.ndarray, str] | None:
     if base < 1 << 12:
-        # an unrelocated slot (arm64 RELA, s390x before 6.10: the relocation holds the value)
+        # an unrelocated slot (RELA-only raw images: the relocation holds the value)
         rel0 = raw & 0xFFFFFFFF
         if img is None or img.is_elf or not _monotonic(rel0):
             return None
@@ -386,7 +384,7 @@ def read_kallsyms(img: KernelImage) -> Kallsyms:
     names, types = _expand(data, tt, idx, lens, walk)
     addrs, aoff, mode, base = _addresses(img, ns_off, ti + 512, n)
     if not img.is_elf and not img.segments and "_text" in names:
-        # a raw image starts at _text (arm64 Image, s390x vmlinux.bin)
+        # a raw image starts at _text
         img.segments = [(int(addrs[names.index("_text")]), 0, len(data))]
     tables = KallsymsTables(n, ns_off, names_off, int(walk[3][-1]), moff, width, tt, ti, aoff, mode, base)
     return Kallsyms(names, types, addrs, tables)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import lzma
-import struct
 
+import kimagebuild as kb
 import pytest
 
 from klpcore.errors import SymbolFileError
@@ -14,26 +13,16 @@ from klpcore.kimage.container import decompress, open_image
 from klpcore.kimage.kallsyms import read_kallsyms
 from klpcore.kimage.source import cache_dir, decode_image, symbols_from_image
 from klpcore.symbols import load_symbols
-from tests import kimagebuild as kb
 
 X86_BASE = 0xFFFFFFFF81000000
 ARM64_BASE = 0xFFFF800080000000
 S390_BASE = 0x100000
 
 
-def _rows(syms: list[kb.Sym]) -> list[tuple[int, str, str]]:
-    return [(s.addr, s.type, s.name) for s in syms]
-
-
-def _decoded(data: bytes) -> list[tuple[int, str, str]]:
-    k = read_kallsyms(open_image(data, "<test>"))
-    return list(zip((int(a) for a in k.addresses), k.types, k.names, strict=True))
-
-
 @pytest.mark.parametrize("layout", ["4.19", "6.1", "abs", "6.4", "7.0"])
 def test_every_layout_from_an_elf(layout: str) -> None:
     syms = kb.sample_symbols(X86_BASE)
-    assert _decoded(kb.elf_kernel(syms, layout, X86_BASE)) == _rows(syms)
+    assert kb.decoded(kb.elf_kernel(syms, layout, X86_BASE)) == kb.rows(syms)
 
 
 def test_absolute_percpu_offsets() -> None:
@@ -46,71 +35,25 @@ def test_absolute_percpu_offsets() -> None:
 
 def test_a_name_longer_than_127_uses_two_length_bytes() -> None:
     syms = kb.sample_symbols(X86_BASE)
-    names = [n for _, _, n in _decoded(kb.elf_kernel(syms, "7.0", X86_BASE))]
+    names = [n for _, _, n in kb.decoded(kb.elf_kernel(syms, "7.0", X86_BASE))]
     assert "a_very_long_rust_symbol_" + "x" * 130 in names
 
 
 def test_big_endian_tables() -> None:
     syms = kb.sample_symbols(S390_BASE)
-    assert _decoded(kb.elf_kernel(syms, "6.4", S390_BASE, machine=22, e=">")) == _rows(syms)
+    assert kb.decoded(kb.elf_kernel(syms, "6.4", S390_BASE, machine=22, e=">")) == kb.rows(syms)
 
 
-@pytest.mark.parametrize(("fmt", "pack"), [("gzip", gzip.compress), ("xz", lzma.compress)])
-def test_bzimage_payload(fmt: str, pack: object) -> None:
+def test_zboot_wrapper() -> None:
     syms = kb.sample_symbols(X86_BASE)
-    image = kb.bzimage(pack(kb.elf_kernel(syms, "7.0", X86_BASE)))  # type: ignore[operator]
-    img = open_image(image, "<test>")
-    assert img.container == f"bzImage ({fmt})"
-    assert img.arch == "x86_64"
-    assert _decoded(image) == _rows(syms)
-
-
-def test_bzimage_zstd_payload_with_the_appended_size() -> None:
-    import zstandard
-
-    syms = kb.sample_symbols(X86_BASE)
-    elf = kb.elf_kernel(syms, "6.4", X86_BASE)
-    image = kb.bzimage(zstandard.ZstdCompressor().compress(elf) + struct.pack("<I", len(elf)))
-    assert _decoded(image) == _rows(syms)
-
-
-@pytest.mark.parametrize("layout", ["6.1", "6.4", "7.0"])
-def test_arm64_image_link_address_from_its_pointers(layout: str) -> None:
-    syms = kb.sample_symbols(ARM64_BASE)
-    image = kb.arm64_image(kb.raw_kernel(syms, layout, ARM64_BASE))
-    assert _decoded(image) == _rows(syms)
-
-
-def test_arm64_unrelocated_relative_base_uses_the_pointers() -> None:
-    """arm64 with RELA relocations keeps 0 in kallsyms_relative_base's slot."""
-    syms = kb.sample_symbols(ARM64_BASE)
-    raw = bytearray(kb.raw_kernel(syms, "6.1", ARM64_BASE))
-    blob = kb.kallsyms_blob(syms, "6.1", blob_va=ARM64_BASE + 0x10000)
-    count_at = 0x10000 + blob.index(struct.pack("<I", len(syms)) + b"\0\0\0\0")
-    raw[count_at - 8 : count_at] = b"\0" * 8
-    assert _decoded(kb.arm64_image(bytes(raw))) == _rows(syms)
-
-
-def test_zboot_and_gzip_wrapped_images() -> None:
-    syms = kb.sample_symbols(ARM64_BASE)
-    image = kb.arm64_image(kb.raw_kernel(syms, "7.0", ARM64_BASE))
-    z = kb.zboot(gzip.compress(image, 1))
+    z = kb.zboot(gzip.compress(kb.elf_kernel(syms, "6.4", X86_BASE), 1))
     assert open_image(z, "<test>").container == "zboot (gzip)"
-    assert _decoded(z) == _rows(syms)
-    assert _decoded(gzip.compress(image, 1)) == _rows(syms)
+    assert kb.decoded(z) == kb.rows(syms)
 
 
 def test_zboot_with_an_unknown_compression_is_named() -> None:
     with pytest.raises(SymbolFileError, match="'snappy'"):
         open_image(kb.zboot(b"x" * 64, "snappy"), "<test>")
-
-
-def test_s390_compressed_raw_kernel() -> None:
-    syms = kb.sample_symbols(S390_BASE)
-    image = kb.s390_image(kb.raw_kernel(syms, "7.0", S390_BASE, e=">", size=(1 << 20) + 4096))
-    img = open_image(image, "<test>")
-    assert img.byteorder == "big"
-    assert _decoded(image) == _rows(syms)
 
 
 def test_no_tables_is_one_clear_error() -> None:
@@ -143,13 +86,13 @@ def test_load_symbols_detects_an_image_by_content(tmp_path, monkeypatch: pytest.
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     syms = kb.sample_symbols(X86_BASE)
     path = tmp_path / "vmlinuz-anything"
-    path.write_bytes(kb.bzimage(gzip.compress(kb.elf_kernel(syms, "7.0", X86_BASE))))
+    path.write_bytes(gzip.compress(kb.elf_kernel(syms, "7.0", X86_BASE)))
     ks = load_symbols(str(path))
     assert ks.find_object_symbol("vmlinux", "__pfx_do_thing_5_x5", 0) == next(
         s.addr for s in syms if s.name == "__pfx_do_thing_5_x5"
     )
     assert not ks.text_only
-    assert is_kernel_image(path.read_bytes())
+    assert is_kernel_image(gzip.decompress(path.read_bytes()))
 
 
 def test_a_text_only_image_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +106,7 @@ def test_cache_round_trip_and_opt_out(tmp_path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KLPCORE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("KLPCORE_NO_CACHE", raising=False)
     syms = kb.sample_symbols(X86_BASE)
-    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=_exports(), flagstab=True)
+    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=kb.sample_exports(), flagstab=True)
     first = decode_image(data, "img")
     assert first.exports is not None and len(first.exports) == 4
     files = list((tmp_path / "kimage").iterdir())
@@ -176,21 +119,11 @@ def test_cache_round_trip_and_opt_out(tmp_path, monkeypatch: pytest.MonkeyPatch)
     assert cache_dir() is None
 
 
-def _exports() -> list[kb.Export]:
-    return [
-        kb.Export("__pfx_do_thing_1_x1", "__pfx_do_thing_1_x1"),
-        kb.Export("__pfx_do_thing_2_x2", "__pfx_do_thing_2_x2", gpl=True),
-        kb.Export("some_table_6_data", "some_table_6_data", namespace="MY_NS"),
-        # the name string decides what is exported, not the target's symbol name
-        kb.Export("alias_name", "__pfx_do_thing_4_x4", gpl=True, namespace="OTHER"),
-    ]
-
-
 @pytest.mark.parametrize(("prel32", "flagstab"), [(True, False), (True, True), (False, False), (False, True)], ids=str)
 def test_exports_read_through_kernel_symbol(prel32: bool, flagstab: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     syms = kb.sample_symbols(X86_BASE)
-    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=_exports(), prel32=prel32, flagstab=flagstab)
+    data = kb.elf_kernel(syms, "7.0", X86_BASE, exports=kb.sample_exports(), prel32=prel32, flagstab=flagstab)
     ks = symbols_from_image(data, "img")
     addr = {s.name: s.addr for s in syms}
     assert ks.exported["vmlinux"] == {
@@ -212,28 +145,16 @@ def test_exports_read_through_kernel_symbol(prel32: bool, flagstab: bool, monkey
     assert ks.has_export_info
 
 
-def test_exports_of_a_raw_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
-    syms = kb.sample_symbols(ARM64_BASE)
-    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, exports=_exports(), flagstab=True))
-    ks = symbols_from_image(image, "img")
-    assert set(ks.exported["vmlinux"]) == {x.name for x in _exports()}
-
-
 def test_no_export_table_is_not_an_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     ks = symbols_from_image(kb.elf_kernel(kb.sample_symbols(X86_BASE), "7.0", X86_BASE), "img")
     assert "vmlinux" not in ks.exported
 
 
-def _funcs(syms: list[kb.Sym]) -> list[int]:
-    return [s.addr for s in syms if s.type in "tT" and s.name.startswith("__pfx_do_thing_")][:40]
-
-
 def test_ftrace_records_from_mcount_loc_without_init_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     syms = kb.sample_symbols(X86_BASE)
-    funcs = _funcs(syms)
+    funcs = kb.first_funcs(syms)
     init_lo, init_hi = funcs[30], funcs[35]
     syms += [kb.Sym(init_lo, "T", "_sinittext"), kb.Sym(init_hi, "T", "_einittext")]
     syms.sort(key=lambda s: s.addr)
@@ -241,30 +162,3 @@ def test_ftrace_records_from_mcount_loc_without_init_text(monkeypatch: pytest.Mo
     table = [*reversed(funcs), 0]
     ks = symbols_from_image(kb.elf_kernel(syms, "7.0", X86_BASE, mcount=table), "img")
     assert ks.ftrace["vmlinux"].tolist() == [a for a in funcs if not init_lo <= a < init_hi]
-
-
-def test_arm64_call_ops_records_skip_the_nops_and_a_bti(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
-    syms = kb.sample_symbols(ARM64_BASE)
-    funcs = _funcs(syms)
-    nop, bti_c = 0xD503201F, 0xD503245F
-    insns = {f: (bti_c if i % 2 else nop) for i, f in enumerate(funcs)}
-    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=[f - 8 for f in funcs], insns=insns))
-    ks = symbols_from_image(image, "img")
-    assert ks.ftrace["vmlinux"].tolist() == sorted(f + (8 if i % 2 else 4) for i, f in enumerate(funcs))
-
-
-def test_arm64_without_pre_function_nops_records_the_second_nop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
-    syms = kb.sample_symbols(ARM64_BASE)
-    funcs = _funcs(syms)
-    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=funcs))
-    assert symbols_from_image(image, "img").ftrace["vmlinux"].tolist() == [f + 4 for f in funcs]
-
-
-def test_unrelocated_mcount_table_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
-    syms = kb.sample_symbols(ARM64_BASE)
-    image = kb.arm64_image(kb.raw_kernel(syms, "6.4", ARM64_BASE, mcount=[0] * 8))
-    d = decode_image(image, "img")
-    assert d.ftrace is None and "relocations" in str(d.info["ftrace"])
