@@ -202,18 +202,22 @@ def _expand(
     data: bytes, tt: int, idx: np.ndarray, lens: np.ndarray, walk: tuple[np.ndarray, ...]
 ) -> tuple[list[str], list[str]]:
     pos, hdr, ln = walk[0], walk[1], walk[2]
-    names_all = np.frombuffer(data, dtype=np.uint8)
-    first = pos + hdr
-    total = int(ln.sum())
+    start, end = int(pos[0]), int(walk[3][-1])
+    # the names are length headers and codes, back to back: drop the headers
+    keep = np.ones(end - start, dtype=bool)
+    keep[pos - start] = False
+    keep[(pos - start)[hdr == 2] + 1] = False
+    codes = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)[keep]
+    del keep
     cum = np.cumsum(ln) - ln
-    src = np.repeat(first - cum, ln) + np.arange(total, dtype=np.int64)
-    codes = names_all[src]
-    del src
-    tok_len = lens[codes]
+    tok_len = lens.astype(np.int32)[codes]
     out_total = int(tok_len.sum())
-    out_cum = np.cumsum(tok_len) - tok_len
+    out_cum = np.cumsum(tok_len, dtype=np.int64) - tok_len
     table = np.frombuffer(data, dtype=np.uint8, count=int(idx[-1] + lens[-1] + 1), offset=tt)
-    chars = table[np.repeat(idx[codes] - out_cum, tok_len) + np.arange(out_total, dtype=np.int64)]
+    step = np.repeat((idx[codes] - out_cum).astype(np.int32), tok_len)
+    step += np.arange(out_total, dtype=np.int32)
+    chars = table[step]
+    del step
     # where each symbol's expansion starts
     sym_out = out_cum[cum]
     types = chars[sym_out].tobytes().decode("latin-1")

@@ -138,7 +138,7 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
     is_func = np.isin(
         np.frombuffer("".join(k.types).encode("latin-1"), dtype=np.uint8), np.frombuffer(b"tTW", np.uint8)
     )
-    ft = read_mcount(img, bounds, np.unique(k.addresses[is_func]))
+    ft = read_mcount(img, bounds, np.sort(k.addresses[is_func]))
     t = k.tables
     info: dict[str, object] = {
         "container": img.container,
