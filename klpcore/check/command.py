@@ -43,7 +43,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="PATH",
         action="append",
         required=True,
-        help="target kernel directory (repeatable); PATH:RELEASE picks a release",
+        help="target kernel directory (repeatable); PATH:RELEASE picks a release; ROOT1,ROOT2[,...] is one "
+        "kernel whose packages were extracted into several roots (image, modules, headers, -dbg)",
     )
     sp.add_argument(
         "--distribution",
@@ -65,15 +66,32 @@ def _progress(text: str) -> None:
         sys.stderr.flush()
 
 
+def parse_target_spec(spec: str) -> tuple[list[str], str | None]:
+    """``PATH[,PATH...][:RELEASE]`` -> (roots, release): one kernel whose packages were
+    extracted into one root or several (image, modules, headers, -dbg)."""
+    if os.path.isdir(spec):
+        return [spec], None
+    body, release = spec, None
+    if ":" in spec:
+        head, _, tail = spec.rpartition(":")
+        if all(os.path.isdir(p) for p in head.split(",")) and "/" not in tail:
+            body, release = head, tail or None
+    roots = [p for p in body.split(",") if p]
+    for p in roots:
+        if not os.path.isdir(p):
+            raise InputError(f"--target {spec}: {p}: not a directory")
+    if not roots:
+        raise InputError(f"--target {spec!r}: no directory given")
+    return roots, release
+
+
 def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
     out = []
     for spec in specs:
-        path, release = spec, None
-        if not os.path.isdir(spec) and ":" in spec:
-            path, _, release = spec.rpartition(":")
-        if not os.path.isdir(path):
-            raise InputError(f"--target {spec}: not a directory")
-        out.append(Target(path, release, distribution))
+        roots, release = parse_target_spec(spec)
+        t = Target(roots, release, distribution)
+        t.validate()
+        out.append(t)
     return out
 
 
