@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .patches import PatchInfo, read_patch
-from .report import LOADS, PairResult, json_report, write_text
+from .report import LOADS, UNKNOWN, PairResult, exit_code, json_report, write_text
 from .steps import PATCH_FAILS, REFUSED, Finding, PairCheck
 from .target import Target
 
@@ -41,11 +41,13 @@ __all__ = [
     "LOADS",
     "PATCH_FAILS",
     "REFUSED",
+    "UNKNOWN",
     "Finding",
     "PairResult",
     "PatchInfo",
     "Target",
     "check_pair",
+    "exit_code",
     "json_report",
     "read_patch",
     "write_text",

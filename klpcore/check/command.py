@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import check_pair, json_report, write_text
-from .report import LOADS, PairResult
+from .report import PairResult, exit_code
 from .target import Target
 
 HELP = "judge whether modules load on target kernels (and whether a livepatch applies)"
@@ -27,9 +27,13 @@ kernel packages (boot/, lib/modules/<release>/, usr/lib/debug/boot/,
 usr/src/linux-headers-<release>/), or a flat directory with System.map,
 config, Module.symvers, vmlinux and .ko files.  --target / uses /proc/kallsyms.
 
-verdicts: loads, refused (insmod fails), patch-fails (loads, but a patched
-object fails when it is or later gets loaded)
-exit codes: 0 every pair loads, 1 any does not, 2 bad input, 3 internal error (a bug)
+verdicts: loads (every step that could refuse it was checked), refused (insmod
+fails), patch-fails (loads, but a patched object fails when it is or later gets
+loaded), unknown (nothing refused it, but a step was not checked: each is named
+with the file or package that supplies what it needs)
+exit codes: 0 every pair loads, 1 any is refused or patch-fails, 4 none is but
+any is unknown, 2 bad input (a MODULE or --target that is not one), 3 internal
+error (a bug)
 """
 
 
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[
     _progress("")
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
-    code = 0 if all(p.verdict == LOADS for group in results for p in group) else 1
+    code = exit_code([p.verdict for group in results for p in group])
     if args.report:
         emit(json_report(results), code)
     if args.report != "-":

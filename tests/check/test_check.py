@@ -274,7 +274,7 @@ def test_function_without_ftrace_location(tmp_path: Path) -> None:
 
 def test_ftrace_not_checked_without_vmlinux(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, lp({None: [("notrace_fn", 0)]}), vmlinux_elf=False)
-    assert verdict == "loads"
+    assert verdict == "unknown"  # the kernel could refuse it there: never "loads" unchecked
     assert any(f.severity == "not-checked" and f.check == "ftrace" for f in findings)
 
 
@@ -325,7 +325,7 @@ def test_flat_target_and_placeholder(tmp_path: Path) -> None:
 
 def test_missing_files_are_not_checked(tmp_path: Path) -> None:
     verdict, findings = run(tmp_path, Mod("m", imports=["printk"]), symvers=False, system_map=False, vmlinux_elf=False)
-    assert verdict == "loads"
+    assert verdict == "unknown"
     checks = {f.check for f in findings if f.severity == "not-checked"}
     assert {"modversions", "symbols", "relocations"} <= checks
 

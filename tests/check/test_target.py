@@ -135,3 +135,21 @@ def test_placeholder_system_map_named_with_its_fix() -> None:
         parse_symbol_text(text, "System.map")
     with pytest.raises(SymbolFileError, match="placeholder"):
         parse_symbol_text("ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n")
+
+
+def test_unknown_verdict_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing refused it but the relocations could not be checked: verdict unknown, exit 4, and the
+    default output names the unchecked step and the file/package that supplies its input."""
+    make_target(tmp_path / "t", system_map=False, vmlinux_elf=False)
+    (tmp_path / "m.ko").write_bytes(Mod("m", imports=["printk"]).build())
+    r = check_pair(str(tmp_path / "m.ko"), Target(tmp_path / "t"))
+    assert r.verdict == "unknown"
+    assert [f.check for f in r.unchecked] == ["relocations"]
+    assert main(["check", str(tmp_path / "m.ko"), "--target", str(tmp_path / "t")]) == 4
+    out = capsys.readouterr().out
+    assert ": unknown" in out and "not checked" in out
+    assert f"usr/lib/debug/boot/System.map-{RELEASE}" in out
+    # several pairs: the worst wins (refused 1 over unknown 4)
+    make_target(tmp_path / "nolp", config={"CONFIG_MODULES": "n"})
+    assert main(["check", str(tmp_path / "m.ko"), "-t", str(tmp_path / "t"), "-t", str(tmp_path / "nolp")]) == 1
+    assert "1 refused, 1 unknown" in capsys.readouterr().out
