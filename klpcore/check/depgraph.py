@@ -20,12 +20,11 @@ modprobe loads none of them with their dependencies.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..modtree import module_kernel_name
 
 if TYPE_CHECKING:
-    from .steps import DepModule
     from .target import Target
 
 
@@ -74,14 +73,14 @@ class DepGraph:
         if undefined is None and key in self._direct:
             return self._direct[key]
         dep = self.target.modules_dep
-        if dep is not None and key in dep:
+        if dep is not None and key in dep and undefined is None:
             out = [d for d in dep[key] if d != key]
         else:
             if undefined is None:
                 undefined = self._undefined(key)
             prov = self.providers(undefined)
             out = sorted({m for m in prov.values() if m != key})
-        if undefined is None or key in self.target.module_index:
+        if undefined is None:  # the tree's own module (a file given from elsewhere is not cached)
             self._direct[key] = out
         return out
 
@@ -143,70 +142,3 @@ class DepGraph:
     def cycle_of(self, name: str) -> str | None:
         """depmod's line for the cycle ``name`` is in (after :meth:`load_order` met it)."""
         return self.cycles.get(module_kernel_name(name))
-
-
-def judge_dependency(target: Target, name: str, options: dict[str, Any]) -> DepModule:
-    """The module ``name`` of the target's tree judged as a dependency (its own load steps, with its
-    own dependencies loaded), once per target: later calls return the same answer."""
-    from ..elf import ElfModule
-    from ..errors import KlpError
-    from ..symbols import symbols_from_elf
-    from .modinfo import read_modinfo
-    from .steps import DEP_BASE, DEP_STRIDE, REFUSED, DepModule, Finding, PairCheck, Stop
-    from .target import read_input
-
-    key = module_kernel_name(name)
-    cache: dict[str, DepModule] = target.cache.setdefault("deps", {})
-    got = cache.get(key)
-    if got is not None:
-        return got
-    path = target.find_module(key)
-    if path is None:
-        d = cache[key] = DepModule(key, None)
-        return d
-    try:
-        raw = read_input(path, "module", limit=1 << 30)
-        elf = ElfModule(raw, path=str(path))
-        info = read_modinfo(elf, str(path), raw)
-    except KlpError as exc:
-        d = cache[key] = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
-        return d
-    d = cache[key] = DepModule(info.name, str(path), info)  # before its dependencies: a cycle ends here
-    graph = DepGraph.of(target)
-    chain = [judge_dependency(target, m, options) for m in graph.load_order(key)]
-    cycle = graph.cycle_of(key)
-    if cycle is not None:
-        d.refused.append(
-            Finding(
-                "dependencies",
-                "error",
-                f"{info.name} is in a dependency cycle: depmod leaves it out of modules.dep ({cycle})",
-                cycle,
-                REFUSED,
-            )
-        )
-        return d
-    pc = PairCheck(target, str(path), depth=1, kernel_options=options)
-    pc.info = info
-    try:
-        pc.step_modstruct()
-        pc.step_modinfo()
-        pc.step_symbols(chain)
-    except Stop:
-        pass
-    d.refused = [f for f in pc.findings if f.outcome == REFUSED]
-    index = len(cache)
-    try:
-        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + (index % 24) * DEP_STRIDE, objname=info.name)
-    except KlpError as exc:
-        d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))
-    return d
-
-
-def dependencies_of(
-    target: Target, name: str, options: dict[str, Any], undefined: Iterable[str] | None = None
-) -> list[DepModule]:
-    """Every module modprobe loads before ``name`` (in load order), each judged once per target.
-    ``undefined``: the symbols a module file outside the tree leaves undefined."""
-    graph = DepGraph.of(target)
-    return [judge_dependency(target, m, options) for m in graph.load_order(name, undefined)]
