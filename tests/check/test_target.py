@@ -153,3 +153,29 @@ def test_unknown_verdict_names_what_is_missing(tmp_path: Path, capsys: pytest.Ca
     make_target(tmp_path / "nolp", config={"CONFIG_MODULES": "n"})
     assert main(["check", str(tmp_path / "m.ko"), "-t", str(tmp_path / "t"), "-t", str(tmp_path / "nolp")]) == 1
     assert "1 refused, 1 unknown" in capsys.readouterr().out
+
+
+def test_kflagstab_exports_gpl_flag() -> None:
+    """7.x modules keep every export in __ksymtab with one flag byte per entry in __kflagstab (bit 0:
+    GPL-only, kernel commit "module: use kflagstab instead of *_gpl sections"); older ones use
+    __ksymtab_gpl.  Both read the same."""
+    from elfbuild import Obj, Sec, Sym
+
+    from klpcore import constants as C
+    from klpcore.elf import ElfModule
+    from klpcore.modtree import module_exports
+
+    def build(sections: list[Sec], syms: list[Sym]) -> list[tuple[str, bool]]:
+        o = Obj(machine=62, sections=[Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(16)), *sections])
+        o.symbols = syms
+        return module_exports(ElfModule(o.build(), path="x.ko"))
+
+    new = build(
+        [Sec("__ksymtab", flags=C.SHF_ALLOC, data=bytes(24)), Sec("__kflagstab", flags=C.SHF_ALLOC, data=b"\0\1")],
+        [Sym("__ksymtab_plain", "__ksymtab", 0), Sym("__ksymtab_gplonly", "__ksymtab", 12)],
+    )
+    old = build(
+        [Sec("__ksymtab", flags=C.SHF_ALLOC, data=bytes(12)), Sec("__ksymtab_gpl", flags=C.SHF_ALLOC, data=bytes(12))],
+        [Sym("__ksymtab_plain", "__ksymtab", 0), Sym("__ksymtab_gplonly", "__ksymtab_gpl", 0)],
+    )
+    assert new == old == [("plain", False), ("gplonly", True)]
