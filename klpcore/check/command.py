@@ -58,7 +58,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         "debian: an import without a __versions entry is refused)",
     )
     sp.add_argument(
-        "--json", metavar="FILE", dest="report", help="write the JSON report (schema 1) to FILE ('-' = stdout)"
+        "--json", metavar="FILE", dest="report", help="write the JSON report (schema 2) to FILE ('-' = stdout)"
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
     # -O KEY=VALUE is added by the command line with the other subcommands' (klpcore.cli)
@@ -68,6 +68,28 @@ def _progress(text: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\033[K{text}")
         sys.stderr.flush()
+
+
+def module_head_check(path: str) -> None:
+    """Bad input (exit 2, as every command treats it) when ``path`` (decompressed) is not an ELF file:
+    a text file or a .deb given as MODULE is not a module the kernel could be asked to load."""
+    from .. import compress
+    from .. import constants as C
+
+    heads: list[bytes] = []
+
+    def limit(head: bytes) -> int:
+        heads.append(head[:4])
+        return 0  # the first bytes are all it needs: stop there
+
+    try:
+        compress.read_input(path, limit=limit, what="module")
+    except InputError:
+        if not heads:
+            raise
+    if heads and heads[0] != C.ELFMAG:
+        kind = "a Debian package (extract it: dpkg-deb -x)" if heads[0] == b"!<ar" else "not an ELF file"
+        raise InputError(f"{path}: {kind}; a MODULE is a .ko, .ko.xz, .ko.zst or .ko.gz file")
 
 
 def parse_target_spec(spec: str) -> tuple[list[str], str | None]:
@@ -101,10 +123,11 @@ def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
 
 def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[str, Any], int], None]) -> int:
     """Judge every (module, target) pair; ``emit(document, exit_code)`` writes
-    the JSON report (the CLI's schema-1 envelope) when ``--json`` is given."""
+    the JSON report (the CLI's schema-2 envelope) when ``--json`` is given."""
     for m in args.modules:
         if not os.path.isfile(m):
             raise InputError(f"{m}: no such module file")
+        module_head_check(m)
     targets = _targets(args.target, None if args.distribution == "auto" else args.distribution)
     results: list[list[PairResult]] = []
     total = len(args.modules) * len(targets)

@@ -1,17 +1,17 @@
-"""Verdicts, the text table and the JSON report (schema 1).
+"""Verdicts, the text table and the JSON report (schema 2).
 
-JSON schema 1 (inside the command line's envelope: ``schema``, ``command``,
+JSON schema 2 (inside the command line's envelope: ``schema``, ``command``,
 ``ok``, ``exit_code``, ``errors``, ``warnings``; see docs/json-schema.md), one
 module::
 
-    {"schema": 1, ..., "module": PATH, "name": NAME,
+    {"schema": 2, ..., "module": NAME, "path": PATH,
      "targets": [{"target": PATH, "release": STR|null, "verdict": "loads"|"refused"|"patch-fails",
                   "files": {...}, "missing": {WHAT: WHY}, "notes": [STR],
                   "findings": [{"check": STR, "severity": "error"|"warning"|"info"|"not-checked",
                                 "message": STR, "kernel_message": STR|null, "outcome"?: STR, ...}],
                   "patched_functions": [{"object", "old_name", "sympos", "replacement", "status", ...}]}]}
 
-Several modules: ``{"schema": 1, ..., "modules": [<one-module object>, ...]}``.
+Several modules: ``{"schema": 2, ..., "modules": [<one-module object>, ...]}``.
 A finding may carry ``then``: the further kernel lines that follow its message.
 """
 
@@ -90,7 +90,7 @@ class PairResult:
 def json_report(results: list[list[PairResult]]) -> dict[str, Any]:
     """``results[i]`` are the pairs of module ``i`` (one per target)."""
     mods = [
-        {"module": pairs[0].module, "name": pairs[0].name, "targets": [p.as_dict() for p in pairs]}
+        {"module": pairs[0].name, "path": pairs[0].module, "targets": [p.as_dict() for p in pairs]}
         for pairs in results
         if pairs
     ]

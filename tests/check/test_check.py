@@ -357,7 +357,7 @@ def test_cli_table_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "verdict" in out.splitlines()[0]
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["schema"] == 1 and doc["module"] == str(ko)
+    assert doc["schema"] == 2 and doc["module"] == "lp" and doc["path"] == str(ko)
     assert [t["verdict"] for t in doc["targets"]] == ["loads", "refused"]
     assert {"check", "severity", "message", "kernel_message"} <= set(doc["targets"][1]["findings"][0])
     assert main(["check", str(ko), "--target", str(tmp_path / "t1")]) == 0

@@ -38,7 +38,7 @@ SYMS = "ffffffff81000000 T _stext\nffffffff81000010 T printk\nffffffff82000000 r
 
 
 def _schema() -> dict:
-    return json.loads((resources.files("klpcore") / "schema" / "v1.json").read_text())
+    return json.loads((resources.files("klpcore") / "schema" / "v2.json").read_text())
 
 
 def validate(doc: dict) -> None:
