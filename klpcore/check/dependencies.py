@@ -5,8 +5,9 @@ then each dependency's)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from .. import constants as C
 from ..elf import ElfModule
@@ -36,8 +37,26 @@ class Export:
     namespace: str
 
 
+class DependencyCheck(Protocol):
+    """What checking a dependency takes from the pair check (a :class:`~klpcore.check.steps.PairCheck`
+    at depth 1): its module info, the steps that run before relocations, and its findings."""
+
+    info: ModInfo | None
+    findings: list[Finding]
+
+    def step_modstruct(self) -> None: ...
+
+    def step_modinfo(self) -> None: ...
+
+    def step_symbols(self, deps: list[DepModule]) -> None: ...
+
+
 class DependencySteps(ModversionSteps):
     """The dependency steps of :class:`~klpcore.check.steps.PairCheck`."""
+
+    def dependency_check(self, path: str) -> DependencyCheck:
+        """The check of the dependency at ``path`` (PairCheck makes one of its own kind)."""
+        raise NotImplementedError
 
     def step_dependencies(self) -> list[DepModule]:
         """The modules modprobe loads first (the target's ``modules.dep``, else depmod's rule over the
@@ -57,7 +76,7 @@ class DependencySteps(ModversionSteps):
         tree_file = self.target.find_module(info.name)
         same = tree_file is not None and os.path.realpath(tree_file) == os.path.realpath(self.path)
         undefined = None if same else [sym for _i, sym, _weak in undefined_symbols(info.elf)]
-        out = dependencies_of(self.target, info.name, self.kernel_options, undefined)
+        out = dependencies_of(self.target, info.name, self.dependency_check, undefined)
         if not out:
             return []
         for d in out:
@@ -132,9 +151,10 @@ class DepModule:
     unchecked: list[Finding] = field(default_factory=list)
 
 
-def judge_dependency(target: Target, name: str, options: dict[str, Any]) -> DepModule:
+def judge_dependency(target: Target, name: str, new_check: Callable[[str], DependencyCheck]) -> DepModule:
     """The module ``name`` of the target's tree judged as a dependency (its own load steps, with its
-    own dependencies loaded first), once per target: later calls return the same answer."""
+    own dependencies loaded first, by a check ``new_check(path)`` makes), once per target: later calls
+    return the same answer."""
     key = module_kernel_name(name)
     cache: dict[str, DepModule] = target.cache.setdefault("deps", {})
     got = cache.get(key)
@@ -153,7 +173,7 @@ def judge_dependency(target: Target, name: str, options: dict[str, Any]) -> DepM
         return d
     d = cache[key] = DepModule(info.name, str(path), info)  # before its dependencies: a cycle ends here
     graph = DepGraph.of(target)
-    chain = [judge_dependency(target, m, options) for m in graph.load_order(key)]
+    chain = [judge_dependency(target, m, new_check) for m in graph.load_order(key)]
     cycle = graph.cycle_of(key)
     if cycle is not None:
         d.refused.append(
@@ -167,9 +187,7 @@ def judge_dependency(target: Target, name: str, options: dict[str, Any]) -> DepM
             )
         )
         return d
-    from .steps import PairCheck  # the whole sequence, which imports this module
-
-    pc = PairCheck(target, str(path), depth=1, kernel_options=options)
+    pc = new_check(str(path))
     pc.info = info
     try:
         pc.step_modstruct()
@@ -188,8 +206,8 @@ def judge_dependency(target: Target, name: str, options: dict[str, Any]) -> DepM
 
 
 def dependencies_of(
-    target: Target, name: str, options: dict[str, Any], undefined: list[str] | None = None
+    target: Target, name: str, new_check: Callable[[str], DependencyCheck], undefined: list[str] | None = None
 ) -> list[DepModule]:
     """Every module modprobe loads before ``name`` (in load order), each judged once per target.
     ``undefined``: the symbols a module file that is not the tree's own leaves undefined."""
-    return [judge_dependency(target, m, options) for m in DepGraph.of(target).load_order(name, undefined)]
+    return [judge_dependency(target, m, new_check) for m in DepGraph.of(target).load_order(name, undefined)]

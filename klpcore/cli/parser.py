@@ -86,9 +86,9 @@ def add_kernel_options(sp: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         default=None,
-        help="the target kernel's .config (gzip accepted, e.g. /boot/config-$(uname -r) or /proc/config.gz): "
-        "page size, STRICT_MODULE_RWX, ftrace options ...; without it each architecture uses the common "
-        "distribution setting and says so",
+        help="the target kernel's .config (gzip, xz or zstd accepted, e.g. /boot/config-$(uname -r) or "
+        "/proc/config.gz): page size, STRICT_MODULE_RWX, ftrace options ...; without it each architecture uses "
+        "the common distribution setting and says so",
     )
     add_kernel_option_flag(sp)
 
