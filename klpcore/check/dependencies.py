@@ -12,8 +12,8 @@ from typing import Protocol
 from .. import constants as C
 from ..elf import ElfModule
 from ..errors import KlpError
-from ..loader import DEFAULT_BASE
 from ..modtree import module_kernel_name
+from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols, symbols_from_elf
 from .depgraph import DepGraph
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
@@ -21,11 +21,27 @@ from .modversions import ModversionSteps
 from .pair import REFUSED, Finding, Stop
 from .target import SymversEntry, Target, read_input
 
-#: where dependencies and patched target modules are placed (apart from the checked module)
-DEP_BASE = DEFAULT_BASE + 0x10000000
+#: where dependencies and patched target modules are placed (apart from the checked module, which
+#: is at the start of the architecture's module area): slots of DEP_STRIDE from DEP_OFFSET on
+DEP_OFFSET = 0x10000000
 DEP_STRIDE = 0x1000000
-#: module area slots (the x86_64 module area ends at 0xffffffffff000000)
-DEP_SLOTS = 46
+#: the first slots hold dependencies, the others patched target modules
+DEP_SLOTS_FOR_DEPENDENCIES = 24
+#: the module area assumed for a module no installed plugin claims
+UNKNOWN_AREA = 1 << 30
+
+
+def slot_count(elf: ElfModule) -> int:
+    """Dependency slots in the module area of ``elf``'s architecture (one stride kept free at its end)."""
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    area = spec.module_area_size if spec is not None else UNKNOWN_AREA
+    return (area - DEP_OFFSET) // DEP_STRIDE - 1
+
+
+def slot_address(elf: ElfModule, slot: int) -> int:
+    """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`)."""
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    return (spec.default_base if spec is not None else 0) + DEP_OFFSET + slot * DEP_STRIDE
 
 
 @dataclass
@@ -199,7 +215,8 @@ def judge_dependency(target: Target, name: str, new_check: Callable[[str], Depen
     d.unchecked = [f for f in pc.findings if f.severity == "not-checked"]
     index = len(cache)
     try:
-        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + (index % 24) * DEP_STRIDE, objname=info.name)
+        base = slot_address(info.elf, index % DEP_SLOTS_FOR_DEPENDENCIES)
+        d.symbols = symbols_from_elf(raw, str(path), base=base, objname=info.name)
     except KlpError as exc:
         d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))
     return d

@@ -30,7 +30,7 @@ from ..elfheader import read_ident
 from ..errors import KlpError, NoPluginError
 from ..kernel import KernelTarget
 from ..loader import Loader
-from ..plugins import default_plugin_manager
+from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
 from .dependencies import DependencySteps, DepModule
 from .kmsg import Version
@@ -214,7 +214,7 @@ class PairCheck(DependencySteps):
         if self.target.symvers is None:
             self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
         gplok = info.gpl_compatible
-        ignored = _ignored_undefined(self.target.machine, self.version)
+        ignored = self._ignored_undefined(info.elf)
         allow_missing_ns = bool(self.target.config_bool("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS"))
         mv = self.modversions
         failed = False
@@ -299,6 +299,15 @@ class PairCheck(DependencySteps):
                 for name, obj in d.symbols.objects.items():
                     ks.objects.setdefault(name, obj)
         return ks
+
+    def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
+        """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
+        ignores (``ArchSpec.ignored_undefined``); none when no installed plugin claims it."""
+        kernel = self.kernel_target()
+        if not kernel.has("ignore_undef_symbol"):
+            return frozenset()
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+        return spec.ignored_undefined if spec is not None else frozenset()
 
     def step_relocations(self, deps: list[DepModule]) -> Any:
         info = self.info
@@ -386,13 +395,6 @@ def _modinfo_name(raw: bytes) -> str | None:
         return None
     end = raw.find(b"\0", i + 6)
     return raw[i + 6 : end].decode("utf-8", "replace") if end > 0 else None
-
-
-def _ignored_undefined(machine: int | None, version: Version) -> tuple[str, ...]:
-    """``ignore_undef_symbol``: x86_64 ignores ``_GLOBAL_OFFSET_TABLE_`` (5.12+)."""
-    if machine == 62 and version >= (5, 12):
-        return ("_GLOBAL_OFFSET_TABLE_",)
-    return ()
 
 
 def _module_ns_ok(namespace: str, modname: str, version: Version) -> bool:

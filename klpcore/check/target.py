@@ -37,8 +37,6 @@ from ..errors import InputError, KlpError, SymbolFileError
 from ..modtree import ModuleTree, module_kernel_name
 from ..symbols import PLACEHOLDER_MARK, KernelSymbols, parse_symbol_text, symbols_from_elf
 
-#: e_machine for the architecture config symbols
-ARCH_CONFIG = (("CONFIG_X86_64", 62), ("CONFIG_PPC64", 21), ("CONFIG_ARM64", 183), ("CONFIG_S390", 22))
 #: where a release's modules and (Debian 7.x) its config, System.map and image live
 MODDIRS = ("lib/modules/{rel}", "usr/lib/modules/{rel}")
 #: largest symbol/config/symvers text file read (a hostile target cannot exhaust memory)
@@ -275,7 +273,10 @@ class Target:
     def machine(self) -> int | None:
         cfg = self.config
         if cfg:
-            for key, machine in ARCH_CONFIG:
+            from ..plugins import arch_config_symbols, default_plugin_manager
+
+            # the installed plugins' architecture config symbols (ArchSpec.config_symbol)
+            for key, machine in arch_config_symbols(default_plugin_manager()):
                 if cfg.get(key) == "y":
                     return machine
         for path in self.module_index.values():

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ..errors import InputError
-from ..loader import DEFAULT_BASE
 from ..plugins import installed_version
 from ..versions import NEWEST, OLDEST
 
@@ -79,7 +78,7 @@ def add_kernel_options(sp: argparse.ArgumentParser) -> None:
         default=None,
         help=f"target kernel version whose rules apply: {OLDEST[0]}.{OLDEST[1]} or newer, e.g. 6.1 or 5.10, or "
         f"'newest' ({NEWEST[0]}.{NEWEST[1]}; a later release gets its rules and reports say so); default: the "
-        "module's own vermagic (6.1.0-50-amd64 -> 6.1), else the release in the --config header, else newest "
+        "module's own vermagic (6.1.0-50-<flavour> -> 6.1), else the release in the --config header, else newest "
         "(docs/versions.md lists what each release changes)",
     )
     sp.add_argument(
@@ -125,8 +124,8 @@ def add_symbol_options(sp: argparse.ArgumentParser) -> None:
         "--base",
         metavar="ADDR",
         default=None,
-        help="module load address, page aligned (default: the architecture's module area, "
-        f"e.g. {DEFAULT_BASE:#x} on x86_64)",
+        help="module load address, page aligned (default: the start of the architecture's module area, "
+        "shown as default_base by 'klpcore plugins --json')",
     )
     sp.add_argument(
         "--init-base",

@@ -11,6 +11,8 @@ Parts:
 * :mod:`.protection` -- versions: livepatch only since 6.17, late writes through
   ``aarch64_insn_copy`` since 6.17.
 * :mod:`.options` -- kernel-build and CPU facts (``-O erratum_843419=false``...).
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 Kernel messages are rendered without the printk prefix (6.1 has none; newer
 kernels prefix ``"Modules: "``).
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -28,8 +31,12 @@ from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import options, plt, protection
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
@@ -75,6 +82,19 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     """``EM_AARCH64``, ELFCLASS64, either byte order (``elf_check_arch``)."""
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -130,5 +150,6 @@ def klp_arch_examples() -> Sequence[Example]:
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
+            hosts=("aarch64",),
         )
     ]
