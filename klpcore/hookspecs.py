@@ -10,9 +10,16 @@ Adding an architecture, step by step
 1. Create a distribution ``plugins/<arch>/`` with a ``pyproject.toml`` that
    declares ``[project.entry-points."klpcore.arch"] <arch> = "<package>"``.
 2. Implement :func:`klp_arch_identify` (claim modules by ``e_machine``,
-   class and byte order) and :func:`klp_arch_reloc_types` (the kernel's
-   ``apply_relocate_add`` as a table of :class:`~klpcore.arch.RelocType`).
-   With only these two, every type that is plain arithmetic works.
+   class and byte order; the :class:`~klpcore.arch.ArchSpec` must give the
+   module area, ``default_base`` and ``module_area_size``, and the per-CPU
+   base, ``percpu_base``: the core assumes no architecture's values) and
+   :func:`klp_arch_reloc_types` (the kernel's ``apply_relocate_add`` as a
+   table of :class:`~klpcore.arch.RelocType`).  With only these two, every
+   type that is plain arithmetic works.  Whatever else only your
+   architecture does is an ``ArchSpec`` field (``ignored_undefined``,
+   ``stub_sections``, ``pointer_type``, ``config_symbol``) or a hook below,
+   never a test in the core: ``tests/core/test_core_names_no_arch.py`` fails
+   on an architecture's name or machine number in ``klpcore/``.
 3. If the kernel's ``module_frob_arch_sections`` does anything, implement
    :func:`klp_arch_frob_sections` (size stub/PLT/GOT sections, sort
    relocations, adjust alignments, reserve arch memory at the start of a

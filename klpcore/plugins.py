@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -147,15 +148,32 @@ def machine_name(machine: int) -> str:
     return next((k for k, v in ENUM_E_MACHINE.items() if v == machine and k.startswith("EM_")), "")
 
 
-def arch_spec(
-    pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int, kernel: KernelTarget
-) -> ArchSpec | None:
-    """The :class:`ArchSpec` of the plugin that claims this ELF identification;
-    None when no installed plugin does (or the plugin refuses the module)."""
-    try:
-        return identify(pm, machine, elfclass, byteorder, e_flags, kernel).spec
-    except KlpError:
-        return None
+#: plugin manager -> ELF identification -> the claiming plugin's ArchSpec (see :func:`arch_spec`)
+_SPEC_CACHE: weakref.WeakKeyDictionary[pluggy.PluginManager, dict[tuple[int, int, str, int], ArchSpec | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def arch_spec(pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    """The :class:`ArchSpec` of the plugin that claims this ELF identification
+    (its description: no relocation types, which :func:`identify` adds for a
+    kernel); None when no installed plugin claims it or the plugin refuses the
+    module.  Cached per plugin manager: do not modify the result."""
+    cache = _SPEC_CACHE.setdefault(pm, {})
+    key = (machine, elfclass, byteorder, e_flags)
+    if key not in cache:
+        kwargs: dict[str, Any] = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
+        cache[key] = None
+        for impl in reversed(pm.hook.klp_arch_identify.get_hookimpls()):
+            try:
+                spec = cast("ArchSpec | None", impl.function(*(kwargs[a] for a in impl.argnames)))
+            except KlpError:
+                break
+            if spec is not None:
+                spec.plugin_name = pm.get_name(impl.plugin) or ""
+                cache[key] = spec
+                break
+    return cache[key]
 
 
 def arch_config_symbols(pm: pluggy.PluginManager) -> list[tuple[str, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -16,12 +16,9 @@ from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
 from .dependencies import DEP_SLOTS_FOR_DEPENDENCIES, DepModule, slot_address, slot_count
 from .kmsg import klp_line
-from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding
+from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding, PairBase
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites
 from .target import read_input
-
-if TYPE_CHECKING:
-    from .steps import PairCheck
 
 MODULE_NAME_LEN = 56
 
@@ -29,7 +26,7 @@ MODULE_NAME_LEN = 56
 class LivepatchCheck:
     """``klp_enable_patch`` and ``klp_module_coming`` for each patched object."""
 
-    def __init__(self, pc: PairCheck, loaded: Any, deps: list[DepModule], patch: PatchInfo) -> None:
+    def __init__(self, pc: PairBase, loaded: Any, deps: list[DepModule], patch: PatchInfo) -> None:
         self.pc = pc
         self.loaded = loaded
         self.deps = deps
@@ -272,7 +269,7 @@ class LivepatchCheck:
             try:
                 self.loaded.coming(name, symbols)
             except KlpError as exc:
-                pc._engine_errors("patched-objects", exc.diagnostics, PATCH_FAILS, object=name, then=kmsg_then)
+                pc.engine_errors("patched-objects", exc.diagnostics, PATCH_FAILS, object=name, then=kmsg_then)
                 return
         ks = KernelSymbols()
         ks.objects = {name: symbols.objects[name]} if name in symbols.objects else {}

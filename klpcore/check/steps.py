@@ -27,7 +27,7 @@ import numpy as np
 from .. import constants as C
 from ..elf import ElfModule
 from ..elfheader import read_ident
-from ..errors import Diagnostic, KlpError, NoPluginError
+from ..errors import KlpError, NoPluginError
 from ..kernel import KernelTarget
 from ..loader import Loader
 from ..plugins import arch_spec, default_plugin_manager
@@ -63,6 +63,10 @@ class PairCheck(DependencySteps):
         except Stop:
             pass
         return self.findings
+
+    def dependency_check(self, path: str) -> PairCheck:
+        """A dependency at ``path`` goes through the same steps, at depth 1, on this pair's target."""
+        return PairCheck(self.target, path, depth=1, kernel_options=self.kernel_options)
 
     def step_modules(self) -> None:
         """A kernel built without CONFIG_MODULES has no init_module/finit_module (ENOSYS, no message)."""
@@ -302,7 +306,7 @@ class PairCheck(DependencySteps):
         kernel = self.kernel_target()
         if not kernel.has("ignore_undef_symbol"):
             return frozenset()
-        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, kernel)
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
         return spec.ignored_undefined if spec is not None else frozenset()
 
     def step_relocations(self, deps: list[DepModule]) -> Any:
@@ -319,12 +323,12 @@ class PairCheck(DependencySteps):
             self.not_checked("relocations", str(exc.diagnostics[0].message))
             return None
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         try:
             loaded = loader.load(mod, ks, mod.arch.default_base)
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         n = sum(loaded.relocation_counts().values())
         self.add(
@@ -335,15 +339,6 @@ class PairCheck(DependencySteps):
         for w in loaded.warnings:
             self.add("relocations", "warning", w.message, w.kernel_message)
         return loaded
-
-    def _engine_errors(self, check: str, diags: list[Diagnostic], outcome: str, **extra: Any) -> None:
-        for d in diags[:20]:
-            where = d.location()
-            self.add(
-                check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome, **extra
-            )
-        if len(diags) > 20:
-            self.add(check, "error", f"... and {len(diags) - 20} more", None, outcome, **extra)
 
     def step_duplicate_exports(self, deps: list[DepModule]) -> None:
         info = self.info

@@ -20,8 +20,7 @@ from ..livepatch import LivepatchInfo
 from ..plugins import ArchHooks, default_plugin_manager
 
 PERCPU_SECTION = ".data..percpu"
-#: Refuse images larger than this (the largest module area of the four architectures
-#: klpcore started with, x86_64's, is 1 GiB).
+#: Refuse images larger than this (the kernel's module area is 1 GiB on x86_64).
 MAX_IMAGE = 1 << 30
 #: Sections ``rewrite_section_headers`` keeps out of module memory.
 UNLOADED_SECTIONS = ("__versions", ".modinfo", "__version_ext_crcs", "__version_ext_names")

@@ -11,6 +11,8 @@ Parts:
 * :mod:`.protection` -- versions: livepatch only since 6.17, late writes through
   ``aarch64_insn_copy`` since 6.17.
 * :mod:`.options` -- kernel-build and CPU facts (``-O erratum_843419=false``...).
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 Kernel messages are rendered without the printk prefix (6.1 has none; newer
 kernels prefix ``"Modules: "``).

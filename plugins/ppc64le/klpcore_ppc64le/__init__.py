@@ -15,6 +15,8 @@ Parts:
 * :mod:`.options` -- kernel-build facts (``-O kernel_toc=ADDR``...), config
   defaults, the 64 KiB page size.
 * :mod:`.abi` -- relocation numbers and ELFv2 encodings the parts share.
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 * **Layout.**  ``module_init_section`` always returns false on ppc64 (5.18+);
   before 5.18 the arch renamed ``.init`` in section names to ``_init``, with

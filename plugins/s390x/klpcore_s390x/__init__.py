@@ -9,8 +9,10 @@
   hold S; PLT entries are 22 bytes (expoline variant with ``-O expoline=y``);
   calls go through the PLT when the target is out of ``brasl`` range.
 * ``protection``: ``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+).
-* ``options``: configuration (``CONFIG_EXPOLINE``) and page size; versions
-  are in the core's table (``s390_kernel_write``, ``s390_gotent_got_offset``).
+* ``options``: configuration (``CONFIG_EXPOLINE``) and page size.
+* ``versions``: the rows of the version table (``s390_kernel_write``,
+  ``s390_gotent_got_offset``), returned by ``klp_arch_behaviours``.
+* ``kernel_oracle``: the rules for comparing with a real kernel's bytes.
 
 The kernel's other ``module_finalize`` work (alternatives, expoline reverts,
 ftrace hotpatch trampolines) rewrites code after relocation and is not

@@ -8,6 +8,8 @@ The smallest plugin, and the shape every plugin has.  Parts:
   clang stack-cookie GOTPCRELX) as a table, with the kernel's messages per era.
 * :mod:`.protection` -- memcpy, then ``text_poke`` (5.8+), ``module_disable_ro``
   or ``set_memory_rw`` before.
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 This file holds the hooks.  Since Linux 6.3 ``clear_relocate_add`` zeroes the
 places of a livepatch object's relocations when it unloads.
