@@ -175,3 +175,16 @@ def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> Kerne
         for x in d.exports:
             ks.export_meta.setdefault(x.name, ExportInfo(x.name, x.crc or 0, C.VMLINUX, x.gpl_only, x.namespace))
     return ks
+
+
+#: where a kernel package puts its image, relative to the target's root ({rel}: the release)
+IMAGE_PATHS = ("usr/lib/modules/{rel}/vmlinuz", "lib/modules/{rel}/vmlinuz", "boot/vmlinuz-{rel}", "boot/Image-{rel}")
+
+
+def read_image_file(path: str | os.PathLike[str]) -> KernelSymbols:
+    """:func:`symbols_from_image` of a file (decompressed first when the whole file is gzip/xz/zstd)."""
+    from ..compress import SYMBOL_ELF_LIMIT, read_input
+    from ..errors import SymbolFileError
+
+    data = read_input(path, limit=SYMBOL_ELF_LIMIT, what="kernel image", error=SymbolFileError)
+    return symbols_from_image(data, os.fspath(path))
