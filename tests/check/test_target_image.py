@@ -56,3 +56,25 @@ def test_exports_from_the_image_decide_resolution(tmp_path: Path, monkeypatch: p
     assert ok.verdict != "refused"
     assert bad.verdict == "refused"  # a symbol, not an export: "Unknown symbol"
     assert any("__pfx_do_thing_3_x3" in f.message for f in bad.findings)
+
+
+def test_a_module_without_an_ftrace_table_has_no_ftrace_locations(tmp_path: Path) -> None:
+    """On a kernel with dynamic ftrace, a patched module built without __mcount_loc gives the
+    livepatch core nothing to find: decided, not "not checked"."""
+    from test_check import errors, kmsgs, lp, run
+
+    tree = {"drivers/target-mod.ko": Mod("target_mod", functions=["tfunc"], no_mcount=True, modinfo={"intree": "Y"})}
+    verdict, findings = run(tmp_path, lp({"target_mod": [("tfunc", 0)]}), tree=tree)
+    assert verdict == "patch-fails"
+    assert kmsgs(errors(findings)) == ["livepatch: failed to find location for function 'tfunc'"]
+    assert not any(f.severity == "not-checked" and f.check == "ftrace" for f in findings)
+
+
+def test_without_the_config_a_module_without_ftrace_table_is_not_checked(tmp_path: Path) -> None:
+    from test_check import lp, run
+
+    tree = {"drivers/target-mod.ko": Mod("target_mod", functions=["tfunc"], no_mcount=True, modinfo={"intree": "Y"})}
+    verdict, findings = run(
+        tmp_path, lp({"target_mod": [("tfunc", 0)]}), tree=tree, config={"CONFIG_DYNAMIC_FTRACE": None}
+    )
+    assert any(f.severity == "not-checked" and f.check == "ftrace" and "tfunc" in f.message for f in findings)
