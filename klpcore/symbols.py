@@ -178,6 +178,8 @@ class KernelSymbols:
         #: a kernel image's, a module's ``__ksymtab``): object -> exported name -> address.
         #: Where an object has one, it decides; elsewhere ``__ksymtab_<name>`` symbols do.
         self.exported: dict[str, dict[str, int]] = {}
+        #: the CRCs those tables carry (``__kcrctab``), by object, where they do
+        self.export_crcs: dict[str, dict[str, int]] = {}
         #: ftrace record addresses (``rec->ip``), sorted, by object, where a source gives them
         #: (a kernel image's ``__mcount_loc``)
         self.ftrace: dict[str, np.ndarray] = {}
@@ -198,6 +200,8 @@ class KernelSymbols:
         self.export_meta.update(other.export_meta)
         for oname, table in other.exported.items():
             self.exported.setdefault(oname, {}).update(table)
+        for oname, crcs in other.export_crcs.items():
+            self.export_crcs.setdefault(oname, {}).update(crcs)
         self.ftrace.update(other.ftrace)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)

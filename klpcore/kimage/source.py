@@ -172,6 +172,9 @@ def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> Kerne
         ks.ftrace[C.VMLINUX] = d.ftrace
     if d.exports is not None:
         ks.exported[C.VMLINUX] = {x.name: x.address for x in d.exports}
+        crcs = {x.name: x.crc for x in d.exports if x.crc is not None}
+        if crcs:
+            ks.export_crcs[C.VMLINUX] = crcs
         for x in d.exports:
             ks.export_meta.setdefault(x.name, ExportInfo(x.name, x.crc or 0, C.VMLINUX, x.gpl_only, x.namespace))
     return ks

@@ -78,3 +78,17 @@ def test_without_the_config_a_module_without_ftrace_table_is_not_checked(tmp_pat
         tmp_path, lp({"target_mod": [("tfunc", 0)]}), tree=tree, config={"CONFIG_DYNAMIC_FTRACE": None}
     )
     assert any(f.severity == "not-checked" and f.check == "ftrace" and "tfunc" in f.message for f in findings)
+
+
+def test_a_module_exporting_what_the_image_exports_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Module.symvers the image's export table decides: "exports duplicate symbol ... (owned by kernel)"."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    root = tmp_path / "t"
+    image_target(root)
+    for p in root.rglob("Module.symvers"):
+        p.unlink()
+    mod = tmp_path / "dup.ko"
+    mod.write_bytes(Mod("dup", functions=["printk"], exports=["printk"], imports=[]).build())
+    r = check_pair(str(mod), Target(root))
+    assert r.verdict == "refused"
+    assert any(f.kernel_message == "dup: exports duplicate symbol printk (owned by kernel)" for f in r.findings)
