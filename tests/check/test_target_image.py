@@ -92,3 +92,18 @@ def test_a_module_exporting_what_the_image_exports_is_refused(tmp_path: Path, mo
     r = check_pair(str(mod), Target(root))
     assert r.verdict == "refused"
     assert any(f.kernel_message == "dup: exports duplicate symbol printk (owned by kernel)" for f in r.findings)
+
+
+def test_gpl_and_namespaces_come_from_the_image_without_module_symvers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+    root = tmp_path / "t"
+    image_target(root)
+    for p in root.rglob("Module.symvers"):
+        p.unlink()
+    mod = tmp_path / "m.ko"
+    mod.write_bytes(Mod("m", imports=["printk"]).build())
+    r = check_pair(str(mod), Target(root))
+    notes = [f.message for f in r.findings if f.severity == "not-checked" and f.check == "symbols"]
+    assert notes == ["not checked: CRCs need Module.symvers (the kernel image has no __kcrctab)"]
