@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import constants as C
+from ..errors import SymbolFileError
 from ..symbols import ExportInfo, KernelSymbols
 from .exports import ImageExport
 
@@ -122,6 +124,13 @@ def decode_image(data: bytes, source: str, *, cache: bool = True) -> DecodedImag
         got = _load(path)
         if got is not None:
             return got
+    try:
+        return _decode(data, source, path)
+    except (IndexError, ValueError, OverflowError, struct.error) as exc:  # a damaged image past the checks
+        raise SymbolFileError(f"{source}: unreadable kernel image: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(data: bytes, source: str, path: Path | None) -> DecodedImage:
     from .container import open_image
     from .exports import read_exports
     from .ftrace import read_mcount

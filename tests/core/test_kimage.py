@@ -162,3 +162,24 @@ def test_ftrace_records_from_mcount_loc_without_init_text(monkeypatch: pytest.Mo
     table = [*reversed(funcs), 0]
     ks = symbols_from_image(kb.elf_kernel(syms, "7.0", X86_BASE, mcount=table), "img")
     assert ks.ftrace["vmlinux"].tolist() == [a for a in funcs if not init_lo <= a < init_hi]
+
+
+def test_damaged_images_give_one_clear_error_or_a_result() -> None:
+    """Bytes changed anywhere past the header: never a traceback (a damaged name may still decode)."""
+    import random
+
+    syms = kb.sample_symbols(X86_BASE)
+    good = kb.elf_kernel(syms, "7.0", X86_BASE, exports=kb.sample_exports(), mcount=kb.first_funcs(syms))
+    rng = random.Random(15)
+    for _ in range(60):
+        d = bytearray(good)
+        at = rng.randrange(0x1000, len(d))
+        for k in range(rng.randrange(1, 40)):
+            if at + 8 * k < len(d):
+                d[at + 8 * k] = rng.randrange(256)
+        if rng.random() < 0.3:
+            d = d[: rng.randrange(64, len(d))]
+        try:
+            decode_image(bytes(d), "img", cache=False)
+        except SymbolFileError as exc:
+            assert str(exc)
