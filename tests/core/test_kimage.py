@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import kimagebuild as kb
 import pytest
@@ -183,3 +184,15 @@ def test_damaged_images_give_one_clear_error_or_a_result() -> None:
             decode_image(bytes(d), "img", cache=False)
         except SymbolFileError as exc:
             assert str(exc)
+
+
+REAL = sorted((Path(__file__).parent / "fixtures" / "kimage").glob("*-slice.elf"))
+
+
+@pytest.mark.parametrize("fixture", REAL, ids=[p.stem for p in REAL])
+def test_real_token_tables(fixture: Path) -> None:
+    """The first 512 symbols of Debian's images, as their builds compressed them (real token tables and
+    codes; cut by tools/kimage_fixture.py, which also wrote the expected lines from the whole image)."""
+    k = read_kallsyms(open_image(fixture.read_bytes(), str(fixture)))
+    got = [f"{int(a):016x} {t} {n}" for a, t, n in zip(k.addresses, k.types, k.names, strict=True)]
+    assert got == fixture.with_suffix(".expected").read_text().splitlines()
