@@ -323,7 +323,7 @@ def _raw_base(img: KernelImage, rel: np.ndarray) -> int | None:
         lo, hi = np.searchsorted(rem_sorted, r), np.searchsorted(rem_sorted, r, side="right")
         t = syms_by_rem[lo:hi]
         cands = np.uint64(p) - t[t <= np.uint64(p)]
-        for b in np.unique(cands).tolist():
+        for b in cands.tolist():  # distinct: the symbols are
             votes[b] = votes.get(b, 0) + 1
     if not votes:
         return None
