@@ -14,6 +14,12 @@ from klpcore.kimage.source import decode_image, symbols_from_image
 ARM64_BASE = 0xFFFF800080000000
 
 
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded here never touch the user's cache (a test that wants it sets its own)."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+
+
 @pytest.mark.parametrize("layout", ["6.1", "6.4", "7.0"])
 def test_arm64_image_link_address_from_its_pointers(layout: str) -> None:
     syms = kb.sample_symbols(ARM64_BASE)

@@ -15,6 +15,12 @@ from klpcore.check import Target, check_pair
 BASE = 0xFFFFFFFF81000000
 
 
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded here never touch the user's cache (a test that wants it sets its own)."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+
+
 def image_target(root: Path) -> list[kb.Sym]:
     """A target with the placeholder System.map, no vmlinux, and boot/vmlinuz whose kallsyms and
     export table have the kernel's exports of tests/check/kbuild.py."""

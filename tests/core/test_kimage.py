@@ -20,6 +20,12 @@ ARM64_BASE = 0xFFFF800080000000
 S390_BASE = 0x100000
 
 
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded here never touch the user's cache (a test that wants it sets its own)."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+
+
 @pytest.mark.parametrize("layout", ["4.19", "6.1", "abs", "6.4", "7.0"])
 def test_every_layout_from_an_elf(layout: str) -> None:
     syms = kb.sample_symbols(X86_BASE)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import kimagebuild as kb
+import pytest
 
 from klpcore.kimage.container import open_image
 
 S390_BASE = 0x100000
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded here never touch the user's cache (a test that wants it sets its own)."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
 
 
 def test_s390_compressed_raw_kernel() -> None:

@@ -15,6 +15,12 @@ from klpcore.symbols import load_symbols
 X86_BASE = 0xFFFFFFFF81000000
 
 
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded here never touch the user's cache (a test that wants it sets its own)."""
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
+
+
 @pytest.mark.parametrize(("fmt", "pack"), [("gzip", gzip.compress), ("xz", lzma.compress)])
 def test_bzimage_payload(fmt: str, pack: object) -> None:
     syms = kb.sample_symbols(X86_BASE)
