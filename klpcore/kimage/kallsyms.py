@@ -170,31 +170,27 @@ def _locate_names(
     lo = max(0, hi - (1 << 21))
     lo -= lo % 4
     names_all = np.frombuffer(data, dtype=np.uint8)
-    for align in (0, 4):  # the count's own alignment relative to 4
-        base = lo + align if align else lo
-        cnt = (hi - base) // 4
-        if cnt <= 0:
-            continue
-        v = np.frombuffer(data, dtype=f"{e}u4", count=cnt, offset=base).astype(np.int64)
-        cands = np.flatnonzero((v > (m - 1) * 256) & (v <= m * 256))
-        for k in cands[::-1].tolist():
-            p = base + 4 * k
-            n = int(v[k])
-            for names_off in (p + 4, p + 8):
-                if names_off + last >= markers_off:
+    cnt = (hi - lo) // 4  # the count is a 4-aligned u32
+    if cnt <= 0:
+        return None
+    v = np.frombuffer(data, dtype=f"{e}u4", count=cnt, offset=lo).astype(np.int64)
+    cands = np.flatnonzero((v > (m - 1) * 256) & (v <= m * 256))
+    for k in cands[::-1].tolist():  # nearest the names first
+        p = lo + 4 * k
+        n = int(v[k])
+        for names_off in (p + 4, p + 8):  # the names follow it, aligned to 4 or 8
+            if names_off + last >= markers_off:
+                continue
+            starts = names_off + markers
+            counts = np.full(m, 256, dtype=np.int64)
+            counts[-1] = n - 256 * (m - 1)
+            for uleb in (True, False):  # two-byte lengths since 6.1; one byte before
+                w = _walk(names_all, starts, counts, uleb)
+                if w is None:
                     continue
-                starts = names_off + markers
-                counts = np.full(m, 256, dtype=np.int64)
-                counts[-1] = n - 256 * (m - 1)
-                for uleb in (True, False):
-                    w = _walk(names_all, starts, counts, uleb)
-                    if w is None:
-                        continue
-                    ends = w[3]
-                    if (ends[:-1] == starts[1:]).all() and 0 <= markers_off - ends[-1] < 8:
-                        return p, names_off, n, w
-        if align:
-            break
+                ends = w[3]
+                if (ends[:-1] == starts[1:]).all() and 0 <= markers_off - ends[-1] < 8:
+                    return p, names_off, n, w
     return None
 
 
