@@ -1,0 +1,83 @@
+"""``klpcore check`` against today's real kernels: Debian trixie's 6.12.117+deb13 and sid's 7.2.13+deb14
+(amd64, arm64) under qemu decided.
+
+Each case in ``fixtures/kernel/current/<arch>-<release>/cases.json`` is a module built with that
+release's own kbuild and compiler (gcc-14 for 6.12, gcc-16 for 7.2), or a module of the target's own
+tree, insmodded by ``tools/kernel_oracle/run.py --target ... --insmod-only`` (a freshly booted kernel
+per case); ``fixtures/kernel/build_current.py`` regenerates it all.  The target of each recording is
+the committed slice ``target/``.  The verdict and the kernel's lines are compared exactly as for the
+6.1 recordings (``test_kernel_verdicts.py``: same normalisation, same reading of the verdict).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_kernel_verdicts as base
+
+from klpcore.check import Target, check_pair
+
+CURRENT = Path(__file__).resolve().parent / "fixtures" / "kernel" / "current"
+RECORDINGS: dict[str, dict[str, dict[str, Any]]] = {
+    d.name: json.loads((d / "cases.json").read_text())
+    for d in sorted(CURRENT.glob("*-*"))
+    if (d / "cases.json").exists()
+}
+PAIRS = [(rec, name) for rec, cases in RECORDINGS.items() for name in sorted(cases)]
+#: (recording, case) -> why check does not yet give the kernel's answer (xfail, strict)
+DISAGREEMENTS: dict[tuple[str, str], str] = {}
+#: the cases every recording has; the livepatch ones only where the kernel has CONFIG_LIVEPATCH (amd64)
+COMMON = {"kc_plain", "kc_chain", "kc_unknown", "kc_other", "kc_release", "ppp_synctty"}
+LIVEPATCH = {"kc_lp", "kc_lp_nosym"}
+
+_TARGETS: dict[str, Target] = {}
+
+
+def target_of(rec: str) -> Target:
+    if rec not in _TARGETS:
+        _TARGETS[rec] = Target(CURRENT / rec / "target")
+    return _TARGETS[rec]
+
+
+def test_recordings_are_complete() -> None:
+    assert set(RECORDINGS) >= {"amd64-6.12.117+deb13", "amd64-7.2.13+deb14"}
+    for rec, cases in RECORDINGS.items():
+        arch = rec.split("-", 1)[0]
+        assert set(cases) == COMMON | (LIVEPATCH if arch == "amd64" else set()), rec
+        for name in cases:
+            assert (CURRENT / rec / f"{name}.ko").is_file(), (rec, name)
+        verdicts = {base.kernel_verdict(c) for c in cases.values()}
+        assert verdicts == {"loads", "refused"}, rec
+
+
+@pytest.mark.parametrize(("rec", "name"), PAIRS)
+def test_verdict_and_lines_match_the_kernel(rec: str, name: str, request: pytest.FixtureRequest) -> None:
+    if (rec, name) in DISAGREEMENTS:
+        request.applymarker(pytest.mark.xfail(reason=DISAGREEMENTS[rec, name], strict=True))
+    case = RECORDINGS[rec][name]
+    r = check_pair(str(CURRENT / rec / f"{name}.ko"), target_of(rec))
+    found = [f.as_dict() for f in r.findings]
+    assert r.verdict == base.kernel_verdict(case), (case["what"], found)
+    assert not [f for f in r.findings if f.severity == "not-checked"], found
+    at_insmod = [f for f in r.findings if f.extra.get("object") in (None, "vmlinux")]
+    mod_lines = base.check_lines(at_insmod)
+    complete = f"livepatch: '{name}': patching complete"
+    if complete not in case["kernel_lines"] and mod_lines[-1:] == [complete]:
+        mod_lines.pop()
+    assert mod_lines == case["kernel_lines"], (case["what"], found)
+
+
+@pytest.mark.parametrize("rec", sorted(RECORDINGS))
+def test_the_target_is_a_slice_of_the_release(rec: str) -> None:
+    arch, release = rec.split("-", 1)
+    t = target_of(rec)
+    assert t.release == f"{release}-{arch}"
+    assert set(t.module_index) >= {"ppp_generic", "slhc"}
+    config = (CURRENT / rec / "target" / "config").read_text().splitlines()
+    # Debian's 7.2 is built without modversions (vermagic compared whole), 6.12 with them
+    modversions = "CONFIG_MODVERSIONS=y" in config
+    assert modversions == release.startswith("6.12"), rec
+    assert ("CONFIG_LIVEPATCH=y" in config) == (arch == "amd64"), rec
