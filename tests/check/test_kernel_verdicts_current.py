@@ -78,6 +78,9 @@ def expected_cases(arch: str) -> set[str]:
     return out
 
 
+#: Debian arch -> the plugin check needs for its modules (the x86_64 tox env has only klpcore_x86_64)
+PLUGIN = {"amd64": "klpcore_x86_64", "arm64": "klpcore_arm64", "ppc64el": "klpcore_ppc64le", "s390x": "klpcore_s390x"}
+
 _TARGETS: dict[str, Target] = {}
 
 
@@ -102,6 +105,7 @@ def test_recordings_are_complete() -> None:
 def test_verdict_and_lines_match_the_kernel(rec: str, name: str, request: pytest.FixtureRequest) -> None:
     if (rec, name) in DISAGREEMENTS:
         request.applymarker(pytest.mark.xfail(reason=DISAGREEMENTS[rec, name], strict=True))
+    pytest.importorskip(PLUGIN[rec.split("-", 1)[0]])
     case = RECORDINGS[rec][name]
     r = check_pair(str(CURRENT / rec / f"{name}.ko"), target_of(rec))
     found = [f.as_dict() for f in r.findings]
@@ -118,6 +122,7 @@ def test_verdict_and_lines_match_the_kernel(rec: str, name: str, request: pytest
 @pytest.mark.parametrize("rec", sorted(RECORDINGS))
 def test_the_target_is_a_slice_of_the_release(rec: str) -> None:
     arch, release = rec.split("-", 1)
+    pytest.importorskip(PLUGIN[arch])
     t = target_of(rec)
     assert t.release == f"{release}-{FLAVOUR[arch]}"
     assert set(t.module_index) >= {"ppp_generic", "slhc"}
