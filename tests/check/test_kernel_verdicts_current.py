@@ -55,6 +55,13 @@ PPC64_TOC = "check takes .TOC. for an unknown symbol (needs ArchSpec.frob_define
 THIS_MODULE_SIZE = "check does not compare .gnu.linkonce.this_module's size with the target's struct module"
 if "this_module_size" not in BEHAVIOURS:
     DISAGREEMENTS.update({(f"amd64-{r}", "kc_61"): THIS_MODULE_SIZE for r in ("6.12.117+deb13", "7.2.13+deb14")})
+#: A module with __versions on a kernel without CONFIG_MODVERSIONS (7.2): same_magic is strcmp of the whole
+#: vermagic there; check skips the release word whenever the module has __versions and says "loads" (the kernel:
+#: "version magic '7.2.12+deb14-amd64 ...' should be '7.2.13+deb14-amd64 ...'").  Fixed on branch check-trust
+#: (5a76a53, has_crcs keyed on the target's modversions): DELETE THIS ENTRY when merging it (strict xfail).
+DISAGREEMENTS["amd64-7.2.13+deb14", "kc_relv"] = (
+    "check ignores vermagic's release when the module has __versions, also on a kernel without CONFIG_MODVERSIONS"
+)
 if "frob_defined" not in {f.name for f in dataclasses.fields(ArchSpec)}:
     DISAGREEMENTS.update(
         {("ppc64el-7.2.13+deb14", c): PPC64_TOC for c in ("kc_plain", "kc_chain", "kc_unknown", "ppp_synctty")}
@@ -69,12 +76,15 @@ AMD64_ONLY = {"kc_lp", "kc_lp_nosym", "kc_61"}
 FLAVOUR = {"amd64": "amd64", "arm64": "arm64", "ppc64el": "powerpc64le", "s390x": "s390x"}
 
 
-def expected_cases(arch: str) -> set[str]:
+def expected_cases(rec: str) -> set[str]:
+    arch = rec.split("-", 1)[0]
     out = set(COMMON)
     if arch in BOTH_RELEASES:
         out.add("kc_other")
     if arch == "amd64":
         out |= AMD64_ONLY
+    if rec == "amd64-7.2.13+deb14":
+        out.add("kc_relv")
     return out
 
 
@@ -93,8 +103,7 @@ def target_of(rec: str) -> Target:
 def test_recordings_are_complete() -> None:
     assert set(RECORDINGS) >= {"amd64-6.12.117+deb13", "amd64-7.2.13+deb14"}
     for rec, cases in RECORDINGS.items():
-        arch = rec.split("-", 1)[0]
-        assert set(cases) == expected_cases(arch), rec
+        assert set(cases) == expected_cases(rec), rec
         for name in cases:
             assert (CURRENT / rec / f"{name}.ko").is_file(), (rec, name)
         verdicts = {base.kernel_verdict(c) for c in cases.values()}
