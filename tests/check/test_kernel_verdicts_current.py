@@ -71,7 +71,7 @@ COMMON = {"kc_plain", "kc_chain", "kc_unknown", "kc_release", "ppp_synctty"}
 #: a module built with the other release's kbuild: where the archive has both releases (amd64, arm64)
 BOTH_RELEASES = {"amd64", "arm64"}
 #: amd64 only: livepatch (only amd64 has CONFIG_LIVEPATCH), a module of 6.1.0-50 (built for the 6.1 recordings)
-AMD64_ONLY = {"kc_lp", "kc_lp_nosym", "kc_61"}
+AMD64_ONLY = {"kc_lp", "kc_lp_nosym", "kc_lp_notrace", "kc_lp_ambig", "kc_lp_sympos2", "kc_61"}
 #: Debian arch -> the kernel flavour in the release string
 FLAVOUR = {"amd64": "amd64", "arm64": "arm64", "ppc64el": "powerpc64le", "s390x": "s390x"}
 
