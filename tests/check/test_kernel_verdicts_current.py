@@ -72,6 +72,7 @@ COMMON = {"kc_plain", "kc_chain", "kc_unknown", "kc_release", "ppp_synctty"}
 BOTH_RELEASES = {"amd64", "arm64"}
 #: amd64 only: livepatch (only amd64 has CONFIG_LIVEPATCH), a module of 6.1.0-50 (built for the 6.1 recordings)
 AMD64_ONLY = {"kc_lp", "kc_lp_nosym", "kc_lp_notrace", "kc_lp_ambig", "kc_lp_sympos2", "kc_61"}
+AMD64_ONLY |= {"kc_lp_objname", "kc_lp_objok", "kc_lp_modnosym"}
 #: Debian arch -> the kernel flavour in the release string
 FLAVOUR = {"amd64": "amd64", "arm64": "arm64", "ppc64el": "powerpc64le", "s390x": "s390x"}
 
@@ -107,7 +108,8 @@ def test_recordings_are_complete() -> None:
         for name in cases:
             assert (CURRENT / rec / f"{name}.ko").is_file(), (rec, name)
         verdicts = {base.kernel_verdict(c) for c in cases.values()}
-        assert verdicts == {"loads", "refused"}, rec
+        # patch-fails: a livepatch whose object's module is then refused when it loads (amd64)
+        assert verdicts == {"loads", "refused"} | ({"patch-fails"} if rec.startswith("amd64-") else set()), rec
 
 
 @pytest.mark.parametrize(("rec", "name"), PAIRS)
@@ -126,6 +128,10 @@ def test_verdict_and_lines_match_the_kernel(rec: str, name: str, request: pytest
     if complete not in case["kernel_lines"] and mod_lines[-1:] == [complete]:
         mod_lines.pop()
     assert mod_lines == case["kernel_lines"], (case["what"], found)
+    # what the kernel printed later, when the patched module loaded, against check's findings for that object
+    # (the insmod's transition may complete while the patched module loads: its line is then among those)
+    later = [ln for lines in case["after"].values() for ln in lines if ln.startswith("livepatch:") and ln != complete]
+    assert base.check_lines([f for f in r.findings if f not in at_insmod]) == later, (case["what"], found)
 
 
 @pytest.mark.parametrize("rec", sorted(RECORDINGS))
