@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from klpcore.check.modinfo import read_modinfo
 from klpcore.convert.plan import convert, from_kernel_symbols
 from klpcore.elf import ElfModule
 from klpcore.errors import ResolutionError
@@ -27,6 +28,15 @@ pytest.importorskip("klpcore_x86_64")
 FIX = Path(__file__).resolve().parent / "fixtures"
 RELEASES = {"6.1": (6, 1), "7.2": (7, 2)}
 BASE = 0xFFFFFFFFC0000000
+
+
+#: vermagic words and the config options that put them there
+VERMAGIC_CONFIG = {
+    "SMP": "SMP",
+    "preempt": "PREEMPT_BUILD",
+    "mod_unload": "MODULE_UNLOAD",
+    "modversions": "MODVERSIONS",
+}
 
 
 def fixture(release: str) -> tuple[Path, dict[str, object]]:
@@ -86,8 +96,27 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     d, _ = fixture(release)
     target = tmp_path / "target"
     target.mkdir()
-    (target / "System.map").write_text((d / "systemmap").read_text())
-    (target / "config").write_text("CONFIG_X86_64=y\nCONFIG_LIVEPATCH=y\nCONFIG_MODULES=y\n")
+    smap = (d / "systemmap").read_text()
+    (target / "System.map").write_text(smap)
+    # what check needs to decide every step, each from the kernel the module was loaded into: the
+    # release and the config lines of its vermagic, its exports (Module.symvers), and the ftrace
+    # location of the patched function (available_filter_functions_addrs)
+    compiled = ElfModule.from_file(d / "koc_convert.ko")
+    kernel_release, *flags = compiled.modinfo["vermagic"][-1].split()
+    (target / "release").write_text(kernel_release + "\n")
+    config = ["CONFIG_X86_64=y", "CONFIG_LIVEPATCH=y", "CONFIG_MODULES=y", "CONFIG_DYNAMIC_FTRACE=y"]
+    config += [f"CONFIG_{opt}=y" for flag, opt in VERMAGIC_CONFIG.items() if flag in flags]
+    (target / "config").write_text("\n".join(config) + "\n")
+    lines = [ln.split() for ln in smap.splitlines()]
+    exported = {name.removeprefix("__ksymtab_") for _, _, name in lines if name.startswith("__ksymtab_")}
+    # the kernel accepted the module's CRCs (6.1: modversions): Module.symvers carries them
+    crcs = read_modinfo(compiled, str(d / "koc_convert.ko")).versions or {}
+    (target / "Module.symvers").write_text(
+        "".join(f"{crcs.get(name, 0):#010x}\t{name}\tvmlinux\tEXPORT_SYMBOL\t\n" for name in sorted(exported))
+    )
+    (target / "available_filter_functions_addrs").write_text(
+        "".join(f"{addr} {name}\n" for addr, _, name in lines if name == "uptime_proc_show")
+    )
     out = tmp_path / "klp.ko"
     out.write_bytes(converted(release))
     verdicts = {}

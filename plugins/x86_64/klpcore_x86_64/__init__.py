@@ -31,6 +31,7 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
 from . import convert, protection, versions
@@ -136,3 +137,11 @@ def klp_arch_examples() -> Sequence[Example]:
 @hookimpl
 def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
     return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES
