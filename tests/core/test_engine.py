@@ -382,13 +382,14 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
         rela_flags={".klp.rela.vmlinux..text": C.SHF_RELA_LIVEPATCH | C.SHF_ALLOC},
         modinfo={"name": "lp", "livepatch": "Y"},
     ).build()
-    with pytest.raises(RelocationError) as ei:
-        toy_loader.load(base, symbols(), BASE)
     symtab = ElfModule(base).symtab_index
-    # 6.19+ (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
-    assert ei.value.diagnostics[0].kernel_message == (
-        f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
-    )
+    for version in ((6, 19), None):  # the first release with reloc_messages_sec_idx, and the newest
+        with pytest.raises(RelocationError) as ei:
+            Loader(toy_loader.pm, kernel=KernelTarget(version) if version else None).load(base, symbols(), BASE)
+        # 6.19+ names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
+        assert ei.value.diagnostics[0].kernel_message == (
+            f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
+        )
     with pytest.raises(RelocationError) as ei:
         Loader(toy_loader.pm, kernel=KernelTarget((6, 18))).load(base, symbols(), BASE)
     assert ei.value.diagnostics[0].kernel_message == "symbol printk is not marked as a livepatch symbol"
