@@ -83,11 +83,21 @@ class KernelTarget:
 
     @classmethod
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
+        """The kernel ``text`` names (``"6.1"``, ``"6.1.0-50-amd64"``, ``"newest"``); ``options`` are
+        checked as ``-O`` is (:func:`klpcore.options.validate_options`: an unknown key or a value
+        of the wrong kind is an :class:`~klpcore.errors.InputError`)."""
+        if "options" in kw:
+            from .options import validate_options
+
+            kw["options"] = validate_options(kw["options"])
         if not text or text == "newest":
             return cls(**kw)
-        version = parse_version(text)
+        try:
+            version = parse_version(text)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if version < OLDEST:
-            raise ValueError(
+            raise InputError(
                 f"kernel {text} is outside the versions klpcore models "
                 f"({OLDEST[0]}.{OLDEST[1]} and newer; releases after {NEWEST[0]}.{NEWEST[1]} get its rules)"
             )

@@ -42,6 +42,7 @@ _HOOKS = (
     "klp_arch_page_size",
     "klp_arch_config_default",
     "klp_arch_kernel_oracle",
+    "klp_arch_convert_rules",
 )
 
 
