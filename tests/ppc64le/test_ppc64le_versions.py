@@ -217,4 +217,12 @@ TestBehaviours = behaviour_tests(
         "ppc64_ool_ftrace_stubs": test_stub_sizing_and_allocation_with_ool_ftrace,
         "ppc64_stub_count": test_mod_calls_stub_area,
     },
+    # the mainline release of the change each row names (not read from the rows)
+    releases={
+        "ppc64_strict_module_rwx": ((5, 13), (5, 14)),  # powerpc: Set ARCH_HAS_STRICT_MODULE_RWX
+        "ppc64_patch_instruction": ((5, 15), (5, 16)),  # powerpc/module_64: Fix livepatching for RO modules
+        "ppc64_restore_r2_accepts_ld": ((6, 2), (6, 3)),  # powerpc/module_64: Fix "expected nop" error ...
+        "ppc64_ool_ftrace_stubs": ((6, 12), (6, 13)),  # powerpc64/ftrace: Move ftrace sequence out of line
+        "ppc64_stub_count": ((6, 16), (6, 17)),  # powerpc64/modules: fix ool-ftrace-stub vs. livepatch ...
+    },
 )
