@@ -32,7 +32,7 @@ from ..kernel import KernelTarget
 from ..loader import Loader
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
-from .dependencies import DependencySteps, DepModule
+from .dependencies import DependencySteps, DepModule, module_base
 from .kmsg import Version
 from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
@@ -316,7 +316,8 @@ class PairCheck(DependencySteps):
         if ks is None:
             self.not_checked("relocations", "no kernel symbol table (" + self.target.missing.get("symbols", "") + ")")
             return None
-        loader = Loader(default_plugin_manager(), kernel=self.kernel_target())
+        kernel = self.kernel_target()
+        loader = Loader(default_plugin_manager(), kernel=kernel)
         try:
             mod = loader.open(info.elf)
         except NoPluginError as exc:
@@ -326,7 +327,7 @@ class PairCheck(DependencySteps):
             self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         try:
-            loaded = loader.load(mod, ks, mod.arch.default_base)
+            loaded = loader.load(mod, ks, module_base(self.target, info.elf, kernel))
         except KlpError as exc:
             self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
