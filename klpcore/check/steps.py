@@ -243,7 +243,7 @@ class PairCheck(DependencySteps):
                 ok
                 and e.namespace
                 and e.namespace not in info.import_ns
-                and not _module_ns_ok(e.namespace, info.name, self.version)
+                and not _module_ns_ok(e.namespace, info.name, self.version, info.intree)
             ):
                 text = self.msg("namespace", name=info.name, sym=sym, ns=e.namespace)
                 if allow_missing_ns:
@@ -398,8 +398,21 @@ def _modinfo_name(raw: bytes) -> str | None:
     return raw[i + 6 : end].decode("utf-8", "replace") if end > 0 else None
 
 
-def _module_ns_ok(namespace: str, modname: str, version: Version) -> bool:
-    """``verify_module_namespace`` (6.17+; release UNCONFIRMED): ``module:NAME[,NAME]`` exports."""
+def _module_ns_ok(namespace: str, modname: str, version: Version, intree: bool = True) -> bool:
+    """``verify_module_namespace`` (6.17+; release UNCONFIRMED): ``module:PATTERN[,PATTERN...]``
+    exports (EXPORT_SYMBOL_FOR_MODULES) reach the modules the patterns name: compared as
+    ``mod_strncmp`` does (``-`` and ``_`` equal: Debian 7.2's kvm-amd and kvm-intel import
+    kvm_x86_vendor_init from ``module:kvm-amd,kvm-intel``), a trailing ``*`` a prefix match; since
+    6.18 (UNCONFIRMED) only for in-tree modules."""
     if version < (6, 17) or not namespace.startswith("module:"):
         return False
-    return modname in namespace[len("module:") :].split(",")
+    if version >= (6, 18) and not intree:
+        return False
+    name = modname.replace("-", "_")
+    for pattern in namespace[len("module:") :].split(","):
+        pat = pattern.replace("-", "_")
+        if pat.endswith("*") and name.startswith(pat[:-1]):
+            return True
+        if pat == name:
+            return True
+    return False
