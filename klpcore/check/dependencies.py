@@ -134,6 +134,7 @@ class DependencySteps(ModversionSteps):
         same = tree_file is not None and os.path.realpath(tree_file) == os.path.realpath(self.path)
         undefined = None if same else [sym for _i, sym, _weak in undefined_symbols(info.elf)]
         out = dependencies_of(self.target, info.name, self.dependency_check, undefined)
+        DepGraph.of(self.target).parsed.pop(module_kernel_name(info.name), None)  # read again only if needed
         if not out:
             return []
         for d in out:
@@ -221,15 +222,19 @@ def judge_dependency(target: Target, name: str, new_check: Callable[[str], Depen
     if path is None:
         d = cache[key] = DepModule(key, None)
         return d
+    graph = DepGraph.of(target)
     try:
-        raw = read_input(path, "module", limit=1 << 30)
-        elf = ElfModule(raw, path=str(path))
+        got_parsed = graph.parsed.pop(key, None)
+        if got_parsed is not None:
+            raw, elf = got_parsed
+        else:
+            raw = read_input(path, "module", limit=1 << 30)
+            elf = ElfModule(raw, path=str(path))
         info = read_modinfo(elf, str(path), raw)
     except KlpError as exc:
         d = cache[key] = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
         return d
     d = cache[key] = DepModule(info.name, str(path), info)  # before its dependencies: a cycle ends here
-    graph = DepGraph.of(target)
     chain = [judge_dependency(target, m, new_check) for m in graph.load_order(key)]
     cycle = graph.cycle_of(key)
     if cycle is not None:
