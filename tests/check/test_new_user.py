@@ -96,3 +96,13 @@ def test_check_example(capsys: pytest.CaptureFixture[str]) -> None:
     fixture = Path(__file__).parent / "fixtures/kernel/x86_64-6.1.0-50"
     for rel in ("kc_lp.ko", "kc_lp_nosym.ko", "target/System.map", "target/config", "target/Module.symvers"):
         assert (example / rel).read_bytes() == (fixture / rel).read_bytes(), rel
+
+
+def test_same_name_modules_shown_by_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_target(tmp_path / "t")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "ext4.ko").write_bytes(Mod("ext4", imports=["printk"]).build())
+    main(["check", str(tmp_path / "a/ext4.ko"), str(tmp_path / "b/ext4.ko"), "-t", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert str(tmp_path / "a/ext4.ko") in out and str(tmp_path / "b/ext4.ko") in out
