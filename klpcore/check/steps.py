@@ -303,11 +303,12 @@ class PairCheck(DependencySteps):
     def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
         """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
         ignores (``ArchSpec.ignored_undefined``); none when no installed plugin claims it."""
-        kernel = self.kernel_target()
-        if not kernel.has("ignore_undef_symbol"):
-            return frozenset()
         spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
-        return spec.ignored_undefined if spec is not None else frozenset()
+        if spec is None:
+            return frozenset()
+        if not self.kernel_target().has("ignore_undef_symbol"):
+            return spec.frob_defined
+        return spec.ignored_undefined | spec.frob_defined
 
     def step_relocations(self, deps: list[DepModule]) -> Any:
         info = self.info
