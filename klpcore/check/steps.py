@@ -32,7 +32,7 @@ from ..kernel import KernelTarget
 from ..loader import Loader
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
-from .dependencies import DependencySteps, DepModule, module_base
+from .dependencies import DependencySteps, DepModule, module_base, percpu_base
 from .kmsg import Version
 from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
@@ -318,7 +318,7 @@ class PairCheck(DependencySteps):
             self.not_checked("relocations", "no kernel symbol table (" + self.target.missing.get("symbols", "") + ")")
             return None
         kernel = self.kernel_target()
-        loader = Loader(default_plugin_manager(), kernel=kernel)
+        loader = Loader(default_plugin_manager(), kernel=kernel, percpu_base=percpu_base(self.target, info.elf, kernel))
         try:
             mod = loader.open(info.elf)
         except NoPluginError as exc:
