@@ -137,7 +137,9 @@ class PairCheck(DependencySteps):
         elif magic is None:
             self.not_checked("vermagic", "the target's vermagic needs an in-tree module or release and config")
         else:
-            has_crcs = info.versions is not None
+            # same_magic skips the release word only on a kernel with CONFIG_MODVERSIONS and a module with
+            # __versions; without modversions (Debian 7.x) it is strcmp of the whole string
+            has_crcs = info.versions is not None and self.modversions is not False
             a, b = info.vermagic, magic
             if has_crcs:
                 a, b = a[a.find(" ") if " " in a else len(a) :], b[b.find(" ") if " " in b else len(b) :]

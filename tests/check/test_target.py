@@ -241,3 +241,20 @@ def test_deb_files_as_parts_of_a_target(tmp_path: Path) -> None:
     assert main(["check", str(tmp_path / "user.ko"), "--target", mixed]) == 0
     (tmp_path / "bad.deb").write_bytes(b"not an archive")
     assert main(["check", str(tmp_path / "user.ko"), "--target", str(tmp_path / "bad.deb")]) == 2
+
+
+def test_vermagic_whole_without_modversions(tmp_path: Path) -> None:
+    """same_magic without CONFIG_MODVERSIONS (Debian 7.x) compares the whole vermagic, release included,
+    even for a module that has __versions; with it, the release word is skipped."""
+    from kbuild import VERMAGIC
+
+    other = VERMAGIC.replace("6.1.0-9", "6.1.0-10")
+    mod = Mod("m", imports=["printk"], vermagic=other)
+    (tmp_path / "m.ko").write_bytes(mod.build())
+    make_target(tmp_path / "mv")
+    make_target(tmp_path / "nomv", config={"CONFIG_MODVERSIONS": None})
+    assert check_pair(str(tmp_path / "m.ko"), Target(tmp_path / "mv")).verdict == "loads"
+    r = check_pair(str(tmp_path / "m.ko"), Target(tmp_path / "nomv"))
+    assert r.verdict == "refused"
+    assert r.first_error is not None and r.first_error.check == "vermagic"
+    assert "release part ignored" not in r.first_error.message
