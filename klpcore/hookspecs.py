@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .arch import ArchSpec, RelocType
     from .engine import ApplyContext, SectionContext
     from .kernel import KernelTarget
+    from .kimage.rules import ImageRules
     from .loader import Example, LoadingModule
     from .memory import ModuleImage, Region
     from .testing.kernel_oracle import OracleRules
@@ -299,6 +300,24 @@ def klp_arch_write_method(
 
     Stops at the first non-None result; an embedder's plugin registered with
     ``tryfirst=True`` can override the architecture's decision.
+    """
+
+
+# --------------------------------------------------------------------------
+# Kernel images as symbol sources
+# --------------------------------------------------------------------------
+@hookspec
+def klp_arch_kernel_image() -> ImageRules | None:  # type: ignore[empty-body]
+    """How the architecture ships its kernel image (:mod:`klpcore.kimage`).
+
+    :return: an :class:`~klpcore.kimage.rules.ImageRules`: the image's
+        e_machine and byte order, what marks a file as this architecture's
+        image (raw, or self-decompressing), an unwrapper for a structured
+        container, which values of a raw image can be pointers, and
+        ``ftrace_call_adjust``; None when the plugin does not read images.
+
+    Called on every plugin (the image's architecture is not known before);
+    results are collected.
     """
 
 

@@ -42,6 +42,7 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
 from . import options, protection, stubs, toc, versions
@@ -161,3 +162,11 @@ def klp_arch_write_method(
     """memcpy while unformed; then ``patch_instruction`` (5.16+), plain stores
     into writable memory, ``module_disable_ro`` before 5.8, else a fault (None)."""
     return protection.write_method(image, region, kernel, hint)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

@@ -30,6 +30,7 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
 from . import protection, versions
@@ -130,3 +131,11 @@ def klp_arch_examples() -> Sequence[Example]:
             hosts=("x86_64",),
         )
     ]
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES
