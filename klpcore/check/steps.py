@@ -301,11 +301,44 @@ class PairCheck(DependencySteps):
         ks = KernelSymbols()
         ks.objects = dict(base.objects)
         ks.source_names = list(base.source_names)
+        ks.text_only = list(base.text_only)
+        ks.exported = dict(base.exported)  # a kernel image's export table decides (kimage)
+        ks.export_crcs = dict(base.export_crcs)
+        ks.ftrace = dict(base.ftrace)
+        vmlinux_exports = self._vmlinux_exports_from_symvers(base)
+        if vmlinux_exports is not None:
+            ks.exported[C.VMLINUX] = vmlinux_exports
         for d in deps:
             if d.symbols is not None:
                 for name, obj in d.symbols.objects.items():
                     ks.objects.setdefault(name, obj)
         return ks
+
+    def _vmlinux_exports_from_symvers(self, base: KernelSymbols) -> dict[str, int] | None:
+        """vmlinux's export table when the symbol source has none (no image export table, no
+        ``__ksymtab_`` symbols: kallsyms or an image of a kernel without CONFIG_KALLSYMS_ALL): the
+        headers' Module.symvers names the exports, the symbol source gives their addresses."""
+        if C.VMLINUX in base.exported or not base.has(C.VMLINUX) or base.has_export_info:
+            return None
+        cache = self.target.cache
+        if "vmlinux_exports_table" not in cache:
+            sv = self.target.symvers
+            table: dict[str, int] | None = None
+            if sv is not None:
+                vm = base.objects[C.VMLINUX]
+                table = {}
+                unplaced = set()
+                for name, e in sv.items():
+                    if e.module == C.VMLINUX:
+                        hits = vm.matches(name)
+                        if hits:
+                            table[name] = int(hits[0])
+                        else:
+                            unplaced.add(name)
+                cache["vmlinux_exports_unplaced"] = frozenset(unplaced)
+            cache["vmlinux_exports_table"] = table
+        got = cache["vmlinux_exports_table"]
+        return got if got is None else dict(got)
 
     def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
         """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
@@ -323,6 +356,17 @@ class PairCheck(DependencySteps):
         ks = self.kernel_symbols(deps)
         if ks is None:
             self.not_checked("relocations", "no kernel symbol table (" + self.target.missing.get("symbols", "") + ")")
+            return None
+        unplaced: frozenset[str] = self.target.cache.get("vmlinux_exports_unplaced", frozenset())
+        used = sorted({sym for _i, sym, _weak in undefined_symbols(info.elf)} & unplaced)
+        if used:
+            self.not_checked(
+                "relocations",
+                f"{len(used)} of the vmlinux exports the module uses ({', '.join(used[:3])}"
+                + (", ..." if len(used) > 3 else "")
+                + ") have no address in the target's symbol source (a kernel without CONFIG_KALLSYMS_ALL lists "
+                "only code); supplied by " + self.target.supplier("symbols"),
+            )
             return None
         kernel = self.kernel_target()
         loader = Loader(default_plugin_manager(), kernel=kernel, percpu_base=percpu_base(self.target, info.elf, kernel))
