@@ -188,6 +188,15 @@ class PairCheck(DependencySteps):
         if info.signed:
             own = self.target.tree_signer
             if own is None:
+                if self.target.config_bool("CONFIG_MODULE_SIG_FORCE") is False:
+                    # without MODULE_SIG_FORCE an untrusted key only taints: nothing here can refuse it
+                    self.add(
+                        "signature",
+                        "info",
+                        "signed; whether the target trusts the key is unknown (no signed module in its tree): "
+                        "at worst it taints",
+                    )
+                    return
                 self.not_checked(
                     "signature", "whether the target trusts the module's signing key needs its signed modules"
                 )
