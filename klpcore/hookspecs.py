@@ -47,7 +47,7 @@ tracing plugin), so an implementation need not check which arch it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -87,6 +87,39 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         kernel's message instead.
 
     Stops at the first non-None result.  Called on every plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_module_base(  # type: ignore[empty-body]
+    arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]
+) -> int | None:
+    """Where the target kernel puts its first module, from its own symbols (``klpcore check`` with a
+    target whose System.map or kallsyms is known; without KASLR).
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (answer only for your own).
+    :param kernel: the target kernel (its version selects the rule).
+    :param symbol: the address of a vmlinux symbol of the target (``"_end"``, ``"_etext"``), or None.
+    :return: the module area's first address, or None for ``arch.default_base``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_percpu_base(  # type: ignore[empty-body]
+    arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]
+) -> int | None:
+    """Where the target kernel puts a module's per-CPU section, from its own symbols (``klpcore
+    check``): the reserved chunk follows the static per-CPU data (``__per_cpu_end``) on architectures
+    whose per-CPU addresses are real addresses.
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (answer only for your own).
+    :param kernel: the target kernel.
+    :param symbol: the address of a vmlinux symbol of the target (``"__per_cpu_end"``), or None.
+    :return: the per-CPU section's address, or None for ``arch.percpu_base``.
+
+    Stops at the first non-None result.
     """
 
 

@@ -40,15 +40,21 @@ error (a bug)
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.description = DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    sp.add_argument("modules", metavar="MODULE", nargs="+", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
+    sp.add_argument("modules", metavar="MODULE", nargs="*", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
+    sp.add_argument(
+        "--example",
+        action="store_true",
+        help="check the example shipped with klpcore: two livepatch modules built for a Debian 6.1 kernel "
+        "on a slice of that kernel (one loads; the other is refused with the line the real kernel printed)",
+    )
     sp.add_argument(
         "--target",
         "-t",
         metavar="PATH",
         action="append",
-        required=True,
         help="target kernel directory (repeatable); PATH:RELEASE picks a release; ROOT1,ROOT2[,...] is one "
-        "kernel whose packages were extracted into several roots (image, modules, headers, -dbg)",
+        "kernel whose packages were extracted into several roots (image, modules, headers, -dbg); a part may "
+        "be a .deb file (read without extracting) or a folder of .deb files",
     )
     sp.add_argument(
         "--distribution",
@@ -68,6 +74,15 @@ def _progress(text: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\033[K{text}")
         sys.stderr.flush()
+
+
+def example_arguments() -> tuple[list[str], list[str]]:
+    """The example's modules and target (package data: klpcore/check/example/, a slice of Debian's
+    6.1.0-50-amd64 and two livepatch modules built for it, from tests/check/fixtures/kernel/)."""
+    from importlib import resources
+
+    root = resources.files("klpcore") / "check" / "example"
+    return [str(root / "kc_lp.ko"), str(root / "kc_lp_nosym.ko")], [str(root / "target")]
 
 
 def module_head_check(path: str) -> None:
@@ -92,20 +107,25 @@ def module_head_check(path: str) -> None:
         raise InputError(f"{path}: {kind}; a MODULE is a .ko, .ko.xz, .ko.zst or .ko.gz file")
 
 
+def _part_ok(p: str) -> bool:
+    return os.path.isdir(p) or (p.endswith(".deb") and os.path.isfile(p))
+
+
 def parse_target_spec(spec: str) -> tuple[list[str], str | None]:
-    """``PATH[,PATH...][:RELEASE]`` -> (roots, release): one kernel whose packages were
-    extracted into one root or several (image, modules, headers, -dbg)."""
-    if os.path.isdir(spec):
+    """``PART[,PART...][:RELEASE]`` -> (parts, release): one kernel whose packages were extracted into
+    one root or several (image, modules, headers, -dbg), or given as the ``.deb`` files themselves
+    (read without extracting), or a folder of such packages."""
+    if _part_ok(spec):
         return [spec], None
     body, release = spec, None
     if ":" in spec:
         head, _, tail = spec.rpartition(":")
-        if all(os.path.isdir(p) for p in head.split(",")) and "/" not in tail:
+        if all(_part_ok(p) for p in head.split(",")) and "/" not in tail:
             body, release = head, tail or None
     roots = [p for p in body.split(",") if p]
     for p in roots:
-        if not os.path.isdir(p):
-            raise InputError(f"--target {spec}: {p}: not a directory")
+        if not _part_ok(p):
+            raise InputError(f"--target {spec}: {p}: not a directory or a .deb package")
     if not roots:
         raise InputError(f"--target {spec!r}: no directory given")
     return roots, release
@@ -124,6 +144,12 @@ def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
 def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[str, Any], int], None]) -> int:
     """Judge every (module, target) pair; ``emit(document, exit_code)`` writes
     the JSON report (the CLI's schema-2 envelope) when ``--json`` is given."""
+    if args.example:
+        if args.modules or args.target:
+            raise InputError("--example takes no MODULE and no --target (it brings both)")
+        args.modules, args.target = example_arguments()
+    elif not args.modules or not args.target:
+        raise InputError("check needs MODULE ... and --target PATH (or --example)")
     for m in args.modules:
         if not os.path.isfile(m):
             raise InputError(f"{m}: no such module file")

@@ -12,6 +12,7 @@ from typing import Protocol
 from .. import constants as C
 from ..elf import ElfModule
 from ..errors import KlpError
+from ..kernel import KernelTarget
 from ..modtree import module_kernel_name
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols, symbols_from_elf
@@ -38,8 +39,69 @@ def slot_count(elf: ElfModule) -> int:
     return (area - DEP_OFFSET) // DEP_STRIDE - 1
 
 
-def slot_address(elf: ElfModule, slot: int) -> int:
-    """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`)."""
+def module_base(target: Target, elf: ElfModule, kernel: KernelTarget | None = None) -> int:
+    """Where the target kernel puts its first module: the architecture's answer from the target's own
+    symbols (hook ``klp_arch_module_base``), else its ``default_base`` (0 when no plugin claims it)."""
+    pm = default_plugin_manager()
+    spec = arch_spec(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    if spec is None:
+        return 0
+    key = f"module_base:{spec.name}"
+    got = target.cache.get(key)
+    if got is None:
+        got = spec.default_base
+        ks = target.symbols
+        if ks is not None and ks.has(C.VMLINUX):
+            vm = ks.objects[C.VMLINUX]
+
+            def symbol(name: str) -> int | None:
+                hits = vm.matches(name)
+                return int(hits[0]) if hits else None
+
+            if kernel is None:
+                kernel = KernelTarget(version=_target_version(target))
+            answer = pm.hook.klp_arch_module_base(arch=spec, kernel=kernel, symbol=symbol)
+            if answer is not None:
+                got = int(answer)
+        target.cache[key] = got
+    return int(got)
+
+
+def percpu_base(target: Target, elf: ElfModule, kernel: KernelTarget) -> int | None:
+    """Where the target kernel puts a module's per-CPU section (hook ``klp_arch_percpu_base`` with the
+    target's own symbols); None: the architecture's default."""
+    pm = default_plugin_manager()
+    spec = arch_spec(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    ks = target.symbols
+    if spec is None or ks is None or not ks.has(C.VMLINUX):
+        return None
+    key = f"percpu_base:{spec.name}"
+    if key not in target.cache:
+        vm = ks.objects[C.VMLINUX]
+
+        def symbol(name: str) -> int | None:
+            hits = vm.matches(name)
+            return int(hits[0]) if hits else None
+
+        target.cache[key] = pm.hook.klp_arch_percpu_base(arch=spec, kernel=kernel, symbol=symbol)
+    got = target.cache[key]
+    return None if got is None else int(got)
+
+
+def _target_version(target: Target) -> tuple[int, int]:
+    from ..kernel import NEWEST, parse_version
+
+    try:
+        return parse_version(target.release or "")
+    except ValueError:
+        return NEWEST
+
+
+def slot_address(elf: ElfModule, slot: int, target: Target | None = None) -> int:
+    """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`),
+    from the target's module base when a target is given."""
+    if target is not None:
+        return module_base(target, elf) + DEP_OFFSET + slot * DEP_STRIDE
     spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
     return (spec.default_base if spec is not None else 0) + DEP_OFFSET + slot * DEP_STRIDE
 
@@ -93,6 +155,7 @@ class DependencySteps(ModversionSteps):
         same = tree_file is not None and os.path.realpath(tree_file) == os.path.realpath(self.path)
         undefined = None if same else [sym for _i, sym, _weak in undefined_symbols(info.elf)]
         out = dependencies_of(self.target, info.name, self.dependency_check, undefined)
+        DepGraph.of(self.target).parsed.pop(module_kernel_name(info.name), None)  # read again only if needed
         if not out:
             return []
         for d in out:
@@ -189,15 +252,19 @@ def judge_dependency(target: Target, name: str, new_check: Callable[[str], Depen
     if path is None:
         d = cache[key] = DepModule(key, None)
         return d
+    graph = DepGraph.of(target)
     try:
-        raw = read_input(path, "module", limit=1 << 30)
-        elf = ElfModule(raw, path=str(path))
+        got_parsed = graph.parsed.pop(key, None)
+        if got_parsed is not None:
+            raw, elf = got_parsed
+        else:
+            raw = read_input(path, "module", limit=1 << 30)
+            elf = ElfModule(raw, path=str(path))
         info = read_modinfo(elf, str(path), raw)
     except KlpError as exc:
         d = cache[key] = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
         return d
     d = cache[key] = DepModule(info.name, str(path), info)  # before its dependencies: a cycle ends here
-    graph = DepGraph.of(target)
     chain = [judge_dependency(target, m, new_check) for m in graph.load_order(key)]
     cycle = graph.cycle_of(key)
     if cycle is not None:
@@ -224,7 +291,7 @@ def judge_dependency(target: Target, name: str, new_check: Callable[[str], Depen
     d.unchecked = [f for f in pc.findings if f.severity == "not-checked"]
     index = len(cache)
     try:
-        base = slot_address(info.elf, index % DEP_SLOTS_FOR_DEPENDENCIES)
+        base = slot_address(info.elf, index % DEP_SLOTS_FOR_DEPENDENCIES, target)
         d.symbols = symbols_from_elf(raw, str(path), base=base, objname=info.name)
     except KlpError as exc:
         d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from ..modtree import module_kernel_name
 
 if TYPE_CHECKING:
+    from ..elf import ElfModule
     from .target import Target
 
 
@@ -37,6 +38,8 @@ class DepGraph:
         self._closure: dict[str, list[str]] = {}
         #: module -> the cycle it is part of, as depmod prints it
         self.cycles: dict[str, str] = {}
+        #: modules read to find their dependencies and not yet judged: name -> (bytes, ELF)
+        self.parsed: dict[str, tuple[bytes, ElfModule]] = {}
 
     @classmethod
     def of(cls, target: Target) -> DepGraph:
@@ -94,10 +97,12 @@ class DepGraph:
         if path is None:
             return []
         try:
-            elf = ElfModule(read_input(path, "module", limit=1 << 30), path=str(path))
-            return [sym for _i, sym, _weak in undefined_symbols(elf)]
+            raw = read_input(path, "module", limit=1 << 30)
+            elf = ElfModule(raw, path=str(path))
         except KlpError:
             return []
+        self.parsed[name] = (raw, elf)  # judged next (judge_dependency takes it): read once
+        return [sym for _i, sym, _weak in undefined_symbols(elf)]
 
     # ------------------------------------------------------------- closure
     def load_order(self, name: str, undefined: Iterable[str] | None = None) -> list[str]:

@@ -359,7 +359,7 @@ class LivepatchCheck:
                 raw = read_input(path, "module", limit=1 << 30)
                 elf = ElfModule(raw, path=path)
                 first = DEP_SLOTS_FOR_DEPENDENCIES
-                base = slot_address(elf, first + len(cache) % (slot_count(elf) - first))
+                base = slot_address(elf, first + len(cache) % (slot_count(elf) - first), self.target)
                 cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
             except (KlpError, InputError) as exc:
                 cache[name] = str(exc)

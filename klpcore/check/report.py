@@ -125,8 +125,16 @@ def write_text(results: list[list[PairResult]], out: TextIO | None = None, verbo
     out = out or sys.stdout
     pairs = [p for group in results for p in group]
     several = len(pairs) > 1
+    files_of: dict[str, set[str]] = {}
+    for p in pairs:
+        files_of.setdefault(p.name, set()).add(p.module)
+
+    def shown(p: PairResult) -> str:
+        """The module's name; its path where two files of the run have that name (6.1's and 6.12's ext4)."""
+        return p.module if len(files_of[p.name]) > 1 else p.name
+
     if several:
-        rows = [(p.name, p.target, p.release or "?", p.verdict, _summary(p)) for p in pairs]
+        rows = [(shown(p), p.target, p.release or "?", p.verdict, _summary(p)) for p in pairs]
         header = ("module", "target", "release", "verdict", "first failure / warnings")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
         for n, r in enumerate([header, *rows]):
@@ -139,7 +147,7 @@ def write_text(results: list[list[PairResult]], out: TextIO | None = None, verbo
         if several and not verbose and p.verdict == LOADS:
             continue
         out.write(
-            ("\n" if several else "") + f"{p.name} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n"
+            ("\n" if several else "") + f"{shown(p)} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n"
         )
         shown_errors = 0
         hidden = 0

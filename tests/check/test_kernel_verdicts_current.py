@@ -11,7 +11,6 @@ the committed slice ``target/``.  The verdict and the kernel's lines are compare
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from typing import Any
 import pytest
 import test_kernel_verdicts as base
 
-from klpcore import hookspecs
-from klpcore.arch import ArchSpec
 from klpcore.check import Target, check_pair
 from klpcore.versions import BEHAVIOURS
 
@@ -31,41 +28,14 @@ RECORDINGS: dict[str, dict[str, dict[str, Any]]] = {
     if (d / "cases.json").exists()
 }
 PAIRS = [(rec, name) for rec, cases in RECORDINGS.items() for name in sorted(cases)]
-#: (recording, case) -> why check does not yet give the kernel's answer (xfail, strict).  Without the
-#: hook klp_arch_module_base (branch check-trust, 8bda96d) check lays Debian's arm64 modules out from the
-#: 6.1-era default base, ~2 GiB from the 6.12/7.2 image, and refuses ppp_synctty with "overflow in
-#: relocation type 261" (PREL32 to vmlinux); the kernel puts modules at _end - 128 MiB and loads it.
-ARM64_BASE = "check places arm64 modules from the 6.1-era base: PREL32 overflow (needs klp_arch_module_base)"
-DISAGREEMENTS: dict[tuple[str, str], str] = (
-    {}
-    if hasattr(hookspecs, "klp_arch_module_base")
-    else {
-        ("arm64-6.12.117+deb13", "ppp_synctty"): ARM64_BASE,
-        ("arm64-7.2.13+deb14", "ppp_synctty"): ARM64_BASE,
-    }
-)
-#: Without ArchSpec.frob_defined (branch check-trust, 9f0388c) check takes ppc64's .TOC. (defined by the
-#: module loader's dedotify before symbols are resolved) for an unknown symbol: "kc_plain: Unknown symbol
-#: .TOC. (err -2)"; the kernel loads them (and prints only kc_missing_function for kc_unknown).
-PPC64_TOC = "check takes .TOC. for an unknown symbol (needs ArchSpec.frob_defined)"
+#: (recording, case) -> why check does not yet give the kernel's answer (xfail, strict).
 #: Debian 6.1.0-50's kc_plain on 6.12/7.2: the kernel's first refusal is the size of .gnu.linkonce.this_module
 #: against its own sizeof(struct module) (elf_validity_cache_index_mod), before modversions and vermagic;
-#: check refuses it at modversions (6.12) / vermagic (7.2), with their lines.  Expected as core row
-#: "this_module_size" of klpcore/versions.py (check-trust).
+#: check refuses it at modversions (6.12) / vermagic (7.2), with their lines (same verdict, other line).
 THIS_MODULE_SIZE = "check does not compare .gnu.linkonce.this_module's size with the target's struct module"
+DISAGREEMENTS: dict[tuple[str, str], str] = {}
 if "this_module_size" not in BEHAVIOURS:
     DISAGREEMENTS.update({(f"amd64-{r}", "kc_61"): THIS_MODULE_SIZE for r in ("6.12.117+deb13", "7.2.13+deb14")})
-#: A module with __versions on a kernel without CONFIG_MODVERSIONS (7.2): same_magic is strcmp of the whole
-#: vermagic there; check skips the release word whenever the module has __versions and says "loads" (the kernel:
-#: "version magic '7.2.12+deb14-amd64 ...' should be '7.2.13+deb14-amd64 ...'").  Fixed on branch check-trust
-#: (5a76a53, has_crcs keyed on the target's modversions): DELETE THIS ENTRY when merging it (strict xfail).
-DISAGREEMENTS["amd64-7.2.13+deb14", "kc_relv"] = (
-    "check ignores vermagic's release when the module has __versions, also on a kernel without CONFIG_MODVERSIONS"
-)
-if "frob_defined" not in {f.name for f in dataclasses.fields(ArchSpec)}:
-    DISAGREEMENTS.update(
-        {("ppc64el-7.2.13+deb14", c): PPC64_TOC for c in ("kc_plain", "kc_chain", "kc_unknown", "ppp_synctty")}
-    )
 #: the cases every recording has
 COMMON = {"kc_plain", "kc_chain", "kc_unknown", "kc_release", "ppp_synctty"}
 #: a module built with the other release's kbuild: where the archive has both releases (amd64, arm64)

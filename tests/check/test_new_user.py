@@ -82,3 +82,29 @@ def test_api_kernel_options_validated_as_the_cli_does() -> None:
             KernelTarget.from_string("6.1", options=bad)  # type: ignore[arg-type]
     with pytest.raises(KlpError):
         KernelTarget.from_string("banana")
+
+
+def test_check_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first command: one module loads, one is refused with the real kernel's line."""
+    assert main(["check", "--example"]) == 1
+    out = capsys.readouterr().out
+    assert "2 pairs: 1 loads, 1 refused" in out
+    assert "kernel: livepatch: symbol 'kc_no_such_function' not found in symbol table" in out
+    assert main(["check", "--example", "x.ko"]) == 2
+    # the shipped example is the real-kernel fixture (tests/check/fixtures/kernel/build.py regenerates it)
+    from importlib import resources
+
+    example = Path(str(resources.files("klpcore") / "check" / "example"))
+    fixture = Path(__file__).parent / "fixtures/kernel/x86_64-6.1.0-50"
+    for rel in ("kc_lp.ko", "kc_lp_nosym.ko", "target/System.map", "target/config", "target/Module.symvers"):
+        assert (example / rel).read_bytes() == (fixture / rel).read_bytes(), rel
+
+
+def test_same_name_modules_shown_by_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_target(tmp_path / "t")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "ext4.ko").write_bytes(Mod("ext4", imports=["printk"]).build())
+    main(["check", str(tmp_path / "a/ext4.ko"), str(tmp_path / "b/ext4.ko"), "-t", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert str(tmp_path / "a/ext4.ko") in out and str(tmp_path / "b/ext4.ko") in out

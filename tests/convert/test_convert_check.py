@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from klpcore.arch import ArchSpec
 from klpcore.convert.plan import convert, from_kernel_symbols
 from klpcore.elf import ElfModule
 from klpcore.kernel import KernelTarget
@@ -23,14 +22,6 @@ from klpcore.symbols import load_many
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 CONFIG = {"x86_64": "X86_64", "arm64": "ARM64", "ppc64le": "PPC64", "s390x": "S390"}
-#: the ppc64 loader defines .TOC. itself (dedotify makes it SHN_ABS before symbols are resolved); check's
-#: symbol step learns that from ArchSpec.frob_defined (branch check-trust): until then it says "Unknown symbol .TOC."
-PPC64_TOC = pytest.mark.xfail(
-    not hasattr(ArchSpec, "frob_defined"),
-    reason="check refuses .TOC. until ArchSpec.frob_defined (check-trust) is merged",
-    strict=True,
-)
-
 
 RELEASE = "7.2.0"  # lp_check's vermagic is "7.2.0 SMP mod_unload "
 
@@ -69,7 +60,7 @@ def check(module: Path, tgt: Path, capsys: pytest.CaptureFixture[str]) -> dict[s
     return doc["targets"][0]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("arch", ["x86_64", "arm64", pytest.param("ppc64le", marks=PPC64_TOC), "s390x"])
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "ppc64le", "s390x"])
 def test_check_passes_the_converted_module(arch: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip(f"klpcore_{arch}")
     tgt = target(arch, tmp_path)

@@ -20,7 +20,7 @@ kernels prefix ``"Modules: "``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +42,9 @@ from . import convert, options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
+
+#: the direct-branch module region below the kernel image (``SZ_128M``)
+MODULES_VSIZE = 128 << 20
 
 __all__ = [
     "ARCHES",
@@ -84,6 +87,20 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     """``EM_AARCH64``, ELFCLASS64, either byte order (``elf_check_arch``)."""
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_module_base(arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]) -> int | None:
+    """Without KASLR the module region ends at the kernel image: since the 6.5 rework of the module VA
+    range (``module_init_limits``) ``module_direct_base = _end - SZ_128M``; before it
+    ``module_alloc_base = _etext - MODULES_VSIZE`` (128 MiB).  (Debian's 6.12 and 7.2 arm64 kernels
+    booted with nokaslr put their first module exactly at ``_end - 128 MiB``.)"""
+    if arch.machine != EM_AARCH64:
+        return None
+    end = symbol("_end") if kernel.has(versions.MODULE_PLTS_ALWAYS) else symbol("_etext")
+    if end is None:
+        return None
+    return (end - MODULES_VSIZE) & ~0xFFF
 
 
 @hookimpl
