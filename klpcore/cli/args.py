@@ -8,6 +8,7 @@ from typing import Any
 
 from ..addresses import parse_address
 from ..config import KernelConfig
+from ..constants import MemType
 from ..elf import ElfModule
 from ..errors import KlpError
 from ..kernel import CORE_OPTIONS, KernelTarget, parse_version
@@ -140,14 +141,39 @@ def open_module(args: argparse.Namespace) -> tuple[Loader, LoadingModule]:
     return loader, loader.open(elf)
 
 
+def placement_options(args: argparse.Namespace) -> tuple[dict[MemType, int], dict[str, int] | None, str]:
+    """``--region-base TYPE=ADDR`` (repeatable) and ``--sections PATH`` of ``apply``."""
+    from ..placement import parse_region_base, read_sections
+
+    bases: dict[MemType, int] = {}
+    for text in getattr(args, "region_base", None) or []:
+        mt, addr = parse_region_base(text)
+        if mt in bases and bases[mt] != addr:
+            raise UsageError(f"--region-base {mt.kernel_name} given twice ({bases[mt]:#x} and {addr:#x})")
+        bases[mt] = addr
+    path = getattr(args, "sections", None)
+    if path is not None and bases:
+        raise UsageError("--sections places every memory type where the kernel did; --region-base is not needed")
+    return bases, (read_sections(path) if path is not None else None), str(path or "")
+
+
 def load_module(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
     symbols = kernel_symbols(args)
     loader, mod = open_module(args)
     tree = module_tree(args, mod)
     init_base = address_option(args, "init_base", "--init-base", page_aligned=True)
+    region_bases, kernel_sections, source = placement_options(args)
     progress(f"applying {mod.name} ...")
     try:
-        loaded = loader.load(mod, symbols, base_address(args, mod), init_base=init_base)
+        loaded = loader.load(
+            mod,
+            symbols,
+            base_address(args, mod),
+            init_base=init_base,
+            region_bases=region_bases,
+            kernel_sections=kernel_sections,
+            sections_source=source,
+        )
     except KlpError as exc:
         from ..explain import explain_errors
 

@@ -90,6 +90,8 @@ class Recording:
     percpu_base: int | None
     sections: dict[str, RecSection]
     boot: dict[str, object]
+    #: "legacy" (one core allocation, before 6.4) or "memory" (one allocation per memory type)
+    style: str = "legacy"
 
     @property
     def config(self) -> Path:
@@ -129,6 +131,16 @@ class Recording:
             a: addr["__SCK__" + n[7:]] for n, a in addr.items() if n.startswith("__SCT__") and "__SCK__" + n[7:] in addr
         }
 
+    def ftrace_ops(self) -> set[int]:
+        """Addresses of the kernel's ``ftrace_ops`` an arm64 CALL_OPS site may point at."""
+        out: set[int] = set()
+        for path in self.symbol_files:
+            for line in path.read_text().splitlines():
+                w = line.split()
+                if len(w) == 3 and w[2] in ("ftrace_nop_ops", "ftrace_list_ops"):
+                    out.add(int(w[0], 16))
+        return out
+
     def kernel_memory(self) -> dict[int, bytes]:
         """Start address -> the kernel's bytes, for each recorded span."""
         return {s.address: s.data for s in self.sections.values() if s.data is not None}
@@ -151,13 +163,14 @@ def read_recording(directory: Path, module: str) -> Recording:
         name=f"{directory.name}/{module}",
         directory=directory,
         module=module,
-        ko=directory / f"{module}.ko",
+        ko=directory / meta.get("ko", f"{module}.ko"),
         core_base=int(meta["core_base"], 16),
         coresize=meta["coresize"],
         init_base=int(init_base, 16) if init_base else _init_base(sections, int(meta["core_base"], 16), meta),
         percpu_base=int(meta["percpu_base"], 16) if meta.get("percpu_base") else None,
         sections=sections,
         boot=boot,
+        style=meta.get("style", "legacy"),
     )
 
 
@@ -294,6 +307,7 @@ class _Context:
             if s is not None and s.data is not None:
                 self.ftrace |= {e[0] for e in table_entries(s.data, s.address, (8, ("abs",)), self.endian)}
         self.return_sites = self._rel_table(".return_sites")
+        self.ftrace_ops = rec.ftrace_ops()
         self.static_calls = self._rel_table(".static_call_sites", 8)
         self.jump_sites: set[int] = set()
         if "__jump_table" in placed.sections:
@@ -391,6 +405,28 @@ def _rule_ftrace(ctx: _Context, site: Site) -> str | None:
         return "ftrace:nop-to-mov-x9-x30"
     if m == EM_S390 and k[:2] == b"\xc0\x04" and p[:2] == b"\xc0\x04":
         return "ftrace:brcl-displacement"
+    return None
+
+
+ARM64_NOP, ARM64_MOV_X9_X30 = 0xD503201F, 0xAA1E03E9
+
+
+def _rule_arm64_call_ops(ctx: _Context, site: Site) -> str | None:
+    """arm64 with DYNAMIC_FTRACE_WITH_CALL_OPS (6.4+; -fpatchable-function-entry=4,2): the table entry
+    is the first of two NOPs before the function; ftrace_init_nop writes the address of an
+    ftrace_ops there (``ftrace_nop_ops`` when nothing traces it) and ``mov x9, x30`` at the entry:
+    16 bytes per call site, the last NOP kept."""
+    if ctx.machine != EM_AARCH64:
+        return None
+    for a in ctx.ftrace:
+        if not (a <= site.address < a + 16 and site.address + site.width <= a + 16):
+            continue
+        k, p = ctx.rec_bytes(a, 16), ctx.placed.read(a, 16)
+        if any(_u(p, o, 4, "<") != ARM64_NOP for o in (0, 4, 8, 12)):
+            return None
+        ops = _u(k, 0, 8, "<")
+        if _u(k, 8, 4, "<") == ARM64_MOV_X9_X30 and _u(k, 12, 4, "<") == ARM64_NOP and ops in ctx.ftrace_ops:
+            return "ftrace:arm64-call-ops"
     return None
 
 
@@ -507,6 +543,7 @@ def _rule_arm64_ftrace_plt(ctx: _Context, site: Site) -> str | None:
 RULES: list[Rule] = [
     _rule_sorted,
     _rule_ftrace,
+    _rule_arm64_call_ops,
     _rule_return_thunk,
     _rule_static_call,
     _rule_jump_label,
@@ -620,6 +657,8 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     """Where ``layout_symtab`` puts ``.symtab`` and ``.strtab``: appended to the
     init layout (after the last init section, each at its alignment), with
     klpcore's own init addresses."""
+    if rec.style == "memory":
+        return _symtab_in_init_data(rec, placed, elf)
     core_end = rec.core_base + rec.coresize
     end = rec.init_base or 0
     for sec in elf.sections:
@@ -643,11 +682,40 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     return out
 
 
+def _symtab_in_init_data(rec: Recording, placed: Placed, elf: ElfModule) -> dict[str, int]:
+    """6.4+: ``layout_symtab`` appends ``.symtab`` and ``.strtab`` to ``MOD_INIT_DATA``
+    (after its sections, each at its alignment); with no init data section the
+    kernel's own address of ``.symtab`` starts it."""
+    end = None
+    for sec in elf.sections:
+        got = placed.sections.get(sec.name)
+        if got and sec.name.startswith(".init") and sec.is_write and not sec.is_exec:
+            end = max(end or 0, got[0] + sec.size)
+    if end is None:
+        s = rec.sections.get(".symtab")
+        end = s.address if s is not None else 0
+    out = {}
+    for name in (".symtab", ".strtab"):
+        table = elf.section_by_name(name)
+        if table is None:
+            continue
+        align = max(table.addralign, 1)
+        end = (end + align - 1) // align * align
+        out[name] = end
+        end += table.size
+    return out
+
+
 def klpcore_apply_args(rec: Recording, out: Path) -> list[str]:
-    """The ``klpcore apply`` command line that lays ``rec`` out at the kernel's addresses."""
-    args = ["apply", str(rec.ko), "--base", f"{rec.core_base:#x}", "--config", str(rec.config), "-o", str(out), "-q"]
+    """The ``klpcore apply`` command line that lays ``rec`` out at the kernel's addresses
+    (``--sections`` with the kernel's own section addresses where the recording has them)."""
+    listing = rec.directory / f"{rec.module}.sections"
+    args = ["apply", str(rec.ko), "--config", str(rec.config), "-o", str(out), "-q"]
     for f in rec.symbol_files:
         args += ["--symbols", str(f)]
+    if listing.exists():
+        return [*args, "--sections", str(listing)]
+    args += ["--base", f"{rec.core_base:#x}"]
     if rec.init_base is not None:
         args += ["--init-base", f"{rec.init_base:#x}"]
     if rec.percpu_base is not None:

@@ -61,7 +61,13 @@ DEBIAN_TYPES = {
 KERNEL_SORTED = {".orc_unwind"}
 
 
+DEBIAN_ARCH = {"amd64": "x86_64", "arm64": "arm64", "ppc64el": "ppc64le", "s390x": "s390x"}
+
+
 def arch_of(folder: str) -> str:
+    """x86_64, arm64-kaslr, ... (self-built modules, 6.1) or debian-<release>-<debian arch> (Debian's own)."""
+    if folder.startswith("debian-"):
+        return DEBIAN_ARCH[folder.rsplit("-", 1)[1]]
     return folder.split("-")[0]
 
 
@@ -104,7 +110,7 @@ def test_recordings_cover_every_debian_relocation_type(arch: str) -> None:
     seen: set[int] = set()
     for folder, module in RECORDINGS:
         if arch_of(folder) == arch:
-            elf = ElfModule.from_file(FIX / folder / f"{module}.ko")
+            elf = ElfModule.from_file(recording(folder, module).ko)
             for rs in elf.rela_sections():
                 seen |= {int(r["r_info"]) & 0xFFFFFFFF for r in elf.relas(rs.index)}
     missing = {DEBIAN_TYPES[arch][t] for t in set(DEBIAN_TYPES[arch]) - seen}
@@ -175,6 +181,25 @@ EXPECTED_CLASSES = {
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
     ("arm64-kaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
     ("arm64-nokaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
+    # Debian's own ppp_synctty in Debian's 6.12.117 and 7.2.13, at the kernel's section addresses (--sections)
+    ("debian-6.12.117+deb13-amd64", "ppp_synctty"): [
+        "ftrace:call-to-nop5",
+        "x86:return-thunk-to-ret",
+        "sorted-table:__mcount_loc",
+        "sorted-table:.orc_unwind_ip",
+        "not-in-memory:init-freed",
+    ],
+    ("debian-7.2.13+deb14-amd64", "ppp_synctty"): [
+        "ftrace:call-to-nop5",
+        "x86:return-thunk-to-ret",
+        "sorted-table:__jump_table",
+        "not-in-memory:init-freed",
+    ],
+    ("debian-7.2.13+deb14-arm64", "ppp_synctty"): [
+        "ftrace:arm64-call-ops",
+        "sorted-table:__patchable_function_entries",
+        "not-in-memory:init-freed",
+    ],
 }
 
 
@@ -344,3 +369,46 @@ def test_arm64_plt_veneer_and_ftrace_trampoline_identical(folder: str, tmp_path:
             used += len(mine.rstrip(b"\0")) if name == ".plt" else 0
         assert len(placed.sections[".text.ftrace_trampoline"][1].rstrip(b"\0")) == 24  # 6.1: two entries
     assert used >= 12
+
+
+# ------------------------------------------------- the kernel's own addresses
+DEBIAN = [(f, m) for f, m in RECORDINGS if f.startswith("debian-")]
+
+
+@pytest.mark.parametrize(("folder", "module"), DEBIAN, ids=[ids(r) for r in DEBIAN])
+def test_sections_places_every_section_where_the_kernel_did(folder: str, module: str, tmp_path: Path) -> None:
+    """6.4+: apply --sections puts each memory type at the kernel's own allocation (no single base can)."""
+    need_plugin(folder)
+    import json
+
+    rec = recording(folder, module)
+    report = tmp_path / "r.json"
+    assert main([*ko.klpcore_apply_args(rec, tmp_path / "o.ko"), "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["layout_source"] == "kernel-sections"
+    placed = {s["name"]: int(s["address"], 16) for s in doc["sections"]}
+    listed = dict(line.split() for line in (FIX / folder / f"{module}.sections").read_text().splitlines())
+    for name, addr in listed.items():
+        if name not in (".symtab", ".strtab"):
+            assert placed[name] == int(addr, 16), name
+    regions = {r["type"]: int(r["address"], 16) for r in doc["regions"]}
+    assert regions["MOD_TEXT"] == int(listed[".text"], 16)
+    assert regions["MOD_DATA"] == int(listed["__patchable_function_entries"], 16)  # the first DATA section
+
+
+@pytest.mark.parametrize(("folder", "module"), DEBIAN[:1], ids=[ids(r) for r in DEBIAN[:1]])
+def test_sections_refuses_a_placement_the_kernel_cannot_make(
+    folder: str, module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_plugin(folder)
+    rec = recording(folder, module)
+    lines = (FIX / folder / f"{module}.sections").read_text().splitlines()
+    moved = [f"{n} {int(a, 16) + 8:#x}" if n == ".rodata" else f"{n} {a}" for n, a in (ln.split() for ln in lines)]
+    bad = tmp_path / "moved.txt"
+    bad.write_text("\n".join(moved) + "\n")
+    args = ko.klpcore_apply_args(rec, tmp_path / "o.ko")
+    args[args.index("--sections") + 1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "section .rodata at" in err and "is not where the kernel lays it out" in err
+    assert not (tmp_path / "o.ko").exists()

@@ -34,6 +34,7 @@ def apply_report(loaded: LoadedModule) -> dict[str, Any]:
         "kernel_rules": kernel_summary(loaded.kernel, mod.settings),
         "base": hex(mod.layout.base),
         "layout_style": mod.layout.style,
+        "layout_source": mod.layout_source,
         "regions": [
             {"type": r.name, "address": hex(r.address), "size": r.size, "perms": str(r.perms)}
             for r in loaded.image.regions
@@ -107,6 +108,22 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
         const="",
         help="instead of MODULE, use the example module shipped with the plugin for ARCH (default: the host's "
         "architecture when its plugin is installed, else the first found)",
+    )
+    sp.add_argument(
+        "--sections",
+        metavar="PATH",
+        help="place every section where a live kernel did: a /sys/module/NAME/sections directory, or a listing "
+        "of 'name address' lines; refused unless the placement is one the kernel could make (each memory type "
+        "page aligned, every section at its offset in its type, no overlap)",
+    )
+    sp.add_argument(
+        "--region-base",
+        metavar="TYPE=ADDR",
+        action="append",
+        default=[],
+        help="start of one memory type, repeatable; the kernel's names: MOD_TEXT, MOD_DATA, MOD_RODATA, "
+        "MOD_RO_AFTER_INIT, MOD_INIT_TEXT, MOD_INIT_DATA, MOD_INIT_RODATA (before 6.4: MOD_TEXT is the core, "
+        "MOD_INIT_TEXT the init allocation); unpinned types follow --base",
     )
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings")
 
