@@ -26,7 +26,11 @@ Adding an architecture, step by step
 5. Implement :func:`klp_arch_write_method` if the kernel writes late
    (livepatch) relocations through a text-poking primitive, and
    :func:`klp_arch_clear_section` if the kernel has ``clear_relocate_add``.
-6. Ship a test per type that compares bytes with an independent oracle;
+6. Whatever changes with the kernel release is a row of the plugin's version
+   table (:class:`~klpcore.versions.Behaviour`, asked with ``kernel.has(row)``),
+   returned by :func:`klp_arch_behaviours`; never a version comparison.
+7. Ship a test per type that compares bytes with an independent oracle, and
+   one per version-table row on both sides of its start;
    ``docs/plugin-guide.md`` shows how.
 
 Hooks that concern one architecture are only called on the plugin that
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from .kernel import KernelTarget
     from .loader import Example, LoadingModule
     from .memory import ModuleImage, Region
+    from .versions import Behaviour
 
 PROJECT = "klpcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -87,6 +92,23 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
         is reported as unsupported, with ``arch.unknown_type_error``.
 
     Stops at the first non-None result.
+    """
+
+
+@hookspec
+def klp_arch_behaviours() -> Sequence[Behaviour] | None:  # type: ignore[empty-body]
+    """The architecture's rows of the version table: each behaviour of its
+    kernel code that begins in a given release.
+
+    :return: :class:`~klpcore.versions.Behaviour` rows (``arch`` set to the
+        architecture's name; names unique among all plugins and the core's,
+        conventionally prefixed with the arch), or ``None``.  The plugin asks
+        ``kernel.has(row)`` with the row object; ``-O <name>=true|false``
+        overrides a row for one run; ``docs/versions.md`` lists these rows
+        with the core's (:func:`klpcore.versions.all_behaviours`).  Test each
+        row on both kernels of each pair of ``row.sides()``.
+
+    Called on every plugin; results are collected.
     """
 
 

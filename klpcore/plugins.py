@@ -30,16 +30,6 @@ from .kernel import KernelTarget
 
 ENTRY_POINT_GROUP = "klpcore.arch"
 
-_MACHINES = {
-    3: "EM_386",
-    21: "EM_PPC64",
-    22: "EM_S390",
-    40: "EM_ARM",
-    62: "EM_X86_64",
-    183: "EM_AARCH64",
-    243: "EM_RISCV",
-}
-
 _HOOKS = (
     "klp_arch_reloc_types",
     "klp_arch_frob_sections",
@@ -140,13 +130,20 @@ def identify(
         types: Sequence[RelocType] | None = hooks.klp_arch_reloc_types(arch=spec, kernel=kernel)  # type: ignore[attr-defined]
         spec.set_types(types or ())
         return hooks
-    name = _MACHINES.get(machine, "")
+    name = machine_name(machine)
     raise NoPluginError(
         f"no installed plugin for machine {machine}{f' ({name})' if name else ''}, "
         f"{'little' if byteorder == 'little' else 'big'}-endian; installed: "
         + (", ".join(sorted(pm.get_name(p) or "?" for p in _arch_plugins(pm))) or "none")
         + " (install the plugin distribution, e.g. klpcore-<arch>)"
     )
+
+
+def machine_name(machine: int) -> str:
+    """``EM_*`` name of an ``e_machine`` value (pyelftools' table), or ""."""
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    return next((k for k, v in ENUM_E_MACHINE.items() if v == machine and k.startswith("EM_")), "")
 
 
 @dataclass(frozen=True)
@@ -182,8 +179,11 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
 
 
 def plugin_options(pm: pluggy.PluginManager) -> dict[str, str]:
-    """The ``-O`` keys the installed plugins read (``ArchSpec.options``): key -> kind."""
+    """The ``-O`` keys the installed plugins read (``ArchSpec.options`` and
+    their behaviours, ``klp_arch_behaviours``): key -> kind."""
     out: dict[str, str] = {}
+    for rows in pm.hook.klp_arch_behaviours():
+        out.update({b.name: "bool" for b in rows or ()})
     for plugin in _arch_plugins(pm):
         for ident in getattr(plugin, "ARCHES", ()):
             spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]

@@ -28,8 +28,9 @@ from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import options, plt, protection
+from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
@@ -75,6 +76,11 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     """``EM_AARCH64``, ELFCLASS64, either byte order (``elf_check_arch``)."""
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
 
 
 @hookimpl

@@ -36,8 +36,9 @@ from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import options, protection, stubs, toc
+from . import options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
 from .options import DEFAULT_OPTIONS, OPTION_KINDS, PAGE_64K, option
@@ -74,6 +75,11 @@ __all__ = [
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify(machine, elfclass, byteorder, e_flags)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
 
 
 @hookimpl

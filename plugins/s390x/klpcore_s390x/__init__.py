@@ -28,16 +28,22 @@ from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import gotplt, identify, options, protection, types
+from . import gotplt, identify, options, protection, types, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
-__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
+__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types", "versions"]
 
 
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify.identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
 
 
 @hookimpl

@@ -24,8 +24,9 @@ from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import protection
+from . import protection, versions
 from .identify import ARCHES, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
@@ -53,6 +54,11 @@ __all__ = [
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
 
 
 @hookimpl
@@ -91,7 +97,7 @@ def klp_arch_write_method(
 @hookimpl
 def klp_arch_clear_section(ctx: SectionContext) -> bool:
     """``clear_relocate_add`` (Linux 6.3+); earlier kernels leave the values."""
-    if ctx.kernel.has("x86_write_relocate_add"):
+    if ctx.kernel.has(versions.WRITE_RELOCATE_ADD):
         ctx.state["clear_mismatch_message"] = messages(ctx.kernel)["mismatch"]
         clear_section(ctx)
     return True
