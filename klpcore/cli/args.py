@@ -11,7 +11,7 @@ from ..config import KernelConfig
 from ..constants import MemType
 from ..elf import ElfModule
 from ..errors import KlpError
-from ..kernel import CORE_OPTIONS, KernelTarget, parse_version
+from ..kernel import CORE_OPTIONS, KernelTarget, parse_stable, parse_version
 from ..loader import LoadedModule, Loader, LoadingModule
 from ..modtree import ModuleTree
 from ..plugins import get_plugin_manager
@@ -84,7 +84,9 @@ def kernel_target(args: argparse.Namespace, elf: ElfModule | None = None) -> Ker
             if not found:
                 continue
             try:
-                return KernelTarget(version=parse_version(found), version_source=source, **kw)
+                return KernelTarget(
+                    version=parse_version(found), version_source=source, stable=parse_stable(found), **kw
+                )
             except ValueError:
                 continue
         text = "newest"

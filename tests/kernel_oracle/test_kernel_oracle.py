@@ -195,6 +195,12 @@ EXPECTED_CLASSES = {
         "sorted-table:__jump_table",
         "not-in-memory:init-freed",
     ],
+    # 6.12.117 has the init ftrace trampoline backported (6.12.46): laid out where the kernel put it
+    ("debian-6.12.117+deb13-arm64", "ppp_synctty"): [
+        "ftrace:arm64-call-ops",
+        "sorted-table:__patchable_function_entries",
+        "not-in-memory:init-freed",
+    ],
     ("debian-7.2.13+deb14-arm64", "ppp_synctty"): [
         "ftrace:arm64-call-ops",
         "sorted-table:__patchable_function_entries",
