@@ -64,7 +64,7 @@ EXTABLE = {
 }
 
 #: sections holding run-time state that the running kernel changes after load
-RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once")
+RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once", ".ref.data")
 X86_NOP5 = bytes.fromhex("0f1f440000")
 
 
@@ -309,10 +309,17 @@ class _Context:
         self.return_sites = self._rel_table(".return_sites")
         self.ftrace_ops = rec.ftrace_ops()
         self.static_calls = self._rel_table(".static_call_sites", 8)
+        self.endbr_sealed = self._rel_table(".ibt_endbr_seal")
+        self.lwsync_sites = self._rel_table("__lwsync_fixup") if self.machine == EM_PPC64 else set()
         self.jump_sites: set[int] = set()
+        #: jump-label code address -> its target (from klpcore's own __jump_table)
+        self.jump_targets: dict[int, int] = {}
         if "__jump_table" in placed.sections:
             a, d = placed.sections["__jump_table"]
-            self.jump_sites = {e[0] for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian)}
+            for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian):
+                self.jump_targets[e[0]] = e[1]
+            self.jump_sites = set(self.jump_targets)
+        self.stack_protector_sites = self._abs_table("__stack_protector_loc")
         self.alt_ranges = self._alternatives()
         self.static_call_keys = rec.static_call_keys()
         self.sorted_ok: dict[str, bool] = {}
@@ -341,23 +348,46 @@ class _Context:
         t["__ex_table"] = EXTABLE[self.machine]
         return t
 
+    def _abs_table(self, name: str) -> set[int]:
+        """Absolute 8-byte addresses listed in one of klpcore's sections."""
+        if name not in self.placed.sections:
+            return set()
+        _, d = self.placed.sections[name]
+        return {_u(d, o, 8, self.endian) for o in range(0, len(d) - 7, 8)}
+
     def _rel_table(self, name: str, stride: int = 4) -> set[int]:
         if name not in self.placed.sections:
             return set()
         a, d = self.placed.sections[name]
         return {(a + o + _u(d, o, 4, self.endian, True)) & (2**64 - 1) for o in range(0, len(d) - 3, stride)}
 
+    def release(self) -> tuple[int, int]:
+        """The recorded kernel's release (boot.json ``release``; the 6.1 recordings predate the field)."""
+        from klpcore.kernel import parse_version
+
+        text = self.rec.boot.get("release")
+        return parse_version(str(text)) if text else (6, 1)
+
     def _alternatives(self) -> list[tuple[int, int, int, int]]:
-        """x86 .altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen):
-        (site, site length, replacement, replacement length), from klpcore's bytes."""
-        if self.machine != EM_X86_64 or ".altinstructions" not in self.placed.sections:
+        """.altinstructions: (site, site length, replacement, replacement length), from klpcore's bytes.
+        x86 6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen (12 bytes); from 6.3
+        u32 ft_flags instead of the u16 (14 bytes).  s390 7.x: s32 instr, s32 repl, u32 feature,
+        u8 instrlen (13 bytes; the replacement has the site's length)."""
+        if ".altinstructions" not in self.placed.sections:
             return []
         a, d = self.placed.sections[".altinstructions"]
+        if self.machine == EM_X86_64:
+            size, at = (14, 12) if self.release() >= (6, 3) else (12, 10)
+        elif self.machine == EM_S390 and len(d) % 13 == 0:
+            size, at = 13, 12
+        else:
+            return []
         out = []
-        for o in range(0, len(d) - 11, 12):
-            instr = (a + o + _u(d, o, 4, "<", True)) & (2**64 - 1)
-            repl = (a + o + 4 + _u(d, o + 4, 4, "<", True)) & (2**64 - 1)
-            out.append((instr, d[o + 10], repl, d[o + 11]))
+        for o in range(0, len(d) - size + 1, size):
+            instr = (a + o + _u(d, o, 4, self.endian, True)) & (2**64 - 1)
+            repl = (a + o + 4 + _u(d, o + 4, 4, self.endian, True)) & (2**64 - 1)
+            n = d[o + at]
+            out.append((instr, n, repl, d[o + at + 1] if self.machine == EM_X86_64 else n))
         return out
 
     def _orc_pairs(self, kmem: dict[int, bytes]) -> bool:
@@ -441,21 +471,96 @@ def _rule_return_thunk(ctx: _Context, site: Site) -> str | None:
     return None
 
 
+#: a static call to __static_call_return0 becomes ``xor %eax,%eax`` with CS prefixes (7.x)
+X86_RET0 = bytes.fromhex("2e2e2e31c0")
+
+
 def _rule_static_call(ctx: _Context, site: Site) -> str | None:
+    """``.static_call_sites``: the kernel points each call at the key's current function: a NOP, a
+    direct call/jmp, ``xor %eax,%eax`` for ``__static_call_return0`` (7.x) or, for the WARN trap
+    static call, an ``addr32 ud1`` (``67 48 0f b9 <modrm>``, 7.x)."""
     for a in ctx.static_calls:
-        if a <= site.address < a + 5:
+        if a <= site.address < a + 5 and site.address + site.width <= a + 5:
             k = ctx.rec_bytes(a, 5)
             if k == X86_NOP5 or k[0] in (0xE8, 0xE9):
                 return "x86:static-call-site"
+            if k == X86_RET0:
+                return "x86:static-call-ret0"
+            if k[:4] == bytes.fromhex("67480fb9"):
+                return "x86:static-call-ud1"
+    return None
+
+
+def _rule_ppc64_lwsync(ctx: _Context, site: Site) -> str | None:
+    """ppc64: each barrier listed in ``__lwsync_fixup`` becomes ``lwsync`` on a CPU with
+    CPU_FTR_LWSYNC (do_lwsync_fixups in module_finalize; klpcore keeps the file's ``isync``)."""
+    for a in ctx.lwsync_sites:
+        if (
+            a <= site.address
+            and site.address + site.width <= a + 4
+            and _u(ctx.rec_bytes(a, 4), 0, 4, "<") == 0x7C2004AC
+        ):
+            return "ppc64:lwsync-fixup"
+    return None
+
+
+def _rule_endbr_seal(ctx: _Context, site: Site) -> str | None:
+    """x86 IBT: an ``endbr64`` listed in ``.ibt_endbr_seal`` (a function never called indirectly) is
+    poisoned by ``apply_seal_endbr`` into a 4-byte NOP (``66 0f 1e fa`` or ``66 0f 1f 00``)."""
+    for a in ctx.endbr_sealed:
+        if a <= site.address and site.address + site.width <= a + 4:
+            k, p = ctx.rec_bytes(a, 4), ctx.placed.read(a, 4)
+            if p == bytes.fromhex("f30f1efa") and k in (bytes.fromhex("660f1efa"), bytes.fromhex("660f1f00")):
+                return "x86:endbr-sealed"
     return None
 
 
 def _rule_jump_label(ctx: _Context, site: Site) -> str | None:
+    """A static branch the running kernel turned on or off: its NOP or its jump to the entry's target."""
+    m = ctx.machine
+    width = {EM_X86_64: 5, EM_S390: 6}.get(m, 4)
     for a in ctx.jump_sites:
-        if a <= site.address < a + 5:
-            k = ctx.rec_bytes(a, 5)
-            if k == X86_NOP5 or k[0] in (0xE9, 0xEB) or k[:2] == b"\x66\x90":
+        if not a <= site.address < a + width:
+            continue
+        k = ctx.rec_bytes(a, width)
+        target = ctx.jump_targets[a]
+        if m == EM_X86_64 and (k == X86_NOP5 or k[0] in (0xE9, 0xEB) or k[:2] == b"\x66\x90"):
+            return "jump-label-site"
+        if m == EM_PPC64:
+            insn = _u(k, 0, 4, "<")
+            rel = insn & 0x03FFFFFC
+            rel -= (rel & 0x02000000) << 1
+            if insn == 0x60000000 or (insn >> 26 == 18 and insn & 3 == 0 and a + rel == target):
                 return "jump-label-site"
+        if m == EM_AARCH64:
+            insn = _u(k, 0, 4, "<")
+            rel = (insn & 0x03FFFFFF) << 2
+            rel -= (rel & 0x08000000) << 1
+            if insn == ARM64_NOP or (insn >> 26 == 0b000101 and a + rel == target):
+                return "jump-label-site"
+        # s390: brcl 0 (off) / brcl 15 (on)
+        if m == EM_S390 and k[0] == 0xC0 and k[1] in (0x04, 0xF4) and a + 2 * _u(k, 2, 4, ">", True) == target:
+            return "jump-label-site"
+    return None
+
+
+def _rule_s390_stack_protector(ctx: _Context, site: Site) -> str | None:
+    """s390 (7.x): each instruction listed in ``__stack_protector_loc`` loads the canary's address;
+    the kernel rewrites it to ``llilf %rX,<lowcore offset of the canary>`` (``c0 Xf imm32``), the
+    register kept (klpcore wrote the relocated ``lgrl``/``larl`` of the file)."""
+    if ctx.machine != EM_S390:
+        return None
+    for a in ctx.stack_protector_sites:
+        if a <= site.address and site.address + site.width <= a + 6:
+            k, p = ctx.rec_bytes(a, 6), ctx.placed.read(a, 6)
+            if (
+                k[0] == 0xC0
+                and k[1] & 0xF == 0xF
+                and k[1] >> 4 == p[1] >> 4
+                and (p[0], p[1] & 0xF) in ((0xC4, 0x8), (0xC0, 0x0))
+                and _u(k, 2, 4, ">") < 0x2000
+            ):
+                return "s390:stack-protector-lowcore"
     return None
 
 
@@ -498,6 +603,10 @@ def _rule_alternative(ctx: _Context, site: Site) -> str | None:
         k = ctx.rec_bytes(a, n)
         orig = ctx.placed.read(a, n)
         repl = ctx.placed.read(repl_addr, repl_len)
+        if ctx.machine == EM_S390:  # same length; the kernel copies the replacement as it is
+            if k == repl:
+                return "s390:alternative-applied"
+            continue
         if repl_len <= n and _is_x86_padding(k[repl_len:]):
             if k[:repl_len] == repl:
                 return "x86:alternative-applied"
@@ -546,7 +655,10 @@ RULES: list[Rule] = [
     _rule_arm64_call_ops,
     _rule_return_thunk,
     _rule_static_call,
+    _rule_endbr_seal,
+    _rule_ppc64_lwsync,
     _rule_jump_label,
+    _rule_s390_stack_protector,
     _rule_alternative,
     _rule_static_call_trampoline,
     _rule_arm64_ftrace_plt,
@@ -689,9 +801,10 @@ def _symtab_in_init_data(rec: Recording, placed: Placed, elf: ElfModule) -> dict
     end = None
     for sec in elf.sections:
         got = placed.sections.get(sec.name)
-        if got and sec.name.startswith(".init") and sec.is_write and not sec.is_exec:
+        freed = sec.name in rec.sections and rec.sections[sec.name].data is None  # init memory, not core
+        if got and freed and sec.name.startswith(".init") and sec.is_write and not sec.is_exec:
             end = max(end or 0, got[0] + sec.size)
-    if end is None:
+    if end is None:  # MOD_INIT_DATA holds only the tables (ppc64: .init.* live in core): its own allocation
         s = rec.sections.get(".symtab")
         end = s.address if s is not None else 0
     out = {}
@@ -714,7 +827,8 @@ def klpcore_apply_args(rec: Recording, out: Path) -> list[str]:
     for f in rec.symbol_files:
         args += ["--symbols", str(f)]
     if listing.exists():
-        return [*args, "--sections", str(listing)]
+        args += ["--sections", str(listing)]
+        return args if rec.percpu_base is None else [*args, "--percpu-base", f"{rec.percpu_base:#x}"]
     args += ["--base", f"{rec.core_base:#x}"]
     if rec.init_base is not None:
         args += ["--init-base", f"{rec.init_base:#x}"]
