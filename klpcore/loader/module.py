@@ -84,6 +84,8 @@ class LoadingModule:
     #: where the layout's addresses come from: "model" (klpcore's model of the allocation),
     #: "region-base" (--region-base pins some memory types), "kernel-sections" (--sections)
     layout_source: str = "model"
+    #: the facts the layout model used (what it assumes about the kernel's allocator)
+    layout_facts: list[str] = field(default_factory=list)
 
     #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
     reservations: list[Reservation] = field(default_factory=list)

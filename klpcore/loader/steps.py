@@ -44,7 +44,7 @@ from ..errors import (
     SymbolFileError,
 )
 from ..kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
-from ..layout import Layout, layout_sections
+from ..layout import Layout, align, layout_sections
 from ..livepatch import discover
 from ..memory import BytesBackend, MemoryBackend, ModuleImage, Region
 from ..plugins import get_plugin_manager, identify
@@ -61,6 +61,9 @@ from .module import (
     SymbolResolution,
 )
 from .phases import LoadedModule
+
+#: x86's read-only-executable module text cache: one PMD (2 MiB) at a time (execmem ROX cache)
+ROX_CACHE_SIZE = 2 << 20
 
 
 class Loader:
@@ -247,6 +250,32 @@ class Loader:
         if region_bases:
             mod.layout_source = "region-base"
 
+        text_base = None
+        if style == "memory":
+            mod.layout_facts = [
+                "a fresh boot: the module is the first allocation at --base (a later module reuses freed "
+                "memory; give the kernel's addresses with --sections)",
+                "one vmalloc area per memory type in enum order (TEXT, DATA, RODATA, RO_AFTER_INIT, INIT_TEXT, "
+                "INIT_DATA, INIT_RODATA), whole pages, each followed by a guard page",
+            ]
+            rox = config_setting(mod.hooks, self.kernel, "ARCH_HAS_EXECMEM_ROX")
+            if rox.value == "y":
+                # the shared read-only-executable text cache: 2 MiB, PMD aligned, taken by the first
+                # text allocation; the data types then fill the module area from its lowest free page
+                text_base = align(base, ROX_CACHE_SIZE)
+                if text_base == base:
+                    base += ROX_CACHE_SIZE + page_size
+                mod.layout_facts.append(
+                    f"ARCH_HAS_EXECMEM_ROX=y ({rox.source}): TEXT and INIT_TEXT packed in the 2 MiB read-only-"
+                    f"executable cache at {text_base:#x}, no guard pages; data types from {base:#x}"
+                )
+            mod.layout_facts.append(
+                "not modelled: the kallsyms copy at the end of MOD_DATA and MOD_INIT_DATA (a following type moves "
+                "by a page when it crosses a page boundary)"
+            )
+        else:
+            mod.layout_facts = ["before 6.4: one core and one init allocation (core_layout/init_layout)"]
+
         def lay_out(base: int, init_base: int | None, pinned: dict[MemType, int]) -> Layout:
             try:
                 return layout_sections(
@@ -259,6 +288,7 @@ class Loader:
                     page_align_rows=on[rwx],
                     reserved=mod.reservations,
                     region_bases=pinned,
+                    text_base=text_base,
                 )
             except ValueError as exc:
                 raise InputError(Diagnostic(str(exc), module=mod.name)) from None

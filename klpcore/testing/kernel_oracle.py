@@ -64,7 +64,16 @@ EXTABLE = {
 }
 
 #: sections holding run-time state that the running kernel changes after load
-RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once", ".ref.data")
+RUNTIME_SECTIONS = (
+    ".data",
+    ".bss",
+    "__dyndbg",
+    "__tracepoints",
+    ".data..read_mostly",
+    ".data.once",
+    ".ref.data",
+    ".data..ro_after_init",  # written by the module's init before it becomes read-only
+)
 X86_NOP5 = bytes.fromhex("0f1f440000")
 
 
@@ -506,11 +515,12 @@ def _rule_ppc64_lwsync(ctx: _Context, site: Site) -> str | None:
 
 def _rule_endbr_seal(ctx: _Context, site: Site) -> str | None:
     """x86 IBT: an ``endbr64`` listed in ``.ibt_endbr_seal`` (a function never called indirectly) is
-    poisoned by ``apply_seal_endbr`` into a 4-byte NOP (``66 0f 1e fa`` or ``66 0f 1f 00``)."""
+    poisoned by ``apply_seal_endbr`` into a 4-byte NOP (``66 0f 1e fa`` or ``66 0f 1f 00``; 7.x
+    ``0f 1f 40 d6``, ``nopl -42(%rax)``)."""
     for a in ctx.endbr_sealed:
         if a <= site.address and site.address + site.width <= a + 4:
             k, p = ctx.rec_bytes(a, 4), ctx.placed.read(a, 4)
-            if p == bytes.fromhex("f30f1efa") and k in (bytes.fromhex("660f1efa"), bytes.fromhex("660f1f00")):
+            if p == bytes.fromhex("f30f1efa") and k.hex() in ("660f1efa", "660f1f00", "0f1f40d6"):
                 return "x86:endbr-sealed"
     return None
 
@@ -615,7 +625,7 @@ def _rule_alternative(ctx: _Context, site: Site) -> str | None:
                 t_k = a + 5 + _u(k, 1, 4, "<", True)
                 if t_repl == t_k and k[5:repl_len] == repl[5:]:
                     return "x86:alternative-applied"
-        for cut in range(n, 0, -1):  # original kept, trailing NOPs rewritten
+        for cut in range(n, -1, -1):  # original kept, trailing NOPs (or an all-NOP site) rewritten
             if k[:cut] == orig[:cut] and _is_x86_padding(k[cut:]) and _is_x86_padding(orig[cut:]):
                 return "x86:alternative-nops-optimized"
     return None

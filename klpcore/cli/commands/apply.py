@@ -35,6 +35,7 @@ def apply_report(loaded: LoadedModule) -> dict[str, Any]:
         "base": hex(mod.layout.base),
         "layout_style": mod.layout.style,
         "layout_source": mod.layout_source,
+        "layout_facts": mod.layout_facts if mod.layout_source != "kernel-sections" else [],
         "regions": [
             {"type": r.name, "address": hex(r.address), "size": r.size, "perms": str(r.perms)}
             for r in loaded.image.regions
@@ -188,3 +189,12 @@ def _apply_summary(args: argparse.Namespace, loaded: LoadedModule, report: dict[
     else:
         print("  nothing written: give -o OUT to write the relocated module")
     print(f"  {kernel_line(loaded.kernel, mod.settings)}")
+    if mod.layout_source == "kernel-sections":
+        print("  layout: every section where --sections says the kernel put it")
+    else:
+        print(
+            "  layout: a model of the kernel's allocation"
+            + (" (some types pinned by --region-base)" if mod.layout_source == "region-base" else "")
+        )
+        for fact in mod.layout_facts:
+            print(f"    - {fact}")
