@@ -60,8 +60,8 @@ def test_plugin_behaviours_are_collected_and_names_unique() -> None:
         all_behaviours(get_plugin_manager(autoload=False, plugins=[toyarch, Clash]))
 
 
-def test_newest_is_7_1_and_the_default() -> None:
-    assert NEWEST == (7, 1)
+def test_newest_is_7_2_and_the_default() -> None:
+    assert NEWEST == (7, 2)
     assert not KernelTarget(NEWEST).beyond_newest and KernelTarget((7, 3)).beyond_newest
     assert KernelTarget().version == NEWEST
     assert KernelTarget.from_string("newest").version == NEWEST

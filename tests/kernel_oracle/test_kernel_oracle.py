@@ -482,3 +482,42 @@ def test_static_call_ret0_rule_needs_the_documented_bytes(tmp_path: Path) -> Non
     start = site.address - 1  # the call's opcode byte
     bad = ko.corrupt(rec, site.section, start + 3 - rec.sections[site.section].address)
     assert any(s.section == site.section for s in ko.compare(bad, placed).unexplained)
+
+
+# ------------------------------------- every boundary between 6.1 and 7.2 these kernels cross
+#: behaviour -> (a recording without it, a recording with it), or why no recorded kernel can show it.
+#: "Newest checked" is 7.2 because every row starting after 6.1 and up to 7.2 is here.
+BOUNDARY_EVIDENCE: dict[str, tuple[str, str] | str] = {
+    "arm64_single_ftrace_plt": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # 2 -> 1 ftrace PLT entries
+    "module_memory": ("x86_64", "debian-6.12.117+deb13-amd64"),  # one core allocation -> one per type
+    "arm64_module_plts_always": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # .plt sized without KASLR
+    "s390_gotent_got_offset": ("s390x", "debian-7.2.13+deb14-s390x"),
+    "ppc64_ool_ftrace_stubs": ("ppc64le", "debian-7.2.13+deb14-ppc64el"),  # .stubs byte-identical on both
+    "ppc64_stub_count": ("ppc64le", "debian-7.2.13+deb14-ppc64el"),
+    "static_call_sites_ro_after_init": ("debian-6.12.117+deb13-amd64", "debian-7.2.13+deb14-amd64"),
+    "arm64_init_ftrace_trampoline": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # 6.1.176 / 6.12.117
+    "x86_write_relocate_add": "a refused relocation only: no loaded module shows it (messages: tests/x86_64)",
+    "ppc64_restore_r2_accepts_ld": "re-applied livepatch relocations only; Debian ppc64el has no CONFIG_LIVEPATCH",
+    "codetag_separate": "needs CONFIG_MEM_ALLOC_PROFILING, not set in Debian's 6.12 and 7.2 configs",
+    "extended_modversions": "Debian's 7.2 has no CONFIG_MODVERSIONS; a version check, not bytes",
+    "x86_clang_stack_cookie_gotpcrel": "clang < 17 builds only; Debian builds with gcc",
+    "relocates_percpu": "no recorded module has relocations into .data..percpu",
+    "arm64_livepatch": "Debian's arm64 7.2 has no CONFIG_LIVEPATCH",
+    "arm64_late_text_poke": "late (livepatch) relocations only; Debian's arm64 7.2 has no CONFIG_LIVEPATCH",
+    "reloc_messages_sec_idx": "a refused relocation's message only (tests/x86_64, tests/core)",
+    "invalid_shndx_refused": "a refused symbol only (tests/core)",
+}
+
+
+def test_every_boundary_up_to_newest_has_recorded_kernels_on_each_side() -> None:
+    from klpcore.versions import NEWEST, all_behaviours
+
+    crossed = {b.name for b in all_behaviours().values() if (6, 1) < b.since <= NEWEST or b.stable}
+    assert crossed == set(BOUNDARY_EVIDENCE), (
+        "a version-table row between 6.1 and the newest checked release "
+        "needs recordings on both sides (or the reason none can show it) in BOUNDARY_EVIDENCE"
+    )
+    folders = {f for f, _ in RECORDINGS}
+    for name, evidence in BOUNDARY_EVIDENCE.items():
+        if isinstance(evidence, tuple):
+            assert set(evidence) <= folders, name
