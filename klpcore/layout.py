@@ -176,6 +176,7 @@ def layout_sections(
     reserved: Sequence[Reservation] = (),
     guard_pages: bool = True,
     text_base: int | None = None,
+    tails: dict[MemType, int] | None = None,
 ) -> Layout:
     """Lay out the ``SHF_ALLOC`` sections of ``sections`` at ``base``.
 
@@ -189,6 +190,8 @@ def layout_sections(
     :class:`Reservation`).  ``guard_pages`` (``memory`` style): each allocation
     is followed by vmalloc's guard page.  ``text_base``: TEXT and INIT_TEXT come
     from x86's shared read-only-executable cache there, packed (no guard pages).
+    ``tails``: bytes the kernel adds at the end of a memory type after its
+    sections (``memory`` style; the kallsyms copy, :mod:`klpcore.kallsyms_copy`).
     """
     from .addresses import check_address
 
@@ -214,6 +217,8 @@ def layout_sections(
         has_res = {r.memtype for r in reserved if r.size}
         sizes = {k: v for k, v in used.items() if isinstance(k, MemType)}
         groups, sizes, _ = _assign(sections, is_init, sizes)
+        for mt, extra in (tails or {}).items():
+            sizes[mt] = sizes.get(mt, 0) + extra
         addr = base
         text_addr = text_base
         guard = page_size if guard_pages else 0

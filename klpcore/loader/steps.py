@@ -269,12 +269,15 @@ class Loader:
                     f"ARCH_HAS_EXECMEM_ROX=y ({rox.source}): TEXT and INIT_TEXT packed in the 2 MiB read-only-"
                     f"executable cache at {text_base:#x}, no guard pages; data types from {base:#x}"
                 )
+            kallsyms_all = config_setting(mod.hooks, self.kernel, "KALLSYMS_ALL")
             mod.layout_facts.append(
-                "not modelled: the kallsyms copy at the end of MOD_DATA and MOD_INIT_DATA (a following type moves "
-                "by a page when it crosses a page boundary)"
+                "the kallsyms copy (layout_symtab) grows MOD_DATA (core symbols) and MOD_INIT_DATA (.symtab, "
+                f".strtab); KALLSYMS_ALL={kallsyms_all.value} ({kallsyms_all.source})"
             )
         else:
             mod.layout_facts = ["before 6.4: one core and one init allocation (core_layout/init_layout)"]
+
+        tails: dict[MemType, int] = {}
 
         def lay_out(base: int, init_base: int | None, pinned: dict[MemType, int]) -> Layout:
             try:
@@ -289,11 +292,15 @@ class Loader:
                     reserved=mod.reservations,
                     region_bases=pinned,
                     text_base=text_base,
+                    tails=tails,
                 )
             except ValueError as exc:
                 raise InputError(Diagnostic(str(exc), module=mod.name)) from None
 
         mod.layout = lay_out(base, init_base, pinned)
+        if style == "memory" and mod.elf.symtab_index:
+            tails.update(self._kallsyms_tails(mod, mod.layout))
+            mod.layout = lay_out(base, init_base, pinned)
         if kernel_sections is not None:
             from ..placement import fit_sections
 
@@ -320,6 +327,28 @@ class Loader:
                 spans.append((f"the per-CPU area ({mod.sections[index].name})", addr, size))
         self._check_size(mod)
         _check_placement(mod, spans)
+
+    def _kallsyms_tails(self, mod: LoadingModule, layout: Layout) -> dict[MemType, int]:
+        from ..kallsyms_copy import kallsyms_tails
+
+        elf = mod.elf
+        symtab = elf.sections[elf.symtab_index]
+        strtab = elf.sections[symtab.link]
+        percpu = mod.section_by_name(PERCPU_SECTION)
+        return kallsyms_tails(
+            layout,
+            nsyms=elf.nsyms,
+            names=elf.symbol_names,
+            shndx=[int(x) for x in elf.symbols["st_shndx"].tolist()],
+            section_flags=[s.flags for s in mod.sections],
+            symtab_size=symtab.size,
+            symtab_align=symtab.addralign,
+            strtab_size=strtab.size,
+            strtab_align=strtab.addralign,
+            percpu_index=percpu.index if percpu is not None else None,
+            kallsyms_all=config_setting(mod.hooks, self.kernel, "KALLSYMS_ALL").value == "y",
+            livepatch=bool(mod.klp.is_livepatch),
+        )
 
     def _check_size(self, mod: LoadingModule) -> None:
         total = sum(r.alloc_size for r in mod.layout.regions.values())

@@ -152,3 +152,38 @@ def test_parse_region_base() -> None:
         parse_region_base("MOD_BSS=0x1000")
     with pytest.raises(InputError, match="expected TYPE=ADDRESS"):
         parse_region_base("MOD_TEXT")
+
+
+def test_kallsyms_copy_grows_data_and_init_data() -> None:
+    """layout_symtab (6.4+): core symbols' Elf64_Sym + names + type bytes at the end of MOD_DATA; the
+    whole .symtab and .strtab, struct mod_kallsyms and one type byte per symbol at the end of MOD_INIT_DATA."""
+    from klpcore.kallsyms_copy import kallsyms_tails
+
+    secs = [
+        sec(0, "", 0, 0, 0),
+        sec(1, ".text", TEXT, 0x30, 16),
+        sec(2, ".data", DATA, 0x10, 8),
+        sec(3, ".init.text", TEXT, 0x20, 16),
+    ]
+    lay = layout_sections(secs, BASE, style="memory")
+    common = dict(
+        nsyms=4,
+        names=["", "f", "d", "i"],
+        shndx=[0, 1, 2, 3],  # f in .text, d in .data, i in .init.text (never a core symbol)
+        section_flags=[s.flags for s in secs],
+        symtab_size=4 * 24,
+        symtab_align=8,
+        strtab_size=10,
+        strtab_align=1,
+        percpu_index=None,
+        livepatch=False,
+    )
+    # symbols 0 and f: 2 x 24 + names (1 + 2) + 2 type bytes after ALIGN(0x10, 8)
+    assert kallsyms_tails(lay, kallsyms_all=False, **common)[MemType.DATA] == 48 + 3 + 2  # type: ignore[arg-type]
+    # KALLSYMS_ALL: data symbols too
+    assert kallsyms_tails(lay, kallsyms_all=True, **common)[MemType.DATA] == 72 + 5 + 3  # type: ignore[arg-type]
+    # livepatch modules keep every symbol
+    lp = dict(common, livepatch=True)
+    assert kallsyms_tails(lay, kallsyms_all=False, **lp)[MemType.DATA] == 96 + 7 + 4  # type: ignore[arg-type]
+    # .symtab (96) + .strtab (10), ALIGN 8, struct mod_kallsyms (32), 4 type bytes
+    assert kallsyms_tails(lay, kallsyms_all=False, **common)[MemType.INIT_DATA] == 112 + 32 + 4  # type: ignore[arg-type]
