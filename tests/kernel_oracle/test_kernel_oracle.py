@@ -522,3 +522,26 @@ def test_every_boundary_up_to_newest_has_recorded_kernels_on_each_side() -> None
     for name, evidence in BOUNDARY_EVIDENCE.items():
         if isinstance(evidence, tuple):
             assert set(evidence) <= folders, name
+
+
+def test_region_base_pins_one_memory_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, module = "debian-7.2.13+deb14-amd64", "ppp_synctty"
+    need_plugin(folder)
+    import json
+
+    rec = recording(folder, module)
+    base = ["apply", str(rec.ko), "--config", str(rec.config), "-q", "--base", "0xffffffffc0200000"]
+    for f in rec.symbol_files:
+        base += ["--symbols", str(f)]
+    report = tmp_path / "r.json"
+    assert main([*base, "--region-base", "MOD_RODATA=0xffffffffc0800000", "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["layout_source"] == "region-base"
+    regions = {r["type"]: int(r["address"], 16) for r in doc["regions"]}
+    assert regions["MOD_RODATA"] == 0xFFFFFFFFC0800000
+    # the unpinned types keep the model: 7.2's text cache takes the 2 MiB at --base, data follows its guard page
+    assert regions["MOD_TEXT"] == 0xFFFFFFFFC0200000
+    assert regions["MOD_DATA"] == 0xFFFFFFFFC0401000
+    # before 6.4 only the core (MOD_TEXT) and init (MOD_INIT_TEXT) allocations exist
+    assert main([*base, "--kernel", "6.1", "--region-base", "MOD_RODATA=0xffffffffc0800000"]) == 2
+    assert "before Linux 6.4" in capsys.readouterr().err
