@@ -1,6 +1,6 @@
 """Reading kernel-module ELF files.
 
-Headers, section headers and section names are read with pyelftools; the
+Headers and section headers are read by :mod:`klpcore.elfheader`; the
 symbol table and relocation tables are read as numpy structured arrays, one
 array per table, never one Python object per entry.  Every offset and index
 that later code trusts is validated here, and each failure raises
@@ -9,16 +9,15 @@ that later code trusts is validated here, and each failure raises
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
 
 from . import constants as C
+from .elfheader import ElfHeaderError, read_header, section_count, section_headers, string_table_index
 from .errors import Diagnostic, ElfFormatError
 
 
@@ -108,7 +107,7 @@ class ElfModule:
             self._parse_headers()
         except ElfFormatError:
             raise
-        except Exception as exc:  # pyelftools raises many exception types on hostile input
+        except Exception as exc:  # a parsing bug must still name the file
             raise ElfFormatError(self._diag(f"malformed ELF: {type(exc).__name__}: {exc}")) from exc
         self._parse_symtab()
         self.name = name or self._module_name()
@@ -140,21 +139,23 @@ class ElfModule:
             raise self._fail(f"ELF class {data[4]} is not ELFCLASS64; only 64-bit modules are supported")
         if data[5] not in (C.ELFDATA2LSB, C.ELFDATA2MSB):
             raise self._fail(f"unknown ELF data encoding {data[5]}")
-        self.endian = "<" if data[5] == C.ELFDATA2LSB else ">"
-        self.byteorder: str = "little" if self.endian == "<" else "big"
-        elf = ELFFile(io.BytesIO(data))
-        hdr = elf.header
+        hdr = read_header(data)
+        self.endian = hdr.endian
+        self.byteorder: str = hdr.byteorder
         self.elfclass = C.ELFCLASS64
-        self.etype_value = int(elf["e_type"]) if isinstance(elf["e_type"], int) else _etype(elf["e_type"])
+        self.etype_value = hdr.ident.type
         if self.etype_value != C.ET_REL:
-            raise self._fail(f"ELF type {hdr['e_type']} is not ET_REL; a kernel module is a relocatable object")
-        machine = hdr["e_machine"]
-        self.machine = machine if isinstance(machine, int) else _machine_number(data, self.endian)
-        self.e_flags = int(hdr["e_flags"])
-        if hdr["e_shentsize"] != C.SHDR_SIZE:
-            raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, expected {C.SHDR_SIZE}")
-        shoff = int(hdr["e_shoff"])
-        shnum = elf.num_sections()
+            etype = _ET_NAMES.get(self.etype_value, self.etype_value)
+            raise self._fail(f"ELF type {etype} is not ET_REL; a kernel module is a relocatable object")
+        self.machine = hdr.ident.machine
+        self.e_flags = hdr.flags
+        if hdr.shentsize != C.SHDR_SIZE:
+            raise self._fail(f"e_shentsize is {hdr.shentsize}, expected {C.SHDR_SIZE}")
+        shoff = hdr.shoff
+        try:
+            shnum = section_count(data, hdr)
+        except ElfHeaderError as exc:
+            raise self._fail(str(exc)) from None
         if shoff == 0 or shnum == 0:
             raise self._fail("no section header table")
         if shoff + shnum * C.SHDR_SIZE > len(data):
@@ -162,41 +163,33 @@ class ElfModule:
                 f"section header table (offset {shoff:#x}, {shnum} entries) runs past the end of the file "
                 f"({len(data)} bytes)"
             )
-        shstrndx = elf.get_shstrndx()
+        shstrndx = string_table_index(data, hdr)
         if not 0 < shstrndx < shnum:
             raise self._fail(f"section name string table index {shstrndx} out of range (0..{shnum - 1})")
-        raw = []
-        for i in range(shnum):
-            sh = elf._get_section_header(i)
-            raw.append(sh)
+        raw = section_headers(data, hdr, shnum)
         strsh = raw[shstrndx]
-        if strsh["sh_type"] != "SHT_STRTAB":
+        if strsh.type != C.SHT_STRTAB:
             raise self._fail(f"section name table (index {shstrndx}) is not SHT_STRTAB")
-        self._check_bounds(
-            int(strsh["sh_offset"]),
-            int(strsh["sh_size"]),
-            f"[{shstrndx}]",
-            nobits=False,
-        )
-        shstr = data[strsh["sh_offset"] : strsh["sh_offset"] + strsh["sh_size"]]
+        self._check_bounds(strsh.offset, strsh.size, f"[{shstrndx}]", nobits=False)
+        shstr = data[strsh.offset : strsh.offset + strsh.size]
         sections: list[Section] = []
         for i, sh in enumerate(raw):
-            name = _cstr(shstr, int(sh["sh_name"]))
+            name = _cstr(shstr, sh.name)
             if name is None:
-                raise self._fail(f"section [{i}] name offset {sh['sh_name']:#x} is outside the name table")
-            stype = _section_type_number(sh["sh_type"], data, shoff, i, self.endian)
+                raise self._fail(f"section [{i}] name offset {sh.name:#x} is outside the name table")
+            stype = sh.type
             sec = Section(
                 index=i,
                 name=name,
                 type=stype,
-                flags=int(sh["sh_flags"]),
-                addr=int(sh["sh_addr"]),
-                offset=int(sh["sh_offset"]),
-                size=int(sh["sh_size"]),
-                link=int(sh["sh_link"]),
-                info=int(sh["sh_info"]),
-                addralign=int(sh["sh_addralign"]),
-                entsize=int(sh["sh_entsize"]),
+                flags=sh.flags,
+                addr=sh.addr,
+                offset=sh.offset,
+                size=sh.size,
+                link=sh.link,
+                info=sh.info,
+                addralign=sh.addralign,
+                entsize=sh.entsize,
             )
             if i and stype not in (C.SHT_NOBITS, C.SHT_NULL):
                 self._check_bounds(sec.offset, sec.size, name, nobits=False)
@@ -360,17 +353,13 @@ class ElfModule:
         return "module"
 
 
-def _etype(value: Any) -> int:
-    table = {"ET_NONE": 0, "ET_REL": 1, "ET_EXEC": 2, "ET_DYN": 3, "ET_CORE": 4}
-    return table.get(str(value), -1)
-
-
-def _machine_number(data: bytes, endian: str) -> int:
-    return int.from_bytes(data[18:20], "little" if endian == "<" else "big")
-
-
-def _section_type_number(value: Any, data: bytes, shoff: int, index: int, endian: str) -> int:
-    if isinstance(value, int):
-        return value
-    off = shoff + index * C.SHDR_SIZE + 4
-    return int.from_bytes(data[off : off + 4], "little" if endian == "<" else "big")
+#: e_type names for messages
+_ET_NAMES = {
+    0: "ET_NONE",
+    1: "ET_REL",
+    2: "ET_EXEC",
+    3: "ET_DYN",
+    4: "ET_CORE",
+    0xFF00: "ET_LOPROC",
+    0xFFFF: "ET_HIPROC",
+}

@@ -10,9 +10,16 @@ Adding an architecture, step by step
 1. Create a distribution ``plugins/<arch>/`` with a ``pyproject.toml`` that
    declares ``[project.entry-points."klpcore.arch"] <arch> = "<package>"``.
 2. Implement :func:`klp_arch_identify` (claim modules by ``e_machine``,
-   class and byte order) and :func:`klp_arch_reloc_types` (the kernel's
-   ``apply_relocate_add`` as a table of :class:`~klpcore.arch.RelocType`).
-   With only these two, every type that is plain arithmetic works.
+   class and byte order; the :class:`~klpcore.arch.ArchSpec` must give the
+   module area, ``default_base`` and ``module_area_size``, and the per-CPU
+   base, ``percpu_base``: the core assumes no architecture's values) and
+   :func:`klp_arch_reloc_types` (the kernel's ``apply_relocate_add`` as a
+   table of :class:`~klpcore.arch.RelocType`).  With only these two, every
+   type that is plain arithmetic works.  Whatever else only your
+   architecture does is an ``ArchSpec`` field (``ignored_undefined``,
+   ``stub_sections``, ``pointer_type``, ``config_symbol``) or a hook below,
+   never a test in the core: ``tests/core/test_core_names_no_arch.py`` fails
+   on an architecture's name or machine number in ``klpcore/``.
 3. If the kernel's ``module_frob_arch_sections`` does anything, implement
    :func:`klp_arch_frob_sections` (size stub/PLT/GOT sections, sort
    relocations, adjust alignments, reserve arch memory at the start of a
@@ -47,10 +54,13 @@ import pluggy
 
 if TYPE_CHECKING:
     from .arch import ArchSpec, RelocType
+    from .convert.rules import ConvertRules
     from .engine import ApplyContext, SectionContext
     from .kernel import KernelTarget
+    from .kimage.rules import ImageRules
     from .loader import Example, LoadingModule
     from .memory import ModuleImage, Region
+    from .testing.kernel_oracle import OracleRules
     from .versions import Behaviour
 
 PROJECT = "klpcore"
@@ -120,6 +130,26 @@ def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
         files, base address), or ``None``.
 
     Called on every plugin; results are collected.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules | None:  # type: ignore[empty-body]
+    """The architecture's rules for ``klpcore convert`` (turning references to
+    unexported symbols into livepatch relocations).
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (its type table
+        is filled).
+    :param kernel: the target kernel (late-write hazards depend on its version).
+    :return: a :class:`~klpcore.convert.rules.ConvertRules`: symbols whose
+        references always stay ordinary (ppc64 ``.TOC.``, s390 expoline
+        thunks), relocation types that must stay ordinary (ppc64 ``REL16_HA``),
+        the late-applied relocations the kernel cannot write for that version
+        (named by their :mod:`klpcore.versions` row) and whether the kernel takes
+        ``R_*_NONE`` (type 0) for the original relocation.  None: the core's
+        default (nothing kept, no hazards, type 0 when the type table has it).
+
+    Stops at the first non-None result.
     """
 
 
@@ -258,4 +288,43 @@ def klp_arch_write_method(
 
     Stops at the first non-None result; an embedder's plugin registered with
     ``tryfirst=True`` can override the architecture's decision.
+    """
+
+
+# --------------------------------------------------------------------------
+# Kernel images as symbol sources
+# --------------------------------------------------------------------------
+@hookspec
+def klp_arch_kernel_image() -> ImageRules | None:  # type: ignore[empty-body]
+    """How the architecture ships its kernel image (:mod:`klpcore.kimage`).
+
+    :return: an :class:`~klpcore.kimage.rules.ImageRules`: the image's
+        e_machine and byte order, what marks a file as this architecture's
+        image (raw, or self-decompressing), an unwrapper for a structured
+        container, which values of a raw image can be pointers, and
+        ``ftrace_call_adjust``; None when the plugin does not read images.
+
+    Called on every plugin (the image's architecture is not known before);
+    results are collected.
+    """
+
+
+# --------------------------------------------------------------------------
+# Testing against the real kernel
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_kernel_oracle() -> OracleRules | None:  # type: ignore[empty-body]
+    """The architecture's part of the comparison with bytes a real kernel wrote
+    (:mod:`klpcore.testing.kernel_oracle`, ``tests/kernel_oracle``).
+
+    :return: an :class:`~klpcore.testing.kernel_oracle.OracleRules`: each
+        relocation type's field width, the ``__ex_table`` entry layout, how
+        ftrace rewrites a call site at module load, and the rules for what only
+        this architecture rewrites after relocation (each checks that the
+        kernel's bytes are the documented ones); None when the plugin has no
+        recordings.  Import the rules lazily (inside the hook): they are only
+        needed by the comparison.
+
+    Stops at the first non-None result; called only on the plugin that
+    identified the module.
     """

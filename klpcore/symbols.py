@@ -1,7 +1,8 @@
 """Kernel symbol tables and the kernel's symbol resolution rules.
 
 Sources: ``System.map``, ``/proc/kallsyms`` text (``[module]`` annotations make
-each module its own object), the ``.symtab`` of a vmlinux ELF, the
+each module its own object), the ``.symtab`` of a vmlinux ELF, a kernel image
+as shipped (``vmlinuz``: its kallsyms tables, see :mod:`klpcore.kimage`), the
 ``.symtab`` of a module ``.ko`` loaded at a given base, and the build's
 ``Module.symvers`` (no addresses: each export's CRC, GPL-only flag and
 namespace, for ``resolve_symbol``'s checks).  Several sources merge into one
@@ -28,11 +29,20 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import constants as C
+from .elfheader import (
+    ElfHeaderError,
+    FileHeader,
+    Ident,
+    SectionHeader,
+    read_header,
+    read_ident,
+    section_headers,
+    string_table_index,
+)
 from .errors import Diagnostic, ResolutionError, SymbolFileError
 
 EXPORT_PREFIX = "__ksymtab_"
@@ -164,6 +174,15 @@ class KernelSymbols:
         self._export_info: bool | None = None
         #: export metadata from Module.symvers (symbol name -> how it is exported)
         self.export_meta: dict[str, ExportInfo] = {}
+        #: export tables read as the kernel reads them (``struct kernel_symbol``:
+        #: a kernel image's, a module's ``__ksymtab``): object -> exported name -> address.
+        #: Where an object has one, it decides; elsewhere ``__ksymtab_<name>`` symbols do.
+        self.exported: dict[str, dict[str, int]] = {}
+        #: the CRCs those tables carry (``__kcrctab``), by object, where they do
+        self.export_crcs: dict[str, dict[str, int]] = {}
+        #: ftrace record addresses (``rec->ip``), sorted, by object, where a source gives them
+        #: (a kernel image's ``__mcount_loc``)
+        self.ftrace: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
@@ -179,6 +198,11 @@ class KernelSymbols:
     def merge(self, other: KernelSymbols) -> None:
         self._export_info = None
         self.export_meta.update(other.export_meta)
+        for oname, table in other.exported.items():
+            self.exported.setdefault(oname, {}).update(table)
+        for oname, crcs in other.export_crcs.items():
+            self.export_crcs.setdefault(oname, {}).update(crcs)
+        self.ftrace.update(other.ftrace)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)
             if dst is None or not dst.names:
@@ -300,12 +324,19 @@ class KernelSymbols:
     @property
     def has_export_info(self) -> bool:
         if self._export_info is None:
-            self._export_info = any(any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values())
+            self._export_info = bool(self.exported) or any(
+                any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values()
+            )
         return self._export_info
 
     def find_exported(self, name: str) -> Match | None:
         """``find_symbol``: an exported symbol of vmlinux or a loaded module."""
         for oname in [C.VMLINUX, *self.loaded_modules]:
+            table = self.exported.get(oname)
+            if table is not None:
+                if name in table:
+                    return Match(table[name], oname, self._export_source(oname))
+                continue
             obj = self.objects.get(oname)
             if obj is None or not obj.has_name(EXPORT_PREFIX + name):
                 continue
@@ -316,6 +347,10 @@ class KernelSymbols:
             i = best[0]
             return Match(obj.addrs[i], oname, obj.sources[i])
         return None
+
+    def _export_source(self, oname: str) -> str:
+        obj = self.objects.get(oname)
+        return obj.sources[0] if obj is not None and obj.sources else ""
 
     def find_global(self, name: str) -> list[Match]:
         out = []
@@ -400,11 +435,28 @@ def _fast_rows(text: str) -> tuple[list[str], list[int], list[str]] | None:
     return names, addrs, types
 
 
+#: what Debian's one-line placeholder System.map says (6.12+: the real one is in the -dbg package)
+PLACEHOLDER_MARK = "System.map is in the linux-image"
+
+
+def placeholder_error(text: str, source: str) -> None:
+    """Raise :class:`SymbolFileError` with the fix when ``text`` is Debian's placeholder System.map."""
+    if len(text) < 4096 and PLACEHOLDER_MARK in text:
+        m = re.search(r"linux-image-(\S*?)-dbg", text)
+        pkg = f"linux-image-{m.group(1)}-dbg" if m and "<" not in m.group(1) else "linux-image-<release>-dbg"
+        raise SymbolFileError(
+            f"{source}: Debian's placeholder System.map, not a symbol table (one line: "
+            f"{text.strip()[:100]!r}); the real one is usr/lib/debug/boot/System.map-<release> in the {pkg} "
+            "package (about 1 GB to download), or read /proc/kallsyms as root on the running kernel"
+        )
+
+
 def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     """Parse ``System.map`` or ``/proc/kallsyms`` text.
 
     Lines with a ``[module]`` suffix belong to that module; others to vmlinux.
     """
+    placeholder_error(text, source)
     ks = KernelSymbols()
     ks.source_names.append(source)
     vmlinux = ks.obj(C.VMLINUX)
@@ -474,12 +526,15 @@ def symbols_from_elf(
     against when that module loads after the patch): the full symbol table."""
     from .elf import ElfModule
 
-    etype = int.from_bytes(data[16:18], "little" if data[5] == C.ELFDATA2LSB else "big") if len(data) > 18 else 0
+    try:
+        ident: Ident | None = read_ident(data)
+    except ElfHeaderError:
+        ident = None
     ks = KernelSymbols()
     ks.source_names.append(source)
-    if len(data) >= 20:
-        ks.machines[source] = int.from_bytes(data[18:20], "little" if data[5] == C.ELFDATA2LSB else "big")
-    if etype == C.ET_REL:
+    if ident is not None:
+        ks.machines[source] = ident.machine
+    if ident is not None and ident.type == C.ET_REL:
         if base is None:
             raise SymbolFileError(f"{source} is a module; give its load address as {source}@0xADDRESS")
         from .loader import layout_module_for_symbols
@@ -497,26 +552,23 @@ def symbols_from_elf(
 
 
 def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, str]]:
-    import io
-
-    from elftools.elf.elffile import ELFFile
+    from .elf import sym_dtype
 
     try:
-        elf = ELFFile(io.BytesIO(data))
-        symtab = elf.get_section_by_name(".symtab")
+        hdr = read_header(data)
+        sections = section_headers(data, hdr)
+        names = _section_names(data, hdr, sections)
+        symtab = next((sh for sh, name in zip(sections, names, strict=True) if name == ".symtab"), None)
         if symtab is None:
             raise SymbolFileError(f"{source}: no .symtab (stripped vmlinux?)")
-        endian = "<" if elf.little_endian else ">"
-        from .elf import sym_dtype
-
-        arr = np.frombuffer(
-            data, dtype=sym_dtype(endian), count=symtab["sh_size"] // C.SYM_SIZE, offset=symtab["sh_offset"]
-        )
-        strtab = elf.get_section(symtab["sh_link"]).data()
-        sections = [elf.get_section(i) for i in range(elf.num_sections())]
+        _check_plain_section(data, symtab)
+        arr = np.frombuffer(data, dtype=sym_dtype(hdr.endian), count=symtab.size // C.SYM_SIZE, offset=symtab.offset)
+        strtab = _section_bytes(data, sections[symtab.link])
     except SymbolFileError:
         raise
-    except Exception as exc:  # pyelftools raises many types on hostile input (ELFError, zlib.error, ...)
+    except ElfHeaderError as exc:
+        raise SymbolFileError(f"{source}: unreadable ELF: {exc}") from None
+    except Exception as exc:  # hostile offsets and sizes (ValueError, IndexError, ...)
         raise SymbolFileError(f"{source}: unreadable ELF: {type(exc).__name__}: {exc}") from exc
     for sym in arr:
         shndx = int(sym["st_shndx"])
@@ -531,7 +583,7 @@ def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, st
         yield name, int(sym["st_value"]), _type_char(int(sym["st_info"]), shndx, sections)
 
 
-def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
+def _type_char(st_info: int, shndx: int, sections: Sequence[SectionHeader]) -> str:
     bind = st_info >> 4
     if shndx == C.SHN_ABS:
         ch = "a"
@@ -539,12 +591,11 @@ def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
         ch = "?"
     else:
         sh = sections[shndx]
-        flags = int(sh["sh_flags"])  # type: ignore[index]
-        if flags & C.SHF_EXECINSTR:
+        if sh.flags & C.SHF_EXECINSTR:
             ch = "t"
-        elif sh["sh_type"] == "SHT_NOBITS":  # type: ignore[index]
+        elif sh.type == C.SHT_NOBITS:
             ch = "b"
-        elif flags & C.SHF_WRITE:
+        elif sh.flags & C.SHF_WRITE:
             ch = "d"
         else:
             ch = "r"
@@ -552,6 +603,36 @@ def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
         return "W" if ch == "t" else "V"
     return ch.upper() if bind == C.STB_GLOBAL else ch
 
+
+def _section_bytes(data: bytes, sh: SectionHeader) -> bytes:
+    _check_plain_section(data, sh)
+    return data[sh.offset : sh.offset + sh.size]
+
+
+def _check_plain_section(data: bytes, sh: SectionHeader) -> None:
+    if sh.flags & SHF_COMPRESSED:
+        raise ElfHeaderError("a symbol or string table is compressed (SHF_COMPRESSED); klpcore reads them plain")
+    if sh.offset + sh.size > len(data):
+        raise ElfHeaderError(
+            f"section contents (offset {sh.offset:#x}, size {sh.size:#x}) run past the end of the file"
+        )
+
+
+def _section_names(data: bytes, hdr: FileHeader, sections: Sequence[SectionHeader]) -> list[str]:
+    """Each section's name (``""`` where the name table does not have it)."""
+    index = string_table_index(data, hdr)
+    if not 0 < index < len(sections):
+        raise ElfHeaderError(f"section name string table index {index} out of range (0..{len(sections) - 1})")
+    table = _section_bytes(data, sections[index])
+    out = []
+    for sh in sections:
+        end = table.find(b"\0", sh.name)
+        out.append(table[sh.name : end].decode("utf-8", "surrogateescape") if sh.name < len(table) and end >= 0 else "")
+    return out
+
+
+#: sh_flags bit of a section whose contents are compressed (ELF gABI)
+SHF_COMPRESSED = 0x800
 
 _SYMVERS = re.compile(r"^0x([0-9a-fA-F]+)\t(\S+)\t(\S+)\t(EXPORT_\w+)(?:\t(\S*))?$")
 
@@ -590,6 +671,13 @@ def load_symbols(spec: str) -> KernelSymbols:
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise SymbolFileError(f"--symbols {spec}: {name!r} is not a module name")
     data = _read_bytes(path, module=base is not None)
+    if base is None:
+        from .kimage import is_kernel_image
+
+        if is_kernel_image(data):
+            from .kimage.source import symbols_from_image
+
+            return symbols_from_image(data, path)
     if data[:4] == C.ELFMAG:
         return symbols_from_elf(data, path, base=base, objname=name)
     if base is not None:
@@ -597,7 +685,15 @@ def load_symbols(spec: str) -> KernelSymbols:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SymbolFileError(f"{path}: neither an ELF file nor System.map/kallsyms text") from exc
+        # last resort: an image whose format says nothing at its start (s390x)
+        from .kimage.source import symbols_from_image
+
+        try:
+            return symbols_from_image(data, path)
+        except SymbolFileError as why:
+            raise SymbolFileError(
+                f"{path}: neither an ELF file nor System.map/kallsyms text, nor a kernel image klpcore reads ({why})"
+            ) from exc
     symvers = parse_symvers(text, path)
     if symvers is not None:
         return symvers

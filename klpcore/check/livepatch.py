@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -14,14 +14,11 @@ from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError, ResolutionError
 from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
-from .dependencies import DEP_BASE, DEP_SLOTS, DEP_STRIDE, DepModule
+from .dependencies import DEP_SLOTS_FOR_DEPENDENCIES, DepModule, slot_address, slot_count
 from .kmsg import klp_line
-from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding
+from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding, PairBase
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites
 from .target import read_input
-
-if TYPE_CHECKING:
-    from .steps import PairCheck
 
 MODULE_NAME_LEN = 56
 
@@ -29,7 +26,7 @@ MODULE_NAME_LEN = 56
 class LivepatchCheck:
     """``klp_enable_patch`` and ``klp_module_coming`` for each patched object."""
 
-    def __init__(self, pc: PairCheck, loaded: Any, deps: list[DepModule], patch: PatchInfo) -> None:
+    def __init__(self, pc: PairBase, loaded: Any, deps: list[DepModule], patch: PatchInfo) -> None:
         self.pc = pc
         self.loaded = loaded
         self.deps = deps
@@ -272,11 +269,15 @@ class LivepatchCheck:
             try:
                 self.loaded.coming(name, symbols)
             except KlpError as exc:
-                pc._engine_errors("patched-objects", exc.diagnostics, PATCH_FAILS, object=name, then=kmsg_then)
+                pc.engine_errors("patched-objects", exc.diagnostics, PATCH_FAILS, object=name, then=kmsg_then)
                 return
         ks = KernelSymbols()
         ks.objects = {name: symbols.objects[name]} if name in symbols.objects else {}
         sites = module_ftrace_sites(elf)
+        if sites is None and self.target.config_bool("CONFIG_DYNAMIC_FTRACE"):
+            # ftrace_module_init records a module's call sites from its own table only:
+            # without one, none of its functions has an ftrace location
+            sites = {}
         failed = False
         found: list[tuple[Any, dict[str, Any]]] = []
         for f in obj.funcs:
@@ -312,7 +313,15 @@ class LivepatchCheck:
         for f, row in found:
             ext = self.module_extent(elf, f.old_name, f.sympos)
             if sites is None or ext is None:
-                pc.not_checked("ftrace", f"{name}:{f.old_name}: the module has no __mcount_loc")
+                pc.not_checked(
+                    "ftrace",
+                    f"{name}:{f.old_name}: "
+                    + (
+                        "the module has no __mcount_loc and the target's config does not say CONFIG_DYNAMIC_FTRACE"
+                        if sites is None
+                        else "not found in the module's symbol table"
+                    ),
+                )
                 continue
             shndx, value, size = ext
             offs = sites.get(shndx, [])
@@ -349,7 +358,8 @@ class LivepatchCheck:
             try:
                 raw = read_input(path, "module", limit=1 << 30)
                 elf = ElfModule(raw, path=path)
-                base = DEP_BASE + (24 + len(cache) % (DEP_SLOTS - 24)) * DEP_STRIDE
+                first = DEP_SLOTS_FOR_DEPENDENCIES
+                base = slot_address(elf, first + len(cache) % (slot_count(elf) - first))
                 cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
             except (KlpError, InputError) as exc:
                 cache[name] = str(exc)

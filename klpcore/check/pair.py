@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Diagnostic
 from ..kernel import parse_version
 from ..modtree import module_kernel_name
 from .distribution import distribution_rule
@@ -120,6 +121,16 @@ class PairBase:
     def distribution_rule(self, rule: str) -> bool:
         """A load rule the target's distribution patched in (``--distribution`` overrides the guess)."""
         return distribution_rule(self.target.distribution, rule)
+
+    def engine_errors(self, check: str, diags: list[Diagnostic], outcome: str, **extra: Any) -> None:
+        """The engine's diagnostics as findings of ``check`` (the first 20, then a count)."""
+        for d in diags[:20]:
+            where = d.location()
+            self.add(
+                check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome, **extra
+            )
+        if len(diags) > 20:
+            self.add(check, "error", f"... and {len(diags) - 20} more", None, outcome, **extra)
 
 
 def _is_version(text: str) -> bool:

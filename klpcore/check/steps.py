@@ -20,16 +20,17 @@ module ends the sequence, as the kernel does.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .. import constants as C
 from ..elf import ElfModule
-from ..errors import Diagnostic, KlpError, NoPluginError
+from ..elfheader import read_ident
+from ..errors import KlpError, NoPluginError
 from ..kernel import KernelTarget
 from ..loader import Loader
-from ..plugins import default_plugin_manager
+from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
 from .dependencies import DependencySteps, DepModule
 from .kmsg import Version
@@ -63,6 +64,10 @@ class PairCheck(DependencySteps):
             pass
         return self.findings
 
+    def dependency_check(self, path: str) -> PairCheck:
+        """A dependency at ``path`` goes through the same steps, at depth 1, on this pair's target."""
+        return PairCheck(self.target, path, depth=1, kernel_options=self.kernel_options)
+
     def step_modules(self) -> None:
         """A kernel built without CONFIG_MODULES has no init_module/finit_module (ENOSYS, no message)."""
         cfg = self.target.config
@@ -82,12 +87,12 @@ class PairCheck(DependencySteps):
         if raw[:4] != C.ELFMAG:
             self.refuse("elf", "not an ELF file", self.msg("elf_magic"))
             raise Stop
-        order: Literal["little", "big"] = "little" if raw[5] == C.ELFDATA2LSB else "big"
-        etype = int.from_bytes(raw[16:18], order)
+        ident = read_ident(raw)  # long enough, and the magic is right
+        etype = ident.type
         if etype != C.ET_REL:
             self.refuse("elf", f"ELF type {etype} is not ET_REL", self.msg("elf_type", etype=etype))
             raise Stop
-        machine = int.from_bytes(raw[18:20], order)
+        machine = ident.machine
         tm = self.target.machine
         if tm is None:
             self.not_checked("elf", "the target's architecture is unknown (no config, no module tree)")
@@ -207,9 +212,14 @@ class PairCheck(DependencySteps):
             self.not_checked("symbols", "no Module.symvers and no symbol table: exports unknown")
             return
         if self.target.symvers is None:
-            self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            ks = self.target.symbols
+            if ks is None or C.VMLINUX not in ks.exported:
+                self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            elif self.modversions and C.VMLINUX not in ks.export_crcs:
+                # GPL-only flags and namespaces came with the kernel image's export table
+                self.not_checked("symbols", "CRCs need Module.symvers (the kernel image has no __kcrctab)")
         gplok = info.gpl_compatible
-        ignored = _ignored_undefined(self.target.machine, self.version)
+        ignored = self._ignored_undefined(info.elf)
         allow_missing_ns = bool(self.target.config_bool("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS"))
         mv = self.modversions
         failed = False
@@ -295,6 +305,15 @@ class PairCheck(DependencySteps):
                     ks.objects.setdefault(name, obj)
         return ks
 
+    def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
+        """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
+        ignores (``ArchSpec.ignored_undefined``); none when no installed plugin claims it."""
+        kernel = self.kernel_target()
+        if not kernel.has("ignore_undef_symbol"):
+            return frozenset()
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+        return spec.ignored_undefined if spec is not None else frozenset()
+
     def step_relocations(self, deps: list[DepModule]) -> Any:
         info = self.info
         assert info is not None
@@ -309,12 +328,12 @@ class PairCheck(DependencySteps):
             self.not_checked("relocations", str(exc.diagnostics[0].message))
             return None
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         try:
             loaded = loader.load(mod, ks, mod.arch.default_base)
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         n = sum(loaded.relocation_counts().values())
         self.add(
@@ -325,15 +344,6 @@ class PairCheck(DependencySteps):
         for w in loaded.warnings:
             self.add("relocations", "warning", w.message, w.kernel_message)
         return loaded
-
-    def _engine_errors(self, check: str, diags: list[Diagnostic], outcome: str, **extra: Any) -> None:
-        for d in diags[:20]:
-            where = d.location()
-            self.add(
-                check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome, **extra
-            )
-        if len(diags) > 20:
-            self.add(check, "error", f"... and {len(diags) - 20} more", None, outcome, **extra)
 
     def step_duplicate_exports(self, deps: list[DepModule]) -> None:
         info = self.info
@@ -390,13 +400,6 @@ def _modinfo_name(raw: bytes) -> str | None:
         return None
     end = raw.find(b"\0", i + 6)
     return raw[i + 6 : end].decode("utf-8", "replace") if end > 0 else None
-
-
-def _ignored_undefined(machine: int | None, version: Version) -> tuple[str, ...]:
-    """``ignore_undef_symbol``: x86_64 ignores ``_GLOBAL_OFFSET_TABLE_`` (5.12+)."""
-    if machine == 62 and version >= (5, 12):
-        return ("_GLOBAL_OFFSET_TABLE_",)
-    return ()
 
 
 def _module_ns_ok(namespace: str, modname: str, version: Version) -> bool:

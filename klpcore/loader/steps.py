@@ -51,7 +51,6 @@ from ..plugins import get_plugin_manager, identify
 from ..symbols import KernelSymbols
 from .module import (
     CODETAG_SECTION,
-    DEFAULT_BASE,
     MAX_IMAGE,
     PERCPU_SECTION,
     RO_AFTER_INIT_SECTIONS,
@@ -127,7 +126,7 @@ class Loader:
     def prepare(
         self,
         mod: LoadingModule,
-        base: int = DEFAULT_BASE,
+        base: int | None = None,
         init_base: int | None = None,
         *,
         region_bases: dict[MemType, int] | None = None,
@@ -136,7 +135,8 @@ class Loader:
     ) -> None:
         """Steps 1-4: section rewriting, arch setup, checks, layout.
 
-        ``init_base`` places the init memory (the kernel's separate init
+        ``base`` is where the core memory starts (default: the architecture's
+        module area, ``ArchSpec.default_base``); ``init_base`` places the init memory (the kernel's separate init
         allocation) there; by default it follows the core memory.
         ``region_bases`` pins memory types (6.4+; before, MOD_TEXT is the core
         and MOD_INIT_TEXT the init allocation).  ``kernel_sections`` (section
@@ -233,6 +233,7 @@ class Loader:
         # debug_align (before 5.19, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
         rwx = "STRICT_MODULE_RWX" if self.kernel.has("strict_align_config") else "ARCH_HAS_STRICT_MODULE_RWX"
         page_size = mod.page_size
+        base = mod.arch.default_base if base is None else base
         style = self.kernel.layout_style
         pinned = dict(region_bases or {})
         if pinned and style != "memory":
@@ -394,7 +395,7 @@ class Loader:
         self,
         module: LoadingModule | ElfModule | str | os.PathLike[str] | bytes,
         symbols: KernelSymbols,
-        base: int = DEFAULT_BASE,
+        base: int | None = None,
         *,
         init_base: int | None = None,
         enable: bool = True,
@@ -402,8 +403,8 @@ class Loader:
         kernel_sections: Mapping[str, int] | None = None,
         sections_source: str = "",
     ) -> LoadedModule:
-        """Load ``module`` against ``symbols`` at ``base`` (init memory at
-        ``init_base``, if given) and, for a livepatch module, enable it for
+        """Load ``module`` against ``symbols`` at ``base`` (default: the
+        architecture's module area; init memory at ``init_base``, if given) and, for a livepatch module, enable it for
         every patched object present in ``symbols``.
 
         Raises a :class:`~klpcore.errors.KlpError` subclass on the first phase
@@ -452,7 +453,7 @@ def resolve_module(
     loader: Loader,
     module: LoadingModule | str | os.PathLike[str],
     symbols: KernelSymbols,
-    base: int = DEFAULT_BASE,
+    base: int | None = None,
     init_base: int | None = None,
 ) -> ResolveReport:
     """Resolve without applying: ``simplify_symbols`` plus ``klp_resolve_symbols``

@@ -38,7 +38,7 @@ SYMS = "ffffffff81000000 T _stext\nffffffff81000010 T printk\nffffffff82000000 r
 
 
 def _schema() -> dict:
-    return json.loads((resources.files("klpcore") / "schema" / "v1.json").read_text())
+    return json.loads((resources.files("klpcore") / "schema" / "v2.json").read_text())
 
 
 def validate(doc: dict) -> None:
@@ -86,7 +86,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         preexec_fn=_limit_memory,
     )
     assert "Traceback" not in p.stderr, p.stderr
-    assert p.returncode in (0, 1, 2, 3), p.returncode
+    assert p.returncode in (0, 1, 2, 3, 4), p.returncode
     return p
 
 
@@ -96,7 +96,7 @@ def call(*args: str) -> tuple[int, str, str]:
     with redirect_stdout(out), redirect_stderr(err):
         code = main(list(args))
     assert "Traceback" not in err.getvalue(), err.getvalue()
-    assert code in (0, 1, 2, 3)
+    assert code in (0, 1, 2, 3, 4)  # 4: check, verdict unknown
     json_to_stdout = "--json" in args and ("-" in args or "apply" not in args)
     if json_to_stdout and out.getvalue().strip():
         validate(json.loads(out.getvalue()))
@@ -730,9 +730,14 @@ SAMPLES = {
     ],
     "disasm": [["disasm", "{mod}", "-s", "{syms}", "--json"], ["disasm", "{mod}", "--json"]],
     "check": [
-        ["check", "{ckmod}", "--target", "{tmp}", "--json", "-"],  # loads
+        ["check", "{ckmod}", "--target", "{tmp}", "--json", "-"],  # unknown: {tmp} has no symbol table
+        ["check", "{xmod}", "--target", "{xtarget}", "--json", "-"],  # loads: a whole x86_64 target
         ["check", "{mod}", "--target", "{tmp}", "--json", "-"],  # refused: no .gnu.linkonce.this_module
         ["check", "{mod}", "--target", "{junk}", "--json", "-"],  # not a directory
+    ],
+    "convert": [
+        ["convert", "{mod}", "-s", "{syms}", "--mark", "-o", "{tmp}/converted.ko", "--json"],
+        ["convert", "{bad}", "-s", "{syms}", "-o", "{tmp}/converted.ko", "--json"],  # not livepatch=Y, 'nowhere'
     ],
 }
 
@@ -741,8 +746,25 @@ def test_every_command_has_json_samples() -> None:
     assert set(SAMPLES) >= set(COMMANDS), f"add JSON samples for {set(COMMANDS) - set(SAMPLES)}"
 
 
+def _plugin_installed(arch: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == arch for ep in entry_points(group="klpcore.arch"))
+
+
+def _check_target(tmp: Path) -> tuple[Path, Path]:
+    """An x86_64 module and a whole target it loads on (tests/check/kbuild.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "check"))
+    from kbuild import Mod, make_target
+
+    xtarget = make_target(tmp / "xtarget")
+    xmod = tmp / "x.ko"
+    xmod.write_bytes(Mod("x", imports=["printk"]).build())
+    return xmod, xtarget
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_json_output_validates(files, name) -> None:
+def test_json_output_validates(files, name, monkeypatch) -> None:
     mod, syms, tmp = files
     bad = tmp / "bad.ko"
     bad.write_bytes(toy_module(symbols=[Sym("nowhere")], relas=[Rela(".text", 0, T.ABS64, "nowhere")]))
@@ -751,15 +773,22 @@ def test_json_output_validates(files, name) -> None:
     ckmod = tmp / "ck.ko.module"  # not a .ko: the flat target's module tree stays empty
     this_module = Sec(".gnu.linkonce.this_module", flags=DATA, data=bytes(0x40), align=64)
     ckmod.write_bytes(toy_module(sections=[Sec(".text", flags=TEXT, data=bytes(64), align=16), this_module]))
+    xmod, xtarget = _check_target(tmp)
+    if name == "check" and _plugin_installed("x86_64"):
+        monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "x86_64")  # the x86_64 sample's relocations
     codes = set()
     for sample in SAMPLES[name]:
-        argv = [a.format(mod=mod, syms=syms, bad=bad, junk=junk, ckmod=ckmod, tmp=tmp) for a in sample]
+        argv = [
+            a.format(mod=mod, syms=syms, bad=bad, junk=junk, ckmod=ckmod, tmp=tmp, xmod=xmod, xtarget=xtarget)
+            for a in sample
+        ]
         code, out, _ = call(*argv)
         doc = json.loads(out)
         validate(doc)
         assert doc["command"] == name and doc["exit_code"] == code and doc["ok"] == (code == 0)
         codes.add(code)
-    assert 0 in codes and codes - {0}, codes  # success and failure both covered
+    # success and failure both covered (check's loads needs the x86_64 plugin: without it, unknown)
+    assert (0 in codes or (name == "check" and not _plugin_installed("x86_64"))) and codes - {0}, codes
 
 
 def test_argument_errors_as_json(files) -> None:
@@ -828,61 +857,6 @@ def test_write_elf_is_public_api() -> None:
     assert "examples" in klpcore.__all__
 
 
-def _real_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for k in ("KLPCORE_PLUGINS", "KLPCORE_LOAD_PLUGINS"):
-        env.pop(k, None)
-    return env
-
-
-def test_first_run_and_an_example_per_installed_arch(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("klpcore_x86_64")
-    from klpcore.plugins import get_plugin_manager, list_arch_plugins
-
-    env = _real_env()
-    p = run("apply", "--example", "x86_64", "-o", str(tmp_path / "klpdemo.relocated.ko"), env=env)
-    assert p.returncode == 0, p.stderr
-    assert p.stderr == "" and "warning" not in p.stdout
-    assert f"wrote {tmp_path / 'klpdemo.relocated.ko'}" in p.stdout
-    monkeypatch.delenv("KLPCORE_PLUGINS")
-    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS")
-    archs = [a.name for i in list_arch_plugins(get_plugin_manager()) for a in i.archs]
-    for arch in archs:
-        p = run("apply", "--example", arch, "-q", "-o", str(tmp_path / f"{arch}.ko"), env=env)
-        assert p.returncode == 0 and p.stderr == "", (arch, p.stderr)
-
-
-def test_readme_embedding_example_runs_as_written(tmp_path) -> None:
-    pytest.importorskip("klpcore_x86_64")
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Embedding\s+```python\n(.*?)```", readme, re.S)
-    assert code is not None
-    (tmp_path / "example.py").write_text(code.group(1))
-    p = subprocess.run(
-        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, env=_real_env(), timeout=120
-    )
-    assert p.returncode == 0, p.stderr
-    assert "load" in p.stdout and (tmp_path / "klpdemo.relocated.ko").stat().st_size > 0
-
-
-def test_stub_calls_named_in_disasm() -> None:
-    pytest.importorskip("klpcore_ppc64le")
-    ex = Path(__import__("klpcore_ppc64le").__file__).parent / "examples"
-    p = run("disasm", str(ex / "klpdemo.ko"), "-s", str(ex / "System.map"), env=_real_env())
-    assert p.returncode == 0
-    assert re.search(r"R_PPC64_REL24 \.klp\.sym\.vmlinux\.ext_add,0 -> 0x[0-9a-f]+ \(call through \.stubs", p.stdout)
-    addrs = [int(line.split()[1], 16) for line in p.stdout.splitlines() if line.startswith(".text+")]
-    assert addrs == sorted(addrs) and addrs
-
-
-def test_ppc64le_kernel_toc_banana() -> None:
-    """The issue's example, through the real plugin's declared options."""
-    pytest.importorskip("klpcore_ppc64le")
-    p = run("apply", "--example", "ppc64le", "-q", "-O", "kernel_toc=banana", env=_real_env())
-    assert p.returncode == 2
-    assert "-O kernel_toc: 'banana' is not an address; expected 0x-prefixed hex or decimal" in one_line(p.stderr)
-
-
 def test_plugins_table_shows_byte_order_and_each_type_list_once() -> None:
     """The toy plugin answers for both byte orders: two rows that differ in byte order, one type list."""
     code, out, _ = call("plugins")
@@ -899,15 +873,3 @@ def test_kernel_help_states_the_modelled_range() -> None:
     assert "4.3 or newer" in text and "a later release gets its rules and reports say so" in text
     code, _, err = call("plugins", "--kernel", "4.2")
     assert code == 2 and "(4.3 and newer; releases after" in one_line(err)
-
-
-@pytest.mark.parametrize(("machine", "arch"), [("s390x", "s390x"), ("aarch64", "arm64"), ("x86_64", "x86_64")])
-def test_default_example_is_the_host_architecture(monkeypatch, machine, arch) -> None:
-    pytest.importorskip(f"klpcore_{arch}")
-    monkeypatch.delenv("KLPCORE_PLUGINS")
-    monkeypatch.delenv("KLPCORE_LOAD_PLUGINS")
-    real = os.uname()
-    fake = os.uname_result((real.sysname, real.nodename, real.release, real.version, machine))
-    monkeypatch.setattr(os, "uname", lambda: fake)
-    code, out, _ = call("apply", "--example")
-    assert code == 0 and f"klpcore_{arch}/examples/klpdemo.ko" in out.splitlines()[1]

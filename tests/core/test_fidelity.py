@@ -66,7 +66,7 @@ def test_config_gzip_and_plain_files(tmp_path) -> None:
         (b"hello world\n", "not a kernel configuration line"),
         (b"# only a comment\n", "no CONFIG_ option"),
         (b"CONFIG_X=y\nCONFIG_Y=maybe\n", ":2:"),
-        (b"\x1f\x8b\x08\x00broken", "broken gzip"),
+        (b"\x1f\x8b\x08\x00broken", "corrupt gzip data"),
     ],
 )
 def test_bad_config_refused_clearly(tmp_path, data, words) -> None:

@@ -11,6 +11,8 @@ Parts:
 * :mod:`.protection` -- versions: livepatch only since 6.17, late writes through
   ``aarch64_insn_copy`` since 6.17.
 * :mod:`.options` -- kernel-build and CPU facts (``-O erratum_843419=false``...).
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 Kernel messages are rendered without the printk prefix (6.1 has none; newer
 kernels prefix ``"Modules: "``).
@@ -21,16 +23,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
-from . import options, plt, protection, versions
+if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import convert, options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
@@ -81,6 +89,14 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 @hookimpl
 def klp_arch_behaviours() -> Sequence[Behaviour]:
     return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -136,5 +152,19 @@ def klp_arch_examples() -> Sequence[Example]:
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
+            hosts=("aarch64",),
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

@@ -1,6 +1,6 @@
 """How late writes reach arm64 module memory, by kernel version.
 
-The version rules live in ``klpcore/versions.py`` (``arm64_*`` behaviours):
+The version rules are this plugin's rows of the version table (:mod:`.versions`):
 ``arm64_livepatch`` and ``arm64_late_text_poke`` (6.17) here,
 ``arm64_single_ftrace_plt`` (6.2), ``arm64_module_plts_always`` (6.5) and
 ``arm64_init_ftrace_trampoline`` (6.17) in :mod:`.plt` and :mod:`.options`.
