@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from klpcore.check.modinfo import read_modinfo
 from klpcore.convert.plan import convert, from_kernel_symbols
 from klpcore.elf import ElfModule
 from klpcore.errors import ResolutionError
@@ -27,16 +26,8 @@ from klpcore.symbols import load_many
 pytest.importorskip("klpcore_x86_64")
 FIX = Path(__file__).resolve().parent / "fixtures"
 RELEASES = {"6.1": (6, 1), "7.2": (7, 2)}
+FULL_RELEASES = {"6.1": "6.1.0-50-amd64", "7.2": "7.2.13+deb14-amd64"}
 BASE = 0xFFFFFFFFC0000000
-
-
-#: vermagic words and the config options that put them there
-VERMAGIC_CONFIG = {
-    "SMP": "SMP",
-    "preempt": "PREEMPT_BUILD",
-    "mod_unload": "MODULE_UNLOAD",
-    "modversions": "MODVERSIONS",
-}
 
 
 def fixture(release: str) -> tuple[Path, dict[str, object]]:
@@ -94,29 +85,15 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     from klpcore.cli import main
 
     d, _ = fixture(release)
+    # the target as Debian ships it, sliced to what check reads for this module (fixtures/target_slices.py):
+    # System.map and config named for the release, Module.symvers, the ftrace location of uptime_proc_show
+    rel = FULL_RELEASES[release]
     target = tmp_path / "target"
-    target.mkdir()
-    smap = (d / "systemmap").read_text()
-    (target / "System.map").write_text(smap)
-    # what check needs to decide every step, each from the kernel the module was loaded into: the
-    # release and the config lines of its vermagic, its exports (Module.symvers), and the ftrace
-    # location of the patched function (available_filter_functions_addrs)
-    compiled = ElfModule.from_file(d / "koc_convert.ko")
-    kernel_release, *flags = compiled.modinfo["vermagic"][-1].split()
-    (target / "release").write_text(kernel_release + "\n")
-    config = ["CONFIG_X86_64=y", "CONFIG_LIVEPATCH=y", "CONFIG_MODULES=y", "CONFIG_DYNAMIC_FTRACE=y"]
-    config += [f"CONFIG_{opt}=y" for flag, opt in VERMAGIC_CONFIG.items() if flag in flags]
-    (target / "config").write_text("\n".join(config) + "\n")
-    lines = [ln.split() for ln in smap.splitlines()]
-    exported = {name.removeprefix("__ksymtab_") for _, _, name in lines if name.startswith("__ksymtab_")}
-    # the kernel accepted the module's CRCs (6.1: modversions): Module.symvers carries them
-    crcs = read_modinfo(compiled, str(d / "koc_convert.ko")).versions or {}
-    (target / "Module.symvers").write_text(
-        "".join(f"{crcs.get(name, 0):#010x}\t{name}\tvmlinux\tEXPORT_SYMBOL\t\n" for name in sorted(exported))
-    )
-    (target / "available_filter_functions_addrs").write_text(
-        "".join(f"{addr} {name}\n" for addr, _, name in lines if name == "uptime_proc_show")
-    )
+    (target / "boot").mkdir(parents=True)
+    (target / "boot" / f"System.map-{rel}").write_text((d / "systemmap").read_text())
+    (target / "boot" / f"config-{rel}").write_text((d / "config").read_text())
+    (target / "Module.symvers").write_text((d / "Module.symvers").read_text())
+    (target / "available_filter_functions_addrs").write_text((d / "ftrace_addrs").read_text())
     out = tmp_path / "klp.ko"
     out.write_bytes(converted(release))
     verdicts = {}
@@ -127,4 +104,8 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
         if mod == out:
             (pf,) = doc["targets"][0]["patched_functions"]
             assert pf["old_name"] == "uptime_proc_show"
+            assert pf["ftrace"] == "0x" + (d / "ftrace_addrs").read_text().split()[0].lstrip("0")
+            assert doc["targets"][0]["release"] == rel
+            unchecked = [f for f in doc["targets"][0]["findings"] if f["severity"] in ("not-checked", "error")]
+            assert unchecked == [], unchecked  # everything check reads was there: the verdict is not a guess
     assert verdicts == {"klp.ko": "loads", "koc_convert.ko": "refused"}

@@ -33,12 +33,13 @@ from klpcore import (
 from klpcore import constants as C
 from klpcore.config import KernelConfig
 from klpcore.constants import ModuleState
+from klpcore.convert.elfedit import KlpSym
+from klpcore.convert.named import convert_named
 from klpcore.elf import ElfModule
 from klpcore.memory import ModuleImage
 from klpcore.output import write_elf
 from klpcore.symbols import parse_symbol_text
 from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
-from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
 
 s390 = pytest.importorskip("klpcore_s390x")
@@ -600,7 +601,7 @@ def test_capstone_and_insn_target() -> None:
 
 # -------------------------------------------------------------- livepatch
 def _klp(names: list[str], objname: str = "tgt_mod") -> bytes:
-    return klpify((FIX / "klp_late.o").read_bytes(), {n: KlpSym(objname) for n in names}, fmt="final")
+    return convert_named((FIX / "klp_late.o").read_bytes(), {n: KlpSym(objname) for n in names}).data
 
 
 def _tgt(fn: int, data: int) -> str:

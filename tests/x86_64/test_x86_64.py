@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.convert.named import convert_named
 from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
@@ -287,7 +288,7 @@ def test_livepatch_late_write_uses_text_poke(loader) -> None:
         (text_only if m.sections[s.info].name == ".text" else other).update(syms)
     chosen = sorted(n for n in text_only - other if n and int(m.symbols["st_shndx"][m.symbol_names.index(n)]) == 0)
     assert chosen
-    klp = klpify(data, {chosen[0]: KlpSym("ext4")})
+    klp = convert_named(data, {chosen[0]: KlpSym("ext4")}).data
     syms = load_symbols(str(FIX / "mod_basic.map"))
     lm = loader.load(klp, syms, BASE)
     assert lm.pending_objects == ["ext4"]

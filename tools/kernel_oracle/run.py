@@ -521,7 +521,12 @@ def main(argv: list[str] | None = None) -> int:
         tar.extractall(out, filter="data")
     log = (out / "log").read_text().splitlines()
     insmod = {w[1]: int(w[2]) for w in (ln.split() for ln in log) if w[0] == "insmod"}
-    uptimes = {w[0]: float(w[1]) for w in (ln.split() for ln in log) if w[0].startswith("uptime")}
+    # a livepatch may change what /proc/uptime prints: keep its first word as text when it is not a number
+    uptimes = {
+        w[0]: float(w[1]) if re.fullmatch(r"\d+(\.\d+)?", w[1]) else w[1]
+        for w in ([*ln.split(), ""] for ln in log)
+        if w[0].startswith("uptime")
+    }
     config = find_config(root)
     if config is not None:
         shutil.copy(config, out / "config")
