@@ -505,7 +505,7 @@ def test_kernel_outside_modelled_range(files) -> None:
     code, _, err = call("inspect", str(mod), "--kernel", "2.6")
     assert (
         code == 2
-        and "kernel 2.6 is outside the versions klpcore models (4.3 and newer; releases after 7.1 get its rules)"
+        and "kernel 2.6 is outside the versions klpcore models (4.3 and newer; releases after 7.2 get its rules)"
         in one_line(err)
     )
 

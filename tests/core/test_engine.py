@@ -236,16 +236,42 @@ def test_layout_memory_and_legacy() -> None:
         sec(7, ".comment", 0, 10, 1),
         sec(8, ".note", C.SHF_ALLOC, 4, 4),
     ]
+    # 6.4+: one vmalloc area per memory type, in enum order, each followed by a guard page
+    # (Debian 6.12.117 ppp_synctty: DATA at text+0x2000, RODATA at text+0x4000)
     lay = layout_sections(secs, BASE, style="memory")
     a = {p.name: (p.memtype, p.address - BASE) for p in lay.placements.values()}
     assert a == {
         ".text": (MemType.TEXT, 0),
         ".text.b": (MemType.TEXT, 0x40),
-        ".rodata": (MemType.RODATA, 0x1000),
-        ".note": (MemType.RODATA, 0x1014),
-        ".data..ro_after_init": (MemType.RO_AFTER_INIT, 0x2000),
-        ".data": (MemType.DATA, 0x3000),
-        ".init.text": (MemType.INIT_TEXT, 0x4000),
+        ".data": (MemType.DATA, 0x2000),
+        ".rodata": (MemType.RODATA, 0x4000),
+        ".note": (MemType.RODATA, 0x4014),
+        ".data..ro_after_init": (MemType.RO_AFTER_INIT, 0x6000),
+        ".init.text": (MemType.INIT_TEXT, 0x8000),
+    }
+    # no guard pages: the types back to back, still in enum order
+    packed = layout_sections(secs, BASE, style="memory", guard_pages=False)
+    assert [(p.name, p.address - BASE) for p in sorted(packed.placements.values(), key=lambda p: p.address)] == [
+        (".text", 0),
+        (".text.b", 0x40),
+        (".data", 0x1000),
+        (".rodata", 0x2000),
+        (".note", 0x2014),
+        (".data..ro_after_init", 0x3000),
+        (".init.text", 0x4000),
+    ]
+    # x86's read-only-executable text cache (7.2 amd64): TEXT and INIT_TEXT packed at text_base,
+    # the data types from base with guard pages
+    cache = BASE + 0x100000
+    rox = layout_sections(secs, BASE, style="memory", text_base=cache)
+    assert {p.name: p.address for p in rox.placements.values()} == {
+        ".text": cache,
+        ".text.b": cache + 0x40,
+        ".init.text": cache + 0x1000,
+        ".data": BASE,
+        ".rodata": BASE + 0x2000,
+        ".note": BASE + 0x2014,
+        ".data..ro_after_init": BASE + 0x4000,
     }
     leg = layout_sections(secs, BASE, style="legacy")
     b = {p.name: p.address - BASE for p in leg.placements.values()}
@@ -454,7 +480,8 @@ def test_huge_nobits_section_refused(toy_loader) -> None:
     ).build()
     with pytest.raises(
         Exception,
-        match=r"would need 0x4000000001000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
+        # TEXT 1 page + DATA (.bss and the kallsyms copy) 0x4000000001000 + INIT_DATA (.symtab copy) 1 page
+        match=r"would need 0x4000000003000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
     ):
         toy_loader.load(obj, symbols(), BASE)
 
