@@ -104,7 +104,7 @@ class ElfWriter:
         """The current end of the file (where a ``SHT_NOBITS`` section is said to be)."""
         return len(self.data)
 
-    def add(self, contents: bytes, align: int = 1) -> int:
+    def add(self, contents: bytes | bytearray, align: int = 1) -> int:
         """Append ``contents`` at the next offset that is a multiple of ``align`` (zero padding);
         returns that offset."""
         offset = len(self.data) + (-len(self.data)) % max(align, 1)

@@ -15,6 +15,9 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
+from klpcore import constants as C
+from klpcore.elfwriter import pack_file_header
+
 
 @dataclass
 class Sym:
@@ -251,9 +254,7 @@ def elf_kernel(syms: list[Sym], layout: str, base: int, *, machine: int = 62, e:
     """An ET_EXEC vmlinux with one PT_LOAD (file offset 0x1000 at ``base``) and no section headers."""
     raw = raw_kernel(syms, layout, base, e=e, **kw)  # type: ignore[arg-type]
     hdr = bytearray(0x1000)
-    ident = b"\x7fELF" + bytes([2, 1 if e == "<" else 2, 1]) + b"\0" * 9
-    hdr[0:16] = ident
-    struct.pack_into(e + "HHIQQQIHHHHHH", hdr, 16, 2, machine, 1, base, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    hdr[0:64] = pack_file_header(e, type=C.ET_EXEC, machine=machine, entry=base, phoff=64, phentsize=56, phnum=1)
     struct.pack_into(e + "IIQQQQQQ", hdr, 64, 1, 5, 0x1000, base, base, len(raw), len(raw), 0x1000)
     return bytes(hdr) + raw
 

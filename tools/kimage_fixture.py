@@ -29,7 +29,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("out_expected")
     p.add_argument("--groups", type=int, default=2)
     args = p.parse_args(argv)
+    from klpcore import constants as C
     from klpcore.compress import SYMBOL_ELF_LIMIT, read_input
+    from klpcore.elfwriter import pack_file_header
     from klpcore.kimage.container import open_image
     from klpcore.kimage.kallsyms import read_kallsyms
 
@@ -59,8 +61,7 @@ def main(argv: list[str]) -> int:
     blob += b"".join(struct.pack(e + "i", int(k.addresses[i]) - (at + 4 * i)) for i in range(n))
     blob += b"\0" * 64
     hdr = bytearray(0x1000)
-    hdr[0:16] = b"\x7fELF" + bytes([2, 1 if e == "<" else 2, 1]) + b"\0" * 9
-    struct.pack_into(e + "HHIQQQIHHHHHH", hdr, 16, 2, 0, 1, elf_va, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    hdr[0:64] = pack_file_header(e, type=C.ET_EXEC, machine=0, entry=elf_va, phoff=64, phentsize=56, phnum=1)
     struct.pack_into(e + "IIQQQQQQ", hdr, 64, 1, 4, 0x1000, elf_va, elf_va, len(blob), len(blob), 0x1000)
     with open(args.out_elf, "wb") as fh:
         fh.write(bytes(hdr) + bytes(blob))

@@ -239,10 +239,12 @@ class _Elf:
     # -- output ---------------------------------------------------------------
 
     def serialize(self) -> bytes:
+        """The file laid out afresh by :class:`~klpcore.elfwriter.ElfWriter`: the input's
+        ``e_ident``, program headers, section contents in index order, section header table."""
         out = ElfWriter(self.endian, self.ident + bytes(C.EHDR_SIZE - len(self.ident)))
         e_phoff = out.add(self.phdrs) if self.phdrs else 0
         for sec in self.sections[1:]:
-            sec.sh_offset = out.add(bytes(sec.data) if sec.has_file_data else b"", sec.sh_addralign)
+            sec.sh_offset = out.add(sec.data if sec.has_file_data else b"", sec.sh_addralign)
             if sec.has_file_data:
                 sec.sh_size = len(sec.data)
 

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elfbuild import Obj, Rela, Sec, Sym
 
 from klpcore import constants as C
+from klpcore.elfheader import SectionHeader
+from klpcore.elfwriter import ElfWriter, pack_file_header
 
 EM_X86_64 = 62
 R_64, R_PLT32 = 1, 4
@@ -200,23 +202,16 @@ def vmlinux() -> bytes:
         names.append(len(shstr))
         shstr += n.encode() + b"\0"
     sections.append((".shstrtab", C.SHT_STRTAB, 0, bytes(shstr)))
-    out = bytearray(64)
-    offs = []
-    for _n, _t, _a, d in sections:
-        out += bytes((-len(out)) % 8)
-        offs.append(len(out))
-        out += d
-    out += bytes((-len(out)) % 8)
-    shoff = len(out)
-    out += bytes(64)
+    out = ElfWriter(
+        "<",
+        pack_file_header("<", type=C.ET_EXEC, machine=EM_X86_64, shnum=len(sections) + 1, shstrndx=len(sections)),
+    )
+    rows = [SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)]
     for i, (_n, t, a, d) in enumerate(sections):
         link = 4 if t == C.SHT_SYMTAB else 0
-        out += struct.pack("<IIQQQQIIQQ", names[i], t, 0, a, offs[i], len(d), link, 0, 8, 24 if link else 0)
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    out[0:64] = ident + struct.pack(
-        "<HHIQQQIHHHHHH", C.ET_EXEC, EM_X86_64, 1, 0, 0, shoff, 0, 64, 0, 0, 64, len(sections) + 1, len(sections)
-    )
-    return bytes(out)
+        rows.append(SectionHeader(names[i], t, 0, a, out.add(d, 8), len(d), link, 0, 8, 24 if link else 0))
+    out.add_section_headers(rows)
+    return out.getvalue()
 
 
 CONFIG = {

@@ -1,8 +1,9 @@
 """Tests for the livepatch ELF writer (klpcore.convert.elfedit) through klpcore.testing.klpify.
 
-The input objects are assembled in Python by a tiny ELF64 ``ET_REL`` writer
-below (no compiler or binutils needed), in both byte orders.  Its layout
-(section header table first, then data) deliberately differs from klpify's.
+The input objects are assembled in Python by a tiny ELF64 ``ET_REL`` builder
+below (no compiler or binutils needed), in both byte orders, written through
+:mod:`klpcore.elfwriter`.  Its layout (section header table first, then data)
+deliberately differs from the converter's output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from klpcore import constants as C
 from klpcore.constants import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -47,6 +49,8 @@ from klpcore.constants import (
     STT_OBJECT,
     STT_SECTION,
 )
+from klpcore.elfheader import SectionHeader
+from klpcore.elfwriter import ElfWriter, pack_file_header, pack_section_header
 from klpcore.testing.klpify import KlpifyError, KlpSym, klpify
 
 SHT_SYMTAB_SHNDX = 18
@@ -55,7 +59,7 @@ EM_S390 = 22
 ENDIANS = {"<": (EM_X86_64, 0), ">": (EM_S390, 0x5)}
 
 # --------------------------------------------------------------------------
-# a tiny ELF64 ET_REL writer
+# a tiny ELF64 ET_REL builder (written by klpcore.elfwriter)
 # --------------------------------------------------------------------------
 
 
@@ -118,52 +122,35 @@ def build_elf(
     def ref(v: int | str) -> int:
         return index[v] if isinstance(v, str) else v
 
-    shoff = 64
-    offset = shoff + 64 * len(secs)
-    body = bytearray()
-    headers = bytearray()
-    for i, s in enumerate(secs):
-        if i == 0:
-            headers += bytes(64)
-            continue
-        offset = (offset + max(s.align, 1) - 1) // max(s.align, 1) * max(s.align, 1)
-        pad = offset - (shoff + 64 * len(secs) + len(body))
-        body += bytes(pad)
+    # The section header table comes first, right after the file header (klpcore's own writers put
+    # it last), so each section's offset is known before anything is written.
+    shoff = C.EHDR_SIZE
+    offset = shoff + C.SHDR_SIZE * len(secs)
+    rows = [SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)]
+    for i, s in enumerate(secs[1:], start=1):
+        offset += (-offset) % max(s.align, 1)
         size = len(s.data) if s.size is None else s.size
-        headers += struct.pack(
-            e + "IIQQQQIIQQ",
-            names[i],
-            s.type,
-            s.flags,
-            0,
-            offset,
-            size,
-            ref(s.link),
-            ref(s.info),
-            s.align,
-            s.entsize,
+        rows.append(
+            SectionHeader(names[i], s.type, s.flags, 0, offset, size, ref(s.link), ref(s.info), s.align, s.entsize)
         )
         if s.type != SHT_NOBITS:
-            body += s.data
             offset += len(s.data)
-    ident = b"\x7fELF" + bytes([ei_class, 1 if e == "<" else 2, 1]) + bytes(9)
-    ehdr = ident + struct.pack(
-        e + "HHIQQQIHHHHHH",
-        e_type,
-        machine,
-        1,
-        0,
-        0,
-        shoff,
-        flags,
-        64,
-        0,
-        0,
-        64,
-        len(secs),
-        len(secs) - 1,
+    header = pack_file_header(
+        e,
+        type=e_type,
+        machine=machine,
+        flags=flags,
+        shoff=shoff,
+        shnum=len(secs),
+        shstrndx=len(secs) - 1,
+        elfclass=ei_class,
     )
-    return bytes(ehdr + headers + body)
+    out = ElfWriter(e, header)
+    out.add(b"".join(pack_section_header(e, row) for row in rows))
+    for s, row in zip(secs[1:], rows[1:], strict=True):
+        at = out.add(b"" if s.type == SHT_NOBITS else s.data, s.align)
+        assert at == row.offset, f"build_elf: {s.name} written at {at:#x}, its header says {row.offset:#x}"
+    return out.getvalue()
 
 
 def symtab_sections(e: str, syms: Sequence[Sym], sec_names: Sequence[str]) -> tuple[Sec, Sec]:
