@@ -107,6 +107,15 @@ class Change:
     data: bytes
     hints: set[str | None]  # write-method hints staged in it (None: plain stores)
     segments: Callable[[], list[tuple[int, int, str | None]]]  # (start, end, hint), relative to ``address``
+    #: when set, ``hints`` holds the named hints only and this says (computed on demand, as it
+    #: costs a pass over the section) whether bytes outside every hinted write changed too (None)
+    plain: Callable[[], bool] | None = None
+
+    def all_hints(self) -> set[str | None]:
+        """The hints with None when plain stores changed bytes too."""
+        if self.plain is not None and None not in self.hints and self.plain():
+            return {*self.hints, None}
+        return self.hints
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,11 @@ class ModuleImage:
                 problems.extend(exc.diagnostics)
                 continue
             methods = {h: method_for(region, ch.address, len(ch.data), h) for h in ch.hints or {None}}
+            if ch.plain is not None and None not in methods:
+                # whether plain stores are in the change matters only when they would get another method
+                same = set(methods.values())
+                if len(same) != 1 or method_for(region, ch.address, len(ch.data), None) not in same:
+                    methods = {h: method_for(region, ch.address, len(ch.data), h) for h in ch.all_hints()}
             if len(set(methods.values())) == 1 and None not in methods.values():
                 plan.append((ch.address, ch.data, next(iter(methods.values())), region))  # type: ignore[arg-type]
                 continue

@@ -471,7 +471,7 @@ def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
     scatter(buf, offs, 4, "little", np.array(new, dtype=np.uint64))
     hint = insn_hint(ctx.kernel)
     if hint is not None:
-        ctx.staged.hints.setdefault(ctx.target.index, []).extend((o, o + 4, hint) for o in offs.tolist())
+        ctx.staged.hint_many(ctx.target.index, offs, 4, hint)
 
 
 def apply_one(ctx: SectionContext, e: Entry) -> None:

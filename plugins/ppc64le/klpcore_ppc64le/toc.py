@@ -82,9 +82,7 @@ def entry_batch(ctx: SectionContext, idx: np.ndarray) -> None:
     ha = ((vv + U64(0x8000)) >> U64(16)) & U64(0xFFFF)
     scatter(buf, offs[match], 4, order, U64(ENTRY_ADDIS) | ha)
     scatter(buf, offs[match] + U64(4), 4, order, U64(ENTRY_ADDI) | (vv & U64(0xFFFF)))
-    ctx.staged.hints.setdefault(ctx.target.index, []).extend(
-        (int(o), int(o) + 8, "store") for o in offs[match].tolist()
-    )
+    ctx.staged.hint_many(ctx.target.index, offs[match], 8, "store")
 
 
 def entry_reloc(ctx: SectionContext, entry: Entry) -> None:
