@@ -85,13 +85,15 @@ def count_relocs(relas: np.ndarray, rtype: int) -> int:
     differ from the last counted pair, held in 32-bit unsigned variables."""
     info = relas["r_info"]
     sel = np.flatnonzero((info & U64(0xFFFFFFFF)) == U64(rtype))
-    count = 0
-    prev_sym = prev_add = 0
-    for sym, add in zip((info[sel] >> U64(32)).tolist(), relas["r_addend"][sel].astype(np.int64).tolist(), strict=True):
-        if sym != prev_sym or add != prev_add:
-            count += 1
-            prev_sym, prev_add = sym & 0xFFFFFFFF, add & 0xFFFFFFFF
-    return count
+    if not sel.size:
+        return 0
+    sym = (info[sel] >> U64(32)).astype(np.int64)
+    add = relas["r_addend"][sel].astype(np.int64)
+    # the last counted pair, truncated to 32 bits; an entry not counted equals it, so "the last counted"
+    # is the previous entry's pair (a negative or >= 2**32 addend never equals a truncated one)
+    prev_sym = np.concatenate(([0], sym[:-1] & 0xFFFFFFFF))
+    prev_add = np.concatenate(([0], add[:-1] & 0xFFFFFFFF))
+    return int(np.count_nonzero((sym != prev_sym) | (add != prev_add)))
 
 
 def sort_relas(relas: np.ndarray) -> None:

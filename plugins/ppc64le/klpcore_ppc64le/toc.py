@@ -43,9 +43,9 @@ def entry_words(p: int, r2: int) -> tuple[int, int]:
 def dedotify(module: LoadingModule) -> None:
     elf = module.elf
     syms = elf.symbols
-    for i in range(1, elf.nsyms):
+    for i in np.flatnonzero(syms["st_shndx"] == C.SHN_UNDEF).tolist():
         name = elf.symbol_names[i]
-        if int(syms["st_shndx"][i]) != C.SHN_UNDEF or not name.startswith("."):
+        if i == 0 or not name.startswith("."):
             continue
         if name == ".TOC.":
             syms["st_shndx"][i] = C.SHN_ABS
@@ -57,9 +57,8 @@ def fix_toc(ctx: SectionContext) -> None:
     """On the first ``apply_relocate_add``, the ``TOC.`` symbol becomes ``my_r2``."""
     if not ctx.state.get("toc_fixed"):
         elf = ctx.module.elf
-        shndx = elf.symbols["st_shndx"]
-        for i in range(1, elf.nsyms):
-            if int(shndx[i]) == C.SHN_ABS and elf.symbol_names[i] == "TOC.":
+        for i in np.flatnonzero(elf.symbols["st_shndx"] == C.SHN_ABS).tolist():
+            if i and elf.symbol_names[i] == "TOC.":
                 ctx.symvals[i] = U64(my_r2(ctx))
                 break
         ctx.state["toc_fixed"] = True
