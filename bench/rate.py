@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", "-n", type=int, default=7)
     ap.add_argument("--hash", action="store_true", help="print the SHA-256 of each relocated module")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument(
+        "--loads-only",
+        type=int,
+        metavar="K",
+        help="set up, then run K untimed loads of each module and exit (for bench/instructions.sh: the instructions "
+        "of K loads minus those of 1, under callgrind)",
+    )
     args = ap.parse_args(argv)
 
     from klpcore.loader import Loader
@@ -59,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         d = p.parent
         syms = load_many([str(d / s) for s in m["klpcore_symbols"]])
         cases.append((m, d / m["module"], syms, kernel_target(m), int(m["base"], 0)))
+    if args.loads_only is not None:
+        for _m, module, syms, kernel, base in cases:
+            for _ in range(args.loads_only):
+                Loader(kernel=kernel).load(module, syms, base)
+        return 0
     times: dict[str, list[float]] = {m["arch"]: [] for m, *_ in cases}
     hashes: dict[str, str] = {}
     for m, module, syms, kernel, base in cases:  # warm-up (symbol index, imports)

@@ -544,24 +544,35 @@ def _field_dtype(width: int, order: str) -> np.dtype[Any] | None:
     return np.dtype(("<" if order == "little" else ">") + code) if code else None
 
 
+def _fields(buf: np.ndarray, offsets: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (len(buf) - width + 1, width) view of ``buf`` whose row ``i`` is the ``width`` bytes at ``i``
+    (writable: rows share bytes), and ``offsets`` as row numbers, each checked to be a whole field
+    inside ``buf``."""
+    rows = offsets.astype(np.intp)
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) > buf.size - width):
+        raise IndexError(f"a {width}-byte field at offset {int(rows.max()):#x} is outside {buf.size} bytes")
+    window = np.lib.stride_tricks.as_strided(buf, shape=(max(buf.size - width + 1, 0), width), strides=(1, 1))
+    return window, rows
+
+
 def gather(buf: np.ndarray, offsets: np.ndarray, width: int, order: str) -> np.ndarray:
     """Read ``width``-byte unsigned fields at ``offsets`` of ``buf``."""
-    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    window, rows = _fields(buf, offsets, width)
     dt = _field_dtype(width, order)
     if dt is not None:
-        return np.ascontiguousarray(buf[idx]).view(dt).reshape(-1).astype(np.uint64)
-    b = buf[idx].astype(np.uint64)
+        return window[rows].view(dt).reshape(-1).astype(np.uint64)
+    b = window[rows].astype(np.uint64)
     return (b << _shifts(width, order)).sum(axis=1, dtype=np.uint64)
 
 
 def scatter(buf: np.ndarray, offsets: np.ndarray, width: int, order: str, values: np.ndarray) -> None:
-    """Write ``width``-byte fields at ``offsets`` of ``buf``."""
-    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    """Write ``width``-byte fields at ``offsets`` of ``buf`` (in order: a later field wins where two overlap)."""
+    window, rows = _fields(buf, offsets, width)
     dt = _field_dtype(width, order)
     if dt is not None:
-        buf[idx] = values.astype(dt).view(np.uint8).reshape(-1, width)
+        window[rows] = values.astype(dt).view(np.uint8).reshape(-1, width)
         return
-    buf[idx] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
+    window[rows] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -670,9 +681,11 @@ def apply_section(ctx: SectionContext) -> None:
                 if mine.size:
                     rt.batch(ctx, mine)
                     ctx.counts[rt.name] += int(mine.size)
+        batched = {t: True for t in known if arch.types[t].batch is not None}
+        if batched:
+            order = order[~_per_type(types[order], batched, np.bool_)]
         for i in order.tolist():
-            if arch.types[int(types[i])].batch is None:
-                _run_handler(ctx, int(i))
+            _run_handler(ctx, i)
     ctx.counts["applied"] += int(n)
 
 

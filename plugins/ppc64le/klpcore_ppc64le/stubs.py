@@ -529,7 +529,9 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     link = ((opcode == 18) | (opcode == 16)) & ((branch & U64(3)) == 1)
     if option(ctx.kernel, "mprofile_kernel"):
         ftrace = set(_ftrace_names(ctx.kernel))
-        link &= ~np.array([names[int(s)] in ftrace for s in syms], dtype=bool)
+        called = np.unique(syms)
+        traced = called[np.array([names[s] in ftrace for s in called.tolist()], dtype=bool)]
+        link &= ~np.isin(syms, traced)
     need = ok & link
     after = offs + U64(4)
     if need.any() and int(after[need].max()) + 4 > ctx.target.size:
