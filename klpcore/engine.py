@@ -181,7 +181,7 @@ class StagedMemory:
                 ends_mask = _span_mask(buf.size, s, e)
                 yield Change(self.address_of(index) + s, data, {None}, _segmenter(buf, _Lazy.of(ends_mask), ranges, s))
                 continue
-            hints: set[str | None] = {names[int(h)] for h in np.unique(ranges.ids)}
+            hints: set[str | None] = {names[int(h)] for h in unique_sorted(ranges.ids)}
             diff = _Lazy(_Diff(buf, orig))
             yield Change(
                 self.address_of(index) + s, data, hints, _segmenter(buf, diff, ranges, s), plain=_Plain(ranges, diff)
@@ -689,12 +689,25 @@ def apply_section(ctx: SectionContext) -> None:
     ctx.counts["applied"] += int(n)
 
 
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array (sorted distinct values) without what numpy 2's
+    ``np.unique`` imports for it on first use (``numpy.ma``, tens of milliseconds a process)."""
+    flat = np.sort(np.asarray(values).reshape(-1))
+    if flat.size < 2:
+        return flat
+    keep = np.empty(flat.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    out: np.ndarray = flat[keep]
+    return out
+
+
 def _distinct(types: np.ndarray) -> list[int]:
     """The distinct values of ``types``, ascending (``np.unique``, without a sort
     when the type numbers are small, as they are)."""
     if types.size and int(types.min()) >= 0 and int(types.max()) < 4096:
         return [int(t) for t in np.flatnonzero(np.bincount(types))]
-    return [int(t) for t in np.unique(types)]
+    return [int(t) for t in unique_sorted(types)]
 
 
 def _per_type(types: np.ndarray, values: dict[int, Any], dtype: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import constants as C
-from ..engine import SectionContext
+from ..engine import SectionContext, unique_sorted
 from ..errors import Diagnostic, ResolutionError
 from ..exports import ExportChecker
 from ..livepatch import KlpRelocSec
@@ -28,7 +28,7 @@ def simplify_symbols(loaded: LoadedModule) -> list[Diagnostic]:
     vals = syms["st_value"].astype(np.uint64).copy()
     shndx = syms["st_shndx"].astype(np.int64)
     in_section = (shndx > 0) & (shndx < C.SHN_LORESERVE)
-    used = np.unique(shndx[in_section])
+    used = unique_sorted(shndx[in_section])
     if used.size:
         base = np.zeros(int(used[-1]) + 1, dtype=np.uint64)
         for idx in used.tolist():

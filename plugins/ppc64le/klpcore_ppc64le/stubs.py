@@ -34,7 +34,7 @@ import numpy as np
 
 from klpcore import constants as C
 from klpcore.arch import Entry
-from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter, unique_sorted
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
@@ -529,7 +529,7 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     link = ((opcode == 18) | (opcode == 16)) & ((branch & U64(3)) == 1)
     if option(ctx.kernel, "mprofile_kernel"):
         ftrace = set(_ftrace_names(ctx.kernel))
-        called = np.unique(syms)
+        called = unique_sorted(syms)
         traced = called[np.array([names[s] in ftrace for s in called.tolist()], dtype=bool)]
         link &= ~np.isin(syms, traced)
     need = ok & link
