@@ -76,7 +76,9 @@ class StagedMemory:
             if placed is None:
                 raise RelocFailure(f"section [{index}] has no bytes in module memory")
             _, _, addr, size = placed
-            orig = np.frombuffer(self.image.read(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
+            # the image's bytes, not a copy where the backend allows: the image changes only when the
+            # phase commits, after every change has been computed from these
+            orig = np.frombuffer(self.image.view(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
             self._orig[index] = orig
             buf = self.buffers[index] = orig.copy()
         return buf

@@ -82,6 +82,11 @@ class BytesBackend:
         buf, off = self._find(address, len(data))
         buf[off : off + len(data)] = data
 
+    def view(self, address: int, size: int) -> memoryview:
+        """A read-only view of ``size`` bytes at ``address`` (no copy; it sees later writes)."""
+        buf, off = self._find(address, size)
+        return memoryview(buf)[off : off + size].toreadonly()
+
 
 @dataclass
 class Region:
@@ -166,6 +171,16 @@ class ModuleImage:
     def read(self, address: int, size: int) -> bytes:
         self.region_at(address, size)
         return self.backend.read(address, size)
+
+    def view(self, address: int, size: int) -> memoryview | bytes:
+        """The ``size`` bytes at ``address`` without a copy when the backend can give a view
+        (``BytesBackend.view``: it sees later writes), else a copy (:meth:`read`)."""
+        self.region_at(address, size)
+        view = getattr(self.backend, "view", None)
+        if view is None:
+            return self.backend.read(address, size)
+        out: memoryview = view(address, size)
+        return out
 
     # ------------------------------------------------------------- protection
     def form(self) -> None:
