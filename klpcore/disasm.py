@@ -42,7 +42,7 @@ class Site:
 
     @property
     def rtype(self) -> str:
-        """Alias of :attr:`type` (the name before the JSON schema 1)."""
+        """Alias of :attr:`type` (the name before the JSON schema 2)."""
         return self.type
 
     def as_dict(self) -> dict[str, Any]:

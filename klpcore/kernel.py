@@ -83,11 +83,21 @@ class KernelTarget:
 
     @classmethod
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
+        """The kernel ``text`` names (``"6.1"``, ``"6.1.0-50-amd64"``, ``"newest"``); ``options`` are
+        checked as ``-O`` is (:func:`klpcore.options.validate_options`: an unknown key or a value
+        of the wrong kind is an :class:`~klpcore.errors.InputError`)."""
+        if "options" in kw:
+            from .options import validate_options
+
+            kw["options"] = validate_options(kw["options"])
         if not text or text == "newest":
             return cls(**kw)
-        version = parse_version(text)
+        try:
+            version = parse_version(text)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if version < OLDEST:
-            raise ValueError(
+            raise InputError(
                 f"kernel {text} is outside the versions klpcore models "
                 f"({OLDEST[0]}.{OLDEST[1]} and newer; releases after {NEWEST[0]}.{NEWEST[1]} get its rules)"
             )
@@ -103,15 +113,12 @@ class KernelTarget:
 
         ``options[<name>]`` (true/false) overrides the version rule, for a
         distribution kernel with a backport."""
-        if isinstance(behaviour, str):
-            row = BEHAVIOURS.get(behaviour)
-            if row is None:
-                raise KeyError(
-                    f"{behaviour!r} is not a core behaviour (klpcore.versions.BEHAVIOURS); an architecture's "
-                    "behaviour is asked with its plugin's Behaviour row"
-                )
-        else:
-            row = behaviour
+        row = BEHAVIOURS.get(behaviour) if isinstance(behaviour, str) else behaviour
+        if row is None:
+            raise KeyError(
+                f"{behaviour!r} is not a core behaviour (klpcore.versions.BEHAVIOURS); an architecture's "
+                "behaviour is asked with its plugin's Behaviour row"
+            )
         if row.name in self.options:
             return bool(self.options[row.name])
         return row.present_in(self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -41,6 +42,7 @@ _HOOKS = (
     "klp_arch_page_size",
     "klp_arch_config_default",
     "klp_arch_kernel_oracle",
+    "klp_arch_convert_rules",
 )
 
 
@@ -147,15 +149,32 @@ def machine_name(machine: int) -> str:
     return next((k for k, v in ENUM_E_MACHINE.items() if v == machine and k.startswith("EM_")), "")
 
 
-def arch_spec(
-    pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int, kernel: KernelTarget
-) -> ArchSpec | None:
-    """The :class:`ArchSpec` of the plugin that claims this ELF identification;
-    None when no installed plugin does (or the plugin refuses the module)."""
-    try:
-        return identify(pm, machine, elfclass, byteorder, e_flags, kernel).spec
-    except KlpError:
-        return None
+#: plugin manager -> ELF identification -> the claiming plugin's ArchSpec (see :func:`arch_spec`)
+_SPEC_CACHE: weakref.WeakKeyDictionary[pluggy.PluginManager, dict[tuple[int, int, str, int], ArchSpec | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def arch_spec(pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    """The :class:`ArchSpec` of the plugin that claims this ELF identification
+    (its description: no relocation types, which :func:`identify` adds for a
+    kernel); None when no installed plugin claims it or the plugin refuses the
+    module.  Cached per plugin manager: do not modify the result."""
+    cache = _SPEC_CACHE.setdefault(pm, {})
+    key = (machine, elfclass, byteorder, e_flags)
+    if key not in cache:
+        kwargs: dict[str, Any] = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
+        cache[key] = None
+        for impl in reversed(pm.hook.klp_arch_identify.get_hookimpls()):
+            try:
+                spec = cast("ArchSpec | None", impl.function(*(kwargs[a] for a in impl.argnames)))
+            except KlpError:
+                break
+            if spec is not None:
+                spec.plugin_name = pm.get_name(impl.plugin) or ""
+                cache[key] = spec
+                break
+    return cache[key]
 
 
 def arch_config_symbols(pm: pluggy.PluginManager) -> list[tuple[str, int]]:
@@ -183,13 +202,16 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
     """Every installed architecture plugin with the arches it claims.
 
     Plugins describe themselves through the module attribute ``ARCHES`` (a list
-    of ``(machine, elfclass, byteorder, e_flags)`` tuples they answer to).
+    of ``(machine, elfclass, byteorder, e_flags)`` tuples they answer to).  The
+    options listed for an arch include its version-table rows (``-O NAME=true|false``).
     """
     kernel = kernel or KernelTarget()
     out = []
     for plugin in _arch_plugins(pm):
         name = pm.get_name(plugin) or "?"
         dist, version = _plugin_dist(pm, plugin)
+        rows = plugin.klp_arch_behaviours() if hasattr(plugin, "klp_arch_behaviours") else None
+        behaviours = {b.name: "bool" for b in rows or ()}
         specs = []
         for ident in getattr(plugin, "ARCHES", ()):
             spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
@@ -198,6 +220,7 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
             hooks = ArchHooks(pm, plugin, spec)
             spec.set_types(hooks.klp_arch_reloc_types(arch=spec, kernel=kernel) or ())  # type: ignore[attr-defined]
             spec.plugin_name, spec.distribution, spec.version = name, dist, version
+            spec.options = {**spec.options, **behaviours}
             specs.append(spec)
         out.append(PluginInfo(name, dist, version, specs))
     return sorted(out, key=lambda p: p.name)

@@ -40,10 +40,9 @@ KPATCH_FUNC_SIZE = 56
 def pointer_type(elf: ElfModule) -> int | None:
     """The relocation type of a 64-bit pointer in ``elf``'s data (``ArchSpec.pointer_type``
     of its architecture plugin); None (every type counts) when no installed plugin claims it."""
-    from ..kernel import KernelTarget
     from ..plugins import arch_spec, default_plugin_manager
 
-    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, KernelTarget())
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
     return spec.pointer_type if spec is not None else None
 
 

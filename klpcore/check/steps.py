@@ -212,7 +212,12 @@ class PairCheck(DependencySteps):
             self.not_checked("symbols", "no Module.symvers and no symbol table: exports unknown")
             return
         if self.target.symvers is None:
-            self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            ks = self.target.symbols
+            if ks is None or C.VMLINUX not in ks.exported:
+                self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            elif self.modversions and C.VMLINUX not in ks.export_crcs:
+                # GPL-only flags and namespaces came with the kernel image's export table
+                self.not_checked("symbols", "CRCs need Module.symvers (the kernel image has no __kcrctab)")
         gplok = info.gpl_compatible
         ignored = self._ignored_undefined(info.elf)
         allow_missing_ns = bool(self.target.config_bool("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS"))
@@ -306,7 +311,7 @@ class PairCheck(DependencySteps):
         kernel = self.kernel_target()
         if not kernel.has("ignore_undef_symbol"):
             return frozenset()
-        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, kernel)
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
         return spec.ignored_undefined if spec is not None else frozenset()
 
     def step_relocations(self, deps: list[DepModule]) -> Any:

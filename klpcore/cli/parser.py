@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import InputError
 from ..plugins import installed_version
@@ -33,7 +33,7 @@ has is attributed to the module of DIR that exports it: one line per missing mod
 exit codes: 0 success; 1 the module will not load (relocation, resolution or
 livepatch errors); 2 bad usage, unreadable input or unwritable output;
 3 internal error in klpcore (a bug; --debug shows the traceback); 130 interrupted.
-With --json, every outcome is one JSON document of schema 1 (docs/json-schema.md).
+With --json, every outcome is one JSON document of schema 2 (docs/json-schema.md).
 """
 
 
@@ -47,10 +47,28 @@ class UsageError(InputError):
 
 class Parser(argparse.ArgumentParser):
     """Argument errors become :class:`UsageError`, handled (and reported as
-    JSON when asked) by :func:`main` like every other error."""
+    JSON when asked) by :func:`main` like every other error.  No option is
+    taken from an abbreviation (``check --kernel 6.1`` is not ``--kernel-option``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        #: the subcommands' parsers by name (on the top-level parser)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
+        raise UsageError(f"{self.prog}: {message}", self.format_usage())
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an argument a subcommand does not take is reported by that subcommand
+        (its usage, not the top-level one)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self.commands.get(getattr(ns, "command", None) or "")
+            (sub or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def add_kernel_options(sp: argparse.ArgumentParser) -> None:
@@ -126,7 +144,7 @@ def add_symbol_options(sp: argparse.ArgumentParser) -> None:
 
 
 def add_json_flag(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--json", action="store_true", help="write one JSON document (schema 1) to stdout")
+    sp.add_argument("--json", action="store_true", help="write one JSON document (schema 2) to stdout")
 
 
 def add_debug(sp: argparse.ArgumentParser) -> None:
@@ -181,7 +199,7 @@ def command(
     return register
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> Parser:
     """The parser of every subcommand, or of subcommand ``only`` (a name of
     :data:`~klpcore.cli.commands.ORDER`: only its module is imported)."""
     from .commands import load
@@ -200,6 +218,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and cmd.name != only:
             continue
         sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
+        p.commands[cmd.name] = sp
         if cmd.arguments is not None:
             cmd.arguments(sp)
         for group in cmd.groups:

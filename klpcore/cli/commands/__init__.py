@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 #: the subcommands' modules, in the order ``--help`` lists them
-ORDER = ("plugins", "inspect", "resolve", "apply", "disasm", "check")
+ORDER = ("plugins", "inspect", "resolve", "apply", "disasm", "check", "convert")
 
 
 def load(name: str | None = None) -> None:

@@ -97,7 +97,7 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
         "--json",
         metavar="REPORT",
         dest="report",
-        help="write the JSON report (schema 1) to REPORT ('-' = stdout), on success and on failure",
+        help="write the JSON report (schema 2) to REPORT ('-' = stdout), on success and on failure",
     )
     sp.add_argument(
         "--example",
