@@ -91,6 +91,25 @@ def _cstr(table: bytes, offset: int) -> str | None:
     return table[offset:end].decode("utf-8", "surrogateescape")
 
 
+def _names_at(table: bytes, offsets: np.ndarray) -> list[str] | None:
+    """The NUL-terminated strings of ``table`` at ``offsets`` (what :func:`_cstr` gives each), from
+    one decode and split of the table; None when the table is not plain ASCII with a final NUL or an
+    offset is outside it (the caller then goes string by string and names the bad one)."""
+    if not table or table[-1] != 0 or not table.isascii():
+        return None
+    offs = offsets.astype(np.int64)
+    if offs.size and int(offs.max()) >= len(table):
+        return None
+    pieces = table.decode("ascii").split("\0")
+    ends = np.flatnonzero(np.frombuffer(table, dtype=np.uint8) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    k = np.searchsorted(starts, offs, side="right") - 1
+    names = [pieces[i] for i in k.tolist()]
+    for j in np.flatnonzero(starts[k] != offs).tolist():  # a tail of another string (shared suffix)
+        names[j] = names[j][int(offs[j] - starts[k[j]]) :]
+    return names
+
+
 class ElfModule:
     """A relocatable 64-bit ELF object: a kernel module or a livepatch module.
 
@@ -228,16 +247,17 @@ class ElfModule:
             self.data, dtype=sym_dtype(self.endian), count=count, offset=st.offset
         ).copy()
         self.nsyms = count
-        names: list[str] = []
-        strtab = self.strtab
-        for i, off in enumerate(self.symbols["st_name"].tolist()):
-            name = _cstr(strtab, off)
-            if name is None:
-                raise self._fail(
-                    f"symbol #{i} name offset {off:#x} is outside the string table",
-                    st.name,
-                )
-            names.append(name)
+        names = _names_at(self.strtab, self.symbols["st_name"])
+        if names is None:
+            names = []
+            for i, off in enumerate(self.symbols["st_name"].tolist()):
+                name = _cstr(self.strtab, off)
+                if name is None:
+                    raise self._fail(
+                        f"symbol #{i} name offset {off:#x} is outside the string table",
+                        st.name,
+                    )
+                names.append(name)
         self.symbol_names: list[str] = names
         shndx = self.symbols["st_shndx"]
         bad = np.nonzero((shndx >= len(self.sections)) & (shndx < C.SHN_LORESERVE))[0]

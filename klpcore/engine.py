@@ -65,6 +65,9 @@ class StagedMemory:
         self._orig: dict[int, np.ndarray] = {}
         #: per section: (offset, end, hint) of writes staged with a method hint
         self.hints: dict[int, list[tuple[int, int, str]]] = {}
+        #: per section: hinted writes staged as arrays (:meth:`hint_many`), each with the length
+        #: of :attr:`hints` at that moment, so that the order of all hinted writes is kept
+        self._hint_arrays: dict[int, list[tuple[int, np.ndarray, np.ndarray, str]]] = {}
 
     def buffer(self, index: int) -> np.ndarray:
         buf = self.buffers.get(index)
@@ -73,7 +76,9 @@ class StagedMemory:
             if placed is None:
                 raise RelocFailure(f"section [{index}] has no bytes in module memory")
             _, _, addr, size = placed
-            orig = np.frombuffer(self.image.read(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
+            # the image's bytes, not a copy where the backend allows: the image changes only when the
+            # phase commits, after every change has been computed from these
+            orig = np.frombuffer(self.image.view(addr, size), dtype=np.uint8) if size else np.zeros(0, np.uint8)
             self._orig[index] = orig
             buf = self.buffers[index] = orig.copy()
         return buf
@@ -107,6 +112,60 @@ class StagedMemory:
         if hint is not None:
             self.hints.setdefault(index, []).append((off, off + len(data), hint))
 
+    def hint_many(self, index: int, starts: np.ndarray, width: int, hint: str) -> None:
+        """Record ``width``-byte writes at section offsets ``starts`` as staged with ``hint``
+        (what :meth:`write` records one at a time), as one array."""
+        if not len(starts):
+            return
+        begin = np.asarray(starts, dtype=np.int64)
+        self._hint_arrays.setdefault(index, []).append(
+            (len(self.hints.get(index, ())), begin, begin + np.int64(width), hint)
+        )
+
+    def _hint_table(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Every hinted write of section ``index`` in staging order: starts, ends, hint ids
+        (indexes into the returned names)."""
+        singles = self.hints.get(index, [])
+        names: list[str] = []
+        ids: dict[str, int] = {}
+
+        def hid(h: str) -> int:
+            if h not in ids:
+                ids[h] = len(names)
+                names.append(h)
+            return ids[h]
+
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+        def add_singles(lo: int, hi: int) -> None:
+            if hi > lo:
+                part = singles[lo:hi]
+                parts.append(
+                    (
+                        np.fromiter((r[0] for r in part), np.int64, hi - lo),
+                        np.fromiter((r[1] for r in part), np.int64, hi - lo),
+                        np.fromiter((hid(r[2]) for r in part), np.int32, hi - lo),
+                    )
+                )
+
+        done = 0
+        for pos, begin, end, hint in self._hint_arrays.get(index, []):
+            add_singles(done, pos)
+            done = max(done, pos)
+            parts.append((begin, end, np.full(begin.size, hid(hint), dtype=np.int32)))
+        add_singles(done, len(singles))
+        if not parts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0, np.int32), names
+        if len(parts) == 1:
+            return (*parts[0], names)
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+            names,
+        )
+
     def changes(self) -> Iterator[Change]:
         """One :class:`Change` per section: its first to last changed byte,
         the hints staged in it, and (lazily) the runs of each hint."""
@@ -116,14 +175,97 @@ class StagedMemory:
             if span is None:
                 continue
             s, e = span
-            ranges = [r for r in self.hints.get(index, ()) if r[1] > s and r[0] < e]
-            changed = buf != orig if ranges else _span_mask(buf.size, s, e)
-            hints: set[str | None] = {r[2] for r in ranges}
-            if not ranges or _covers(ranges, changed):
-                pass
-            else:
-                hints.add(None)
-            yield Change(self.address_of(index) + s, buf[s:e].tobytes(), hints, _segmenter(buf, changed, ranges, s))
+            starts, ends, ids, names = self._hint_table(index)
+            keep = (ends > s) & (starts < e)
+            ranges = _Ranges(starts[keep], ends[keep], ids[keep], names)
+            data = buf[s:e].tobytes()
+            if not ranges.size:
+                ends_mask = _span_mask(buf.size, s, e)
+                yield Change(self.address_of(index) + s, data, {None}, _segmenter(buf, _Lazy.of(ends_mask), ranges, s))
+                continue
+            hints: set[str | None] = {names[int(h)] for h in unique_sorted(ranges.ids)}
+            diff = _Lazy(_Diff(buf, orig))
+            yield Change(
+                self.address_of(index) + s, data, hints, _segmenter(buf, diff, ranges, s), plain=_Plain(ranges, diff)
+            )
+
+
+class _Diff:
+    """``buf != orig``, when asked."""
+
+    def __init__(self, buf: np.ndarray, orig: np.ndarray) -> None:
+        self.buf, self.orig = buf, orig
+
+    def __call__(self) -> np.ndarray:
+        out: np.ndarray = self.buf != self.orig
+        return out
+
+
+class _Plain:
+    """Did bytes outside every hinted write change?"""
+
+    def __init__(self, ranges: _Ranges, changed: Callable[[], np.ndarray]) -> None:
+        self.ranges, self.changed = ranges, changed
+
+    def __call__(self) -> bool:
+        return not _covers(self.ranges, self.changed())
+
+
+class _Lazy:
+    """A value computed on first use (the changed-byte mask of a section)."""
+
+    def __init__(self, make: Callable[[], np.ndarray]) -> None:
+        self._make: Callable[[], np.ndarray] | None = make
+        self._value: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, value: np.ndarray) -> _Lazy:
+        made = cls(lambda: value)
+        made()
+        return made
+
+    def __call__(self) -> np.ndarray:
+        if self._value is None:
+            assert self._make is not None
+            self._value, self._make = self._make(), None
+        return self._value
+
+
+@dataclass
+class _Ranges:
+    """Hinted writes of one section, in staging order: [starts, ends) with a hint id each."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    ids: np.ndarray
+    names: list[str]
+
+    @property
+    def size(self) -> int:
+        return int(self.starts.size)
+
+    def mask(self, n: int) -> np.ndarray:
+        """True at every byte of ``n`` that some hinted write covers."""
+        depth = np.bincount(self.starts, minlength=n + 1)[: n + 1] - np.bincount(self.ends, minlength=n + 1)[: n + 1]
+        return np.cumsum(depth[:n]) > 0
+
+    def last_writer(self, n: int) -> np.ndarray:
+        """Per byte of ``n``: 1 + the hint id of the last write covering it (later writes win, as in
+        memory), 0 where none does."""
+        lengths = self.ends - self.starts
+        total = int(lengths.sum())
+        out = np.zeros(n, dtype=np.int32)
+        if not total:
+            return out
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pos = np.repeat(self.starts, lengths) + (np.arange(total, dtype=np.int64) - first)
+        who = np.repeat(self.ids + 1, lengths)
+        order = np.argsort(pos, kind="stable")
+        pos = pos[order]
+        last = np.ones(pos.size, dtype=bool)
+        last[:-1] = pos[1:] != pos[:-1]
+        out[pos[last]] = who[order][last]
+        return out
 
 
 def _changed_span(buf: np.ndarray, orig: np.ndarray) -> tuple[int, int] | None:
@@ -154,29 +296,23 @@ def _span_mask(n: int, start: int, end: int) -> np.ndarray:
     return mask
 
 
-def _covers(ranges: list[tuple[int, int, str]], changed: np.ndarray) -> bool:
+def _covers(ranges: _Ranges, changed: np.ndarray) -> bool:
     """Is every changed byte inside a hinted range?"""
-    hinted = np.zeros(len(changed), dtype=bool)
-    for off, end, _ in ranges:
-        hinted[off:end] = True
-    return not bool(np.any(changed & ~hinted))
+    return not bool(np.any(changed & ~ranges.mask(len(changed))))
 
 
 def _segmenter(
-    buf: np.ndarray, changed: np.ndarray, ranges: list[tuple[int, int, str]], start: int
+    buf: np.ndarray, changed_mask: Callable[[], np.ndarray], ranges: _Ranges, start: int
 ) -> Callable[[], list[tuple[int, int, str | None]]]:
     def segments() -> list[tuple[int, int, str | None]]:
         """Runs (offsets relative to the change) of one hint each; plain runs
         never include hinted bytes, so a plain store cannot ride along a
         ``patch_instruction``.  Plain runs less than 8 bytes apart merge."""
-        if not ranges:
+        changed = changed_mask()
+        if not ranges.size:
             return [(0, int(np.flatnonzero(changed)[-1]) + 1 - start, None)]
-        names: list[str] = []
-        hid = np.zeros(len(buf), dtype=np.int32)
-        for off, end, hint in ranges:  # later writes win, as in memory
-            if hint not in names:
-                names.append(hint)
-            hid[off:end] = names.index(hint) + 1
+        names = ranges.names
+        hid = ranges.last_writer(len(buf))
         hinted = hid > 0
         out: list[tuple[int, int, str | None]] = []
         q = np.flatnonzero(hinted & changed)
@@ -410,24 +546,35 @@ def _field_dtype(width: int, order: str) -> np.dtype[Any] | None:
     return np.dtype(("<" if order == "little" else ">") + code) if code else None
 
 
+def _fields(buf: np.ndarray, offsets: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (len(buf) - width + 1, width) view of ``buf`` whose row ``i`` is the ``width`` bytes at ``i``
+    (writable: rows share bytes), and ``offsets`` as row numbers, each checked to be a whole field
+    inside ``buf``."""
+    rows = offsets.astype(np.intp)
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) > buf.size - width):
+        raise IndexError(f"a {width}-byte field at offset {int(rows.max()):#x} is outside {buf.size} bytes")
+    window = np.lib.stride_tricks.as_strided(buf, shape=(max(buf.size - width + 1, 0), width), strides=(1, 1))
+    return window, rows
+
+
 def gather(buf: np.ndarray, offsets: np.ndarray, width: int, order: str) -> np.ndarray:
     """Read ``width``-byte unsigned fields at ``offsets`` of ``buf``."""
-    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    window, rows = _fields(buf, offsets, width)
     dt = _field_dtype(width, order)
     if dt is not None:
-        return np.ascontiguousarray(buf[idx]).view(dt).reshape(-1).astype(np.uint64)
-    b = buf[idx].astype(np.uint64)
+        return window[rows].view(dt).reshape(-1).astype(np.uint64)
+    b = window[rows].astype(np.uint64)
     return (b << _shifts(width, order)).sum(axis=1, dtype=np.uint64)
 
 
 def scatter(buf: np.ndarray, offsets: np.ndarray, width: int, order: str, values: np.ndarray) -> None:
-    """Write ``width``-byte fields at ``offsets`` of ``buf``."""
-    idx = offsets.astype(np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    """Write ``width``-byte fields at ``offsets`` of ``buf`` (in order: a later field wins where two overlap)."""
+    window, rows = _fields(buf, offsets, width)
     dt = _field_dtype(width, order)
     if dt is not None:
-        buf[idx] = values.astype(dt).view(np.uint8).reshape(-1, width)
+        window[rows] = values.astype(dt).view(np.uint8).reshape(-1, width)
         return
-    buf[idx] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
+    window[rows] = ((values[:, None] >> _shifts(width, order)) & U64(0xFF)).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -536,10 +683,25 @@ def apply_section(ctx: SectionContext) -> None:
                 if mine.size:
                     rt.batch(ctx, mine)
                     ctx.counts[rt.name] += int(mine.size)
+        batched = {t: True for t in known if arch.types[t].batch is not None}
+        if batched:
+            order = order[~_per_type(types[order], batched, np.bool_)]
         for i in order.tolist():
-            if arch.types[int(types[i])].batch is None:
-                _run_handler(ctx, int(i))
+            _run_handler(ctx, i)
     ctx.counts["applied"] += int(n)
+
+
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array (sorted distinct values) without what numpy 2's
+    ``np.unique`` imports for it on first use (``numpy.ma``, tens of milliseconds a process)."""
+    flat = np.sort(np.asarray(values).reshape(-1))
+    if flat.size < 2:
+        return flat
+    keep = np.empty(flat.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    out: np.ndarray = flat[keep]
+    return out
 
 
 def _distinct(types: np.ndarray) -> list[int]:
@@ -547,7 +709,7 @@ def _distinct(types: np.ndarray) -> list[int]:
     when the type numbers are small, as they are)."""
     if types.size and int(types.min()) >= 0 and int(types.max()) < 4096:
         return [int(t) for t in np.flatnonzero(np.bincount(types))]
-    return [int(t) for t in np.unique(types)]
+    return [int(t) for t in unique_sorted(types)]
 
 
 def _per_type(types: np.ndarray, values: dict[int, Any], dtype: Any) -> np.ndarray:
@@ -686,8 +848,7 @@ def _apply_group(
     new = _encode(rt, values, old, ctx)
     scatter(buf, offs, rt.width, order, new)
     if rt.write_hint is not None:
-        starts = offs.astype(np.int64).tolist()
-        ctx.staged.hints.setdefault(ctx.target.index, []).extend((s, s + rt.width, rt.write_hint) for s in starts)
+        ctx.staged.hint_many(ctx.target.index, offs, rt.width, rt.write_hint)
     ctx.counts[rt.name] += int(idx.size)
     return True
 

@@ -82,6 +82,11 @@ class BytesBackend:
         buf, off = self._find(address, len(data))
         buf[off : off + len(data)] = data
 
+    def view(self, address: int, size: int) -> memoryview:
+        """A read-only view of ``size`` bytes at ``address`` (no copy; it sees later writes)."""
+        buf, off = self._find(address, size)
+        return memoryview(buf)[off : off + size].toreadonly()
+
 
 @dataclass
 class Region:
@@ -107,6 +112,15 @@ class Change:
     data: bytes
     hints: set[str | None]  # write-method hints staged in it (None: plain stores)
     segments: Callable[[], list[tuple[int, int, str | None]]]  # (start, end, hint), relative to ``address``
+    #: when set, ``hints`` holds the named hints only and this says (computed on demand, as it
+    #: costs a pass over the section) whether bytes outside every hinted write changed too (None)
+    plain: Callable[[], bool] | None = None
+
+    def all_hints(self) -> set[str | None]:
+        """The hints with None when plain stores changed bytes too."""
+        if self.plain is not None and None not in self.hints and self.plain():
+            return {*self.hints, None}
+        return self.hints
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,16 @@ class ModuleImage:
     def read(self, address: int, size: int) -> bytes:
         self.region_at(address, size)
         return self.backend.read(address, size)
+
+    def view(self, address: int, size: int) -> memoryview | bytes:
+        """The ``size`` bytes at ``address`` without a copy when the backend can give a view
+        (``BytesBackend.view``: it sees later writes), else a copy (:meth:`read`)."""
+        self.region_at(address, size)
+        view = getattr(self.backend, "view", None)
+        if view is None:
+            return self.backend.read(address, size)
+        out: memoryview = view(address, size)
+        return out
 
     # ------------------------------------------------------------- protection
     def form(self) -> None:
@@ -209,6 +233,11 @@ class ModuleImage:
                 problems.extend(exc.diagnostics)
                 continue
             methods = {h: method_for(region, ch.address, len(ch.data), h) for h in ch.hints or {None}}
+            if ch.plain is not None and None not in methods:
+                # whether plain stores are in the change matters only when they would get another method
+                same = set(methods.values())
+                if len(same) != 1 or method_for(region, ch.address, len(ch.data), None) not in same:
+                    methods = {h: method_for(region, ch.address, len(ch.data), h) for h in ch.all_hints()}
             if len(set(methods.values())) == 1 and None not in methods.values():
                 plan.append((ch.address, ch.data, next(iter(methods.values())), region))  # type: ignore[arg-type]
                 continue

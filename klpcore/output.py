@@ -37,6 +37,12 @@ MAX_FILE_ALIGN = 1 << 16
 
 def write_elf(loaded: LoadedModule) -> bytes:
     """Serialize ``loaded`` as an ELF image (see module docstring)."""
+    return bytes(write_elf_buffer(loaded))
+
+
+def write_elf_buffer(loaded: LoadedModule) -> bytearray:
+    """:func:`write_elf`'s bytes as the buffer they were built in (no copy of the whole file: what
+    the command line writes to a file)."""
     elf = loaded.module.elf
     mod = loaded.module
     out = ElfWriter(elf.endian, elf.data[: C.EHDR_SIZE])
@@ -73,7 +79,7 @@ def write_elf(loaded: LoadedModule) -> bytes:
     if extra:
         _add_reserved(loaded, out, rows, extra)
     out.add_section_headers(rows)
-    return out.getvalue()
+    return out.data
 
 
 def _add_reserved(loaded: LoadedModule, out: ElfWriter, rows: list[SectionHeader], extra: list[Placement]) -> None:
@@ -102,7 +108,7 @@ def _add_reserved(loaded: LoadedModule, out: ElfWriter, rows: list[SectionHeader
         out.set_header(shnum=len(rows))
 
 
-def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str] = ()) -> None:
+def write_file(path: str, data: bytes | bytearray | str, *, what: str, inputs: Sequence[str] = ()) -> None:
     """The one place klpcore writes a file: ``data`` to ``path`` (``-`` is
     standard output).  Every failure — a missing folder, a directory, a path
     under a regular file, a full device, no permission, or a path naming one
@@ -117,7 +123,7 @@ def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str]
                 buffer.write(payload)
                 buffer.flush()
             else:  # a text stream (redirected in tests or by an embedder)
-                sys.stdout.write(payload.decode("utf-8", "replace"))
+                sys.stdout.write(bytes(payload).decode("utf-8", "replace"))
             sys.stdout.flush()
         except BrokenPipeError:
             raise
@@ -159,7 +165,7 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-def _write_to(path: str, payload: bytes, what: str, flags: int, shown: str | None = None) -> None:
+def _write_to(path: str, payload: bytes | bytearray, what: str, flags: int, shown: str | None = None) -> None:
     try:
         fd = os.open(path, flags, 0o666)
     except (OSError, ValueError) as exc:

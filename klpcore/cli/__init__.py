@@ -21,13 +21,29 @@ inside :func:`~klpcore.cli.entry.main`'s single error handler.
 
 from __future__ import annotations
 
-from . import commands  # noqa: F401  (registers every subcommand)
+from typing import Any
+
 from .args import accepted_options, kernel_target
 from .codes import EXIT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION
-from .commands.apply import apply_report
 from .entry import main
-from .parser import COMMANDS, OPTION_GROUPS, Command, Parser, UsageError, build_parser, command
+from .parser import OPTION_GROUPS, Command, Parser, UsageError, build_parser, command
 from .render import emit_json, kernel_line, kernel_summary
+
+
+def __getattr__(name: str) -> Any:
+    """``COMMANDS`` (every subcommand registered) and ``apply_report``, imported when first used: a
+    run of one subcommand imports that subcommand's module only."""
+    if name == "COMMANDS":
+        from . import commands, parser
+
+        commands.load()
+        return parser.COMMANDS
+    if name == "apply_report":
+        from .commands.apply import apply_report
+
+        return apply_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COMMANDS",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from ..errors import Diagnostic, InputError, KlpError, OutputError
 from ..plugins import installed_version
 from .codes import EXIT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .commands import ORDER
 from .parser import COMMANDS, UsageError, build_parser
 from .render import envelope, input_paths, json_destination, print_diags, progress_done, write_json
 
@@ -79,9 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _argv_flag(argv, "--debug")
     args: argparse.Namespace | None = None
-    name: str | None = next((a for a in argv if a in COMMANDS), None)
+    name: str | None = next((a for a in argv if a in ORDER or a in COMMANDS), None)
+    first = next((a for a in argv if not a.startswith("-")), None)
     try:
-        parser = build_parser()
+        # the subcommand's module alone is imported when the first word names one; else all are
+        parser = build_parser(first if first in ORDER else None)
         args = parser.parse_args(argv)
         name = args.command
         if not name:

@@ -199,7 +199,12 @@ def command(
     return register
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The parser of every subcommand, or of subcommand ``only`` (a name of
+    :data:`~klpcore.cli.commands.ORDER`: only its module is imported)."""
+    from .commands import load
+
+    load(only)
     p = Parser(
         prog="klpcore",
         description=DESCRIPTION,
@@ -210,6 +215,8 @@ def build_parser() -> Parser:
     p.add_argument("--debug", action="store_true", help="on an internal error, print the Python traceback")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for cmd in COMMANDS.values():
+        if only is not None and cmd.name != only:
+            continue
         sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
         p.commands[cmd.name] = sp
         if cmd.arguments is not None:

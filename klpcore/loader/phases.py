@@ -13,7 +13,7 @@ import numpy as np
 from .. import constants as C
 from ..constants import ModuleState
 from ..elf import Section
-from ..engine import ApplyContext, RelocFailure, SectionContext, StagedMemory
+from ..engine import ApplyContext, RelocFailure, SectionContext, StagedMemory, unique_sorted
 from ..errors import Diagnostic, KlpError, RelocationError
 from ..livepatch import KlpObject, KlpRelocSec
 from ..memory import ModuleImage, Region, WriteRecord, default_policy
@@ -169,7 +169,7 @@ class LoadedModule:
                 continue
             if s.info in mod.extra_addresses:
                 # the per-CPU section (6.16+): the kernel relocates its template in the temporary load copy
-                types = np.unique((relas["r_info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)).tolist()
+                types = unique_sorted((relas["r_info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)).tolist()
                 prel = [mod.arch.type_name(t) for t in types if "P" in (getattr(mod.arch.types.get(t), "formula", ""))]
                 if prel:
                     ctx.diagnostics.append(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import constants as C
-from ..engine import SectionContext
+from ..engine import SectionContext, unique_sorted
 from ..errors import Diagnostic, ResolutionError
 from ..exports import ExportChecker
 from ..livepatch import KlpRelocSec
@@ -27,11 +27,16 @@ def simplify_symbols(loaded: LoadedModule) -> list[Diagnostic]:
     syms = elf.symbols
     vals = syms["st_value"].astype(np.uint64).copy()
     shndx = syms["st_shndx"].astype(np.int64)
-    for idx in np.unique(shndx[(shndx > 0) & (shndx < C.SHN_LORESERVE)]).tolist():
-        addr = mod.layout.address_of(idx)
-        if addr is None:
-            addr = mod.extra_addresses.get(idx, 0)
-        vals[shndx == idx] += np.uint64(addr)
+    in_section = (shndx > 0) & (shndx < C.SHN_LORESERVE)
+    used = unique_sorted(shndx[in_section])
+    if used.size:
+        base = np.zeros(int(used[-1]) + 1, dtype=np.uint64)
+        for idx in used.tolist():
+            addr = mod.layout.address_of(idx)
+            if addr is None:
+                addr = mod.extra_addresses.get(idx, 0)
+            base[idx] = np.uint64(addr)
+        vals[in_section] += base[shndx[in_section]]
     errors: list[Diagnostic] = []
     handled = (C.SHN_UNDEF, C.SHN_ABS, C.SHN_COMMON, C.SHN_LIVEPATCH)
     bad = np.flatnonzero((shndx >= len(elf.sections)) & ~np.isin(shndx, handled))

@@ -47,7 +47,7 @@ from ..kernel import KernelTarget, Setting, bool_setting, config_setting, page_s
 from ..layout import Layout, align, layout_sections
 from ..livepatch import discover
 from ..memory import BytesBackend, MemoryBackend, ModuleImage, Region
-from ..plugins import get_plugin_manager, identify
+from ..plugins import default_plugin_manager, identify
 from ..symbols import KernelSymbols
 from .module import (
     CODETAG_SECTION,
@@ -68,7 +68,8 @@ ROX_CACHE_SIZE = 2 << 20
 class Loader:
     """Loads modules into a simulated kernel.
 
-    :param pm: plugin manager (default: installed plugins).
+    :param pm: plugin manager (default: the installed plugins, one manager per process and plugin-choosing
+        environment, :func:`~klpcore.plugins.default_plugin_manager`).
     :param kernel: the target kernel.
     :param backend: memory backend factory for module images.
     :param percpu_base: address given to the module's percpu section (default: the
@@ -82,7 +83,7 @@ class Loader:
         backend: MemoryBackend | None = None,
         percpu_base: int | None = None,
     ) -> None:
-        self.pm = pm or get_plugin_manager()
+        self.pm = pm or default_plugin_manager()
         self.kernel = kernel or KernelTarget()
         self.backend = backend
         self.percpu_base = percpu_base

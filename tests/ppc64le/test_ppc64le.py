@@ -220,6 +220,33 @@ def test_count_relocs_rules() -> None:
     assert ppc.count_relocs(rel((3, 38, 0), (4, 26, 0)), 10) == 0
 
 
+def _count_relocs_loop(relas: np.ndarray, rtype: int) -> int:
+    """The kernel's count_relocs as written: one entry at a time, the last counted pair in u32s."""
+    count = prev_sym = prev_add = 0
+    for info, addend in zip(relas["r_info"].tolist(), relas["r_addend"].tolist(), strict=True):
+        if info & 0xFFFFFFFF != rtype:
+            continue
+        sym = info >> 32
+        if sym != prev_sym or addend != prev_add:
+            count += 1
+            prev_sym, prev_add = sym & 0xFFFFFFFF, addend & 0xFFFFFFFF
+    return count
+
+
+def test_count_relocs_array_form_is_the_loop() -> None:
+    """count_relocs works on arrays; on random sections it counts what the kernel's loop counts."""
+    dt = np.dtype([("r_offset", "<u8"), ("r_info", "<u8"), ("r_addend", "<i8")])
+    rng = np.random.default_rng(17)
+    addends = [0, 4, -4, 8, 1 << 32, (1 << 32) + 4, -(1 << 32), (1 << 31)]
+    for _ in range(500):
+        n = int(rng.integers(0, 30))
+        rel = np.zeros(n, dtype=dt)
+        syms = rng.integers(0, 4, n).astype(np.uint64)
+        rel["r_info"] = (syms << np.uint64(32)) | rng.choice([10, 1, 26], n).astype(np.uint64)
+        rel["r_addend"] = rng.choice(addends, n)
+        assert ppc.count_relocs(rel, 10) == _count_relocs_loop(rel, 10)
+
+
 # -------------------------------------------------------- refusals / checks
 def test_elfv1_refused() -> None:
     data = bytearray((FIX / "all_types.o").read_bytes())

@@ -139,7 +139,7 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
     arguments=_apply_args,
 )
 def cmd_apply(args: argparse.Namespace) -> int:
-    from ...output import write_elf, write_file
+    from ...output import write_elf_buffer, write_file
 
     if args.example is not None:
         _example(args)
@@ -148,7 +148,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _, loaded = load_module(args)
     written = False
     if args.output:
-        write_file(args.output, write_elf(loaded), what="relocated module", inputs=input_paths(args))
+        write_file(args.output, write_elf_buffer(loaded), what="relocated module", inputs=input_paths(args))
         written = True
     report = apply_report(loaded)
     report["output"] = args.output

@@ -31,7 +31,7 @@ import numpy as np
 
 from klpcore import constants as C
 from klpcore.arch import Entry
-from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter, unique_sorted
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 
@@ -446,7 +446,7 @@ def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
         ctx.state.pop(_PENDING, None)
     if not pending:
         return
-    idx = np.unique(np.concatenate(pending))
+    idx = unique_sorted(np.concatenate(pending))
     rel = ctx.relas[idx]
     types = (rel["r_info"] & U64(0xFFFFFFFF)).astype(np.int64).tolist()
     syms = (rel["r_info"] >> U64(32)).astype(np.int64)
@@ -471,7 +471,7 @@ def sequential_batch(ctx: SectionContext, indices: np.ndarray) -> None:
     scatter(buf, offs, 4, "little", np.array(new, dtype=np.uint64))
     hint = insn_hint(ctx.kernel)
     if hint is not None:
-        ctx.staged.hints.setdefault(ctx.target.index, []).extend((o, o + 4, hint) for o in offs.tolist())
+        ctx.staged.hint_many(ctx.target.index, offs, 4, hint)
 
 
 def apply_one(ctx: SectionContext, e: Entry) -> None:

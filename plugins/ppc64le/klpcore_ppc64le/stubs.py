@@ -34,7 +34,7 @@ import numpy as np
 
 from klpcore import constants as C
 from klpcore.arch import Entry
-from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter
+from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, scatter, unique_sorted
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
@@ -85,13 +85,15 @@ def count_relocs(relas: np.ndarray, rtype: int) -> int:
     differ from the last counted pair, held in 32-bit unsigned variables."""
     info = relas["r_info"]
     sel = np.flatnonzero((info & U64(0xFFFFFFFF)) == U64(rtype))
-    count = 0
-    prev_sym = prev_add = 0
-    for sym, add in zip((info[sel] >> U64(32)).tolist(), relas["r_addend"][sel].astype(np.int64).tolist(), strict=True):
-        if sym != prev_sym or add != prev_add:
-            count += 1
-            prev_sym, prev_add = sym & 0xFFFFFFFF, add & 0xFFFFFFFF
-    return count
+    if not sel.size:
+        return 0
+    sym = (info[sel] >> U64(32)).astype(np.int64)
+    add = relas["r_addend"][sel].astype(np.int64)
+    # the last counted pair, truncated to 32 bits; an entry not counted equals it, so "the last counted"
+    # is the previous entry's pair (a negative or >= 2**32 addend never equals a truncated one)
+    prev_sym = np.concatenate(([0], sym[:-1] & 0xFFFFFFFF))
+    prev_add = np.concatenate(([0], add[:-1] & 0xFFFFFFFF))
+    return int(np.count_nonzero((sym != prev_sym) | (add != prev_add)))
 
 
 def sort_relas(relas: np.ndarray) -> None:
@@ -176,8 +178,11 @@ def _stub_table(ctx: ApplyContext, base: int, num: int) -> dict[str, Any]:
     return tab
 
 
-def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
-    """``stub_for_addr``: the stub jumping to ``addr`` (created if needed)."""
+def stub_for_addr(ctx: ApplyContext, addr: int, name: str, pending: list[tuple[int, int]] | None = None) -> int:
+    """``stub_for_addr``: the stub jumping to ``addr`` (created if needed).
+
+    With ``pending`` (``addr`` not 0), an ELFv2 call stub is checked and allocated but its bytes are
+    left to :func:`write_stubs` (the caller writes them all at once)."""
     base, num = _stub_area(ctx)
     if addr != 0:
         tab = _stub_table(ctx, base, num)
@@ -199,6 +204,9 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         slot = base + i * STUB_SIZE
         if option(ctx.kernel, "mprofile_kernel") and name in _ftrace_names(ctx.kernel):
             create_ftrace_stub(ctx, slot, addr, name)
+        elif pending is not None:
+            check_stub_reach(ctx, slot, my_r2(ctx))
+            pending.append((slot, addr))
         else:
             create_stub(ctx, slot, addr)
         tab["slots"][addr] = i
@@ -313,12 +321,8 @@ def _write_stub_tail(ctx: ApplyContext, slot: int, addr: int, hint: str | None =
     ctx.write_uint(slot + MAGIC_OFFSET, 4, STUB_MAGIC, hint=hint)
 
 
-def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
-    """The ELFv2 call stub: TOC-relative address of the stub, target in funcdata."""
-    hint = patch_hint(ctx)
-    for k, word in enumerate(STUB_INSNS):
-        ctx.write_uint(slot + 4 * k, 4, word, insn=True, hint=hint)
-    r2 = my_r2(ctx)
+def check_stub_reach(ctx: ApplyContext, slot: int, r2: int) -> None:
+    """create_stub's refusal: the stub's address is out of addis/addi reach of the TOC pointer."""
     reladdr = s64(slot - r2)
     if not -(1 << 31) <= reladdr <= (1 << 31) - 1:
         raise RelocFailure(
@@ -328,10 +332,49 @@ def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
             # with no_hash_pointers (16 hex digits); the function's address comes from vmlinux's symbols
             f"{ctx.module.name}: Address {reladdr & MASK64:016x} of stub out of range of {_my_r2_function(ctx)}.",
         )
+
+
+def create_stub(ctx: ApplyContext, slot: int, addr: int) -> None:
+    """The ELFv2 call stub: TOC-relative address of the stub, target in funcdata."""
+    hint = patch_hint(ctx)
+    for k, word in enumerate(STUB_INSNS):
+        ctx.write_uint(slot + 4 * k, 4, word, insn=True, hint=hint)
+    r2 = my_r2(ctx)
+    check_stub_reach(ctx, slot, r2)
     words = stub_words(slot, r2)
     ctx.write_uint(slot, 4, words[0], insn=True, hint=hint)
     ctx.write_uint(slot + 4, 4, words[1], insn=True, hint=hint)
     _write_stub_tail(ctx, slot, addr, hint)
+
+
+def write_stubs(ctx: ApplyContext, pending: list[tuple[int, int]]) -> None:
+    """The bytes of the ELFv2 call stubs ``pending`` (slot address, target) allocated by
+    :func:`stub_for_addr`, written as arrays: the same bytes and write hints as
+    :func:`create_stub` one at a time."""
+    if not pending:
+        return
+    index = int(ctx.module.arch_state["stubs"])
+    base = ctx.section_address(index)
+    assert base is not None
+    buf = ctx.staged.buffer(index)
+    slots = np.array([p[0] for p in pending], dtype=np.uint64)
+    addrs = np.array([p[1] for p in pending], dtype=np.uint64)
+    offs = slots - U64(base)
+    rel = slots - U64(my_r2(ctx))
+    words = np.tile(np.array(STUB_INSNS, dtype=np.uint64), (len(pending), 1))
+    words[:, 0] |= ((rel + U64(0x8000)) >> U64(16)) & U64(0xFFFF)
+    words[:, 1] |= rel & U64(0xFFFF)
+    at = (offs[:, None] + np.arange(0, 4 * len(STUB_INSNS), 4, dtype=np.uint64)).reshape(-1)
+    scatter(buf, at, 4, ctx.arch.insn_order, words.reshape(-1))
+    order = ctx.module.elf.byteorder
+    scatter(buf, offs + U64(FUNCDATA_OFFSET), 4, order, addrs & U64(0xFFFFFFFF))
+    scatter(buf, offs + U64(FUNCDATA_OFFSET + 4), 4, order, addrs >> U64(32))
+    scatter(buf, offs + U64(MAGIC_OFFSET), 4, order, np.full(len(pending), STUB_MAGIC, dtype=np.uint64))
+    hint = patch_hint(ctx)
+    if hint is not None:
+        ctx.staged.hint_many(index, at, 4, hint)
+        tail = np.concatenate([offs + U64(k) for k in (FUNCDATA_OFFSET, FUNCDATA_OFFSET + 4, MAGIC_OFFSET)])
+        ctx.staged.hint_many(index, tail, 4, hint)
 
 
 def _my_r2_function(ctx: ApplyContext) -> str:
@@ -463,13 +506,17 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     uniq, first = np.unique(targets, return_index=True)
     stub_of = np.zeros(len(uniq), dtype=np.uint64)
     failed = np.zeros(len(uniq), dtype=bool)
+    # the stubs' bytes are written together after the loop (a stub to address 0 makes 6.1 scan memory)
+    pending: list[tuple[int, int]] | None = [] if int(uniq[0]) != 0 else None
     for k in np.argsort(first, kind="stable").tolist():
         i = int(idx[first[k]])
         try:
-            stub_of[k] = stub_for_addr(ctx, int(uniq[k]), names[int(syms[first[k]])])
+            stub_of[k] = stub_for_addr(ctx, int(uniq[k]), names[int(syms[first[k]])], pending)
         except RelocFailure as f:
             failed[k] = True
             ctx.diag(f.message, i, rtype=R_PPC64_REL24, sym=int(syms[first[k]]), kernel_message=f.kernel_message)
+    if pending:
+        write_stubs(ctx, pending)
     where = np.searchsorted(uniq, targets)
     ok = ~failed[where]
     buf = ctx.staged.buffer(ctx.target.index)
@@ -482,7 +529,9 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     link = ((opcode == 18) | (opcode == 16)) & ((branch & U64(3)) == 1)
     if option(ctx.kernel, "mprofile_kernel"):
         ftrace = set(_ftrace_names(ctx.kernel))
-        link &= ~np.array([names[int(s)] in ftrace for s in syms], dtype=bool)
+        called = unique_sorted(syms)
+        traced = called[np.array([names[s] in ftrace for s in called.tolist()], dtype=bool)]
+        link &= ~np.isin(syms, traced)
     need = ok & link
     after = offs + U64(4)
     if need.any() and int(after[need].max()) + 4 > ctx.target.size:
@@ -511,9 +560,8 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
     new = (branch[good] & U64(~LI_MASK & 0xFFFFFFFF)) | (d[good].view(U64) & U64(LI_MASK))
     scatter(buf, offs[good], 4, order, new)
     if hint is not None:
-        spans = [(int(o), int(o) + 4, hint) for o in offs[good].tolist()]
-        spans += [(int(o), int(o) + 4, hint) for o in after[rewrite].tolist()]
-        ctx.staged.hints.setdefault(ctx.target.index, []).extend(spans)
+        ctx.staged.hint_many(ctx.target.index, offs[good], 4, hint)
+        ctx.staged.hint_many(ctx.target.index, after[rewrite], 4, hint)
 
 
 def rel24_needs_stub(ctx: SectionContext) -> np.ndarray:

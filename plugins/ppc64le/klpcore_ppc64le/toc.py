@@ -43,9 +43,9 @@ def entry_words(p: int, r2: int) -> tuple[int, int]:
 def dedotify(module: LoadingModule) -> None:
     elf = module.elf
     syms = elf.symbols
-    for i in range(1, elf.nsyms):
+    for i in np.flatnonzero(syms["st_shndx"] == C.SHN_UNDEF).tolist():
         name = elf.symbol_names[i]
-        if int(syms["st_shndx"][i]) != C.SHN_UNDEF or not name.startswith("."):
+        if i == 0 or not name.startswith("."):
             continue
         if name == ".TOC.":
             syms["st_shndx"][i] = C.SHN_ABS
@@ -57,9 +57,8 @@ def fix_toc(ctx: SectionContext) -> None:
     """On the first ``apply_relocate_add``, the ``TOC.`` symbol becomes ``my_r2``."""
     if not ctx.state.get("toc_fixed"):
         elf = ctx.module.elf
-        shndx = elf.symbols["st_shndx"]
-        for i in range(1, elf.nsyms):
-            if int(shndx[i]) == C.SHN_ABS and elf.symbol_names[i] == "TOC.":
+        for i in np.flatnonzero(elf.symbols["st_shndx"] == C.SHN_ABS).tolist():
+            if i and elf.symbol_names[i] == "TOC.":
                 ctx.symvals[i] = U64(my_r2(ctx))
                 break
         ctx.state["toc_fixed"] = True
@@ -82,9 +81,7 @@ def entry_batch(ctx: SectionContext, idx: np.ndarray) -> None:
     ha = ((vv + U64(0x8000)) >> U64(16)) & U64(0xFFFF)
     scatter(buf, offs[match], 4, order, U64(ENTRY_ADDIS) | ha)
     scatter(buf, offs[match] + U64(4), 4, order, U64(ENTRY_ADDI) | (vv & U64(0xFFFF)))
-    ctx.staged.hints.setdefault(ctx.target.index, []).extend(
-        (int(o), int(o) + 8, "store") for o in offs[match].tolist()
-    )
+    ctx.staged.hint_many(ctx.target.index, offs[match], 8, "store")
 
 
 def entry_reloc(ctx: SectionContext, entry: Entry) -> None:
