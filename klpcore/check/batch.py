@@ -1,0 +1,68 @@
+"""Judge every pair of a :class:`~.inputs.Plan` on an executor and hand the
+results over in the plan's order (module by module, each module's targets in
+the order given), whatever order the workers finish in.
+
+``on_pair(index, cell)`` is called for each pair as soon as it and every pair
+before it are known (so a stream written from it is in the one-process
+order and keeps what was done when a run is interrupted);
+``on_progress(done, total)`` after each finished pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .executors import Executor
+from .inputs import NotApplicable, Plan
+from .report import PairResult
+
+Cell = PairResult | NotApplicable
+
+#: the exit code a pair's verdict asks for; a run exits with the largest
+VERDICT_EXIT = {"loads": 0, "not-applicable": 0, "refused": 1, "patch-fails": 1, "unknown": 4}
+
+
+def run_plan(
+    p: Plan,
+    executor: Executor,
+    options: dict[str, Any],
+    on_pair: Callable[[int, Cell], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Cell]:
+    cells: list[Cell | None] = [None] * p.size
+    for i, na in p.skipped.items():
+        cells[i] = na
+    total = len(p.jobs)
+    emitted = 0
+
+    def flush() -> None:
+        nonlocal emitted
+        while emitted < len(cells) and cells[emitted] is not None:
+            if on_pair is not None:
+                on_pair(emitted, cells[emitted])  # type: ignore[arg-type]
+            emitted += 1
+
+    flush()
+    if on_progress is not None:
+        on_progress(0, total)
+    targets = p.targets
+    for done, (index, result) in enumerate(executor.run(p.jobs, targets, options), 1):
+        cells[index] = result
+        flush()
+        if on_progress is not None:
+            on_progress(done, total)
+    missing = [i for i, c in enumerate(cells) if c is None]
+    if missing:  # an executor that lost pairs without saying so: a bug, never a silent "loads"
+        raise RuntimeError(f"executor {executor.description!r} returned no result for {len(missing)} pair(s)")
+    return cells  # type: ignore[return-value]
+
+
+def by_module(p: Plan, cells: list[Cell]) -> list[list[Cell]]:
+    n = len(p.targets)
+    return [cells[k : k + n] for k in range(0, len(cells), n)]
+
+
+def exit_code(cells: list[Cell]) -> int:
+    """The worst verdict's exit code (0 when every judged pair loads)."""
+    return max((VERDICT_EXIT.get(c.verdict, 1) for c in cells), default=0)
