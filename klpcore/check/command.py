@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
-
-from ..errors import InputError
-from . import check_pair, json_report, write_text
-from .report import LOADS, PairResult
-from .target import Target
 
 HELP = "judge whether modules load on target kernels (and whether a livepatch applies)"
 DESCRIPTION = """\
@@ -28,22 +20,33 @@ usr/src/linux-headers-<release>/), or a flat directory with System.map,
 config, Module.symvers, vmlinux and .ko files.  --target / uses /proc/kallsyms.
 
 verdicts: loads, refused (insmod fails), patch-fails (loads, but a patched
-object fails when it is or later gets loaded)
-exit codes: 0 every pair loads, 1 any does not, 2 bad input, 3 internal error (a bug)
+object fails when it is or later gets loaded); not-applicable (the targets are
+of several architectures and this one is not the module's: not judged)
+exit codes: 0 every pair loads, 1 any does not, 2 bad input (or the executor
+could not run the pairs), 3 internal error (a bug)
+
+Many pairs run on every core (--jobs), or on a Dask cluster (--executor);
+the output is the same, in the same order, whichever runs them.
 """
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.description = DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    sp.add_argument("modules", metavar="MODULE", nargs="+", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
+    sp.add_argument(
+        "modules",
+        metavar="MODULE",
+        nargs="+",
+        help="module file (.ko, .ko.xz, .ko.zst, .ko.gz), a directory (every module file below it) "
+        "or @FILE (a list of these, one a line)",
+    )
     sp.add_argument(
         "--target",
         "-t",
         metavar="PATH",
         action="append",
         required=True,
-        help="target kernel directory (repeatable); PATH:RELEASE picks a release",
+        help="target kernel directory (repeatable); PATH:RELEASE picks a release; @FILE: a list of these, one a line",
     )
     sp.add_argument(
         "--distribution",
@@ -56,51 +59,15 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         "--json", metavar="FILE", dest="report", help="write the JSON report (schema 1) to FILE ('-' = stdout)"
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
+    from .runner import add_arguments as add_run_arguments
+
+    add_run_arguments(sp)
     # -O KEY=VALUE is added by the command line with the other subcommands' (klpcore.cli)
 
 
-def _progress(text: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\033[K{text}")
-        sys.stderr.flush()
-
-
-def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
-    out = []
-    for spec in specs:
-        path, release = spec, None
-        if not os.path.isdir(spec) and ":" in spec:
-            path, _, release = spec.rpartition(":")
-        if not os.path.isdir(path):
-            raise InputError(f"--target {spec}: not a directory")
-        out.append(Target(path, release, distribution))
-    return out
-
-
 def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[str, Any], int], None]) -> int:
-    """Judge every (module, target) pair; ``emit(document, exit_code)`` writes
-    the JSON report (the CLI's schema-1 envelope) when ``--json`` is given."""
-    for m in args.modules:
-        if not os.path.isfile(m):
-            raise InputError(f"{m}: no such module file")
-    targets = _targets(args.target, None if args.distribution == "auto" else args.distribution)
-    results: list[list[PairResult]] = []
-    total = len(args.modules) * len(targets)
-    n = 0
-    start = time.monotonic()
-    for m in args.modules:
-        pairs = []
-        for t in targets:
-            n += 1
-            _progress(f"[{n}/{total}] {time.monotonic() - start:5.1f} s  {os.path.basename(m)} on {t.label} ...")
-            pairs.append(check_pair(m, t, options))
-        results.append(pairs)
-    _progress("")
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    code = 0 if all(p.verdict == LOADS for group in results for p in group) else 1
-    if args.report:
-        emit(json_report(results), code)
-    if args.report != "-":
-        write_text(results, verbose=args.verbose)
-    return code
+    """Judge every (module, target) pair (:mod:`.runner`); ``emit(document, exit_code)``
+    writes the JSON report (the CLI's schema-1 envelope) where ``args.report`` says."""
+    from .runner import run as run_many
+
+    return run_many(args, options, emit, None if args.distribution == "auto" else args.distribution)

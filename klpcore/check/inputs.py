@@ -45,7 +45,7 @@ def is_module_name(name: str) -> bool:
 
 def expand_modules(args: Iterable[str], _seen: tuple[str, ...] = ()) -> list[str]:
     """Module files from MODULE arguments: a file as given, a directory's every
-    ``.ko*`` below it (in path order), an ``@FILE`` list's lines; each file once."""
+    ``.ko*`` below it (in path order), an ``@FILE`` list's lines (a file given twice is judged twice)."""
     out: list[str] = []
     for a in args:
         if a.startswith("@") and not os.path.exists(a):
@@ -62,13 +62,11 @@ def expand_modules(args: Iterable[str], _seen: tuple[str, ...] = ()) -> list[str
             out.append(a)
         else:
             raise InputError(f"{a}: no such module file or directory")
-    if _seen:
-        return out
-    return list(dict.fromkeys(out))
+    return out
 
 
 def expand_targets(specs: Iterable[str], distribution: str | None, _seen: tuple[str, ...] = ()) -> list[TargetSpec]:
-    """``--target`` values (``PATH``, ``PATH:RELEASE``, ``@FILE``) as specs, each once, in order."""
+    """``--target`` values (``PATH``, ``PATH:RELEASE``, ``@FILE``) as specs, in order."""
     out: list[TargetSpec] = []
     for spec in specs:
         if spec.startswith("@") and not os.path.isdir(spec):
@@ -80,7 +78,7 @@ def expand_targets(specs: Iterable[str], distribution: str | None, _seen: tuple[
         if not os.path.isdir(path):
             raise InputError(f"--target {spec}: not a directory")
         out.append(TargetSpec(path, release or None, distribution))
-    return list(dict.fromkeys(out))
+    return out
 
 
 def module_machine(path: str) -> int | None:
