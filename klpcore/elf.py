@@ -9,14 +9,14 @@ that later code trusts is validated here, and each failure raises
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
+import struct
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
 
 from . import constants as C
 from .errors import Diagnostic, ElfFormatError
@@ -142,19 +142,26 @@ class ElfModule:
             raise self._fail(f"unknown ELF data encoding {data[5]}")
         self.endian = "<" if data[5] == C.ELFDATA2LSB else ">"
         self.byteorder: str = "little" if self.endian == "<" else "big"
-        elf = ELFFile(io.BytesIO(data))
-        hdr = elf.header
+        e = self.endian
+        (etype, machine, _version, _entry, _phoff, shoff, e_flags, _ehsize, _phentsize, _phnum, shentsize, shnum,
+         shstrndx) = struct.unpack_from(e + "HHIQQQIHHHHHH", data, 16)  # fmt: skip
         self.elfclass = C.ELFCLASS64
-        self.etype_value = int(elf["e_type"]) if isinstance(elf["e_type"], int) else _etype(elf["e_type"])
-        if self.etype_value != C.ET_REL:
-            raise self._fail(f"ELF type {hdr['e_type']} is not ET_REL; a kernel module is a relocatable object")
-        machine = hdr["e_machine"]
-        self.machine = machine if isinstance(machine, int) else _machine_number(data, self.endian)
-        self.e_flags = int(hdr["e_flags"])
-        if hdr["e_shentsize"] != C.SHDR_SIZE:
-            raise self._fail(f"e_shentsize is {hdr['e_shentsize']}, expected {C.SHDR_SIZE}")
-        shoff = int(hdr["e_shoff"])
-        shnum = elf.num_sections()
+        self.etype_value = etype
+        if etype != C.ET_REL:
+            tname = _ETYPES.get(etype, str(etype))
+            raise self._fail(f"ELF type {tname} is not ET_REL; a kernel module is a relocatable object")
+        self.machine = machine
+        self.e_flags = e_flags
+        if shentsize != C.SHDR_SIZE:
+            raise self._fail(f"e_shentsize is {shentsize}, expected {C.SHDR_SIZE}")
+        if shoff and (shnum == 0 or shstrndx == C.SHN_XINDEX):
+            if shoff + C.SHDR_SIZE > len(data):
+                raise self._fail(f"section header table (offset {shoff:#x}) runs past the end of the file")
+            first = np.frombuffer(data, dtype=shdr_dtype(e), count=1, offset=shoff)[0]
+            if shnum == 0:  # extended numbering: the count is section 0's sh_size
+                shnum = int(first["sh_size"])
+            if shstrndx == C.SHN_XINDEX:  # and the name table's index its sh_link
+                shstrndx = int(first["sh_link"])
         if shoff == 0 or shnum == 0:
             raise self._fail("no section header table")
         if shoff + shnum * C.SHDR_SIZE > len(data):
@@ -162,41 +169,32 @@ class ElfModule:
                 f"section header table (offset {shoff:#x}, {shnum} entries) runs past the end of the file "
                 f"({len(data)} bytes)"
             )
-        shstrndx = elf.get_shstrndx()
         if not 0 < shstrndx < shnum:
             raise self._fail(f"section name string table index {shstrndx} out of range (0..{shnum - 1})")
-        raw = []
-        for i in range(shnum):
-            sh = elf._get_section_header(i)
-            raw.append(sh)
+        raw = np.frombuffer(data, dtype=shdr_dtype(e), count=shnum, offset=shoff).tolist()
         strsh = raw[shstrndx]
-        if strsh["sh_type"] != "SHT_STRTAB":
+        # raw rows: (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+        if strsh[1] != C.SHT_STRTAB:
             raise self._fail(f"section name table (index {shstrndx}) is not SHT_STRTAB")
-        self._check_bounds(
-            int(strsh["sh_offset"]),
-            int(strsh["sh_size"]),
-            f"[{shstrndx}]",
-            nobits=False,
-        )
-        shstr = data[strsh["sh_offset"] : strsh["sh_offset"] + strsh["sh_size"]]
+        self._check_bounds(int(strsh[4]), int(strsh[5]), f"[{shstrndx}]", nobits=False)
+        shstr = data[strsh[4] : strsh[4] + strsh[5]]
         sections: list[Section] = []
-        for i, sh in enumerate(raw):
-            name = _cstr(shstr, int(sh["sh_name"]))
+        for i, (sh_name, stype, flags, addr, offset, size, link, info, addralign, entsize) in enumerate(raw):
+            name = _cstr(shstr, sh_name)
             if name is None:
-                raise self._fail(f"section [{i}] name offset {sh['sh_name']:#x} is outside the name table")
-            stype = _section_type_number(sh["sh_type"], data, shoff, i, self.endian)
+                raise self._fail(f"section [{i}] name offset {sh_name:#x} is outside the name table")
             sec = Section(
                 index=i,
                 name=name,
                 type=stype,
-                flags=int(sh["sh_flags"]),
-                addr=int(sh["sh_addr"]),
-                offset=int(sh["sh_offset"]),
-                size=int(sh["sh_size"]),
-                link=int(sh["sh_link"]),
-                info=int(sh["sh_info"]),
-                addralign=int(sh["sh_addralign"]),
-                entsize=int(sh["sh_entsize"]),
+                flags=flags,
+                addr=addr,
+                offset=offset,
+                size=size,
+                link=link,
+                info=info,
+                addralign=addralign,
+                entsize=entsize,
             )
             if i and stype not in (C.SHT_NOBITS, C.SHT_NULL):
                 self._check_bounds(sec.offset, sec.size, name, nobits=False)
@@ -235,17 +233,26 @@ class ElfModule:
             self.data, dtype=sym_dtype(self.endian), count=count, offset=st.offset
         ).copy()
         self.nsyms = count
-        names: list[str] = []
         strtab = self.strtab
-        for i, off in enumerate(self.symbols["st_name"].tolist()):
-            name = _cstr(strtab, off)
+        offsets = self.symbols["st_name"].tolist()
+        names: list[str | None]
+        if strtab.isascii():
+            # one decode and one split for the whole table; an offset into the middle of a
+            # string (a shared suffix) is looked up on its own
+            pieces = strtab.decode("ascii").split("\0")
+            table = dict(zip(itertools.accumulate((len(p) + 1 for p in pieces), initial=0), pieces, strict=False))
+            del table[len(strtab) - len(pieces[-1])]  # after the last NUL: empty, or unterminated
+            names = [table[o] if o in table else _cstr(strtab, o) for o in offsets]
+        else:
+            names = [_cstr(strtab, o) for o in offsets]
+        for i, name in enumerate(names):
             if name is None:
+                off = offsets[i]
                 raise self._fail(
                     f"symbol #{i} name offset {off:#x} is outside the string table",
                     st.name,
                 )
-            names.append(name)
-        self.symbol_names: list[str] = names
+        self.symbol_names: list[str] = names  # type: ignore[assignment]
         shndx = self.symbols["st_shndx"]
         bad = np.nonzero((shndx >= len(self.sections)) & (shndx < C.SHN_LORESERVE))[0]
         if bad.size:
@@ -360,17 +367,22 @@ class ElfModule:
         return "module"
 
 
-def _etype(value: Any) -> int:
-    table = {"ET_NONE": 0, "ET_REL": 1, "ET_EXEC": 2, "ET_DYN": 3, "ET_CORE": 4}
-    return table.get(str(value), -1)
+_ETYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
 
-def _machine_number(data: bytes, endian: str) -> int:
-    return int.from_bytes(data[18:20], "little" if endian == "<" else "big")
-
-
-def _section_type_number(value: Any, data: bytes, shoff: int, index: int, endian: str) -> int:
-    if isinstance(value, int):
-        return value
-    off = shoff + index * C.SHDR_SIZE + 4
-    return int.from_bytes(data[off : off + 4], "little" if endian == "<" else "big")
+def shdr_dtype(endian: str) -> np.dtype[Any]:
+    """Elf64_Shdr."""
+    return np.dtype(
+        [
+            ("sh_name", endian + "u4"),
+            ("sh_type", endian + "u4"),
+            ("sh_flags", endian + "u8"),
+            ("sh_addr", endian + "u8"),
+            ("sh_offset", endian + "u8"),
+            ("sh_size", endian + "u8"),
+            ("sh_link", endian + "u4"),
+            ("sh_info", endian + "u4"),
+            ("sh_addralign", endian + "u8"),
+            ("sh_entsize", endian + "u8"),
+        ]
+    )
