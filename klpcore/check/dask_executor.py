@@ -86,7 +86,7 @@ class DaskExecutor:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,
             )
             self.client: Any = distributed.Client(self.cluster)
             self.description = f"Dask LocalCluster, {max(1, workers)} worker process(es)"
