@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 
 #: (module, attribute path) of the steps timed; missing ones are skipped
 STEPS = [
-    ("klpcore.cli", "load_many"),
+    ("klpcore.cli.args", "load_many"),
     ("klpcore.symbols", "load_many"),
     ("klpcore.loader", "Loader.open"),
     ("klpcore.loader", "Loader.prepare"),
@@ -39,8 +39,8 @@ STEPS = [
     ("klpcore.engine", "StagedMemory.changes"),
     ("klpcore.memory", "ModuleImage.commit"),
     ("klpcore.output", "write_elf"),
-    ("klpcore.cli", "apply_report"),
-    ("klpcore.cli", "_table"),
+    ("klpcore.cli.commands.apply", "apply_report"),
+    ("klpcore.cli.commands.apply", "table"),
 ]
 
 

@@ -12,11 +12,12 @@ until memory runs out.  Character and block devices are refused outright.
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import os
 import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from .errors import InputError, InputFileError
@@ -108,6 +109,36 @@ def read_input(
     or unreadable, a device or directory, over the limit, or corrupt
     compressed data.
     """
+    with _opened(path, what, error) as (fh, name, st):
+        return _read_bounded(fh, name, st, limit, what, error)
+
+
+def read_head(path: str | os.PathLike[str], size: int, *, what: str, error: type[InputError] = InputFileError) -> bytes:
+    """The first ``size`` bytes of ``path`` (fewer if it is shorter), decompressed if it is gzip, xz
+    or zstd: only what is needed is read and decompressed (an ELF header of a compressed module is
+    its first 64 bytes).  Fails as :func:`read_input` does, apart from the size limit."""
+    with _opened(path, what, error) as (fh, name, st):
+        fh, fmt = _detect(fh, name, st, what, error)
+        try:
+            reader = _decoder(fmt, fh)
+            out = b""
+            while len(out) < size:
+                more = reader.read(size - len(out))
+                if not more:
+                    break
+                out += more
+        except _corrupt_errors() as exc:
+            raise error(f"{what} {name}: corrupt {fmt} data: {exc}") from None
+        except OSError as exc:
+            raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+        return out
+
+
+@contextlib.contextmanager
+def _opened(
+    path: str | os.PathLike[str], what: str, error: type[InputError]
+) -> Iterator[tuple[IO[bytes], str, os.stat_result]]:
+    """``path`` open for reading, with its name and status; devices and directories refused."""
     name = os.fspath(path)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -125,12 +156,11 @@ def read_input(
             raise error(f"{what} {name} is a {kind} device, not a file")
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{what} {name} is a directory, not a file")
-        return _read_bounded(fh, name, st, limit, what, error)
+        yield fh, name, st
 
 
-def _read_bounded(
-    fh: IO[bytes], name: str, st: os.stat_result, limit: Limit, what: str, error: type[InputError]
-) -> bytes:
+def _detect(fh: IO[bytes], name: str, st: os.stat_result, what: str, error: type[InputError]) -> tuple[IO[bytes], str]:
+    """The compression format from the first bytes, and a stream that starts at the beginning again."""
     try:
         head = fh.read(8)
         fmt = detect_format(head)
@@ -141,7 +171,14 @@ def _read_bounded(
     if not stat.S_ISREG(st.st_mode):
         # a pipe cannot seek back: put the header bytes in front of the rest
         fh = _Prefixed(head, fh)  # type: ignore[assignment]
-    elif fmt == "plain" and isinstance(limit, int) and st.st_size > limit:
+    return fh, fmt
+
+
+def _read_bounded(
+    fh: IO[bytes], name: str, st: os.stat_result, limit: Limit, what: str, error: type[InputError]
+) -> bytes:
+    fh, fmt = _detect(fh, name, st, what, error)
+    if stat.S_ISREG(st.st_mode) and fmt == "plain" and isinstance(limit, int) and st.st_size > limit:
         raise error(f"{what} {name} is {st.st_size} bytes, more than the {_size(limit)} klpcore reads")
     corrupt = _corrupt_errors()
     label = "" if fmt == "plain" else f"{fmt}-compressed "

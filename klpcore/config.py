@@ -1,7 +1,8 @@
 """A kernel's build configuration (``.config``), as facts klpcore can use.
 
 ``klpcore --config FILE`` reads the target kernel's ``.config`` (the file in
-``/boot/config-*``, or ``/proc/config.gz``; gzip is accepted) so that the core
+``/boot/config-*``, or ``/proc/config.gz``; gzip, xz and zstd are accepted: it
+is read through :mod:`klpcore.compress` like every input) so that the core
 and the architecture plugins can take build facts from it: the page size,
 ``CONFIG_LIVEPATCH``, ``CONFIG_DYNAMIC_FTRACE``, ``CONFIG_STRICT_MODULE_RWX``,
 ``CONFIG_MODVERSIONS`` and so on.  Without a config every architecture uses
@@ -14,12 +15,11 @@ lines are ignored.  Anything else is refused with the line number.
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import re
 from dataclasses import dataclass, field
 
+from .compress import read_input
 from .errors import InputError
 
 _LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
@@ -85,19 +85,7 @@ class KernelConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> KernelConfig:
         name = os.fspath(path)
-        try:
-            with open(name, "rb") as fh:
-                data = fh.read(MAX_CONFIG + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read kernel config {name}: {exc.strerror or exc}") from None
-        if data[:2] == b"\x1f\x8b":
-            try:
-                with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
-                    data = gz.read(MAX_CONFIG + 1)
-            except (OSError, EOFError) as exc:
-                raise ConfigError(f"{name}: broken gzip data: {exc}") from None
-        if len(data) > MAX_CONFIG:
-            raise ConfigError(f"{name}: larger than {MAX_CONFIG >> 20} MiB: not a kernel .config")
+        data = read_input(name, limit=MAX_CONFIG, what="kernel config", error=ConfigError)
         if b"\0" in data:
             raise ConfigError(f"{name}: not text (contains NUL bytes): not a kernel .config")
         try:

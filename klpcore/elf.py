@@ -1,6 +1,6 @@
 """Reading kernel-module ELF files.
 
-Headers, section headers and section names are read with pyelftools; the
+Headers and section headers are read by :mod:`klpcore.elfheader`; the
 symbol table and relocation tables are read as numpy structured arrays, one
 array per table, never one Python object per entry.  Every offset and index
 that later code trusts is validated here, and each failure raises
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import constants as C
+from .elfheader import ElfHeaderError, read_header, section_count, section_headers, string_table_index
 from .errors import Diagnostic, ElfFormatError
 
 
@@ -108,7 +108,7 @@ class ElfModule:
             self._parse_headers()
         except ElfFormatError:
             raise
-        except Exception as exc:  # pyelftools raises many exception types on hostile input
+        except Exception as exc:  # a parsing bug must still name the file
             raise ElfFormatError(self._diag(f"malformed ELF: {type(exc).__name__}: {exc}")) from exc
         self._parse_symtab()
         self.name = name or self._module_name()
@@ -140,28 +140,23 @@ class ElfModule:
             raise self._fail(f"ELF class {data[4]} is not ELFCLASS64; only 64-bit modules are supported")
         if data[5] not in (C.ELFDATA2LSB, C.ELFDATA2MSB):
             raise self._fail(f"unknown ELF data encoding {data[5]}")
-        self.endian = "<" if data[5] == C.ELFDATA2LSB else ">"
-        self.byteorder: str = "little" if self.endian == "<" else "big"
-        e = self.endian
-        (etype, machine, _version, _entry, _phoff, shoff, e_flags, _ehsize, _phentsize, _phnum, shentsize, shnum,
-         shstrndx) = struct.unpack_from(e + "HHIQQQIHHHHHH", data, 16)  # fmt: skip
+        hdr = read_header(data)
+        self.endian = hdr.endian
+        self.byteorder: str = hdr.byteorder
         self.elfclass = C.ELFCLASS64
-        self.etype_value = etype
-        if etype != C.ET_REL:
-            tname = _ETYPES.get(etype, str(etype))
-            raise self._fail(f"ELF type {tname} is not ET_REL; a kernel module is a relocatable object")
-        self.machine = machine
-        self.e_flags = e_flags
-        if shentsize != C.SHDR_SIZE:
-            raise self._fail(f"e_shentsize is {shentsize}, expected {C.SHDR_SIZE}")
-        if shoff and (shnum == 0 or shstrndx == C.SHN_XINDEX):
-            if shoff + C.SHDR_SIZE > len(data):
-                raise self._fail(f"section header table (offset {shoff:#x}) runs past the end of the file")
-            first = np.frombuffer(data, dtype=shdr_dtype(e), count=1, offset=shoff)[0]
-            if shnum == 0:  # extended numbering: the count is section 0's sh_size
-                shnum = int(first["sh_size"])
-            if shstrndx == C.SHN_XINDEX:  # and the name table's index its sh_link
-                shstrndx = int(first["sh_link"])
+        self.etype_value = hdr.ident.type
+        if self.etype_value != C.ET_REL:
+            etype = _ET_NAMES.get(self.etype_value, self.etype_value)
+            raise self._fail(f"ELF type {etype} is not ET_REL; a kernel module is a relocatable object")
+        self.machine = hdr.ident.machine
+        self.e_flags = hdr.flags
+        if hdr.shentsize != C.SHDR_SIZE:
+            raise self._fail(f"e_shentsize is {hdr.shentsize}, expected {C.SHDR_SIZE}")
+        shoff = hdr.shoff
+        try:
+            shnum = section_count(data, hdr)
+        except ElfHeaderError as exc:
+            raise self._fail(str(exc)) from None
         if shoff == 0 or shnum == 0:
             raise self._fail("no section header table")
         if shoff + shnum * C.SHDR_SIZE > len(data):
@@ -169,32 +164,33 @@ class ElfModule:
                 f"section header table (offset {shoff:#x}, {shnum} entries) runs past the end of the file "
                 f"({len(data)} bytes)"
             )
+        shstrndx = string_table_index(data, hdr)
         if not 0 < shstrndx < shnum:
             raise self._fail(f"section name string table index {shstrndx} out of range (0..{shnum - 1})")
-        raw = np.frombuffer(data, dtype=shdr_dtype(e), count=shnum, offset=shoff).tolist()
+        raw = section_headers(data, hdr, shnum)
         strsh = raw[shstrndx]
-        # raw rows: (name, type, flags, addr, offset, size, link, info, addralign, entsize)
-        if strsh[1] != C.SHT_STRTAB:
+        if strsh.type != C.SHT_STRTAB:
             raise self._fail(f"section name table (index {shstrndx}) is not SHT_STRTAB")
-        self._check_bounds(int(strsh[4]), int(strsh[5]), f"[{shstrndx}]", nobits=False)
-        shstr = data[strsh[4] : strsh[4] + strsh[5]]
+        self._check_bounds(strsh.offset, strsh.size, f"[{shstrndx}]", nobits=False)
+        shstr = data[strsh.offset : strsh.offset + strsh.size]
         sections: list[Section] = []
-        for i, (sh_name, stype, flags, addr, offset, size, link, info, addralign, entsize) in enumerate(raw):
-            name = _cstr(shstr, sh_name)
+        for i, sh in enumerate(raw):
+            name = _cstr(shstr, sh.name)
             if name is None:
-                raise self._fail(f"section [{i}] name offset {sh_name:#x} is outside the name table")
+                raise self._fail(f"section [{i}] name offset {sh.name:#x} is outside the name table")
+            stype = sh.type
             sec = Section(
                 index=i,
                 name=name,
                 type=stype,
-                flags=flags,
-                addr=addr,
-                offset=offset,
-                size=size,
-                link=link,
-                info=info,
-                addralign=addralign,
-                entsize=entsize,
+                flags=sh.flags,
+                addr=sh.addr,
+                offset=sh.offset,
+                size=sh.size,
+                link=sh.link,
+                info=sh.info,
+                addralign=sh.addralign,
+                entsize=sh.entsize,
             )
             if i and stype not in (C.SHT_NOBITS, C.SHT_NULL):
                 self._check_bounds(sec.offset, sec.size, name, nobits=False)
@@ -367,22 +363,13 @@ class ElfModule:
         return "module"
 
 
-_ETYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
-
-
-def shdr_dtype(endian: str) -> np.dtype[Any]:
-    """Elf64_Shdr."""
-    return np.dtype(
-        [
-            ("sh_name", endian + "u4"),
-            ("sh_type", endian + "u4"),
-            ("sh_flags", endian + "u8"),
-            ("sh_addr", endian + "u8"),
-            ("sh_offset", endian + "u8"),
-            ("sh_size", endian + "u8"),
-            ("sh_link", endian + "u4"),
-            ("sh_info", endian + "u4"),
-            ("sh_addralign", endian + "u8"),
-            ("sh_entsize", endian + "u8"),
-        ]
-    )
+#: e_type names for messages
+_ET_NAMES = {
+    0: "ET_NONE",
+    1: "ET_REL",
+    2: "ET_EXEC",
+    3: "ET_DYN",
+    4: "ET_CORE",
+    0xFF00: "ET_LOPROC",
+    0xFFFF: "ET_HIPROC",
+}

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import struct
 import sys
 from collections.abc import Sequence
 
 from . import constants as C
 from .constants import MemType
+from .elfheader import SectionHeader, read_header, section_headers
+from .elfwriter import ElfWriter
 from .errors import OutputError
 from .layout import Placement
 from .loader import LoadedModule
@@ -34,16 +35,12 @@ from .loader import LoadedModule
 MAX_FILE_ALIGN = 1 << 16
 
 
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) & ~(a - 1) if a > 1 else n
-
-
 def write_elf(loaded: LoadedModule) -> bytes:
     """Serialize ``loaded`` as an ELF image (see module docstring)."""
     elf = loaded.module.elf
     mod = loaded.module
-    e = elf.endian
-    out = bytearray(elf.data[: C.EHDR_SIZE])
+    out = ElfWriter(elf.endian, elf.data[: C.EHDR_SIZE])
+    raw = section_headers(elf.data, read_header(elf.data), len(elf.sections))
     headers = []
     for orig, sec in zip(elf.sections, mod.sections, strict=True):
         addr = loaded.section_address(sec.index) or 0
@@ -64,28 +61,22 @@ def write_elf(loaded: LoadedModule) -> bytes:
             content = elf.data[orig.offset : orig.offset + orig.size]
         size = sec.size if addr or stype == C.SHT_NOBITS else orig.size
         if content is None:
-            headers.append((orig, stype, addr, len(out), size))
+            headers.append((orig, stype, addr, out.end, size))
             continue
-        off = _align(len(out), min(max(orig.addralign, 1), MAX_FILE_ALIGN))
-        out += bytes(off - len(out))
-        out += content
+        off = out.add(content, min(max(orig.addralign, 1), MAX_FILE_ALIGN))
         headers.append((orig, stype, addr, off, len(content)))
-    rows: list[tuple[int, ...]] = [
-        (_name_offset(elf.data, elf, o.index), t, o.flags, a, off, size, o.link, o.info, o.addralign, o.entsize)
+    rows = [
+        SectionHeader(raw[o.index].name, t, o.flags, a, off, size, o.link, o.info, o.addralign, o.entsize)
         for o, t, a, off, size in headers
     ]
     extra = [p for p in mod.layout.reserved.values() if p.size]
     if extra:
         _add_reserved(loaded, out, rows, extra)
-    shoff = _align(len(out), 8)
-    out += bytes(shoff - len(out))
-    for row in rows:
-        out += struct.pack(e + "IIQQQQIIQQ", *row)
-    struct.pack_into(e + "Q", out, 0x28, shoff)
-    return bytes(out)
+    out.add_section_headers(rows)
+    return out.getvalue()
 
 
-def _add_reserved(loaded: LoadedModule, out: bytearray, rows: list[tuple[int, ...]], extra: list[Placement]) -> None:
+def _add_reserved(loaded: LoadedModule, out: ElfWriter, rows: list[SectionHeader], extra: list[Placement]) -> None:
     """Append a section per reservation and a section name table that names them."""
     elf = loaded.module.elf
     strndx = elf.shstrndx
@@ -98,32 +89,17 @@ def _add_reserved(loaded: LoadedModule, out: bytearray, rows: list[tuple[int, ..
             flags |= C.SHF_WRITE
         addr, data = loaded.reserved_bytes(p.name)
         align = next((r.align for r in loaded.module.reservations if r.name == p.name), 1)
-        off = _align(len(out), max(align, 1))
-        out += bytes(off - len(out)) + data
-        rows.append((len(names), C.SHT_PROGBITS, flags, addr, off, len(data), 0, 0, align, 0))
+        off = out.add(data, align)
+        rows.append(SectionHeader(len(names), C.SHT_PROGBITS, flags, addr, off, len(data), 0, 0, align, 0))
         names += p.name.encode() + b"\0"
-    r = list(rows[strndx])
-    r[4], r[5] = len(out), len(names)  # sh_offset, sh_size of the new name table
-    rows[strndx] = tuple(r)
-    out += names
-    e = elf.endian
-    if len(rows) >= 0xFF00 or struct.unpack_from(e + "H", out, 0x3C)[0] == 0:
+    # the new name table: sh_offset, sh_size
+    rows[strndx] = rows[strndx]._replace(offset=out.add(bytes(names)), size=len(names))
+    if len(rows) >= 0xFF00 or out.header_field("shnum") == 0:
         # extended numbering: e_shnum is 0 and the count is section 0's sh_size
-        struct.pack_into(e + "H", out, 0x3C, 0)
-        z = list(rows[0])
-        z[5] = len(rows)
-        rows[0] = tuple(z)
+        out.set_header(shnum=0)
+        rows[0] = rows[0]._replace(size=len(rows))
     else:
-        struct.pack_into(e + "H", out, 0x3C, len(rows))
-
-
-def _name_offset(data: bytes, elf: object, index: int) -> int:
-    from .elf import ElfModule
-
-    assert isinstance(elf, ElfModule)
-    shoff = int.from_bytes(data[0x28:0x30], elf.byteorder)  # type: ignore[arg-type]
-    off = shoff + index * C.SHDR_SIZE
-    return int.from_bytes(data[off : off + 4], elf.byteorder)  # type: ignore[arg-type]
+        out.set_header(shnum=len(rows))
 
 
 def write_file(path: str, data: bytes | str, *, what: str, inputs: Sequence[str] = ()) -> None:

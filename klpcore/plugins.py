@@ -79,6 +79,20 @@ def get_plugin_manager(*, autoload: bool = True, plugins: Sequence[Any] = ()) ->
     return pm
 
 
+#: the environment variables that choose the plugins (see above)
+_PLUGIN_ENV = ("KLPCORE_LOAD_PLUGINS", "KLPCORE_DISABLE_PLUGIN_AUTOLOAD", "KLPCORE_PLUGINS", "KLPCORE_TRACE_PLUGINS")
+_PM_CACHE: dict[tuple[str | None, ...], pluggy.PluginManager] = {}
+
+
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The installed plugins, built once per plugin-choosing environment."""
+    key = tuple(os.environ.get(k) for k in _PLUGIN_ENV)
+    pm = _PM_CACHE.get(key)
+    if pm is None:
+        pm = _PM_CACHE[key] = get_plugin_manager()
+    return pm
+
+
 class ArchHooks:
     """The hooks of one architecture: calls go to the plugin that identified
     the module and to non-architecture plugins, never to other arches."""

@@ -28,11 +28,20 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import constants as C
+from .elfheader import (
+    ElfHeaderError,
+    FileHeader,
+    Ident,
+    SectionHeader,
+    read_header,
+    read_ident,
+    section_headers,
+    string_table_index,
+)
 from .errors import Diagnostic, ResolutionError, SymbolFileError
 
 EXPORT_PREFIX = "__ksymtab_"
@@ -474,12 +483,15 @@ def symbols_from_elf(
     against when that module loads after the patch): the full symbol table."""
     from .elf import ElfModule
 
-    etype = int.from_bytes(data[16:18], "little" if data[5] == C.ELFDATA2LSB else "big") if len(data) > 18 else 0
+    try:
+        ident: Ident | None = read_ident(data)
+    except ElfHeaderError:
+        ident = None
     ks = KernelSymbols()
     ks.source_names.append(source)
-    if len(data) >= 20:
-        ks.machines[source] = int.from_bytes(data[18:20], "little" if data[5] == C.ELFDATA2LSB else "big")
-    if etype == C.ET_REL:
+    if ident is not None:
+        ks.machines[source] = ident.machine
+    if ident is not None and ident.type == C.ET_REL:
         if base is None:
             raise SymbolFileError(f"{source} is a module; give its load address as {source}@0xADDRESS")
         from .loader import layout_module_for_symbols
@@ -497,26 +509,23 @@ def symbols_from_elf(
 
 
 def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, str]]:
-    import io
-
-    from elftools.elf.elffile import ELFFile
+    from .elf import sym_dtype
 
     try:
-        elf = ELFFile(io.BytesIO(data))
-        symtab = elf.get_section_by_name(".symtab")
+        hdr = read_header(data)
+        sections = section_headers(data, hdr)
+        names = _section_names(data, hdr, sections)
+        symtab = next((sh for sh, name in zip(sections, names, strict=True) if name == ".symtab"), None)
         if symtab is None:
             raise SymbolFileError(f"{source}: no .symtab (stripped vmlinux?)")
-        endian = "<" if elf.little_endian else ">"
-        from .elf import sym_dtype
-
-        arr = np.frombuffer(
-            data, dtype=sym_dtype(endian), count=symtab["sh_size"] // C.SYM_SIZE, offset=symtab["sh_offset"]
-        )
-        strtab = elf.get_section(symtab["sh_link"]).data()
-        sections = [elf.get_section(i) for i in range(elf.num_sections())]
+        _check_plain_section(data, symtab)
+        arr = np.frombuffer(data, dtype=sym_dtype(hdr.endian), count=symtab.size // C.SYM_SIZE, offset=symtab.offset)
+        strtab = _section_bytes(data, sections[symtab.link])
     except SymbolFileError:
         raise
-    except Exception as exc:  # pyelftools raises many types on hostile input (ELFError, zlib.error, ...)
+    except ElfHeaderError as exc:
+        raise SymbolFileError(f"{source}: unreadable ELF: {exc}") from None
+    except Exception as exc:  # hostile offsets and sizes (ValueError, IndexError, ...)
         raise SymbolFileError(f"{source}: unreadable ELF: {type(exc).__name__}: {exc}") from exc
     for sym in arr:
         shndx = int(sym["st_shndx"])
@@ -531,7 +540,7 @@ def _elf_symtab_entries(data: bytes, source: str) -> Iterable[tuple[str, int, st
         yield name, int(sym["st_value"]), _type_char(int(sym["st_info"]), shndx, sections)
 
 
-def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
+def _type_char(st_info: int, shndx: int, sections: Sequence[SectionHeader]) -> str:
     bind = st_info >> 4
     if shndx == C.SHN_ABS:
         ch = "a"
@@ -539,12 +548,11 @@ def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
         ch = "?"
     else:
         sh = sections[shndx]
-        flags = int(sh["sh_flags"])  # type: ignore[index]
-        if flags & C.SHF_EXECINSTR:
+        if sh.flags & C.SHF_EXECINSTR:
             ch = "t"
-        elif sh["sh_type"] == "SHT_NOBITS":  # type: ignore[index]
+        elif sh.type == C.SHT_NOBITS:
             ch = "b"
-        elif flags & C.SHF_WRITE:
+        elif sh.flags & C.SHF_WRITE:
             ch = "d"
         else:
             ch = "r"
@@ -552,6 +560,36 @@ def _type_char(st_info: int, shndx: int, sections: Sequence[Any]) -> str:
         return "W" if ch == "t" else "V"
     return ch.upper() if bind == C.STB_GLOBAL else ch
 
+
+def _section_bytes(data: bytes, sh: SectionHeader) -> bytes:
+    _check_plain_section(data, sh)
+    return data[sh.offset : sh.offset + sh.size]
+
+
+def _check_plain_section(data: bytes, sh: SectionHeader) -> None:
+    if sh.flags & SHF_COMPRESSED:
+        raise ElfHeaderError("a symbol or string table is compressed (SHF_COMPRESSED); klpcore reads them plain")
+    if sh.offset + sh.size > len(data):
+        raise ElfHeaderError(
+            f"section contents (offset {sh.offset:#x}, size {sh.size:#x}) run past the end of the file"
+        )
+
+
+def _section_names(data: bytes, hdr: FileHeader, sections: Sequence[SectionHeader]) -> list[str]:
+    """Each section's name (``""`` where the name table does not have it)."""
+    index = string_table_index(data, hdr)
+    if not 0 < index < len(sections):
+        raise ElfHeaderError(f"section name string table index {index} out of range (0..{len(sections) - 1})")
+    table = _section_bytes(data, sections[index])
+    out = []
+    for sh in sections:
+        end = table.find(b"\0", sh.name)
+        out.append(table[sh.name : end].decode("utf-8", "surrogateescape") if sh.name < len(table) and end >= 0 else "")
+    return out
+
+
+#: sh_flags bit of a section whose contents are compressed (ELF gABI)
+SHF_COMPRESSED = 0x800
 
 _SYMVERS = re.compile(r"^0x([0-9a-fA-F]+)\t(\S+)\t(\S+)\t(EXPORT_\w+)(?:\t(\S*))?$")
 

@@ -1,4 +1,5 @@
-"""Build small ELF64 ET_REL objects in Python for tests (no compiler needed)."""
+"""Build small ELF64 ET_REL objects in Python for tests (no compiler needed), written by
+:mod:`klpcore.elfwriter`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import struct
 from dataclasses import dataclass, field
 
 from klpcore import constants as C
+from klpcore.elfheader import SectionHeader
+from klpcore.elfwriter import ElfWriter, pack_file_header
 
 
 @dataclass
@@ -120,49 +123,23 @@ class Obj:
             name_off.append(len(shstr))
             shstr += s.name.encode() + b"\0"
         secs[names.index(".shstrtab")].data = bytes(shstr)
-        out = bytearray(64)
-        offsets = []
-        for s in secs:
-            if s.type == C.SHT_NOBITS:
-                offsets.append(len(out))
-                continue
-            pad = (-len(out)) % max(s.align, 1)
-            out += bytes(pad)
-            offsets.append(len(out))
-            out += s.data
-        out += bytes((-len(out)) % 8)
-        shoff = len(out)
-        out += bytes(64)
+        out = ElfWriter(
+            e,
+            pack_file_header(
+                e,
+                type=C.ET_REL,
+                machine=self.machine,
+                flags=self.e_flags,
+                shnum=len(secs) + 1,
+                shstrndx=names.index(".shstrtab") + 1,
+            ),
+        )
+        offsets = [out.end if s.type == C.SHT_NOBITS else out.add(s.data, s.align) for s in secs]
+        rows = [SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)]
         for s, off, no in zip(secs, offsets, name_off):
             size = s.size if s.size is not None else len(s.data)
-            out += struct.pack(
-                e + "IIQQQQIIQQ",
-                no,
-                s.type,
-                s.flags,
-                0,
-                off,
-                size,
-                idx(s.link) if s.link else 0,
-                idx(s.info) if s.info else 0,
-                s.align,
-                s.entsize,
-            )
-        ident = b"\x7fELF" + bytes([2, 1 if e == "<" else 2, 1, 0]) + bytes(8)
-        out[0:64] = ident + struct.pack(
-            e + "HHIQQQIHHHHHH",
-            C.ET_REL,
-            self.machine,
-            1,
-            0,
-            0,
-            shoff,
-            self.e_flags,
-            64,
-            0,
-            0,
-            64,
-            len(secs) + 1,
-            names.index(".shstrtab") + 1,
-        )
-        return bytes(out)
+            link = idx(s.link) if s.link else 0
+            info = idx(s.info) if s.info else 0
+            rows.append(SectionHeader(no, s.type, s.flags, 0, off, size, link, info, s.align, s.entsize))
+        out.add_section_headers(rows)
+        return out.getvalue()

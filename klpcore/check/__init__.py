@@ -2,9 +2,12 @@
 
 Parts: :mod:`.target` (find a kernel's files in a directory, read lazily),
 :mod:`.modinfo` (what a module declares), :mod:`.steps` (the kernel's load
-sequence, in its order), :mod:`.patches` (the patched functions of a livepatch
-module), :mod:`.kmsg` (kernel messages by version), :mod:`.report` (verdicts,
-text and JSON).
+sequence for one pair, in its order), with :mod:`.pair` (findings and the helpers
+every step shares), :mod:`.modversions` (CRC checks), :mod:`.dependencies` (modules
+loaded first, the exports the module sees), :mod:`.livepatch` (``klp_enable_patch``
+and ``klp_module_coming``) and :mod:`.distribution` (load rules a distribution's
+patches change); :mod:`.patches` (the patched functions of a livepatch module),
+:mod:`.kmsg` (kernel messages by version), :mod:`.report` (verdicts, text and JSON).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .pair import PATCH_FAILS, REFUSED, Finding
 from .patches import PatchInfo, read_patch
 from .report import LOADS, PairResult, json_report, write_text
-from .steps import PATCH_FAILS, REFUSED, Finding, PairCheck
+from .steps import PairCheck
 from .target import Target
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import constants as C
 from ..elf import ElfModule
+from ..elfheader import ElfHeaderError, read_header, section_headers
 
 KLP_BUILD_SECTIONS = ((".init.klp_objects", ".init.klp_funcs"), ("__klp_objects", "__klp_funcs"))
 OBJ_EXT_SIZE, FUNC_EXT_SIZE, NR_FUNCS_OFFSET = 64, 24, 56
@@ -353,15 +354,12 @@ class VmlinuxImage:
         self.path = path
         self._fh = open(path, "rb")  # noqa: SIM115 - kept open for the mmap's lifetime
         self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
-        m = self._map
-        if m[:4] != C.ELFMAG or m[4] != C.ELFCLASS64:
-            raise ValueError(f"{path}: not a 64-bit ELF")
-        self.endian = "<" if m[5] == C.ELFDATA2LSB else ">"
-        (shoff,) = struct.unpack_from(self.endian + "Q", m, 0x28)
-        shnum, _shstrndx = struct.unpack_from(self.endian + "HH", m, 0x3C)
-        self.sections = []
-        for i in range(shnum):
-            self.sections.append(struct.unpack_from(self.endian + "IIQQQQIIQQ", m, shoff + i * 64))
+        try:
+            hdr = read_header(self._map)
+            self.sections = section_headers(self._map, hdr)
+        except ElfHeaderError as exc:  # a ValueError, as callers expect
+            raise ValueError(f"{path}: {exc}") from None
+        self.endian = hdr.endian
         self._files: tuple[list[int], list[str]] | None = None
 
     def read(self, address: int, size: int) -> bytes | None:

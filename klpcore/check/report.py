@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .steps import PATCH_FAILS, REFUSED, Finding
+from .pair import PATCH_FAILS, REFUSED, Finding
 
 LOADS = "loads"
 

@@ -20,153 +20,33 @@ module ends the sequence, as the kernel does.
 
 from __future__ import annotations
 
-import bisect
-import os
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .. import constants as C
 from ..elf import ElfModule
-from ..errors import Diagnostic, InputError, KlpError, NoPluginError, ResolutionError
-from ..kernel import KernelTarget, parse_version
-from ..loader import DEFAULT_BASE, Loader, default_plugin_manager
-from ..modtree import module_kernel_name
-from ..symbols import KernelSymbols, symbols_from_elf
-from .kmsg import Version, has_message, klp_line, kmsg
+from ..elfheader import read_ident
+from ..errors import KlpError, NoPluginError
+from ..kernel import KernelTarget
+from ..loader import Loader
+from ..plugins import default_plugin_manager
+from ..symbols import KernelSymbols
+from .dependencies import DependencySteps, DepModule
+from .kmsg import Version
+from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
-from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites, read_patch
-from .target import SymversEntry, Target, read_input
+from .pair import ERR_INVAL, ERR_NOENT, PATCH_FAILS, REFUSED, Finding, Stop
+from .patches import read_patch
+from .target import read_input
 
-REFUSED, PATCH_FAILS = "refused", "patch-fails"
-MODULE_NAME_LEN = 56
-#: where dependencies and patched target modules are placed (apart from the checked module)
-DEP_BASE = DEFAULT_BASE + 0x10000000
-DEP_STRIDE = 0x1000000
-#: module area slots (the x86_64 module area ends at 0xffffffffff000000)
-DEP_SLOTS = 46
-ERR_NOENT, ERR_INVAL = -2, -22
-#: load rules a distribution's kernel patches change: distribution -> {rule: (value, source)}
-DISTRIBUTION_RULES: dict[str, dict[str, tuple[bool, str]]] = {
-    "debian": {
-        # upstream check_version warns once and accepts an import without a __versions entry;
-        # Debian (since 4.9) prints the warning and refuses it (seen on 6.1.0-50: kc_noentry, kc_nolayout)
-        "missing_crc_refused": (True, "Debian's patch 'module: Disable matching missing version CRC' (2016)"),
-    },
-}
+__all__ = ["PATCH_FAILS", "REFUSED", "Finding", "PairCheck"]
 
 
-@dataclass
-class Finding:
-    """One result of one check: an error (with the outcome it causes), a warning,
-    or a check that could not be made."""
+class PairCheck(DependencySteps):
+    """Checks one module file against one target: the steps, in the kernel's order (modversions in
+    :mod:`.modversions`, dependencies in :mod:`.dependencies`, the patch in :mod:`.livepatch`)."""
 
-    check: str
-    severity: str  # "error", "warning", "info", "not-checked"
-    message: str
-    kernel_message: str | None = None
-    outcome: str | None = None  # REFUSED or PATCH_FAILS for errors
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "check": self.check,
-            "severity": self.severity,
-            "message": self.message,
-            "kernel_message": self.kernel_message,
-        }
-        if self.outcome:
-            out["outcome"] = self.outcome
-        out.update(self.extra)
-        return out
-
-
-@dataclass
-class Export:
-    name: str
-    owner: str  # "vmlinux" or a module name
-    gpl: bool | None  # None: unknown (no Module.symvers)
-    crc: int | None
-    namespace: str
-
-
-class Stop(Exception):
-    """A step refused the module; the kernel goes no further."""
-
-
-class PairCheck:
-    """Checks one module file against one target."""
-
-    def __init__(self, target: Target, path: str, *, depth: int = 0, kernel_options: dict[str, Any] | None = None):
-        self.target = target
-        self.path = path
-        self.depth = depth
-        self.kernel_options = kernel_options or {}
-        self.findings: list[Finding] = []
-        self.info: ModInfo | None = None
-        self.patch: PatchInfo | None = None
-        self.patched: list[dict[str, Any]] = []
-        rel = target.release
-        self.version: Version = parse_version(rel) if rel and _is_version(rel) else (99, 0)
-        self.version_known = rel is not None and _is_version(rel)
-        self._taint_forced = False
-        self._lockdep_off = False  # add_taint prints its line once, at the first such taint
-
-    # --------------------------------------------------------------- helpers
-    def add(
-        self,
-        check: str,
-        severity: str,
-        message: str,
-        kernel: str | None = None,
-        outcome: str | None = None,
-        **extra: Any,
-    ) -> Finding:
-        f = Finding(check, severity, message, kernel, outcome, extra)
-        self.findings.append(f)
-        return f
-
-    def refuse(self, check: str, message: str, kernel: str | None = None, **extra: Any) -> Finding:
-        return self.add(check, "error", message, kernel, REFUSED, **extra)
-
-    def not_checked(self, check: str, why: str) -> None:
-        self.add(check, "not-checked", f"not checked: {why}")
-
-    def msg(self, key: str, **fields: Any) -> str:
-        return kmsg(key, self.version, **fields)
-
-    @property
-    def name(self) -> str:
-        return self.info.name if self.info else module_kernel_name(self.path)
-
-    def force_load(self, check: str, reason: str, what: str) -> bool:
-        """``try_to_force_load``: taint with CONFIG_MODULE_FORCE_LOAD, else refuse silently."""
-        force = self.target.config_bool("CONFIG_MODULE_FORCE_LOAD")
-        if force is None:
-            self.not_checked(check, f"{what}; whether the kernel allows forced loads needs its config")
-            return True
-        if force:
-            if not self._taint_forced:
-                f = self.add(
-                    check,
-                    "warning",
-                    f"{what}: loads with a taint (CONFIG_MODULE_FORCE_LOAD)",
-                    self.msg("force_taint", name=self.name, reason=reason),
-                )
-                self.lockdep_taint(f)
-                self._taint_forced = True
-            return True
-        return False
-
-    def lockdep_taint(self, finding: Finding) -> None:
-        """A taint that makes lockdep unreliable (forced load, proprietary module): the first one
-        on a freshly booted kernel also prints the lockdep line."""
-        if not self._lockdep_off:
-            self._lockdep_off = True
-            finding.extra["then"] = [*finding.extra.get("then", []), self.msg("lockdep_off")]
-
-    # ------------------------------------------------------------------ run
     def run(self) -> list[Finding]:
         try:
             self.step_modules()
@@ -184,7 +64,10 @@ class PairCheck:
             pass
         return self.findings
 
-    # ------------------------------------------------------------- modules
+    def dependency_check(self, path: str) -> PairCheck:
+        """A dependency at ``path`` goes through the same steps, at depth 1, on this pair's target."""
+        return PairCheck(self.target, path, depth=1, kernel_options=self.kernel_options)
+
     def step_modules(self) -> None:
         """A kernel built without CONFIG_MODULES has no init_module/finit_module (ENOSYS, no message)."""
         cfg = self.target.config
@@ -196,7 +79,6 @@ class PairCheck:
             )
             raise Stop
 
-    # ----------------------------------------------------------------- ELF
     def step_elf(self) -> tuple[ElfModule, bytes]:
         raw = read_input(self.path, "module", limit=1 << 30)
         if len(raw) < C.EHDR_SIZE:
@@ -205,12 +87,12 @@ class PairCheck:
         if raw[:4] != C.ELFMAG:
             self.refuse("elf", "not an ELF file", self.msg("elf_magic"))
             raise Stop
-        order: Literal["little", "big"] = "little" if raw[5] == C.ELFDATA2LSB else "big"
-        etype = int.from_bytes(raw[16:18], order)
+        ident = read_ident(raw)  # long enough, and the magic is right
+        etype = ident.type
         if etype != C.ET_REL:
             self.refuse("elf", f"ELF type {etype} is not ET_REL", self.msg("elf_type", etype=etype))
             raise Stop
-        machine = int.from_bytes(raw[18:20], order)
+        machine = ident.machine
         tm = self.target.machine
         if tm is None:
             self.not_checked("elf", "the target's architecture is unknown (no config, no module tree)")
@@ -242,89 +124,6 @@ class PairCheck:
                 "no .gnu.linkonce.this_module section (not built as a module)",
                 self.msg("no_module", name=info.name),
             )
-            raise Stop
-
-    # --------------------------------------------------------- modversions
-    @property
-    def modversions(self) -> bool | None:
-        """Whether the target exports carry CRCs (CONFIG_MODVERSIONS)."""
-        v = self.target.config_bool("CONFIG_MODVERSIONS")
-        if v is not None:
-            return v
-        sv = self.target.symvers
-        if sv is not None:
-            return any(e.crc for e in sv.values())
-        return None
-
-    def distribution_rule(self, rule: str) -> bool:
-        """A load rule the target's distribution patched in (``--distribution`` overrides the guess)."""
-        dist = self.target.distribution
-        return bool(dist and DISTRIBUTION_RULES.get(dist, {}).get(rule, (False, ""))[0])
-
-    def check_version(self, check: str, sym: str, crc: int | None) -> bool:
-        """``check_version``; False means the symbol is refused (-EINVAL)."""
-        info = self.info
-        assert info is not None
-        if crc is None:
-            return True
-        if info.ext_versions is not None and has_message("no_ext_version", self.version):
-            got = info.ext_versions.get(sym)
-            if got is None:
-                self.add(
-                    check,
-                    "warning",
-                    f"no extended symbol version for {sym} (accepted)",
-                    self.msg("no_ext_version", name=info.name, sym=sym),
-                )
-                return True
-        else:
-            if info.versions is None:
-                return self.force_load(check, sym, "module has no __versions section")
-            got = info.versions.get(sym)
-            if got is None and self.distribution_rule("missing_crc_refused"):
-                self.refuse(
-                    check,
-                    f"module's __versions has no entry for {sym}: refused by "
-                    + DISTRIBUTION_RULES[self.target.distribution or ""]["missing_crc_refused"][1],
-                    self.msg("no_version", name=info.name, sym=sym),
-                    symbol=sym,
-                )
-                return False
-            if got is None:
-                self.add(
-                    check,
-                    "warning",
-                    f"module's __versions has no entry for {sym} (accepted; printed once)",
-                    self.msg("no_version", name=info.name, sym=sym),
-                )
-                return True
-        if got == crc:
-            return True
-        self.refuse(
-            check,
-            f"CRC of {sym}: module {got:#010x}, target {crc:#010x}",
-            self.msg("disagrees", name=info.name, sym=sym),
-            symbol=sym,
-        )
-        return False
-
-    def step_modstruct(self) -> None:
-        mv = self.modversions
-        if mv is False:
-            return
-        sv = self.target.symvers
-        if mv is None or sv is None:
-            self.not_checked("modversions", "module_layout CRC needs the target's Module.symvers and config")
-            return
-        entry = sv.get("module_layout")
-        if entry is None:
-            self.add("modversions", "info", "target exports no module_layout; check skipped as by kernels without it")
-            return
-        if not self.check_version("modversions", "module_layout", entry.crc):
-            if not self.findings or self.findings[-1].outcome != REFUSED:
-                self.refuse(
-                    "modversions", "module has no __versions and the target has no CONFIG_MODULE_FORCE_LOAD", None
-                )
             raise Stop
 
     def step_modinfo(self) -> None:
@@ -405,96 +204,6 @@ class PairCheck:
             self.msg("taint_unsigned", name=info.name),
         )
 
-    def step_export_versions(self) -> None:
-        info = self.info
-        assert info is not None
-        if not info.exports or not self.modversions:
-            return
-        plain = [e for e in info.exports if not e.gpl]
-        gpl = [e for e in info.exports if e.gpl]
-        missing = (plain and not info.has_kcrctab) or (gpl and not info.has_gpl_kcrctab)
-        if missing and not self.force_load(
-            "export-versions", "no versions for exported symbols", "module exports symbols without CRCs"
-        ):
-            self.refuse("export-versions", "exports without CRCs and no CONFIG_MODULE_FORCE_LOAD")
-            raise Stop
-
-    # -------------------------------------------------------- dependencies
-    def step_dependencies(self) -> list[DepModule]:
-        info = self.info
-        assert info is not None
-        deps_map = self.target.modules_dep
-        names = deps_map.get(info.name) if deps_map is not None and info.name in deps_map else info.depends
-        if not names:
-            return []
-        if self.target.modules_dir is None:
-            self.not_checked("dependencies", f"depends on {', '.join(names)}; the target has no module tree")
-            return []
-        out: list[DepModule] = []
-        for dep in names:
-            for d in load_dependency(self.target, dep, self.kernel_options, set()):
-                if d not in out:
-                    out.append(d)
-        for d in out:
-            if d.path is None:
-                self.add(
-                    "dependencies",
-                    "error",
-                    f"dependency '{d.name}' is not in the target's module tree; its symbols stay unknown",
-                    None,
-                    REFUSED,
-                )
-            elif d.refused:
-                first = d.refused[0]
-                self.refuse(
-                    "dependencies",
-                    f"dependency '{d.name}' is refused: {first.message}",
-                    first.kernel_message,
-                    dependency=d.name,
-                )
-        if any(f.outcome == REFUSED for f in self.findings if f.check == "dependencies"):
-            raise Stop
-        loaded = [d.name for d in out]
-        self.add("dependencies", "info", f"loaded first: {', '.join(loaded)}")
-        return out
-
-    # --------------------------------------------------------------- exports
-    def exports(self, deps: list[DepModule]) -> dict[str, Export] | None:
-        """Exports visible to the module: vmlinux's, then each loaded dependency's."""
-        cache = self.target.cache
-        base = cache.get("vmlinux_exports")
-        if base is None:
-            base = {}
-            sv = self.target.symvers
-            if sv is not None:
-                for name, e in sv.items():
-                    if e.module == C.VMLINUX:
-                        base[name] = Export(name, C.VMLINUX, e.gpl, e.crc, e.namespace)
-            elif self.target.symbols is not None:
-                for name in self.target.symbols.objects[C.VMLINUX].names if self.target.symbols.has(C.VMLINUX) else []:
-                    if name.startswith("__ksymtab_"):
-                        n = name[len("__ksymtab_") :]
-                        base[n] = Export(n, C.VMLINUX, None, None, "")
-            else:
-                return None
-            cache["vmlinux_exports"] = base
-        out = dict(base)
-        for d in deps:
-            if d.info is None:
-                continue
-            for x in d.info.exports:
-                if x.name in out:
-                    continue
-                entry: SymversEntry | None = self.target.symvers.get(x.name) if self.target.symvers else None
-                out[x.name] = Export(
-                    x.name,
-                    d.name,
-                    x.gpl,
-                    entry.crc if entry and self.modversions else None,
-                    entry.namespace if entry else "",
-                )
-        return out
-
     def step_symbols(self, deps: list[DepModule]) -> None:
         info = self.info
         assert info is not None
@@ -565,7 +274,6 @@ class PairCheck:
         if failed:
             raise Stop
 
-    # ---------------------------------------------------------- relocations
     def kernel_target(self) -> KernelTarget:
         lp = self.target.config_bool("CONFIG_LIVEPATCH")
         rwx = self.target.config_bool("CONFIG_STRICT_MODULE_RWX")
@@ -606,12 +314,12 @@ class PairCheck:
             self.not_checked("relocations", str(exc.diagnostics[0].message))
             return None
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         try:
             loaded = loader.load(mod, ks, mod.arch.default_base)
         except KlpError as exc:
-            self._engine_errors("relocations", exc.diagnostics, REFUSED)
+            self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         n = sum(loaded.relocation_counts().values())
         self.add(
@@ -623,16 +331,6 @@ class PairCheck:
             self.add("relocations", "warning", w.message, w.kernel_message)
         return loaded
 
-    def _engine_errors(self, check: str, diags: list[Diagnostic], outcome: str, **extra: Any) -> None:
-        for d in diags[:20]:
-            where = d.location()
-            self.add(
-                check, "error", f"{where}: {d.message}" if where else d.message, d.kernel_message, outcome, **extra
-            )
-        if len(diags) > 20:
-            self.add(check, "error", f"... and {len(diags) - 20} more", None, outcome, **extra)
-
-    # -------------------------------------------------------- duplicates
     def step_duplicate_exports(self, deps: list[DepModule]) -> None:
         info = self.info
         assert info is not None
@@ -653,7 +351,6 @@ class PairCheck:
                 )
                 raise Stop
 
-    # ------------------------------------------------------------ livepatch
     def step_livepatch(self, loaded: Any, deps: list[DepModule]) -> None:
         info = self.info
         assert info is not None
@@ -683,463 +380,6 @@ class PairCheck:
         lp.run()
 
 
-@dataclass(eq=False)
-class DepModule:
-    name: str
-    path: str | None
-    info: ModInfo | None = None
-    symbols: KernelSymbols | None = None
-    refused: list[Finding] = field(default_factory=list)
-
-
-def load_dependency(target: Target, name: str, options: dict[str, Any], seen: set[str]) -> list[DepModule]:
-    """``name`` and its own dependencies, depth first, each checked once per target."""
-    key = name.replace("-", "_")
-    cache: dict[str, DepModule] = target.cache.setdefault("deps", {})
-    if key in seen:
-        return []
-    seen.add(key)
-    if key in cache:
-        d = cache[key]
-        chain: list[DepModule] = []
-        if d.info is not None:
-            for sub in _dep_names(target, d.info):
-                chain += load_dependency(target, sub, options, seen)
-        return [*chain, d]
-    path = target.find_module(key)
-    if path is None:
-        d = DepModule(key, None)
-        cache[key] = d
-        return [d]
-    chain = []
-    try:
-        raw = read_input(path, "module", limit=1 << 30)
-        elf = ElfModule(raw, path=str(path))
-        info = read_modinfo(elf, str(path), raw)
-    except KlpError as exc:
-        d = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
-        cache[key] = d
-        return [d]
-    for sub in _dep_names(target, info):
-        chain += load_dependency(target, sub, options, seen)
-    d = DepModule(info.name, str(path), info)
-    cache[key] = d
-    pc = PairCheck(target, str(path), depth=1, kernel_options=options)
-    pc.info = info
-    try:
-        pc.step_modstruct()
-        pc.step_modinfo()
-        pc.step_symbols(chain)
-    except Stop:
-        pass
-    d.refused = [f for f in pc.findings if f.outcome == REFUSED]
-    index = len(cache)
-    try:
-        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + (index % 24) * DEP_STRIDE, objname=info.name)
-    except KlpError as exc:
-        d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))
-    return [*chain, d]
-
-
-def _dep_names(target: Target, info: ModInfo) -> list[str]:
-    dep = target.modules_dep
-    if dep is not None and info.name in dep:
-        return dep[info.name]
-    return info.depends
-
-
-class LivepatchCheck:
-    """``klp_enable_patch`` and ``klp_module_coming`` for each patched object."""
-
-    def __init__(self, pc: PairCheck, loaded: Any, deps: list[DepModule], patch: PatchInfo) -> None:
-        self.pc = pc
-        self.loaded = loaded
-        self.deps = deps
-        self.patch = patch
-        self.target = pc.target
-
-    def run(self) -> None:
-        pc = self.pc
-        info = pc.info
-        assert info is not None
-        ksym_len = 512 if pc.version >= (6, 1) else 128
-        # klp_init_object / klp_init_func: silent -EINVAL refusals
-        for obj in self.patch.objects:
-            if obj.name is not None and len(obj.name) >= MODULE_NAME_LEN:
-                pc.refuse(
-                    "livepatch",
-                    f"object name '{obj.name}' is {len(obj.name)} characters (limit "
-                    f"{MODULE_NAME_LEN - 1}); klp_init_object fails with -EINVAL (no message)",
-                )
-            for f in obj.funcs:
-                if f.old_name is None:
-                    pc.refuse("livepatch", f"a function of object {obj.label} has no old_name (-EINVAL, no message)")
-                elif len(f.old_name) >= ksym_len:
-                    pc.refuse("livepatch", f"old_name '{f.old_name[:40]}...' is longer than KSYM_NAME_LEN - 1")
-                if f.new_ptr is None:
-                    pc.refuse("livepatch", f"{f.old_name}: no replacement function (new_func NULL, -EINVAL)")
-        if any(x.outcome == REFUSED for x in pc.findings):
-            return
-        vmlinux_objs = [o for o in self.patch.objects if o.name is None]
-        module_objs = [o for o in self.patch.objects if o.name is not None]
-        # klp_init_patch: each loaded object's functions resolved (klp_init_object_loaded), the
-        # first failure ends it silently; then __klp_enable_patch: "enabling patch", each
-        # function's ftrace location (the first failure ends it), the transition
-        resolved: list[tuple[Any, Any, int | None]] = []
-        ks = self.target.symbols
-        for obj in vmlinux_objs:
-            for f in obj.funcs:
-                addr = self.resolve_vmlinux(f) if ks is not None else None
-                if ks is None:
-                    pc.not_checked("patched-functions", f"{f.old_name}: vmlinux symbols missing")
-                resolved.append((obj, f, addr))
-        if (ks is not None or not vmlinux_objs) and not any(x.outcome == REFUSED for x in pc.findings):
-            pc.add("livepatch", "info", "klp_enable_patch enables the patch", pc.msg("klp_enabling", name=info.name))
-            failed = None
-            for obj, f, addr in resolved:
-                if addr is not None and failed is None:
-                    failed = self.ftrace_vmlinux(obj, f, addr)
-                elif addr is not None:
-                    self.ftrace_vmlinux(obj, f, addr, reached=False)
-            if failed is not None:
-                failed.extra["then"] = [
-                    *failed.extra.get("then", []),
-                    pc.msg("klp_enable", name=info.name),
-                    pc.msg("klp_unpatched", name=info.name),
-                ]
-            else:
-                pc.add("livepatch", "info", "the patching transition starts", pc.msg("klp_start", name=info.name))
-                pc.add(
-                    "livepatch",
-                    "info",
-                    "the transition completes once every task is out of the patched functions (asynchronous)",
-                    pc.msg("klp_complete", name=info.name),
-                )
-        # module objects: when the module is, or later gets, loaded
-        for obj in module_objs:
-            self.module_object(obj)
-
-    def record(self, obj: Any, f: Any, **fields: Any) -> dict[str, Any]:
-        row = {"object": obj.label, "old_name": f.old_name, "sympos": f.sympos, "replacement": f.new_func}
-        row.update(fields)
-        self.pc.patched.append(row)
-        return row
-
-    # ----------------------------------------------------------- vmlinux
-    def resolve_vmlinux(self, f: Any) -> int | None:
-        pc = self.pc
-        ks = self.target.symbols
-        assert ks is not None and f.old_name is not None
-        try:
-            addr = ks.find_object_symbol(None, f.old_name, f.sympos)
-        except ResolutionError as exc:
-            d = exc.diagnostics[0]
-            cands = self.vmlinux_candidates(f.old_name)
-            self.record(_Obj(None), f, status="error", candidates=cands)
-            first = not any(x.check == "patched-functions" and x.outcome == REFUSED for x in pc.findings)
-            pc.refuse(
-                "patched-functions",
-                _klp_message(d, cands) + ("" if first else " (the kernel stops at the first failure: not printed)"),
-                klp_line(d.kernel_message) if first else None,
-                object=C.VMLINUX,
-                function=f.old_name,
-                candidates=cands,
-            )
-            return None
-        self.record(_Obj(None), f, status="resolved", address=hex(addr))
-        return addr
-
-    def vmlinux_sorted(self) -> tuple[list[int], ...]:
-        cache = self.target.cache
-        got = cache.get("vmlinux_addrs")
-        if got is None:
-            assert self.target.symbols is not None
-            obj = self.target.symbols.objects[C.VMLINUX]
-            got = (sorted(set(obj.addrs)),)
-            cache["vmlinux_addrs"] = got
-        return got
-
-    def kallsyms_size(self, addr: int) -> int:
-        (addrs,) = self.vmlinux_sorted()
-        i = bisect.bisect_right(addrs, addr)
-        return addrs[i] - addr if i < len(addrs) else 0
-
-    def vmlinux_image(self) -> VmlinuxImage | None:
-        cache = self.target.cache
-        if "vmlinux_image" not in cache:
-            p = self.target.vmlinux_path
-            try:
-                cache["vmlinux_image"] = VmlinuxImage(p) if p is not None else None
-            except (OSError, ValueError):
-                cache["vmlinux_image"] = None
-        return cache["vmlinux_image"]  # type: ignore[no-any-return]
-
-    def vmlinux_candidates(self, name: str) -> list[dict[str, Any]]:
-        ks = self.target.symbols
-        assert ks is not None
-        img = self.vmlinux_image()
-        out = []
-        for i, a in enumerate(ks.objects[C.VMLINUX].matches(name) if ks.has(C.VMLINUX) else []):
-            row: dict[str, Any] = {"sympos": i + 1, "address": hex(a), "size": self.kallsyms_size(a)}
-            if img is not None:
-                row["file"] = img.source_file(a)
-            out.append(row)
-        return out
-
-    def ftrace_vmlinux(self, obj: Any, f: Any, addr: int, reached: bool = True) -> Finding | None:
-        """The refusal when ``f`` has no ftrace location (``reached``: the kernel gets to it)."""
-        pc = self.pc
-        ks = self.target.symbols
-        assert ks is not None
-        sites = self.target.cache.get("vmlinux_mcount")
-        if sites is None:
-            img = self.vmlinux_image()
-            vm = ks.objects.get(C.VMLINUX)
-            start = vm.matches("__start_mcount_loc") if vm else []
-            stop = vm.matches("__stop_mcount_loc") if vm else []
-            arr = img.mcount_sites(start[0], stop[0]) if img is not None and start and stop else None
-            if arr is None:
-                arr = self.target.ftrace_sites
-            if arr is None:
-                why = (
-                    "no vmlinux ELF"
-                    if img is None
-                    else "no __start_mcount_loc/__stop_mcount_loc symbols"
-                    if not start or not stop
-                    else "__mcount_loc is not in the vmlinux ELF's sections"
-                )
-                pc.not_checked(
-                    "ftrace",
-                    f"{f.old_name}: ftrace locations need the vmlinux ELF's __mcount_loc or "
-                    f"available_filter_functions_addrs ({why})",
-                )
-                return None
-            sites = arr
-            self.target.cache["vmlinux_mcount"] = sites
-        size = self.kallsyms_size(addr) or 1
-        i = int(np.searchsorted(sites, addr))
-        rows = [r for r in pc.patched if r["object"] == C.VMLINUX and r["old_name"] == f.old_name]
-        row = rows[-1] if rows else {}
-        if i < len(sites) and int(sites[i]) < addr + size:
-            row["ftrace"] = hex(int(sites[i]))
-            return None
-        row["ftrace"] = None
-        text = f"{f.old_name} at {addr:#x} has no ftrace location (notrace, or inlined code without a call site)"
-        if not reached:
-            return pc.refuse(
-                "patched-functions",
-                text + " (the kernel stops at the first failure: not printed)",
-                None,
-                object=C.VMLINUX,
-                function=f.old_name,
-            )
-        return pc.refuse(
-            "patched-functions",
-            text,
-            pc.msg("klp_ftrace", sym=f.old_name),
-            object=C.VMLINUX,
-            function=f.old_name,
-            then=[pc.msg("klp_patch_object", obj=C.VMLINUX)],
-        )
-
-    # ------------------------------------------------------------ modules
-    def module_object(self, obj: Any) -> None:
-        pc = self.pc
-        info = pc.info
-        assert info is not None
-        name = obj.name
-        if self.target.modules_dir is None:
-            pc.not_checked("patched-objects", f"object {name}: the target has no module tree")
-            for f in obj.funcs:
-                self.record(obj, f, status="not-checked")
-            return
-        path = self.target.module_index.get(name)
-        if path is None:
-            norm = module_kernel_name(name)
-            if norm != name and norm in self.target.module_index:
-                pc.add(
-                    "patched-objects",
-                    "error",
-                    f"object '{name}' names no module: the kernel compares names "
-                    f"exactly and calls {self.target.module_index[norm].name} '{norm}'; the patch loads but never "
-                    "applies",
-                    None,
-                    PATCH_FAILS,
-                    object=name,
-                    module=norm,
-                )
-            else:
-                pc.add(
-                    "patched-objects",
-                    "warning",
-                    f"no module of the target is called '{name}'; the patch waits for it and applies nothing there",
-                    None,
-                    object=name,
-                )
-            for f in obj.funcs:
-                self.record(obj, f, status="object-missing")
-            return
-        tm = self.target_module(name, str(path))
-        if tm is None:
-            return
-        elf, symbols = tm
-        kmsg_then = [
-            pc.msg("klp_coming", name=info.name, obj=name, err=ERR_INVAL),
-            pc.msg("klp_refuse_module", name=info.name, obj=name),
-        ]
-        # klp_module_coming: klp_init_object_loaded (the object's livepatch relocations, then every
-        # function looked up; the first failure ends it), "applying patch", then klp_patch_object
-        # (every function's ftrace location; the first failure ends it)
-        if self.loaded is not None:
-            try:
-                self.loaded.coming(name, symbols)
-            except KlpError as exc:
-                pc._engine_errors("patched-objects", exc.diagnostics, PATCH_FAILS, object=name, then=kmsg_then)
-                return
-        ks = KernelSymbols()
-        ks.objects = {name: symbols.objects[name]} if name in symbols.objects else {}
-        sites = module_ftrace_sites(elf)
-        failed = False
-        found: list[tuple[Any, dict[str, Any]]] = []
-        for f in obj.funcs:
-            try:
-                addr = ks.find_object_symbol(name, f.old_name, f.sympos)
-            except ResolutionError as exc:
-                d = exc.diagnostics[0]
-                cands = self.module_candidates(elf, f.old_name)
-                self.record(obj, f, status="error", candidates=cands)
-                pc.add(
-                    "patched-functions",
-                    "error",
-                    _klp_message(d, cands)
-                    + (" (the kernel stops at the first failure: not printed)" if failed else ""),
-                    None if failed else klp_line(d.kernel_message),
-                    PATCH_FAILS,
-                    object=name,
-                    function=f.old_name,
-                    candidates=cands,
-                    **({} if failed else {"then": kmsg_then}),
-                )
-                failed = True
-                continue
-            found.append((f, self.record(obj, f, status="resolved", address=hex(addr))))
-        if not failed:
-            pc.add(
-                "patched-objects",
-                "info",
-                f"when {name} loads, klp_module_coming applies the patch to it",
-                pc.msg("klp_applying", name=info.name, obj=name),
-                object=name,
-            )
-        for f, row in found:
-            ext = self.module_extent(elf, f.old_name, f.sympos)
-            if sites is None or ext is None:
-                pc.not_checked("ftrace", f"{name}:{f.old_name}: the module has no __mcount_loc")
-                continue
-            shndx, value, size = ext
-            offs = sites.get(shndx, [])
-            i = bisect.bisect_left(offs, value)
-            if i < len(offs) and offs[i] < value + max(size, 1):
-                row["ftrace"] = True
-                continue
-            row["ftrace"] = None
-            pc.add(
-                "patched-functions",
-                "error",
-                f"{name}:{f.old_name} has no ftrace location"
-                + (" (the kernel stops at the first failure: not printed)" if failed else ""),
-                None if failed else pc.msg("klp_ftrace", sym=f.old_name),
-                PATCH_FAILS,
-                object=name,
-                function=f.old_name,
-                **(
-                    {}
-                    if failed
-                    else {
-                        "then": [
-                            pc.msg("klp_apply_failed", name=info.name, obj=name, err=ERR_INVAL),
-                            kmsg_then[1],
-                        ]
-                    }
-                ),
-            )
-            failed = True
-
-    def target_module(self, name: str, path: str) -> tuple[ElfModule, KernelSymbols] | None:
-        cache: dict[str, Any] = self.target.cache.setdefault("patched_modules", {})
-        if name not in cache:
-            try:
-                raw = read_input(path, "module", limit=1 << 30)
-                elf = ElfModule(raw, path=path)
-                base = DEP_BASE + (24 + len(cache) % (DEP_SLOTS - 24)) * DEP_STRIDE
-                cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
-            except (KlpError, InputError) as exc:
-                cache[name] = str(exc)
-        got = cache[name]
-        if isinstance(got, str):
-            self.pc.not_checked("patched-objects", f"object {name}: {path}: {got}")
-            return None
-        return got  # type: ignore[no-any-return]
-
-    @staticmethod
-    def module_extent(elf: ElfModule, name: str | None, sympos: int) -> tuple[int, int, int] | None:
-        syms = elf.symbols
-        hits = []
-        for i, n in enumerate(elf.symbol_names):
-            if n == name:
-                nd = int(syms["st_shndx"][i])
-                if 0 < nd < C.SHN_LORESERVE and elf.sections[nd].is_alloc:
-                    hits.append((nd, int(syms["st_value"][i]), int(syms["st_size"][i])))
-        k = (sympos - 1) if sympos else 0
-        return hits[k] if 0 <= k < len(hits) else None
-
-    @staticmethod
-    def module_candidates(elf: ElfModule, name: str | None) -> list[dict[str, Any]]:
-        syms = elf.symbols
-        out: list[dict[str, Any]] = []
-        for i, n in enumerate(elf.symbol_names):
-            if n == name and 0 < int(syms["st_shndx"][i]) < C.SHN_LORESERVE:
-                nd = int(syms["st_shndx"][i])
-                out.append(
-                    {
-                        "sympos": len(out) + 1,
-                        "section": elf.sections[nd].name,
-                        "offset": hex(int(syms["st_value"][i])),
-                        "size": int(syms["st_size"][i]),
-                    }
-                )
-        return out
-
-
-@dataclass
-class _Obj:
-    name: str | None
-
-    @property
-    def label(self) -> str:
-        return self.name if self.name is not None else C.VMLINUX
-
-
-def _klp_message(d: Diagnostic, cands: list[dict[str, Any]]) -> str:
-    kind = d.extra.get("kind")
-    if kind == "ambiguous" and cands:
-        lines = "; ".join(
-            f"{c['sympos']}: {c.get('address', c.get('offset'))} size {c['size']}"
-            + (f" ({c['file']})" if c.get("file") else "")
-            for c in cands
-        )
-        return f"'{d.symbol}' is ambiguous ({len(cands)} candidates); give old_sympos: {lines}"
-    return d.message
-
-
-def _is_version(text: str) -> bool:
-    try:
-        parse_version(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _modinfo_name(raw: bytes) -> str | None:
     i = raw.find(b"\0name=")
     if i < 0:
@@ -1160,7 +400,3 @@ def _module_ns_ok(namespace: str, modname: str, version: Version) -> bool:
     if version < (6, 17) or not namespace.startswith("module:"):
         return False
     return modname in namespace[len("module:") :].split(",")
-
-
-def _basename(path: str) -> str:
-    return os.path.basename(path)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import compress
 from .. import constants as C
+from ..elfheader import IDENT_SIZE, ElfHeaderError, read_ident
 from ..errors import InputError, KlpError, SymbolFileError
 from ..modtree import ModuleTree, module_kernel_name
 from ..symbols import KernelSymbols, parse_symbol_text, symbols_from_elf
@@ -186,11 +187,9 @@ class Target:
                     return machine
         for path in self.module_index.values():
             try:
-                head = read_input(path, "module", limit=1 << 30)[:20]
-            except KlpError:
+                return read_ident(compress.read_head(path, IDENT_SIZE, what="module")).machine
+            except (KlpError, ElfHeaderError):
                 continue
-            if head[:4] == C.ELFMAG:
-                return int.from_bytes(head[18:20], "little" if head[5] == C.ELFDATA2LSB else "big")
         return None
 
     # ---------------------------------------------------------- symbols

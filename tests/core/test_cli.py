@@ -119,10 +119,10 @@ def test_no_command_prints_help(capsys) -> None:
 
 
 def test_kernel_options(files, capsys) -> None:
-    from klpcore.cli import _kernel, build_parser
+    from klpcore.cli import build_parser, kernel_target
 
     args = build_parser().parse_args(["apply", "m.ko", "-O", "relocate_percpu=false"])
-    assert _kernel(args).options == {"relocate_percpu": False}
+    assert kernel_target(args).options == {"relocate_percpu": False}
     good, _, syms, _ = files
     assert main(["resolve", str(good), "-s", str(syms), "-O", "novalue"]) == 2
     assert main(["resolve", str(good), "-s", str(syms), "-O", "name=x"]) == 2

@@ -153,3 +153,48 @@ def test_module_read_errors_are_elf_format_errors(tmp_path) -> None:
         ElfModule.from_file("/dev/zero")
     with pytest.raises(SymbolFileError, match="character device"):
         load_symbols("/dev/zero")
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "xz", "zstd", "plain"])
+def test_read_head_reads_only_the_start(tmp_path, fmt) -> None:
+    from klpcore.compress import read_head
+
+    data = PAYLOAD if fmt == "plain" else COMPRESSORS[fmt](PAYLOAD)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    assert read_head(p, 20, what="module") == PAYLOAD[:20]
+    assert read_head(p, 10 * len(PAYLOAD), what="module") == PAYLOAD  # shorter than asked: all of it
+    if fmt != "plain":
+        # a stream cut short after its first blocks (zstd's are up to 128 KiB): its first bytes are
+        # still there, read_input refuses it
+        big = PAYLOAD * 40
+        damaged = tmp_path / "damaged"
+        damaged.write_bytes(COMPRESSORS[fmt](big)[:-100])
+        assert read_head(damaged, 20, what="module") == big[:20]
+        with pytest.raises(InputFileError, match="corrupt"):
+            read_input(damaged, limit=len(big), what="module")
+
+
+def test_read_head_of_a_bomb_is_quick(tmp_path) -> None:
+    """The header of 4 GiB of zeros, zstd-compressed, needs the first block only."""
+    from klpcore.compress import read_head
+
+    p = tmp_path / "bomb.zst"
+    cctx = zstandard.ZstdCompressor()
+    with open(p, "wb") as fh, cctx.stream_writer(fh) as w:
+        block = bytes(1 << 24)
+        for _ in range(256):
+            w.write(block)
+    assert os.path.getsize(p) < 1 << 20
+    assert read_head(p, 64, what="module") == bytes(64)
+    with pytest.raises(InputFileError, match="larger than"):
+        read_input(p, limit=1 << 20, what="module")
+
+
+def test_read_head_refuses_devices_and_missing_files(tmp_path) -> None:
+    from klpcore.compress import read_head
+
+    with pytest.raises(InputFileError, match="character device"):
+        read_head("/dev/zero", 20, what="module")
+    with pytest.raises(InputFileError, match="cannot read module"):
+        read_head(tmp_path / "nope", 20, what="module")

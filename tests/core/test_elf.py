@@ -171,3 +171,84 @@ def test_fuzz_full_load_never_crashes(toy_loader, data) -> None:
         toy_loader.load(bytes(blob), syms)
     except KlpError:
         pass
+
+
+# ------------------------------------------------ the one ELF header reader
+def test_header_reader_fields_match_the_bytes() -> None:
+    from klpcore.elfheader import read_header, section_count, section_headers, string_table_index
+
+    for endian in "<>":
+        d = basic(endian)
+        h = read_header(d)
+        m = ElfModule(d)
+        assert h.endian == endian and h.byteorder == m.byteorder
+        assert (h.ident.type, h.ident.machine) == (C.ET_REL, 0xBEEF)
+        assert h.shoff == struct.unpack_from(endian + "Q", d, 40)[0]
+        assert section_count(d, h) == len(m.sections) == struct.unpack_from(endian + "H", d, 60)[0]
+        assert string_table_index(d, h) == m.shstrndx
+        rows = section_headers(d, h)
+        assert [(r.type, r.offset, r.size, r.link, r.info) for r in rows] == [
+            (s.type, s.offset, s.size, s.link, s.info) for s in m.sections
+        ]
+
+
+def test_extended_section_numbering() -> None:
+    """e_shnum 0 and e_shstrndx SHN_XINDEX: the count and the index are in section 0 (ELF spec)."""
+    from klpcore.elfheader import SHN_XINDEX, read_header, section_count, string_table_index
+
+    d = basic()
+    n, shstrndx = struct.unpack_from("<HH", d, 60)
+    b = bytearray(d)
+    struct.pack_into("<HH", b, 60, 0, SHN_XINDEX)
+    struct.pack_into("<Q", b, _shdr_off(d, 0) + 32, n)  # section 0's sh_size
+    struct.pack_into("<I", b, _shdr_off(d, 0) + 40, shstrndx)  # section 0's sh_link
+    h = read_header(bytes(b))
+    assert (section_count(b, h), string_table_index(b, h)) == (n, shstrndx)
+    assert [s.name for s in ElfModule(bytes(b)).sections] == [s.name for s in ElfModule(d).sections]
+
+
+def test_header_reader_refuses_what_it_cannot_read() -> None:
+    from klpcore.elfheader import ElfHeaderError, read_header, read_ident, section_count
+
+    d = basic()
+    with pytest.raises(ElfHeaderError, match="too short"):
+        read_ident(d[:19])
+    with pytest.raises(ElfHeaderError, match="bad magic"):
+        read_ident(b"\x7fELG" + d[4:])
+    # the identification bytes are class-independent: a 32-bit file still says its type and machine
+    ident = read_ident(d[:4] + b"\x01" + d[5:20])
+    assert (ident.elfclass, ident.type, ident.machine) == (1, C.ET_REL, 0xBEEF)
+    with pytest.raises(ElfHeaderError, match="ELF class 1 is not ELFCLASS64"):
+        read_header(d[:4] + b"\x01" + d[5:])
+    # extended numbering with section 0 outside the file
+    b = bytearray(d[:64])
+    struct.pack_into("<H", b, 60, 0)
+    with pytest.raises(ElfHeaderError, match="section header 0 .* is not inside the file"):
+        section_count(b, read_header(b))
+    with pytest.raises(ElfFormatError, match="section header 0 .* is not inside the file"):
+        ElfModule(bytes(b))
+
+
+def test_writer_records_read_back() -> None:
+    """What elfwriter packs, elfheader reads field for field, in both byte orders."""
+    from klpcore.elfheader import SectionHeader, read_header, section_headers
+    from klpcore.elfwriter import ElfWriter, pack_file_header
+
+    for endian in "<>":
+        w = ElfWriter(endian, pack_file_header(endian, type=C.ET_REL, machine=0x1234, flags=7, shnum=3, shstrndx=2))
+        assert w.add(b"abc", 16) == 64 and w.add(b"d", 3) == 69 and w.end == 70
+        rows = [
+            SectionHeader(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            SectionHeader(1, C.SHT_PROGBITS, C.SHF_ALLOC, 0xFFFF800000001000, 64, 3, 0, 0, 16, 0),
+            SectionHeader(5, C.SHT_STRTAB, 0, 0, 69, 1, 0, 0, 1, 0),
+        ]
+        shoff = w.add_section_headers(rows)
+        assert shoff == 72 and w.header_field("shoff") == 72
+        data = w.getvalue()
+        h = read_header(data)
+        assert (h.endian, h.ident.type, h.ident.machine, h.flags) == (endian, C.ET_REL, 0x1234, 7)
+        assert (h.shoff, h.shnum, h.shstrndx, h.shentsize, h.ehsize, h.version) == (72, 3, 2, 64, 64, 1)
+        assert section_headers(data, h) == rows
+        assert data[64:67] == b"abc" and data[67:69] == bytes(2)
+        w.set_header(shnum=0)
+        assert read_header(w.getvalue()).shnum == 0

@@ -66,7 +66,7 @@ def test_config_gzip_and_plain_files(tmp_path) -> None:
         (b"hello world\n", "not a kernel configuration line"),
         (b"# only a comment\n", "no CONFIG_ option"),
         (b"CONFIG_X=y\nCONFIG_Y=maybe\n", ":2:"),
-        (b"\x1f\x8b\x08\x00broken", "broken gzip"),
+        (b"\x1f\x8b\x08\x00broken", "corrupt gzip data"),
     ],
 )
 def test_bad_config_refused_clearly(tmp_path, data, words) -> None:
@@ -344,12 +344,12 @@ def test_module_ko_symbols_as_a_live_module(tmp_path, monkeypatch) -> None:
     """A loaded (LIVE) module's kallsyms is its core table: init-section
     symbols are gone, per-CPU symbols are in, absolute symbols are out; so a
     static name in .text and .init.text is unique (sympos 0 resolves)."""
-    import klpcore.loader as L
+    import klpcore.plugins as P
     from klpcore import load_symbols
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", {})
+    monkeypatch.setattr(P, "_PM_CACHE", {})
     ko = Obj(
         sections=[
             Sec(".text", flags=TEXT, data=bytes(32), align=16),
@@ -435,13 +435,13 @@ def test_rela_sh_link_and_entsize_are_ignored_like_the_kernel(toy_pm) -> None:
 def test_module_ko_symbols_while_coming(tmp_path, monkeypatch) -> None:
     """While the target module is COMING (klp_module_coming), its kallsyms is the
     full symtab: the static name in .init.text counts too, so sympos 0 is ambiguous."""
-    import klpcore.loader as L
+    import klpcore.plugins as P
     from klpcore import ResolutionError
     from klpcore.symbols import symbols_from_elf
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", {})
+    monkeypatch.setattr(P, "_PM_CACHE", {})
     ko = Obj(
         sections=[Sec(".text", flags=TEXT, data=bytes(32), align=16), Sec(".init.text", flags=TEXT, data=bytes(16))],
         symbols=[

@@ -125,12 +125,12 @@ def test_module_ko_at_base(tmp_path, monkeypatch) -> None:
     """A loaded module's .ko at an address: its symbols at klpcore's layout."""
     from elfbuild import Obj, Sec, Sym
 
-    import klpcore.loader as L
+    import klpcore.plugins as P
     from klpcore import constants as C
 
     monkeypatch.setenv("KLPCORE_PLUGINS", "toyarch")
     monkeypatch.setenv("KLPCORE_LOAD_PLUGINS", "")
-    monkeypatch.setattr(L, "_PM_CACHE", {})
+    monkeypatch.setattr(P, "_PM_CACHE", {})
     ko = Obj(
         sections=[
             Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(64), align=16),

@@ -44,7 +44,7 @@ def test_no_version_comparisons_outside_the_table() -> None:
     """Core and plugins ask kernel.has(name); at_least() stays only for the
     documented pre-table eras (before 4.5 / 5.8 write methods)."""
     offenders = []
-    for path in [*ROOT.glob("klpcore/*.py"), *ROOT.glob("plugins/*/klpcore_*/**/*.py")]:
+    for path in [*ROOT.glob("klpcore/**/*.py"), *ROOT.glob("plugins/*/klpcore_*/**/*.py")]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"at_least\(\d", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
@@ -52,7 +52,7 @@ def test_no_version_comparisons_outside_the_table() -> None:
 
 
 def test_every_behaviour_is_used() -> None:
-    text = "".join(p.read_text() for p in [*ROOT.glob("klpcore/*.py"), *ROOT.glob("plugins/*/klpcore_*/**/*.py")])
+    text = "".join(p.read_text() for p in [*ROOT.glob("klpcore/**/*.py"), *ROOT.glob("plugins/*/klpcore_*/**/*.py")])
     # each name must appear at least once outside its own definition
     counts = {n: text.count(f'"{n}"') for n in BEHAVIOURS}
     unused = [n for n, c in counts.items() if c < 2]

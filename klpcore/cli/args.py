@@ -1,0 +1,157 @@
+"""Turning arguments into what a command works on: the kernel target (``--kernel``, ``--config``,
+``-O``), the symbol sources, the module tree, the load addresses and the opened or loaded module."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..addresses import parse_address
+from ..config import KernelConfig
+from ..elf import ElfModule
+from ..errors import KlpError
+from ..kernel import CORE_OPTIONS, KernelTarget, parse_version
+from ..loader import LoadedModule, Loader, LoadingModule
+from ..modtree import ModuleTree
+from ..plugins import get_plugin_manager
+from ..symbols import KernelSymbols, load_many
+from .parser import UsageError
+from .render import progress, progress_done
+
+
+def accepted_options() -> dict[str, str]:
+    """``-O`` keys the core and the installed plugins read: key -> kind."""
+    from ..plugins import plugin_options
+
+    out = dict(CORE_OPTIONS)
+    out.update(plugin_options(get_plugin_manager()))
+    return out
+
+
+def _option_value(key: str, kind: str, text: str) -> Any:
+    if kind == "bool":
+        low = text.lower()
+        if low in ("true", "yes", "on", "y", "1"):
+            return True
+        if low in ("false", "no", "off", "n", "0"):
+            return False
+        raise UsageError(f"-O {key}={text}: expected true or false")
+    if kind == "address":
+        return parse_address(text, what=f"-O {key}")
+    if kind == "int":
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise UsageError(f"-O {key}={text}: expected a number") from None
+    return text
+
+
+def _vermagic(elf: ElfModule | None) -> str | None:
+    if elf is None:
+        return None
+    values = elf.modinfo.get("vermagic")
+    return values[-1] if values else None
+
+
+def kernel_target(args: argparse.Namespace, elf: ElfModule | None = None) -> KernelTarget:
+    """The target kernel: ``--kernel``, else the module's vermagic, else the
+    ``--config`` header, else newest; ``--config`` and ``-O`` facts attached."""
+    accepted: dict[str, str] | None = None
+    options: dict[str, Any] = {}
+    for item in getattr(args, "kernel_option", []):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--kernel-option expects KEY=VALUE, got {item!r}")
+        if accepted is None:
+            accepted = accepted_options()
+        if key not in accepted:
+            raise UsageError(
+                f"-O {key}: unknown option; the core and the installed plugins accept: "
+                + (", ".join(sorted(accepted)) or "none")
+            )
+        options[key] = _option_value(key, accepted[key], value.strip())
+    config = KernelConfig.from_file(args.config) if getattr(args, "config", None) else None
+    kw: dict[str, Any] = {"options": options, "config": config}
+    text = getattr(args, "kernel", None)
+    if text is None:
+        magic = _vermagic(elf)
+        candidates = [(magic, f"vermagic {magic.split()[0]}" if magic else "")]
+        if config is not None and config.release:
+            candidates.append((config.release, f"--config header {config.release}"))
+        for found, source in candidates:
+            if not found:
+                continue
+            try:
+                return KernelTarget(version=parse_version(found), version_source=source, **kw)
+            except ValueError:
+                continue
+        text = "newest"
+    try:
+        return KernelTarget.from_string(text, **kw)
+    except ValueError as exc:
+        raise UsageError(f"--kernel {text}: {exc}") from None
+
+
+def base_address(args: argparse.Namespace, mod: LoadingModule) -> int:
+    """``--base`` (validated), else the architecture's module area."""
+    if args.base is None:
+        return mod.arch.default_base
+    base = parse_address(str(args.base), what="--base", page_aligned=True)
+    if base == 0:
+        raise UsageError(
+            f"--base 0: module memory at address 0 is not modelled (a symbol at 0 counts as not found); "
+            f"the {mod.arch.name} module area starts at {mod.arch.default_base:#x}"
+        )
+    return base
+
+
+def module_tree(args: argparse.Namespace, mod: LoadingModule) -> ModuleTree | None:
+    """``--module-tree`` (a directory, or a root whose lib/modules has the module's release)."""
+    if not getattr(args, "module_tree", None):
+        return None
+    vermagic = (mod.elf.modinfo.get("vermagic") or [""])[-1]
+    tree = ModuleTree.open(args.module_tree, release=vermagic.split(" ", 1)[0] or None)
+    if not tree.index:
+        raise UsageError(f"--module-tree {args.module_tree}: no .ko, .ko.xz, .ko.zst or .ko.gz files under {tree.root}")
+    return tree
+
+
+def kernel_symbols(args: argparse.Namespace) -> KernelSymbols:
+    if not args.symbols:
+        raise UsageError("no symbol source given: use --symbols System.map (or kallsyms, vmlinux, mod.ko@ADDR)")
+    progress("reading symbols ...")
+    return load_many(args.symbols)
+
+
+def address_option(args: argparse.Namespace, name: str, flag: str, *, page_aligned: bool) -> int | None:
+    text = getattr(args, name, None)
+    return None if text is None else parse_address(str(text), what=flag, page_aligned=page_aligned)
+
+
+def open_module(args: argparse.Namespace) -> tuple[Loader, LoadingModule]:
+    """Read the module, choose the kernel (its vermagic by default), open it."""
+    progress(f"reading {args.module} ...")
+    elf = ElfModule.from_file(args.module)
+    loader = Loader(
+        kernel=kernel_target(args, elf),
+        percpu_base=address_option(args, "percpu_base", "--percpu-base", page_aligned=False),
+    )
+    return loader, loader.open(elf)
+
+
+def load_module(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
+    symbols = kernel_symbols(args)
+    loader, mod = open_module(args)
+    tree = module_tree(args, mod)
+    init_base = address_option(args, "init_base", "--init-base", page_aligned=True)
+    progress(f"applying {mod.name} ...")
+    try:
+        loaded = loader.load(mod, symbols, base_address(args, mod), init_base=init_base)
+    except KlpError as exc:
+        from ..explain import explain_errors
+
+        exc.diagnostics = explain_errors(mod, exc.diagnostics, symbols, tree)
+        raise
+    progress_done()
+    return loader, loaded
