@@ -5,7 +5,7 @@ Typical use::
     from klpcore import Loader, load_symbols, write_elf
 
     symbols = load_symbols("System.map")
-    loaded = Loader().load("patch.ko", symbols, base=0xFFFFFFFFC0000000)
+    loaded = Loader().load("patch.ko", symbols)  # at the architecture's module area
     for p in loaded.module.layout.placements.values():
         print(p.name, hex(p.address))
     open("patch.relocated.ko", "wb").write(write_elf(loaded))
@@ -36,7 +36,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .kernel import KernelTarget
 from .livepatch import KlpObject, KlpRelocSec, LivepatchInfo, discover
-from .loader import DEFAULT_BASE, Example, LoadedModule, Loader, LoadingModule, examples
+from .loader import Example, LoadedModule, Loader, LoadingModule, examples
 from .memory import BytesBackend, MemoryBackend, ModuleImage, Perm, Region
 from .output import write_elf
 from .plugins import get_plugin_manager
@@ -46,7 +46,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABS",
-    "DEFAULT_BASE",
     "PREL",
     "ApplyContext",
     "ArchSpec",

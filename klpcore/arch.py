@@ -209,10 +209,16 @@ class ArchSpec:
     insn_byteorder: str | None = None  # defaults to ``byteorder``
     description: str = ""
     unknown_type_error: str = "{module}: Unknown relocation: {number}"  # kernel message
-    default_base: int = 0xFFFFFFFFC0000000  # where the kernel's module area starts (layout base)
-    #: where a module's ``.data..percpu`` lands when the loader is not told (the
-    #: per-CPU reserved chunk; x86_64's default)
-    percpu_base: int = 0xFFFFFFFFA0000000
+    #: where the kernel's module area starts: the layout base when none is given
+    #: (``--base``), and where ``check`` places the module it checks
+    default_base: int = field(kw_only=True)
+    #: where a module's ``.data..percpu`` lands when the loader is not told
+    #: (``--percpu-base``; the per-CPU reserved chunk)
+    percpu_base: int = field(kw_only=True)
+    #: bytes of the module area from :attr:`default_base` on (``MODULES_END -
+    #: MODULES_VADDR`` of the newest kernel): ``check`` places the modules a
+    #: checked module depends on in it
+    module_area_size: int = field(kw_only=True)
     #: [start, end) of the addresses vmlinux's code can have on this architecture
     #: (``_stext``); a symbol source whose code lies elsewhere belongs to another
     #: architecture and is refused.  ``None``: not checked.
@@ -224,6 +230,17 @@ class ArchSpec:
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None
     ignored_undefined: frozenset[str] = frozenset()  # kernel's ignore_undef_symbol()
+    #: sections the arch writes call stubs or PLT entries into (``klpcore disasm``
+    #: shows a branch into one as a call through it)
+    stub_sections: frozenset[str] = frozenset()
+    #: the relocation type of a 64-bit absolute pointer in data (``R_X86_64_64``):
+    #: ``check`` reads a livepatch's ``klp_patch``/``klp_func`` pointers through
+    #: these.  None: every relocation type counts as a pointer
+    pointer_type: int | None = None
+    #: the ``CONFIG_`` symbol that only kernels of this architecture set
+    #: (``CONFIG_X86_64``): ``check`` finds a target kernel's architecture from
+    #: its ``.config`` with it
+    config_symbol: str | None = None
     type_names: Mapping[int, str] = field(default_factory=dict)  # numbers the kernel rejects, for messages
     types: dict[int, RelocType] = field(default_factory=dict)  # filled from klp_arch_reloc_types
     plugin_name: str = ""  # set by the plugin manager

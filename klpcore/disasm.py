@@ -4,7 +4,7 @@ Memory stays within a few times the module's size: a section's instruction
 boundaries are found by a light linear sweep, a bounded slice at a time
 (offsets only, kept in a uint32 numpy array) and only the instruction at each relocation site is decoded in detail.
 Sites are listed by address.  A branch into a stub or PLT section the arch
-wrote (ppc64 ``.stubs``, arm64 ``.plt``) is shown as going through it, and every
+wrote (``ArchSpec.stub_sections``) is shown as going through it, and every
 target address is named by the nearest symbol at or below it (module symbols
 and kernel symbols).
 """
@@ -21,8 +21,6 @@ from . import constants as C
 from .errors import InputError
 from .loader import LoadedModule
 
-#: sections into which an arch writes call stubs or PLT entries
-STUB_SECTIONS = frozenset({".stubs", ".plt", ".init.plt", ".text.ftrace_trampoline"})
 #: bytes decoded per capstone call in the instruction sweep (bounds capstone's allocation)
 SWEEP_CHUNK = 16 << 10
 #: longest instruction of any architecture (x86: 15 bytes)
@@ -44,7 +42,7 @@ class Site:
 
     @property
     def rtype(self) -> str:
-        """Alias of :attr:`type` (the name before the JSON schema 1)."""
+        """Alias of :attr:`type` (the name before the JSON schema 2)."""
         return self.type
 
     def as_dict(self) -> dict[str, Any]:
@@ -203,7 +201,7 @@ def relocation_sites(loaded: LoadedModule, only: str | None = None) -> list[Site
     spans = sorted(
         (a, a + mod.sections[i].size, mod.sections[i].name)
         for i in range(len(mod.sections))
-        if (a := loaded.section_address(i)) is not None and mod.sections[i].name in STUB_SECTIONS
+        if (a := loaded.section_address(i)) is not None and mod.sections[i].name in mod.arch.stub_sections
     )
     names = _Names(loaded)
     sites: list[Site] = []

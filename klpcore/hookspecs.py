@@ -10,9 +10,16 @@ Adding an architecture, step by step
 1. Create a distribution ``plugins/<arch>/`` with a ``pyproject.toml`` that
    declares ``[project.entry-points."klpcore.arch"] <arch> = "<package>"``.
 2. Implement :func:`klp_arch_identify` (claim modules by ``e_machine``,
-   class and byte order) and :func:`klp_arch_reloc_types` (the kernel's
-   ``apply_relocate_add`` as a table of :class:`~klpcore.arch.RelocType`).
-   With only these two, every type that is plain arithmetic works.
+   class and byte order; the :class:`~klpcore.arch.ArchSpec` must give the
+   module area, ``default_base`` and ``module_area_size``, and the per-CPU
+   base, ``percpu_base``: the core assumes no architecture's values) and
+   :func:`klp_arch_reloc_types` (the kernel's ``apply_relocate_add`` as a
+   table of :class:`~klpcore.arch.RelocType`).  With only these two, every
+   type that is plain arithmetic works.  Whatever else only your
+   architecture does is an ``ArchSpec`` field (``ignored_undefined``,
+   ``stub_sections``, ``pointer_type``, ``config_symbol``) or a hook below,
+   never a test in the core: ``tests/core/test_core_names_no_arch.py`` fails
+   on an architecture's name or machine number in ``klpcore/``.
 3. If the kernel's ``module_frob_arch_sections`` does anything, implement
    :func:`klp_arch_frob_sections` (size stub/PLT/GOT sections, sort
    relocations, adjust alignments, reserve arch memory at the start of a
@@ -26,7 +33,11 @@ Adding an architecture, step by step
 5. Implement :func:`klp_arch_write_method` if the kernel writes late
    (livepatch) relocations through a text-poking primitive, and
    :func:`klp_arch_clear_section` if the kernel has ``clear_relocate_add``.
-6. Ship a test per type that compares bytes with an independent oracle;
+6. Whatever changes with the kernel release is a row of the plugin's version
+   table (:class:`~klpcore.versions.Behaviour`, asked with ``kernel.has(row)``),
+   returned by :func:`klp_arch_behaviours`; never a version comparison.
+7. Ship a test per type that compares bytes with an independent oracle, and
+   one per version-table row on both sides of its start;
    ``docs/plugin-guide.md`` shows how.
 
 Hooks that concern one architecture are only called on the plugin that
@@ -36,7 +47,7 @@ tracing plugin), so an implementation need not check which arch it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -48,6 +59,8 @@ if TYPE_CHECKING:
     from .kernel import KernelTarget
     from .loader import Example, LoadingModule
     from .memory import ModuleImage, Region
+    from .testing.kernel_oracle import OracleRules
+    from .versions import Behaviour
 
 PROJECT = "klpcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -77,6 +90,22 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 
 
 @hookspec(firstresult=True)
+def klp_arch_module_base(  # type: ignore[empty-body]
+    arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]
+) -> int | None:
+    """Where the target kernel puts its first module, from its own symbols (``klpcore check`` with a
+    target whose System.map or kallsyms is known; without KASLR).
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (answer only for your own).
+    :param kernel: the target kernel (its version selects the rule).
+    :param symbol: the address of a vmlinux symbol of the target (``"_end"``, ``"_etext"``), or None.
+    :return: the module area's first address, or None for ``arch.default_base``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType] | None:  # type: ignore[empty-body]
     """Describe every relocation type the kernel's ``apply_relocate_add`` handles.
 
@@ -88,6 +117,23 @@ def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[Reloc
         is reported as unsupported, with ``arch.unknown_type_error``.
 
     Stops at the first non-None result.
+    """
+
+
+@hookspec
+def klp_arch_behaviours() -> Sequence[Behaviour] | None:  # type: ignore[empty-body]
+    """The architecture's rows of the version table: each behaviour of its
+    kernel code that begins in a given release.
+
+    :return: :class:`~klpcore.versions.Behaviour` rows (``arch`` set to the
+        architecture's name; names unique among all plugins and the core's,
+        conventionally prefixed with the arch), or ``None``.  The plugin asks
+        ``kernel.has(row)`` with the row object; ``-O <name>=true|false``
+        overrides a row for one run; ``docs/versions.md`` lists these rows
+        with the core's (:func:`klpcore.versions.all_behaviours`).  Test each
+        row on both kernels of each pair of ``row.sides()``.
+
+    Called on every plugin; results are collected.
     """
 
 
@@ -237,6 +283,27 @@ def klp_arch_write_method(
 
     Stops at the first non-None result; an embedder's plugin registered with
     ``tryfirst=True`` can override the architecture's decision.
+    """
+
+
+# --------------------------------------------------------------------------
+# Testing against the real kernel
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_arch_kernel_oracle() -> OracleRules | None:  # type: ignore[empty-body]
+    """The architecture's part of the comparison with bytes a real kernel wrote
+    (:mod:`klpcore.testing.kernel_oracle`, ``tests/kernel_oracle``).
+
+    :return: an :class:`~klpcore.testing.kernel_oracle.OracleRules`: each
+        relocation type's field width, the ``__ex_table`` entry layout, how
+        ftrace rewrites a call site at module load, and the rules for what only
+        this architecture rewrites after relocation (each checks that the
+        kernel's bytes are the documented ones); None when the plugin has no
+        recordings.  Import the rules lazily (inside the hook): they are only
+        needed by the comparison.
+
+    Stops at the first non-None result; called only on the plugin that
+    identified the module.
     """
 
 

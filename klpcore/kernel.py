@@ -1,8 +1,9 @@
 """The target kernel: its version, its configuration, and the behaviour they select.
 
-Which behaviour starts in which release is data in :mod:`klpcore.versions`
-(also ``docs/versions.md``); :meth:`KernelTarget.has` is the only question
-code asks about versions.  Build facts (page size, ``CONFIG_STRICT_MODULE_RWX``,
+Which behaviour starts in which release is data: the core's rows in
+:mod:`klpcore.versions`, an architecture's in its plugin (all of them in
+``docs/versions.md``); :meth:`KernelTarget.has` is the only question code asks
+about versions.  Build facts (page size, ``CONFIG_STRICT_MODULE_RWX``,
 ...) come from the user's ``--config`` when given, else from the
 architecture's common distribution setting (hooks ``klp_arch_page_size`` and
 ``klp_arch_config_default``), else from :data:`CORE_CONFIG_DEFAULTS`;
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import KernelConfig
 from .errors import InputError
-from .versions import BEHAVIOURS, NEWEST, OLDEST
+from .versions import BEHAVIOURS, NEWEST, OLDEST, Behaviour
 
 if TYPE_CHECKING:
     from .plugins import ArchHooks
@@ -49,7 +50,8 @@ CORE_OPTIONS: dict[str, str] = {
     "relocate_percpu": "bool",
     "page_size": "int",
     "klp_object_order": "str",
-    # each behaviour of the version table, for a kernel with a backport
+    # each core behaviour of the version table, for a kernel with a backport (a plugin's
+    # behaviours are its options: klpcore.plugins.plugin_options)
     **{name: "bool" for name in BEHAVIOURS},
 }
 
@@ -81,11 +83,21 @@ class KernelTarget:
 
     @classmethod
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
+        """The kernel ``text`` names (``"6.1"``, ``"6.1.0-50-amd64"``, ``"newest"``); ``options`` are
+        checked as ``-O`` is (:func:`klpcore.options.validate_options`: an unknown key or a value
+        of the wrong kind is an :class:`~klpcore.errors.InputError`)."""
+        if "options" in kw:
+            from .options import validate_options
+
+            kw["options"] = validate_options(kw["options"])
         if not text or text == "newest":
             return cls(**kw)
-        version = parse_version(text)
+        try:
+            version = parse_version(text)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if version < OLDEST:
-            raise ValueError(
+            raise InputError(
                 f"kernel {text} is outside the versions klpcore models "
                 f"({OLDEST[0]}.{OLDEST[1]} and newer; releases after {NEWEST[0]}.{NEWEST[1]} get its rules)"
             )
@@ -94,14 +106,25 @@ class KernelTarget:
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
 
-    def has(self, behaviour: str) -> bool:
-        """Does this kernel have ``behaviour`` (a name in :data:`klpcore.versions.BEHAVIOURS`)?
+    def has(self, behaviour: str | Behaviour) -> bool:
+        """Does this kernel have ``behaviour``: a core behaviour's name (in
+        :data:`klpcore.versions.BEHAVIOURS`) or a plugin's
+        :class:`~klpcore.versions.Behaviour` row?
 
-        ``options[behaviour]`` (true/false) overrides the version rule, for a
+        ``options[<name>]`` (true/false) overrides the version rule, for a
         distribution kernel with a backport."""
-        if behaviour in self.options:
-            return bool(self.options[behaviour])
-        return self.version >= BEHAVIOURS[behaviour].since
+        if isinstance(behaviour, str):
+            row = BEHAVIOURS.get(behaviour)
+            if row is None:
+                raise KeyError(
+                    f"{behaviour!r} is not a core behaviour (klpcore.versions.BEHAVIOURS); an architecture's "
+                    "behaviour is asked with its plugin's Behaviour row"
+                )
+        else:
+            row = behaviour
+        if row.name in self.options:
+            return bool(self.options[row.name])
+        return row.present_in(self)
 
     @property
     def label(self) -> str:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 EXPORT_PREFIX = "__ksymtab_"
+#: ``enum ksym_flags`` (include/linux/module_symbol.h): the ``__kflagstab`` bit of a GPL-only export
+KSYM_FLAG_GPL_ONLY = 1 << 0
 #: largest module file read (after decompression)
 MAX_MODULE = 1 << 30
 #: directories of a lib/modules/<release> tree that hold no modules of that release
@@ -49,6 +51,8 @@ def module_exports(elf: ElfModule) -> list[tuple[str, bool]]:
     """``(name, gpl_only)`` for every symbol ``elf`` exports, in symbol-table order."""
     sec_names = [s.name for s in elf.sections]
     shndx = elf.symbols["st_shndx"].tolist()
+    values = elf.symbols["st_value"].tolist()
+    flags, entsize = _kflagstab(elf)
     out: list[tuple[str, bool]] = []
     for i, sym in enumerate(elf.symbol_names):
         if not sym.startswith(EXPORT_PREFIX):
@@ -57,9 +61,26 @@ def module_exports(elf: ElfModule) -> list[tuple[str, bool]]:
         if not 0 < nd < len(sec_names):
             continue
         sec = sec_names[nd]
-        if sec in ("__ksymtab", "__ksymtab_gpl") or sec.startswith(("___ksymtab+", "___ksymtab_gpl+")):
+        if sec == "__ksymtab" and flags is not None:
+            k = values[i] // entsize
+            out.append((sym[len(EXPORT_PREFIX) :], k < len(flags) and bool(flags[k] & KSYM_FLAG_GPL_ONLY)))
+        elif sec in ("__ksymtab", "__ksymtab_gpl") or sec.startswith(("___ksymtab+", "___ksymtab_gpl+")):
             out.append((sym[len(EXPORT_PREFIX) :], "gpl" in sec))
     return out
+
+
+def _kflagstab(elf: ElfModule) -> tuple[bytes | None, int]:
+    """7.1+ modules (UNCONFIRMED release: kernel commit 55fcb92 "module: use kflagstab instead of *_gpl
+    sections"): every export in ``__ksymtab``, one flag byte per entry in ``__kflagstab``
+    (``KSYM_FLAG_GPL_ONLY``, bit 0, for EXPORT_SYMBOL_GPL); ``(flags, entry size)`` or ``(None, 0)``."""
+    fl = elf.section_by_name("__kflagstab")
+    tab = elf.section_by_name("__ksymtab")
+    if fl is None or tab is None:
+        return None, 0
+    flags = bytes(elf.section_data(fl.index))
+    if not flags:
+        return None, 0
+    return flags, max(int(tab.size) // len(flags), 1)
 
 
 class ModuleTree:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,20 +26,10 @@ import pluggy
 
 from . import defaults, hookspecs
 from .arch import ArchSpec, RelocType
-from .errors import NoPluginError
+from .errors import KlpError, NoPluginError
 from .kernel import KernelTarget
 
 ENTRY_POINT_GROUP = "klpcore.arch"
-
-_MACHINES = {
-    3: "EM_386",
-    21: "EM_PPC64",
-    22: "EM_S390",
-    40: "EM_ARM",
-    62: "EM_X86_64",
-    183: "EM_AARCH64",
-    243: "EM_RISCV",
-}
 
 _HOOKS = (
     "klp_arch_reloc_types",
@@ -50,6 +41,7 @@ _HOOKS = (
     "klp_arch_write_method",
     "klp_arch_page_size",
     "klp_arch_config_default",
+    "klp_arch_kernel_oracle",
 )
 
 
@@ -160,13 +152,61 @@ def identify(
         types: Sequence[RelocType] | None = hooks.klp_arch_reloc_types(arch=spec, kernel=kernel)  # type: ignore[attr-defined]
         spec.set_types(types or ())
         return hooks
-    name = _MACHINES.get(machine, "")
+    name = machine_name(machine)
     raise NoPluginError(
         f"no installed plugin for machine {machine}{f' ({name})' if name else ''}, "
         f"{'little' if byteorder == 'little' else 'big'}-endian; installed: "
         + (", ".join(sorted(pm.get_name(p) or "?" for p in _arch_plugins(pm))) or "none")
         + " (install the plugin distribution, e.g. klpcore-<arch>)"
     )
+
+
+def machine_name(machine: int) -> str:
+    """``EM_*`` name of an ``e_machine`` value (pyelftools' table), or ""."""
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    return next((k for k, v in ENUM_E_MACHINE.items() if v == machine and k.startswith("EM_")), "")
+
+
+#: plugin manager -> ELF identification -> the claiming plugin's ArchSpec (see :func:`arch_spec`)
+_SPEC_CACHE: weakref.WeakKeyDictionary[pluggy.PluginManager, dict[tuple[int, int, str, int], ArchSpec | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def arch_spec(pm: pluggy.PluginManager, machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
+    """The :class:`ArchSpec` of the plugin that claims this ELF identification
+    (its description: no relocation types, which :func:`identify` adds for a
+    kernel); None when no installed plugin claims it or the plugin refuses the
+    module.  Cached per plugin manager: do not modify the result."""
+    cache = _SPEC_CACHE.setdefault(pm, {})
+    key = (machine, elfclass, byteorder, e_flags)
+    if key not in cache:
+        kwargs: dict[str, Any] = {"machine": machine, "elfclass": elfclass, "byteorder": byteorder, "e_flags": e_flags}
+        cache[key] = None
+        for impl in reversed(pm.hook.klp_arch_identify.get_hookimpls()):
+            try:
+                spec = cast("ArchSpec | None", impl.function(*(kwargs[a] for a in impl.argnames)))
+            except KlpError:
+                break
+            if spec is not None:
+                spec.plugin_name = pm.get_name(impl.plugin) or ""
+                cache[key] = spec
+                break
+    return cache[key]
+
+
+def arch_config_symbols(pm: pluggy.PluginManager) -> list[tuple[str, int]]:
+    """``(CONFIG_ symbol, e_machine)`` of every installed architecture
+    (``ArchSpec.config_symbol``): a kernel ``.config`` that sets the symbol is
+    that architecture's."""
+    out: list[tuple[str, int]] = []
+    for plugin in _arch_plugins(pm):
+        for ident in getattr(plugin, "ARCHES", ()):
+            spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
+            if spec is not None and spec.config_symbol and (spec.config_symbol, spec.machine) not in out:
+                out.append((spec.config_symbol, spec.machine))
+    return out
 
 
 @dataclass(frozen=True)
@@ -202,8 +242,11 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
 
 
 def plugin_options(pm: pluggy.PluginManager) -> dict[str, str]:
-    """The ``-O`` keys the installed plugins read (``ArchSpec.options``): key -> kind."""
+    """The ``-O`` keys the installed plugins read (``ArchSpec.options`` and
+    their behaviours, ``klp_arch_behaviours``): key -> kind."""
     out: dict[str, str] = {}
+    for rows in pm.hook.klp_arch_behaviours():
+        out.update({b.name: "bool" for b in rows or ()})
     for plugin in _arch_plugins(pm):
         for ident in getattr(plugin, "ARCHES", ()):
             spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]

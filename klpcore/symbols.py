@@ -409,11 +409,28 @@ def _fast_rows(text: str) -> tuple[list[str], list[int], list[str]] | None:
     return names, addrs, types
 
 
+#: what Debian's one-line placeholder System.map says (6.12+: the real one is in the -dbg package)
+PLACEHOLDER_MARK = "System.map is in the linux-image"
+
+
+def placeholder_error(text: str, source: str) -> None:
+    """Raise :class:`SymbolFileError` with the fix when ``text`` is Debian's placeholder System.map."""
+    if len(text) < 4096 and PLACEHOLDER_MARK in text:
+        m = re.search(r"linux-image-(\S*?)-dbg", text)
+        pkg = f"linux-image-{m.group(1)}-dbg" if m and "<" not in m.group(1) else "linux-image-<release>-dbg"
+        raise SymbolFileError(
+            f"{source}: Debian's placeholder System.map, not a symbol table (one line: "
+            f"{text.strip()[:100]!r}); the real one is usr/lib/debug/boot/System.map-<release> in the {pkg} "
+            "package (about 1 GB to download), or read /proc/kallsyms as root on the running kernel"
+        )
+
+
 def parse_symbol_text(text: str, source: str = "<text>") -> KernelSymbols:
     """Parse ``System.map`` or ``/proc/kallsyms`` text.
 
     Lines with a ``[module]`` suffix belong to that module; others to vmlinux.
     """
+    placeholder_error(text, source)
     ks = KernelSymbols()
     ks.source_names.append(source)
     vmlinux = ks.obj(C.VMLINUX)

@@ -1,11 +1,14 @@
 """Which behaviour starts in which kernel release: the one table.
 
 Every version-dependent decision in klpcore and its plugins asks
-:meth:`klpcore.kernel.KernelTarget.has` with a name from :data:`BEHAVIOURS`;
-nothing else compares version numbers.  ``docs/versions.md`` is generated from
-this table (``python -m klpcore.versions > docs/versions.md``) and a test checks
-that it is up to date; ``tests/core/test_versions.py`` tests each boundary on
-both sides.
+:meth:`klpcore.kernel.KernelTarget.has` about a :class:`Behaviour`; nothing
+else compares version numbers.  The core's behaviours are :data:`BEHAVIOURS`
+(asked by name); an architecture's are rows of its plugin (asked with the
+row itself, e.g. ``kernel.has(TEXT_POKE)``), which the plugin lists with the
+hook ``klp_arch_behaviours``.  ``docs/versions.md`` is generated from the
+union (``python -m klpcore.versions > docs/versions.md``, with every plugin
+installed) and tests check that it is up to date; ``tests/core/test_versions.py``
+tests each core boundary on both sides, each plugin's tests its own.
 
 A behaviour's ``since`` is the first mainline release that has it (the
 merge window it was pulled in).  Stable trees may carry backports; the entry
@@ -16,7 +19,14 @@ one run.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .kernel import KernelTarget
 
 
 @dataclass(frozen=True)
@@ -25,7 +35,7 @@ class Behaviour:
 
     name: str
     since: tuple[int, int]
-    arch: str  # "core", "x86_64", "ppc64le", ...
+    arch: str  # "core", or the architecture (plugin) whose row it is
     description: str
     #: where in the kernel it changed (commit subject or file), for reviewers
     source: str
@@ -33,6 +43,22 @@ class Behaviour:
     @property
     def label(self) -> str:
         return f"{self.since[0]}.{self.since[1]}"
+
+    def present_in(self, kernel: KernelTarget) -> bool:
+        """Does ``kernel``'s release have this behaviour (``-O`` overrides aside)?
+
+        The row owns its comparison, so that a row can later also name the
+        stable releases a backport starts in."""
+        return kernel.version >= self.since
+
+    def sides(self) -> list[tuple[KernelTarget, KernelTarget]]:
+        """Kernels on both sides of each start of this behaviour: (without, with).
+        The boundary tests observe the behaviour on both kernels of each pair."""
+        from .kernel import KernelTarget
+
+        major, minor = self.since
+        before = (major, minor - 1) if minor else (major - 1, 19)
+        return [(KernelTarget(before), KernelTarget(self.since))]
 
 
 #: The newest release whose module loader and livepatch code were checked
@@ -87,83 +113,11 @@ _TABLE = [
         "livepatch: Remove module_disable_ro() usage (5.8)",
     ),
     Behaviour(
-        "x86_text_poke",
-        (5, 8),
-        "x86_64",
-        "late (livepatch) relocations are written with text_poke (before: module_disable_ro + plain stores)",
-        "x86/module: Use text_poke() for late relocations (5.8)",
-    ),
-    Behaviour(
         "ignore_undef_symbol",
         (5, 12),
         "core",
         "an undefined _GLOBAL_OFFSET_TABLE_ is ignored on x86 (ignore_undef_symbol); before, it is 'Unknown symbol'",
         "module: Ignore _GLOBAL_OFFSET_TABLE_ when warning for undefined symbols (5.12; in later 5.10.y)",
-    ),
-    Behaviour(
-        "arm64_single_ftrace_plt",
-        (6, 2),
-        "arm64",
-        "NR_FTRACE_PLTS is 1: .text.ftrace_trampoline holds one PLT entry, to ftrace_caller (before: two, "
-        "ftrace_caller and ftrace_regs_caller)",
-        "arm64: ftrace: move from REGS to ARGS (6.2)",
-    ),
-    Behaviour(
-        "arm64_module_plts_always",
-        (6, 5),
-        "arm64",
-        "module PLTs always exist and module_frob_arch_sections partitions and counts branch PLTs whatever "
-        "CONFIG_RANDOMIZE_BASE says (before: only with CONFIG_ARM64_MODULE_PLTS, and branches only with "
-        "CONFIG_RANDOMIZE_BASE)",
-        "arm64: module: mandate MODULE_PLTS; arm64: module: rework module VA range selection (6.5)",
-    ),
-    Behaviour(
-        "arm64_livepatch",
-        (6, 17),
-        "arm64",
-        "arm64 selects HAVE_LIVEPATCH (before: a livepatch module is refused, 'module is marked as livepatch "
-        "module, but livepatch support is disabled')",
-        "arm64: Implement HAVE_LIVEPATCH (6.17)",
-    ),
-    Behaviour(
-        "arm64_late_text_poke",
-        (6, 17),
-        "arm64",
-        "apply_relocate_add writes through aarch64_insn_copy once the module is formed (WRITE_PLACE), so late "
-        "livepatch relocations reach read-only text; PLT entries and veneers stay plain stores",
-        "arm64/module: Use text-poke API for late relocations. (6.17)",
-    ),
-    Behaviour(
-        "arm64_init_ftrace_trampoline",
-        (6, 17),
-        "arm64",
-        "module_frob_arch_sections sizes .init.text.ftrace_trampoline and module_finalize requires and fills it "
-        "(an ftrace PLT in init text); present in the 6.17-rc3 tree, absent in 6.6 (first release believed 6.17)",
-        "arm64: ftrace: fix unreachable PLT for ftrace_caller in init_module (2025)",
-    ),
-    Behaviour(
-        "s390_kernel_write",
-        (5, 8),
-        "s390x",
-        "relocation writes after MODULE_STATE_UNFORMED (late livepatch relocations, GOT slots, PLT entries) go "
-        "through s390_kernel_write (before: livepatch made the module writable with module_disable_ro)",
-        "s390/module: Use s390_kernel_write() for late relocations (5.8)",
-    ),
-    Behaviour(
-        "ppc64_strict_module_rwx",
-        (5, 14),
-        "ppc64le",
-        "Book3S-64 selects ARCH_HAS_STRICT_MODULE_RWX: module text becomes read-only and the legacy layout "
-        "page-aligns its rows (before: packed rows, writable text)",
-        "powerpc: Set ARCH_HAS_STRICT_MODULE_RWX (5.14)",
-    ),
-    Behaviour(
-        "ppc64_patch_instruction",
-        (5, 16),
-        "ppc64le",
-        "stubs, REL24 fields and the r2 restore are written with patch_instruction (so late livepatch "
-        "writes reach read-only text); in stable 5.15.y too",
-        "powerpc/module_64: Fix livepatching for RO modules (5.16)",
     ),
     Behaviour(
         "strict_align_config",
@@ -182,23 +136,6 @@ _TABLE = [
         "kallsyms: increase maximum kernel symbol length to 512 (6.1)",
     ),
     Behaviour(
-        "x86_write_relocate_add",
-        (6, 3),
-        "x86_64",
-        "x86 checks the 32/32S range before writing and reports 'Invalid relocation target' (before: writes the "
-        "truncated value, then reports; 'Skipping invalid relocation target'); clear_relocate_add zeroes a "
-        "livepatch object's relocations when it unloads",
-        "livepatch,x86: Clear relocation targets on a module removal (6.3)",
-    ),
-    Behaviour(
-        "ppc64_restore_r2_accepts_ld",
-        (6, 3),
-        "ppc64le",
-        "restore_r2 accepts an existing 'ld r2,24(r1)' after a call (re-applied livepatch relocations); "
-        "before, anything but a nop is 'Expected nop after call'",
-        'powerpc/module_64: Fix "expected nop" error on module re-patching (6.3)',
-    ),
-    Behaviour(
         "module_memory",
         (6, 4),
         "core",
@@ -207,37 +144,12 @@ _TABLE = [
         "module: replace module_layout with module_memory (6.4)",
     ),
     Behaviour(
-        "s390_gotent_got_offset",
-        (6, 5),
-        "s390x",
-        "R_390_GOTENT/GOTPLTENT = GOT + G + A - P (before: text base + G + A - P, arch.got_offset missing; the "
-        "same bytes whenever the GOT starts at offset 0 of the text, as module_frob_arch_sections places it)",
-        "s390/module: fix rela calculation for R_390_GOTENT (11458e2b3ffa, 6.5)",
-    ),
-    Behaviour(
-        "ppc64_ool_ftrace_stubs",
-        (6, 13),
-        "ppc64le",
-        "with CONFIG_PPC_FTRACE_OUT_OF_LINE (a compiler with working patchable-function-entry) .stubs also "
-        "holds the out-of-line ftrace stubs of __patchable_function_entries, reserved after the load-time stubs",
-        "powerpc64/ftrace: Move ftrace sequence out of line (6.13)",
-    ),
-    Behaviour(
         "codetag_separate",
         (6, 13),
         "core",
         "with CONFIG_MEM_ALLOC_PROFILING the .codetag.alloc_tags section is loaded into a separate "
         "alloc-tag area, not laid out in module memory (later MOD_DATA offsets move)",
         "alloc_tag: load module tags into separate contiguous memory (6.13)",
-    ),
-    Behaviour(
-        "x86_clang_stack_cookie_gotpcrel",
-        (6, 15),
-        "x86_64",
-        "with CONFIG_STACKPROTECTOR and clang < 17 (CONFIG_CLANG_VERSION < 170000) R_X86_64_REX_GOTPCRELX "
-        "against __stack_chk_guard is accepted as a PC32 to a static pointer; anything else is "
-        "'Unsupported GOTPCREL relocation' (a later kbuild series reverts it; still present in 7.1.5)",
-        "x86/module: Deal with GOT based stack cookie load on Clang < 17 (tip, Feb 2025)",
     ),
     Behaviour(
         "extended_modversions",
@@ -264,14 +176,6 @@ _TABLE = [
         "module: Make .static_call_sites read-only after init (modules-6.16)",
     ),
     Behaviour(
-        "ppc64_stub_count",
-        (6, 17),
-        "ppc64le",
-        ".stubs has no terminating spare slot and stub_for_addr allocates at me->arch.stub_count "
-        "(before: one extra slot, and the first slot whose funcdata is zero)",
-        "powerpc64/modules: fix ool-ftrace-stub vs. livepatch relocation corruption (6.17)",
-    ),
-    Behaviour(
         "invalid_shndx_refused",
         (7, 0),
         "core",
@@ -290,7 +194,7 @@ _TABLE = [
     ),
 ]
 
-#: behaviour name -> :class:`Behaviour`
+#: behaviour name -> :class:`Behaviour`: the core's (no architecture's)
 BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in _TABLE}
 
 
@@ -299,8 +203,32 @@ def since(name: str) -> tuple[int, int]:
     return BEHAVIOURS[name].since
 
 
-def render_markdown() -> str:
-    """``docs/versions.md``: the table, for users."""
+def all_behaviours(pm: pluggy.PluginManager | None = None) -> dict[str, Behaviour]:
+    """The core's behaviours and those of every plugin of ``pm`` (default: the
+    installed plugins), by name.  Raises ValueError when two rows share a name."""
+    if pm is None:
+        from .plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+    out = dict(BEHAVIOURS)
+    for rows in pm.hook.klp_arch_behaviours():
+        for b in rows or ():
+            other = out.setdefault(b.name, b)
+            if other is not b:
+                raise ValueError(f"behaviour {b.name!r} is declared twice ({other.arch} and {b.arch})")
+    return out
+
+
+def render_row(b: Behaviour) -> str:
+    """One behaviour as a line of the table in ``docs/versions.md``."""
+    desc, src = (t.replace("|", "\\|") for t in (b.description, b.source))
+    return f"| `{b.name}` | {b.label} | {b.arch} | {desc} | {src} |"
+
+
+def render_markdown(behaviours: Iterable[Behaviour] | None = None) -> str:
+    """``docs/versions.md``: the table of ``behaviours`` (default: the core's
+    and the installed plugins'), for users."""
+    rows = list(all_behaviours().values() if behaviours is None else behaviours)
     lines = [
         "# Kernel versions: which behaviour starts where",
         "",
@@ -308,7 +236,7 @@ def render_markdown() -> str:
         "     tests/core/test_versions.py fails when this file and the table differ. -->",
         "",
         "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
-        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-amd64` -> 6.1), and the",
+        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-<flavour>` -> 6.1), and the",
         f"newest checked release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
         "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
         "kernel with a backport).",
@@ -316,9 +244,7 @@ def render_markdown() -> str:
         "| behaviour | since | arch | what changes | kernel change |",
         "|---|---|---|---|---|",
     ]
-    for b in sorted(_TABLE, key=lambda b: (b.since, b.name)):
-        desc, src = (t.replace("|", "\\|") for t in (b.description, b.source))
-        lines.append(f"| `{b.name}` | {b.label} | {b.arch} | {desc} | {src} |")
+    lines += [render_row(b) for b in sorted(rows, key=lambda b: (b.since, b.name))]
     lines.append("")
     return "\n".join(lines)
 

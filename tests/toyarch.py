@@ -1,5 +1,9 @@
 """A toy architecture plugin for core tests: it lets the core be tested with
-no real architecture plugin installed.  Machine 0xBEEF, either byte order."""
+no real architecture plugin installed.  Machine 0xBEEF, either byte order.
+
+It is also the proof that an architecture needs only a plugin: nothing in
+``klpcore/`` knows it (tests/core/test_toy_plugin.py registers it under an
+entry point and runs ``apply``, ``check`` and the conformance suite)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,18 @@ from typing import Any
 from klpcore import ABS, PREL, ArchSpec, Entry, RelocFailure, RelocType, SectionContext, hookimpl, signed, unsigned
 from klpcore import constants as C
 from klpcore.constants import ModuleState
+from klpcore.kernel import KernelTarget
 from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.versions import Behaviour
 
 TOY = 0xBEEF
 ARCHES = [(TOY, 2, "little", 0), (TOY, 2, "big", 0)]
 
-NONE, ABS64, PREL32, ABS32, CALL, ZERO32 = 0, 1, 2, 3, 4, 5
+NONE, ABS64, PREL32, ABS32, CALL, ZERO32, ABS16 = 0, 1, 2, 3, 4, 5, 6
+
+#: the toy's row of the version table: R_TOY_ABS16 exists from "6.10"
+FEATURE = Behaviour("toy_abs16", (6, 10), "toy", "the toy handles R_TOY_ABS16", "toyarch.py")
+BEHAVIOURS = (FEATURE,)
 
 
 def call_handler(ctx: SectionContext, e: Entry) -> None:
@@ -54,15 +64,32 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
         description="toy test architecture",
         unknown_type_error="{module}: Unknown toy relocation: {number}",
         type_names={99: "R_TOY_UNKNOWN"},
+        ignored_undefined=frozenset({"__toy_ignored"}),
+        default_base=0xFFFFFFFFC0000000,
+        percpu_base=0xFFFFFFFFA0000000,
+        module_area_size=1 << 30,
+        pointer_type=ABS64,
+        config_symbol="CONFIG_TOY",
         kernel_text_range=(0xFFFFFFFF80000000, 1 << 64),
         capstone=("CS_ARCH_X86", "CS_MODE_64"),  # any decoder: lets the core test disasm
         options={"toy_address": "address", "toy_flag": "bool", "toy_count": "int"},
     )
 
 
+#: from :data:`FEATURE` on
+NEW_TYPES = [
+    RelocType(ABS16, "R_TOY_ABS16", 2, "S + A", ABS, check=unsigned(16), kernel_error="{module}: ovf16 {value:x}"),
+]
+
+
 @hookimpl
-def klp_arch_reloc_types(arch: ArchSpec, kernel: object) -> list[RelocType]:
-    return TYPES
+def klp_arch_behaviours() -> tuple[Behaviour, ...]:
+    return BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> list[RelocType]:
+    return TYPES + NEW_TYPES if kernel.has(FEATURE) else TYPES
 
 
 @hookimpl

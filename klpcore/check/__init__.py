@@ -17,7 +17,7 @@ from typing import Any
 
 from .pair import PATCH_FAILS, REFUSED, Finding
 from .patches import PatchInfo, read_patch
-from .report import LOADS, PairResult, json_report, write_text
+from .report import LOADS, UNKNOWN, PairResult, exit_code, json_report, write_text
 from .steps import PairCheck
 from .target import Target
 
@@ -45,11 +45,13 @@ __all__ = [
     "LOADS",
     "PATCH_FAILS",
     "REFUSED",
+    "UNKNOWN",
     "Finding",
     "PairResult",
     "PatchInfo",
     "Target",
     "check_pair",
+    "exit_code",
     "json_report",
     "read_patch",
     "write_text",

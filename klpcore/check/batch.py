@@ -16,11 +16,9 @@ from typing import Any
 from .executors import Executor
 from .inputs import NotApplicable, Plan
 from .report import PairResult
+from .report import exit_code as report_exit_code
 
 Cell = PairResult | NotApplicable
-
-#: the exit code a pair's verdict asks for; a run exits with the largest
-VERDICT_EXIT = {"loads": 0, "not-applicable": 0, "refused": 1, "patch-fails": 1, "unknown": 4}
 
 
 def run_plan(
@@ -64,5 +62,5 @@ def by_module(p: Plan, cells: list[Cell]) -> list[list[Cell]]:
 
 
 def exit_code(cells: list[Cell]) -> int:
-    """The worst verdict's exit code (0 when every judged pair loads)."""
-    return max((VERDICT_EXIT.get(c.verdict, 1) for c in cells), default=0)
+    """The worst judged pair's exit code (:func:`.report.exit_code`); not-applicable pairs count as none."""
+    return report_exit_code([c.verdict for c in cells if not isinstance(c, NotApplicable)])

@@ -1,8 +1,10 @@
-"""Dependencies: the modules loaded first (``modules.dep`` or ``depends=``), each checked once per
-target, and the exports the module then sees (vmlinux's, then each dependency's)."""
+"""Dependencies: the modules modprobe loads first (``modules.dep``, else depmod's rule:
+:mod:`.depgraph`), each judged once per target, and the exports the module then sees (vmlinux's,
+then each dependency's)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -10,18 +12,77 @@ from typing import Protocol
 from .. import constants as C
 from ..elf import ElfModule
 from ..errors import KlpError
-from ..loader import DEFAULT_BASE
+from ..kernel import KernelTarget
+from ..modtree import module_kernel_name
+from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols, symbols_from_elf
-from .modinfo import ModInfo, read_modinfo
+from .depgraph import DepGraph
+from .modinfo import ModInfo, read_modinfo, undefined_symbols
 from .modversions import ModversionSteps
 from .pair import REFUSED, Finding, Stop
 from .target import SymversEntry, Target, read_input
 
-#: where dependencies and patched target modules are placed (apart from the checked module)
-DEP_BASE = DEFAULT_BASE + 0x10000000
+#: where dependencies and patched target modules are placed (apart from the checked module, which
+#: is at the start of the architecture's module area): slots of DEP_STRIDE from DEP_OFFSET on
+DEP_OFFSET = 0x10000000
 DEP_STRIDE = 0x1000000
-#: module area slots (the x86_64 module area ends at 0xffffffffff000000)
-DEP_SLOTS = 46
+#: the first slots hold dependencies, the others patched target modules
+DEP_SLOTS_FOR_DEPENDENCIES = 24
+#: the module area assumed for a module no installed plugin claims
+UNKNOWN_AREA = 1 << 30
+
+
+def slot_count(elf: ElfModule) -> int:
+    """Dependency slots in the module area of ``elf``'s architecture (one stride kept free at its end)."""
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    area = spec.module_area_size if spec is not None else UNKNOWN_AREA
+    return (area - DEP_OFFSET) // DEP_STRIDE - 1
+
+
+def module_base(target: Target, elf: ElfModule, kernel: KernelTarget | None = None) -> int:
+    """Where the target kernel puts its first module: the architecture's answer from the target's own
+    symbols (hook ``klp_arch_module_base``), else its ``default_base`` (0 when no plugin claims it)."""
+    pm = default_plugin_manager()
+    spec = arch_spec(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    if spec is None:
+        return 0
+    key = f"module_base:{spec.name}"
+    got = target.cache.get(key)
+    if got is None:
+        got = spec.default_base
+        ks = target.symbols
+        if ks is not None and ks.has(C.VMLINUX):
+            vm = ks.objects[C.VMLINUX]
+
+            def symbol(name: str) -> int | None:
+                hits = vm.matches(name)
+                return int(hits[0]) if hits else None
+
+            if kernel is None:
+                kernel = KernelTarget(version=_target_version(target))
+            answer = pm.hook.klp_arch_module_base(arch=spec, kernel=kernel, symbol=symbol)
+            if answer is not None:
+                got = int(answer)
+        target.cache[key] = got
+    return int(got)
+
+
+def _target_version(target: Target) -> tuple[int, int]:
+    from ..kernel import NEWEST, parse_version
+
+    try:
+        return parse_version(target.release or "")
+    except ValueError:
+        return NEWEST
+
+
+def slot_address(elf: ElfModule, slot: int, target: Target | None = None) -> int:
+    """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`),
+    from the target's module base when a target is given."""
+    if target is not None:
+        return module_base(target, elf) + DEP_OFFSET + slot * DEP_STRIDE
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    return (spec.default_base if spec is not None else 0) + DEP_OFFSET + slot * DEP_STRIDE
 
 
 @dataclass
@@ -55,28 +116,34 @@ class DependencySteps(ModversionSteps):
         raise NotImplementedError
 
     def step_dependencies(self) -> list[DepModule]:
+        """The modules modprobe loads first (the target's ``modules.dep``, else depmod's rule over the
+        tree: the providers of the module's undefined symbols, transitively), each judged once per
+        target, whatever else is checked and in whatever order."""
         info = self.info
         assert info is not None
-        deps_map = self.target.modules_dep
-        names = deps_map.get(info.name) if deps_map is not None and info.name in deps_map else info.depends
-        if not names:
-            return []
         if self.target.modules_dir is None:
-            self.not_checked("dependencies", f"depends on {', '.join(names)}; the target has no module tree")
+            if info.depends:
+                self.not_checked(
+                    "dependencies",
+                    f"depends on {', '.join(info.depends)}; the target has no module tree (supplied by "
+                    + self.target.supplier("module tree")
+                    + ")",
+                )
             return []
-        out: list[DepModule] = []
-        for dep in names:
-            for d in load_dependency(self.target, dep, set(), self.dependency_check):
-                if d not in out:
-                    out.append(d)
+        tree_file = self.target.find_module(info.name)
+        same = tree_file is not None and os.path.realpath(tree_file) == os.path.realpath(self.path)
+        undefined = None if same else [sym for _i, sym, _weak in undefined_symbols(info.elf)]
+        out = dependencies_of(self.target, info.name, self.dependency_check, undefined)
+        DepGraph.of(self.target).parsed.pop(module_kernel_name(info.name), None)  # read again only if needed
+        if not out:
+            return []
         for d in out:
             if d.path is None:
-                self.add(
+                self.refuse(
                     "dependencies",
-                    "error",
-                    f"dependency '{d.name}' is not in the target's module tree; its symbols stay unknown",
+                    f"dependency '{d.name}' (modules.dep) is not in the target's module tree",
                     None,
-                    REFUSED,
+                    dependency=d.name,
                 )
             elif d.refused:
                 first = d.refused[0]
@@ -86,6 +153,8 @@ class DependencySteps(ModversionSteps):
                     first.kernel_message,
                     dependency=d.name,
                 )
+            for f in d.unchecked:
+                self.not_checked("dependencies", f"dependency '{d.name}': {f.message.removeprefix('not checked: ')}")
         if any(f.outcome == REFUSED for f in self.findings if f.check == "dependencies"):
             raise Stop
         loaded = [d.name for d in out]
@@ -136,43 +205,50 @@ class DepModule:
     info: ModInfo | None = None
     symbols: KernelSymbols | None = None
     refused: list[Finding] = field(default_factory=list)
+    #: its steps that could not be checked (they make the module that needs it "unknown")
+    unchecked: list[Finding] = field(default_factory=list)
 
 
-def load_dependency(
-    target: Target, name: str, seen: set[str], new_check: Callable[[str], DependencyCheck]
-) -> list[DepModule]:
-    """``name`` and its own dependencies, depth first, each checked once per target by a check
-    ``new_check(path)`` makes."""
-    key = name.replace("-", "_")
+def judge_dependency(target: Target, name: str, new_check: Callable[[str], DependencyCheck]) -> DepModule:
+    """The module ``name`` of the target's tree judged as a dependency (its own load steps, with its
+    own dependencies loaded first, by a check ``new_check(path)`` makes), once per target: later calls
+    return the same answer."""
+    key = module_kernel_name(name)
     cache: dict[str, DepModule] = target.cache.setdefault("deps", {})
-    if key in seen:
-        return []
-    seen.add(key)
-    if key in cache:
-        d = cache[key]
-        chain: list[DepModule] = []
-        if d.info is not None:
-            for sub in _dep_names(target, d.info):
-                chain += load_dependency(target, sub, seen, new_check)
-        return [*chain, d]
+    got = cache.get(key)
+    if got is not None:
+        return got
     path = target.find_module(key)
     if path is None:
-        d = DepModule(key, None)
-        cache[key] = d
-        return [d]
-    chain = []
+        d = cache[key] = DepModule(key, None)
+        return d
+    graph = DepGraph.of(target)
     try:
-        raw = read_input(path, "module", limit=1 << 30)
-        elf = ElfModule(raw, path=str(path))
+        got_parsed = graph.parsed.pop(key, None)
+        if got_parsed is not None:
+            raw, elf = got_parsed
+        else:
+            raw = read_input(path, "module", limit=1 << 30)
+            elf = ElfModule(raw, path=str(path))
         info = read_modinfo(elf, str(path), raw)
     except KlpError as exc:
-        d = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
-        cache[key] = d
-        return [d]
-    for sub in _dep_names(target, info):
-        chain += load_dependency(target, sub, seen, new_check)
-    d = DepModule(info.name, str(path), info)
-    cache[key] = d
+        d = cache[key] = DepModule(key, str(path), refused=[Finding("dependencies", "error", str(exc), None, REFUSED)])
+        return d
+    d = cache[key] = DepModule(info.name, str(path), info)  # before its dependencies: a cycle ends here
+    chain = [judge_dependency(target, m, new_check) for m in graph.load_order(key)]
+    cycle = graph.cycle_of(key)
+    if cycle is not None:
+        d.refused.append(
+            Finding(
+                "dependencies",
+                "error",
+                f"{info.name} is in a dependency cycle: depmod leaves it out of modules.dep, so modprobe "
+                "loads none of its dependencies",
+                cycle,
+                REFUSED,
+            )
+        )
+        return d
     pc = new_check(str(path))
     pc.info = info
     try:
@@ -182,16 +258,19 @@ def load_dependency(
     except Stop:
         pass
     d.refused = [f for f in pc.findings if f.outcome == REFUSED]
+    d.unchecked = [f for f in pc.findings if f.severity == "not-checked"]
     index = len(cache)
     try:
-        d.symbols = symbols_from_elf(raw, str(path), base=DEP_BASE + (index % 24) * DEP_STRIDE, objname=info.name)
+        base = slot_address(info.elf, index % DEP_SLOTS_FOR_DEPENDENCIES, target)
+        d.symbols = symbols_from_elf(raw, str(path), base=base, objname=info.name)
     except KlpError as exc:
         d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))
-    return [*chain, d]
+    return d
 
 
-def _dep_names(target: Target, info: ModInfo) -> list[str]:
-    dep = target.modules_dep
-    if dep is not None and info.name in dep:
-        return dep[info.name]
-    return info.depends
+def dependencies_of(
+    target: Target, name: str, new_check: Callable[[str], DependencyCheck], undefined: list[str] | None = None
+) -> list[DepModule]:
+    """Every module modprobe loads before ``name`` (in load order), each judged once per target.
+    ``undefined``: the symbols a module file that is not the tree's own leaves undefined."""
+    return [judge_dependency(target, m, new_check) for m in DepGraph.of(target).load_order(name, undefined)]

@@ -36,16 +36,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """What a worker needs to open a target: ``Target(path, release, distribution)``."""
+    """What a worker needs to open a target: ``Target(roots, release, distribution)``
+    (one kernel, its packages extracted into one root or several)."""
 
-    path: str
+    roots: tuple[str, ...]
     release: str | None = None
     distribution: str | None = None
 
     @property
     def key(self) -> str:
         """A stable name for this target's loading task (the same on every client and run)."""
-        digest = hashlib.sha256(repr((os.path.abspath(self.path), self.release, self.distribution)).encode())
+        where = tuple(os.path.abspath(r) for r in self.roots)
+        digest = hashlib.sha256(repr((where, self.release, self.distribution)).encode())
         return f"klpcore-target-{digest.hexdigest()[:20]}"
 
 
@@ -75,7 +77,7 @@ def prime(target: Target) -> Target:
 def open_target(spec: TargetSpec) -> Target:
     from .target import Target
 
-    return prime(Target(spec.path, spec.release, spec.distribution))
+    return prime(Target(list(spec.roots), spec.release, spec.distribution))
 
 
 def worker_target(spec: TargetSpec) -> Target:

@@ -59,6 +59,9 @@ def expand_modules(args: Iterable[str], _seen: tuple[str, ...] = ()) -> list[str
                 raise InputError(f"{a}: a directory without module files ({', '.join(MODULE_SUFFIXES)})")
             out.extend(found)
         elif os.path.isfile(a):
+            from .command import module_head_check
+
+            module_head_check(a)  # a text file or a .deb given as MODULE: bad input
             out.append(a)
         else:
             raise InputError(f"{a}: no such module file or directory")
@@ -66,18 +69,16 @@ def expand_modules(args: Iterable[str], _seen: tuple[str, ...] = ()) -> list[str
 
 
 def expand_targets(specs: Iterable[str], distribution: str | None, _seen: tuple[str, ...] = ()) -> list[TargetSpec]:
-    """``--target`` values (``PATH``, ``PATH:RELEASE``, ``@FILE``) as specs, in order."""
+    """``--target`` values (``PATH``, ``PATH:RELEASE``, ``ROOT1,ROOT2[:RELEASE]``, ``@FILE``) as specs, in order."""
+    from .command import parse_target_spec
+
     out: list[TargetSpec] = []
     for spec in specs:
         if spec.startswith("@") and not os.path.isdir(spec):
             out.extend(expand_targets(read_list(spec, "--target", _seen), distribution, (*_seen, spec[1:])))
             continue
-        path, release = spec, None
-        if not os.path.isdir(spec) and ":" in spec:
-            path, _, release = spec.rpartition(":")
-        if not os.path.isdir(path):
-            raise InputError(f"--target {spec}: not a directory")
-        out.append(TargetSpec(path, release or None, distribution))
+        roots, release = parse_target_spec(spec)
+        out.append(TargetSpec(tuple(roots), release, distribution))
     return out
 
 
@@ -129,6 +130,7 @@ class NotApplicable:
             "target": self.target,
             "release": self.release,
             "verdict": self.verdict,
+            "unchecked": [],
             "files": {},
             "missing": {},
             "notes": [self.reason],
@@ -166,7 +168,9 @@ def plan(modules: list[str], targets: list[TargetSpec]) -> Plan:
     from ..modtree import module_kernel_name
     from .target import Target
 
-    opened = [Target(t.path, t.release, t.distribution) for t in targets]
+    opened = [Target(list(t.roots), t.release, t.distribution) for t in targets]
+    for t in opened:
+        t.validate()  # not a kernel: bad input, before any work
     labels = [t.label for t in opened]
     machines = [t.machine for t in opened]
     releases = [t.release for t in opened]

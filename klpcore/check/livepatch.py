@@ -14,7 +14,7 @@ from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError, ResolutionError
 from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
-from .dependencies import DEP_BASE, DEP_SLOTS, DEP_STRIDE, DepModule
+from .dependencies import DEP_SLOTS_FOR_DEPENDENCIES, DepModule, slot_address, slot_count
 from .kmsg import klp_line
 from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding, PairBase
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites
@@ -346,7 +346,8 @@ class LivepatchCheck:
             try:
                 raw = read_input(path, "module", limit=1 << 30)
                 elf = ElfModule(raw, path=path)
-                base = DEP_BASE + (24 + len(cache) % (DEP_SLOTS - 24)) * DEP_STRIDE
+                first = DEP_SLOTS_FOR_DEPENDENCIES
+                base = slot_address(elf, first + len(cache) % (slot_count(elf) - first), self.target)
                 cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
             except (KlpError, InputError) as exc:
                 cache[name] = str(exc)

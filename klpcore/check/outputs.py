@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ..cli.codes import SCHEMA_VERSION
 from .batch import Cell, exit_code
 from .inputs import NotApplicable
 from .report import PairResult, write_text
@@ -33,7 +34,7 @@ VERDICTS = ("loads", "refused", "patch-fails", "unknown", "not-applicable")
 SHORT = {"loads": "ok", "refused": "REF", "patch-fails": "PF", "unknown": "?", "not-applicable": "n/a"}
 CSV_FIELDS = (
     "module",
-    "name",
+    "path",
     "target",
     "release",
     "verdict",
@@ -50,7 +51,7 @@ def _name(group: Sequence[Cell]) -> str:
 
 
 def module_object(group: Sequence[Cell]) -> dict[str, Any]:
-    return {"module": group[0].module, "name": _name(group), "targets": [c.as_dict() for c in group]}
+    return {"module": _name(group), "path": group[0].module, "targets": [c.as_dict() for c in group]}
 
 
 def json_document(groups: Sequence[Sequence[Cell]], comparison: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,15 +72,15 @@ def first_failure(c: Cell) -> tuple[str, str]:
 
 def pair_line(c: Cell) -> dict[str, Any]:
     """One JSON line: the pair's object with its module."""
-    return {"kind": "pair", "module": c.module, "name": c.name, **c.as_dict()}
+    return {"kind": "pair", "module": c.name, "path": c.module, **c.as_dict()}
 
 
 def csv_row(c: Cell) -> list[str]:
     check, text = first_failure(c)
     sev = [f.severity for f in c.findings]
     return [
-        c.module,
         c.name,
+        c.module,
         c.target,
         c.release or "",
         c.verdict,
@@ -113,7 +114,7 @@ class Stream:
 
     def summary(self, cells: Sequence[Cell], code: int, comparison: dict[str, Any] | None) -> None:
         if self.fmt == "jsonl":
-            line: dict[str, Any] = {"kind": "summary", "schema": 1, "pairs": len(cells), "exit_code": code}
+            line: dict[str, Any] = {"kind": "summary", "schema": SCHEMA_VERSION, "pairs": len(cells), "exit_code": code}
             line["verdicts"] = counts(cells)
             if comparison is not None:
                 line["comparison"] = comparison
@@ -243,8 +244,8 @@ def compare(groups: Sequence[Sequence[Cell]], labels: Sequence[str], releases: S
         why_a, why_b = first_failure(a), first_failure(b)
         changes.append(
             {
-                "module": a.module,
-                "name": _name(g),
+                "module": _name(g),
+                "path": a.module,
                 "from": a.verdict,
                 "to": b.verdict,
                 "from_failure": ": ".join(why_a) if why_a[0] else None,
@@ -268,7 +269,7 @@ def write_comparison(comp: dict[str, Any], out: TextIO) -> None:
         out.write(" (unchanged: " + ", ".join(f"{n} {v}" for v, n in sorted(comp["unchanged"].items())) + ")")
     out.write("\n")
     for ch in changes:
-        out.write(f"  {ch['name']}: {ch['from']} -> {ch['to']}\n")
+        out.write(f"  {ch['module']}: {ch['from']} -> {ch['to']}\n")
         if ch["from_failure"]:
             out.write(f"      on {a}: {ch['from_failure']}\n")
         if ch["to_failure"]:

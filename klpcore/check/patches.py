@@ -35,7 +35,15 @@ from ..elfheader import ElfHeaderError, read_header, section_headers
 KLP_BUILD_SECTIONS = ((".init.klp_objects", ".init.klp_funcs"), ("__klp_objects", "__klp_funcs"))
 OBJ_EXT_SIZE, FUNC_EXT_SIZE, NR_FUNCS_OFFSET = 64, 24, 56
 KPATCH_FUNC_SIZE = 56
-R_ABS64 = {62: 1, 21: 38, 183: 257, 22: 22}  # R_X86_64_64, R_PPC64_ADDR64, R_AARCH64_ABS64, R_390_64
+
+
+def pointer_type(elf: ElfModule) -> int | None:
+    """The relocation type of a 64-bit pointer in ``elf``'s data (``ArchSpec.pointer_type``
+    of its architecture plugin); None (every type counts) when no installed plugin claims it."""
+    from ..plugins import arch_spec, default_plugin_manager
+
+    spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    return spec.pointer_type if spec is not None else None
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class _Pointers:
         self._maps: dict[int, dict[int, Pointer]] = {}
         self._by_target = {s.info: s.index for s in elf.rela_sections() if not s.flags & C.SHF_RELA_LIVEPATCH}
         self._func_syms: dict[int, list[tuple[int, str]]] | None = None
-        self.abs64 = R_ABS64.get(elf.machine)
+        self.abs64 = pointer_type(elf)
 
     def fields(self, shndx: int) -> dict[int, Pointer]:
         m = self._maps.get(shndx)

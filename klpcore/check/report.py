@@ -1,17 +1,17 @@
-"""Verdicts, the text table and the JSON report (schema 1).
+"""Verdicts, the text table and the JSON report (schema 2).
 
-JSON schema 1 (inside the command line's envelope: ``schema``, ``command``,
+JSON schema 2 (inside the command line's envelope: ``schema``, ``command``,
 ``ok``, ``exit_code``, ``errors``, ``warnings``; see docs/json-schema.md), one
 module::
 
-    {"schema": 1, ..., "module": PATH, "name": NAME,
+    {"schema": 2, ..., "module": NAME, "path": PATH,
      "targets": [{"target": PATH, "release": STR|null, "verdict": "loads"|"refused"|"patch-fails",
                   "files": {...}, "missing": {WHAT: WHY}, "notes": [STR],
                   "findings": [{"check": STR, "severity": "error"|"warning"|"info"|"not-checked",
                                 "message": STR, "kernel_message": STR|null, "outcome"?: STR, ...}],
                   "patched_functions": [{"object", "old_name", "sympos", "replacement", "status", ...}]}]}
 
-Several modules: ``{"schema": 1, ..., "modules": [<one-module object>, ...]}``.
+Several modules: ``{"schema": 2, ..., "modules": [<one-module object>, ...]}``.
 A finding may carry ``then``: the further kernel lines that follow its message.
 """
 
@@ -24,6 +24,18 @@ from typing import Any, TextIO
 from .pair import PATCH_FAILS, REFUSED, Finding
 
 LOADS = "loads"
+#: no step refused the module, but a step that could refuse it was not checked (a missing input)
+UNKNOWN = "unknown"
+#: verdict -> exit code of a run; a run of many pairs exits with the worst (refused/patch-fails 1,
+#: else unknown 4, else 0)
+VERDICT_EXIT = {LOADS: 0, UNKNOWN: 4, PATCH_FAILS: 1, REFUSED: 1}
+_EXIT_RANK = {0: 0, 4: 1, 1: 2}
+
+
+def exit_code(verdicts: list[str]) -> int:
+    """The exit code of a run whose pairs got ``verdicts``: the worst of theirs."""
+    codes = [VERDICT_EXIT[v] for v in verdicts]
+    return max(codes, key=_EXIT_RANK.__getitem__, default=0)
 
 
 @dataclass
@@ -46,7 +58,14 @@ class PairResult:
             return REFUSED
         if PATCH_FAILS in outcomes:
             return PATCH_FAILS
+        if self.unchecked:
+            return UNKNOWN
         return LOADS
+
+    @property
+    def unchecked(self) -> list[Finding]:
+        """The steps that could have refused the module but were not checked (why, and what supplies it)."""
+        return [f for f in self.findings if f.severity == "not-checked"]
 
     @property
     def first_error(self) -> Finding | None:
@@ -57,6 +76,9 @@ class PairResult:
             "target": self.target,
             "release": self.release,
             "verdict": self.verdict,
+            "unchecked": [
+                {"check": f.check, "why": f.message.removeprefix("not checked: "), **f.extra} for f in self.unchecked
+            ],
             "files": self.files,
             "missing": self.missing,
             "notes": self.notes,
@@ -68,7 +90,7 @@ class PairResult:
 def json_report(results: list[list[PairResult]]) -> dict[str, Any]:
     """``results[i]`` are the pairs of module ``i`` (one per target)."""
     mods = [
-        {"module": pairs[0].module, "name": pairs[0].name, "targets": [p.as_dict() for p in pairs]}
+        {"module": pairs[0].name, "path": pairs[0].module, "targets": [p.as_dict() for p in pairs]}
         for pairs in results
         if pairs
     ]
@@ -84,6 +106,9 @@ MAX_ERRORS = 5
 def _summary(r: PairResult) -> str:
     """The table's last column: the first failure (and how many more), else the warnings by check."""
     errors = [x for x in r.findings if x.severity == "error"]
+    if not errors and r.unchecked:
+        checks = ", ".join(dict.fromkeys(x.check for x in r.unchecked))
+        return f"not checked: {checks}" + (f" (missing: {', '.join(r.missing)})" if r.missing else "")
     if not errors:
         warn = sorted({x.check for x in r.findings if x.severity == "warning"})
         nc = sum(1 for x in r.findings if x.severity == "not-checked")
@@ -100,28 +125,36 @@ def write_text(results: list[list[PairResult]], out: TextIO | None = None, verbo
     out = out or sys.stdout
     pairs = [p for group in results for p in group]
     several = len(pairs) > 1
+    files_of: dict[str, set[str]] = {}
+    for p in pairs:
+        files_of.setdefault(p.name, set()).add(p.module)
+
+    def shown(p: PairResult) -> str:
+        """The module's name; its path where two files of the run have that name (6.1's and 6.12's ext4)."""
+        return p.module if len(files_of[p.name]) > 1 else p.name
+
     if several:
-        rows = [(p.name, p.target, p.release or "?", p.verdict, _summary(p)) for p in pairs]
+        rows = [(shown(p), p.target, p.release or "?", p.verdict, _summary(p)) for p in pairs]
         header = ("module", "target", "release", "verdict", "first failure / warnings")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
         for n, r in enumerate([header, *rows]):
             out.write("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] + "\n")
             if n == 0:
                 out.write("  ".join("-" * w for w in widths) + "  " + "-" * len(header[4]) + "\n")
-        counts = {v: sum(1 for p in pairs if p.verdict == v) for v in (LOADS, REFUSED, PATCH_FAILS)}
+        counts = {v: sum(1 for p in pairs if p.verdict == v) for v in (LOADS, REFUSED, PATCH_FAILS, UNKNOWN)}
         out.write(f"{len(pairs)} pairs: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "\n")
     for p in pairs:
         if several and not verbose and p.verdict == LOADS:
             continue
         out.write(
-            ("\n" if several else "") + f"{p.name} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n"
+            ("\n" if several else "") + f"{shown(p)} on {p.target} ({p.release or 'release unknown'}): {p.verdict}\n"
         )
         shown_errors = 0
         hidden = 0
         for f in p.findings:
             if f.severity == "info" and not verbose:
                 continue
-            if several and not verbose and f.severity != "error":
+            if several and not verbose and f.severity not in ("error", "not-checked"):
                 continue  # the table names the warnings; -v shows them
             if f.severity == "error":
                 shown_errors += 1

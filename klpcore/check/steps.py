@@ -30,9 +30,9 @@ from ..elfheader import read_ident
 from ..errors import KlpError, NoPluginError
 from ..kernel import KernelTarget
 from ..loader import Loader
-from ..plugins import default_plugin_manager
+from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
-from .dependencies import DependencySteps, DepModule
+from .dependencies import DependencySteps, DepModule, module_base
 from .kmsg import Version
 from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
@@ -214,7 +214,7 @@ class PairCheck(DependencySteps):
         if self.target.symvers is None:
             self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
         gplok = info.gpl_compatible
-        ignored = _ignored_undefined(self.target.machine, self.version)
+        ignored = self._ignored_undefined(info.elf)
         allow_missing_ns = bool(self.target.config_bool("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS"))
         mv = self.modversions
         failed = False
@@ -243,7 +243,7 @@ class PairCheck(DependencySteps):
                 ok
                 and e.namespace
                 and e.namespace not in info.import_ns
-                and not _module_ns_ok(e.namespace, info.name, self.version)
+                and not _module_ns_ok(e.namespace, info.name, self.version, info.intree)
             ):
                 text = self.msg("namespace", name=info.name, sym=sym, ns=e.namespace)
                 if allow_missing_ns:
@@ -300,6 +300,15 @@ class PairCheck(DependencySteps):
                     ks.objects.setdefault(name, obj)
         return ks
 
+    def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
+        """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
+        ignores (``ArchSpec.ignored_undefined``); none when no installed plugin claims it."""
+        kernel = self.kernel_target()
+        if not kernel.has("ignore_undef_symbol"):
+            return frozenset()
+        spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+        return spec.ignored_undefined if spec is not None else frozenset()
+
     def step_relocations(self, deps: list[DepModule]) -> Any:
         info = self.info
         assert info is not None
@@ -307,7 +316,8 @@ class PairCheck(DependencySteps):
         if ks is None:
             self.not_checked("relocations", "no kernel symbol table (" + self.target.missing.get("symbols", "") + ")")
             return None
-        loader = Loader(default_plugin_manager(), kernel=self.kernel_target())
+        kernel = self.kernel_target()
+        loader = Loader(default_plugin_manager(), kernel=kernel)
         try:
             mod = loader.open(info.elf)
         except NoPluginError as exc:
@@ -317,7 +327,7 @@ class PairCheck(DependencySteps):
             self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
         try:
-            loaded = loader.load(mod, ks, mod.arch.default_base)
+            loaded = loader.load(mod, ks, module_base(self.target, info.elf, kernel))
         except KlpError as exc:
             self.engine_errors("relocations", exc.diagnostics, REFUSED)
             raise Stop from None
@@ -388,15 +398,21 @@ def _modinfo_name(raw: bytes) -> str | None:
     return raw[i + 6 : end].decode("utf-8", "replace") if end > 0 else None
 
 
-def _ignored_undefined(machine: int | None, version: Version) -> tuple[str, ...]:
-    """``ignore_undef_symbol``: x86_64 ignores ``_GLOBAL_OFFSET_TABLE_`` (5.12+)."""
-    if machine == 62 and version >= (5, 12):
-        return ("_GLOBAL_OFFSET_TABLE_",)
-    return ()
-
-
-def _module_ns_ok(namespace: str, modname: str, version: Version) -> bool:
-    """``verify_module_namespace`` (6.17+; release UNCONFIRMED): ``module:NAME[,NAME]`` exports."""
+def _module_ns_ok(namespace: str, modname: str, version: Version, intree: bool = True) -> bool:
+    """``verify_module_namespace`` (6.17+; release UNCONFIRMED): ``module:PATTERN[,PATTERN...]``
+    exports (EXPORT_SYMBOL_FOR_MODULES) reach the modules the patterns name: compared as
+    ``mod_strncmp`` does (``-`` and ``_`` equal: Debian 7.2's kvm-amd and kvm-intel import
+    kvm_x86_vendor_init from ``module:kvm-amd,kvm-intel``), a trailing ``*`` a prefix match; since
+    6.18 (UNCONFIRMED) only for in-tree modules."""
     if version < (6, 17) or not namespace.startswith("module:"):
         return False
-    return modname in namespace[len("module:") :].split(",")
+    if version >= (6, 18) and not intree:
+        return False
+    name = modname.replace("-", "_")
+    for pattern in namespace[len("module:") :].split(","):
+        pat = pattern.replace("-", "_")
+        if pat.endswith("*") and name.startswith(pat[:-1]):
+            return True
+        if pat == name:
+            return True
+    return False

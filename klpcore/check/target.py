@@ -1,17 +1,30 @@
-"""A target kernel as distributions ship it: found in a directory, read lazily.
+"""A target kernel as distributions ship it: found in one or more directories, read lazily.
 
 ``Target(path)`` accepts the root of an installed system or of extracted
-kernel packages (``boot/``, ``lib/modules/<release>/``, ``usr/lib/debug/boot/``,
-``usr/src/linux-headers-<release>/``) or a flat directory holding the same
-files.  Every file is located on first use and read once; what is missing is
-recorded in :attr:`Target.missing` so that the checks needing it report
-"not checked".
+kernel packages, or a flat directory holding the same files; ``Target([root1,
+root2, ...])`` one kernel whose packages were extracted into several roots
+(image, modules, headers, -dbg).  Where each file is looked for, in order:
+
+- config: ``boot/config-R``, ``[usr/]lib/modules/R/config`` (Debian 7.x's
+  split ``linux-base`` package), the headers' ``.config``, ``config``;
+- symbols: the -dbg package's ``usr/lib/debug/boot/System.map-R``,
+  ``boot/System.map-R``, ``[usr/]lib/modules/R/System.map``; Debian's one-line
+  placeholder System.map (6.12+) is recognised and named, never parsed;
+  a vmlinux ELF (-dbg, or ppc64el's unstripped image) with a symbol table;
+- ``Module.symvers`` from ``usr/src/linux-headers-R/`` or ``symvers-R.gz``;
+- modules: ``lib/modules/R/`` or usr-merged ``usr/lib/modules/R/``
+  (``.ko``, ``.ko.xz``, ``.ko.zst``, ``.ko.gz``).
+
+Every file is located on first use and read once; what is missing is recorded
+in :attr:`Target.missing` with the file and package that supply it, so that
+the checks needing it report "not checked".
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,11 +35,10 @@ from .. import constants as C
 from ..elfheader import IDENT_SIZE, ElfHeaderError, read_ident
 from ..errors import InputError, KlpError, SymbolFileError
 from ..modtree import ModuleTree, module_kernel_name
-from ..symbols import KernelSymbols, parse_symbol_text, symbols_from_elf
+from ..symbols import PLACEHOLDER_MARK, KernelSymbols, parse_symbol_text, symbols_from_elf
 
-#: e_machine for the architecture config symbols
-ARCH_CONFIG = (("CONFIG_X86_64", 62), ("CONFIG_PPC64", 21), ("CONFIG_ARM64", 183), ("CONFIG_S390", 22))
-PLACEHOLDER_MARK = "System.map is in the linux-image"
+#: where a release's modules and (Debian 7.x) its config, System.map and image live
+MODDIRS = ("lib/modules/{rel}", "usr/lib/modules/{rel}")
 #: largest symbol/config/symvers text file read (a hostile target cannot exhaust memory)
 MAX_TEXT = 512 << 20
 
@@ -45,19 +57,36 @@ def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -
 
 
 class Target:
-    """One target kernel found under ``path``."""
+    """One target kernel found under ``path`` (a directory, or a list of directories
+    holding the parts of one kernel: image, modules, headers, -dbg)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], release: str | None = None, distribution: str | None = None
+        self,
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        release: str | None = None,
+        distribution: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        parts = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not parts:
+            raise InputError("target: no directory given")
+        self.roots = [Path(p) for p in parts]
+        self.path = self.roots[0]
         self._distribution = distribution  # None: guessed from the config; "upstream": none
-        if not self.path.is_dir():
-            raise InputError(f"target {path}: not a directory")
+        for p in self.roots:
+            if not p.is_dir():
+                raise InputError(f"target {p}: not a directory")
         self._release_hint = release
-        self.missing: dict[str, str] = {}  # what -> why / where looked
+        self.missing: dict[str, str] = {}  # what -> why / where looked / what supplies it
         self.notes: list[str] = []
         self.cache: dict[str, Any] = {}  # per-target results of the load steps (dependencies, module symbols)
+
+    @property
+    def running(self) -> bool:
+        """The target is the running system (``--target /``)."""
+        return len(self.roots) == 1 and str(self.path) == "/"
+
+    def _glob(self, pattern: str) -> list[Path]:
+        return [p for root in self.roots for p in sorted(root.glob(pattern))]
 
     # ----------------------------------------------------------- release
     @cached_property
@@ -71,47 +100,84 @@ class Target:
         return vm.split(" ", 1)[0] if vm else None
 
     @cached_property
+    def releases_found(self) -> dict[str, int]:
+        """Every release the target's files name, with how many files name it."""
+        found: dict[str, int] = {}
+        for pattern in (
+            "lib/modules/*",
+            "usr/lib/modules/*",
+            "boot/System.map-*",
+            "boot/config-*",
+            "boot/vmlinuz-*",
+            "boot/vmlinux-*",
+            "usr/lib/debug/boot/vmlinux-*",
+            "usr/lib/debug/lib/modules/*",
+            "usr/src/linux-headers-*",
+            "boot/symvers-*",
+        ):
+            for p in self._glob(pattern):
+                rel = p.name
+                for prefix in ("System.map-", "config-", "vmlinuz-", "vmlinux-", "linux-headers-", "symvers-"):
+                    if rel.startswith(prefix):
+                        rel = rel[len(prefix) :]
+                        break
+                rel = rel.removesuffix(".gz")
+                if pattern == "usr/src/linux-headers-*" and not (p / "Module.symvers").exists():
+                    continue
+                if pattern.endswith("modules/*") and not p.is_dir():
+                    continue
+                found[rel] = found.get(rel, 0) + 1
+        return found
+
+    @cached_property
     def _file_release(self) -> str | None:
         """The release named by the target's files (never its module tree,
         which is found with it)."""
         if self._release_hint:
             return self._release_hint
-        found: dict[str, int] = {}
-        for pattern in (
-            "lib/modules/*",
-            "boot/System.map-*",
-            "boot/config-*",
-            "usr/lib/debug/boot/vmlinux-*",
-            "usr/src/linux-headers-*",
-            "boot/symvers-*",
-        ):
-            for p in self.path.glob(pattern):
-                rel = p.name
-                for prefix in ("System.map-", "config-", "vmlinux-", "linux-headers-", "symvers-"):
-                    if rel.startswith(prefix):
-                        rel = rel[len(prefix) :]
-                rel = rel.removesuffix(".gz")
-                if pattern == "usr/src/linux-headers-*" and not (p / "Module.symvers").exists():
-                    continue
-                found[rel] = found.get(rel, 0) + 1
-        if str(self.path) == "/" and not self._release_hint:
+        if self.running:
             return os.uname().release
+        found = self.releases_found
         if found:
             best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
             if len(best) > 1:
                 self.notes.append(
-                    f"several kernel releases under {self.path}: {', '.join(k for k, _ in best)}; using {best[0][0]}"
+                    f"several kernel releases under {self.label}: {', '.join(k for k, _ in best)}; using "
+                    f"{best[0][0]} (PATH:RELEASE picks another)"
                 )
             return best[0][0]
-        for name in ("release", "kernel.release", "include/config/kernel.release"):
-            p = self.path / name
-            if p.is_file():
-                return p.read_text(errors="replace").strip() or None
+        for root in self.roots:
+            for name in ("release", "kernel.release", "include/config/kernel.release"):
+                p = root / name
+                if p.is_file():
+                    return p.read_text(errors="replace").strip() or None
         return None
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` (bad input, exit 2) when the target is not a kernel:
+        no release can be found, a release asked for has no files, or nothing to check against."""
+        if self._release_hint and not self.running:
+            found = self.releases_found
+            if found and self._release_hint not in found:
+                raise InputError(
+                    f"--target {self.label}:{self._release_hint}: no files of release {self._release_hint} "
+                    f"(releases found: {', '.join(sorted(found))})"
+                )
+        debs = [p for root in self.roots for p in root.glob("*.deb")]
+        if debs and not self.releases_found and self.modules_dir is None:
+            raise InputError(
+                f"--target {self.label}: a folder of .deb files ({len(debs)}); extract them "
+                "(dpkg-deb -x PKG.deb ROOT) and give the root(s): --target ROOT or --target ROOT1,ROOT2"
+            )
+        if self.release is None and self.config_path is None and self.modules_dir is None:
+            raise InputError(
+                f"--target {self.label}: not a kernel: no release found (no boot/config-R, "
+                "[usr/]lib/modules/R/, System.map-R, linux-headers-R, release file or .ko files)"
+            )
 
     @property
     def label(self) -> str:
-        return str(self.path)
+        return ",".join(str(r) for r in self.roots)
 
     def _first(self, *candidates: str) -> Path | None:
         for c in candidates:
@@ -119,26 +185,51 @@ class Target:
                 if not self.release:
                     continue
                 c = c.format(rel=self.release)
-            p = self.path / c
-            if p.is_file():
-                return p
+            for root in self.roots:
+                p = root / c
+                if p.is_file():
+                    return p
         return None
+
+    def _in_moddirs(self, name: str) -> list[str]:
+        return [f"{d}/{name}" for d in MODDIRS]
+
+    def supplier(self, what: str) -> str:
+        """Which file and (Debian) package supplies ``what`` for this target's release."""
+        rel = self._file_release or "<release>"  # (not .release: that may read the module tree)
+        # the config says whether Debian built it, once it has been read (finding it may be what failed)
+        deb = "deb" in rel or (
+            self.distribution == "debian" if "config" in self.__dict__ else self._distribution == "debian"
+        )
+        pkgs = {
+            "config": f"boot/config-{rel} or usr/lib/modules/{rel}/config"
+            + (f" (linux-image-{rel} package; 7.x: linux-base-{rel})" if deb else ""),
+            "symbols": f"usr/lib/debug/boot/System.map-{rel} or vmlinux-{rel}"
+            + (f" (linux-image-{rel}-dbg package, about 1 GB)" if deb else " (the kernel's debug package)")
+            + " or /proc/kallsyms of the running kernel",
+            "Module.symvers": f"usr/src/linux-headers-{rel}/Module.symvers"
+            + (f" (linux-headers-{rel} package)" if deb else ""),
+            "module tree": f"[usr/]lib/modules/{rel}/kernel/"
+            + (f" (linux-image-{rel} package; 7.x: linux-modules-{rel})" if deb else ""),
+        }
+        return pkgs.get(what, what)
 
     # ----------------------------------------------------------- config
     @cached_property
     def config_path(self) -> Path | None:
         p = self._first(
             "boot/config-{rel}",
+            *self._in_moddirs("config"),
             "usr/src/linux-headers-{rel}/.config",
             "lib/modules/{rel}/build/.config",
             "config",
             ".config",
             "config.gz",
         )
-        if p is None and str(self.path) == "/" and Path("/proc/config.gz").is_file():
+        if p is None and self.running and Path("/proc/config.gz").is_file():
             p = Path("/proc/config.gz")
         if p is None:
-            self.missing["config"] = "no boot/config-<release>, linux-headers .config or config file"
+            self.missing["config"] = "not found; supplied by " + self.supplier("config")
         return p
 
     @cached_property
@@ -182,7 +273,10 @@ class Target:
     def machine(self) -> int | None:
         cfg = self.config
         if cfg:
-            for key, machine in ARCH_CONFIG:
+            from ..plugins import arch_config_symbols, default_plugin_manager
+
+            # the installed plugins' architecture config symbols (ArchSpec.config_symbol)
+            for key, machine in arch_config_symbols(default_plugin_manager()):
                 if cfg.get(key) == "y":
                     return machine
         for path in self.module_index.values():
@@ -199,7 +293,8 @@ class Target:
         for cand in (
             "usr/lib/debug/boot/System.map-{rel}",
             "boot/System.map-{rel}",
-            "lib/modules/{rel}/System.map",
+            *self._in_moddirs("System.map"),
+            "usr/lib/debug/lib/modules/{rel}/System.map",
             "System.map",
             "System.map.gz",
         ):
@@ -211,27 +306,32 @@ class Target:
                 continue
             return p
         if placeholder is not None:
+            self.placeholder = placeholder
             self.notes.append(f"{placeholder} is Debian's one-line placeholder, not a symbol table")
         return None
 
+    placeholder: Path | None = None
+
     @cached_property
     def vmlinux_path(self) -> Path | None:
-        p = self._first(
+        for cand in (
             "usr/lib/debug/boot/vmlinux-{rel}",
             "usr/lib/debug/lib/modules/{rel}/vmlinux",
-            "lib/modules/{rel}/build/vmlinux",
             "boot/vmlinux-{rel}",
+            *self._in_moddirs("vmlinuz"),  # ppc64el's image is an unstripped vmlinux ELF
+            "boot/vmlinuz-{rel}",
+            "lib/modules/{rel}/build/vmlinux",
+            "usr/src/linux-headers-{rel}/vmlinux",
             "vmlinux",
-        )
-        if p is not None:
-            with open(p, "rb") as fh:
-                if fh.read(4) != C.ELFMAG:
-                    return None
-        return p
+        ):
+            p = self._first(cand)
+            if p is not None and _has_code(p):
+                return p
+        return None
 
     @cached_property
     def kallsyms_path(self) -> Path | None:
-        if str(self.path) == "/":
+        if self.running:
             p = Path("/proc/kallsyms")
             try:
                 with open(p) as fh:
@@ -261,14 +361,18 @@ class Target:
         except SymbolFileError as exc:
             self.missing["symbols"] = str(exc)
             return None
-        self.missing["symbols"] = "no System.map (the -dbg package has it), vmlinux ELF or kallsyms"
+        self.missing["symbols"] = (
+            (f"{self.placeholder} is Debian's placeholder; " if self.placeholder else "")
+            + "no System.map, vmlinux ELF or kallsyms; supplied by "
+            + self.supplier("symbols")
+        )
         return None
 
     @cached_property
     def ftrace_addrs_path(self) -> Path | None:
         """The ftrace locations as ``available_filter_functions_addrs`` lists them
         ("address name" per line, the tracefs file of 6.5+ kernels)."""
-        if str(self.path) == "/":
+        if self.running:
             for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
                 p = Path(d) / "available_filter_functions_addrs"
                 try:
@@ -305,16 +409,16 @@ class Target:
         p = self._first(
             "usr/src/linux-headers-{rel}/Module.symvers",
             "boot/symvers-{rel}.gz",
-            "lib/modules/{rel}/symvers.gz",
+            *self._in_moddirs("symvers.gz"),
             "lib/modules/{rel}/build/Module.symvers",
             "Module.symvers",
             "symvers.gz",
         )
         if p is None:
-            found = sorted(self.path.glob("symvers-*.gz"))
+            found = self._glob("symvers-*.gz")
             p = found[0] if found else None
         if p is None:
-            self.missing["Module.symvers"] = "no Module.symvers (linux-headers package) or symvers-<release>.gz"
+            self.missing["Module.symvers"] = "not found; supplied by " + self.supplier("Module.symvers")
         return p
 
     @cached_property
@@ -341,12 +445,17 @@ class Target:
     @cached_property
     def modules_dir(self) -> Path | None:
         if self._file_release:
-            d = self.path / "lib" / "modules" / self._file_release
-            if d.is_dir():
-                return d
-        if str(self.path) != "/" and any(self.path.glob("*.ko*")):
-            return self.path
-        self.missing["module tree"] = "no lib/modules/<release>/ and no .ko files at the top level"
+            dirs = [root / d.format(rel=self._file_release) for root in self.roots for d in MODDIRS]
+            dirs = [p for p in dirs if p.is_dir()]
+            # a split package's root may hold only config and System.map there: prefer the modules
+            with_modules = [p for p in dirs if (p / "kernel").is_dir() or (p / "modules.order").is_file()]
+            if with_modules or dirs:
+                return (with_modules or dirs)[0]
+        if not self.running:
+            for root in self.roots:
+                if any(root.glob("*.ko*")):
+                    return root
+        self.missing["module tree"] = "not found; supplied by " + self.supplier("module tree")
         return None
 
     @cached_property
@@ -361,7 +470,7 @@ class Target:
 
     @cached_property
     def modules_dep(self) -> dict[str, list[str]] | None:
-        p = self._first("lib/modules/{rel}/modules.dep", "modules.dep")
+        p = self._first(*self._in_moddirs("modules.dep"), "modules.dep")
         if p is None:
             return None
         out: dict[str, list[str]] = {}
@@ -437,3 +546,34 @@ class Target:
             "symvers": str(self.symvers_path) if self.symvers_path else None,
             "modules": str(self.modules_dir) if self.modules_dir else None,
         }
+
+
+def _has_code(path: Path) -> bool:
+    """``path`` is an ELF with a symbol table and a section other than BTF (not the headers
+    package's BTF-only ``vmlinux``, nor a compressed image)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if len(head) < 64 or head[:4] != C.ELFMAG or head[4] != 2:
+                return False
+            e = "<" if head[5] == C.ELFDATA2LSB else ">"
+            (shoff,) = struct.unpack_from(e + "Q", head, 0x28)
+            shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", head, 0x3A)
+            if shnum == 0 or shentsize < 64 or shstrndx >= shnum:
+                return False
+            fh.seek(shoff)
+            table = fh.read(shentsize * shnum)
+            str_off, str_size = struct.unpack_from(e + "QQ", table, shstrndx * shentsize + 0x18)
+            fh.seek(str_off)
+            names = fh.read(min(str_size, 1 << 20))
+    except (OSError, struct.error):
+        return False
+    other = symtab = False
+    for i in range(len(table) // shentsize):
+        sh_name, sh_type = struct.unpack_from(e + "II", table, i * shentsize)
+        name = names[sh_name : names.find(b"\0", sh_name)]
+        symtab = symtab or sh_type == 2  # SHT_SYMTAB
+        other = other or (sh_type == 1 and not name.startswith(b".BTF"))  # PROGBITS
+    return other and symtab

@@ -9,8 +9,8 @@ The contract (see ``docs/cli.md``):
   interrupted;
 * never a traceback unless ``--debug`` is given;
 * with ``--json`` every outcome, success or failure (argument errors
-  included), is one JSON document of schema 1 (``docs/json-schema.md``,
-  ``klpcore/schema/v1.json``).
+  included), is one JSON document of schema 2 (``docs/json-schema.md``,
+  ``klpcore/schema/v2.json``).
 
 Adding a subcommand: write ``def cmd_x(args) -> int`` and register it with
 :func:`~klpcore.cli.parser.command` (name, help, description, the shared option groups it takes,

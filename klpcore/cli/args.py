@@ -9,8 +9,8 @@ from typing import Any
 from ..addresses import parse_address
 from ..config import KernelConfig
 from ..elf import ElfModule
-from ..errors import KlpError
-from ..kernel import CORE_OPTIONS, KernelTarget, parse_version
+from ..errors import InputError, KlpError
+from ..kernel import KernelTarget, parse_version
 from ..loader import LoadedModule, Loader, LoadingModule
 from ..modtree import ModuleTree
 from ..plugins import get_plugin_manager
@@ -21,29 +21,16 @@ from .render import progress, progress_done
 
 def accepted_options() -> dict[str, str]:
     """``-O`` keys the core and the installed plugins read: key -> kind."""
-    from ..plugins import plugin_options
+    from ..options import accepted_options as accepted
 
-    out = dict(CORE_OPTIONS)
-    out.update(plugin_options(get_plugin_manager()))
-    return out
+    return accepted(get_plugin_manager())
 
 
 def _option_value(key: str, kind: str, text: str) -> Any:
-    if kind == "bool":
-        low = text.lower()
-        if low in ("true", "yes", "on", "y", "1"):
-            return True
-        if low in ("false", "no", "off", "n", "0"):
-            return False
-        raise UsageError(f"-O {key}={text}: expected true or false")
-    if kind == "address":
-        return parse_address(text, what=f"-O {key}")
-    if kind == "int":
-        try:
-            return int(text, 0)
-        except ValueError:
-            raise UsageError(f"-O {key}={text}: expected a number") from None
-    return text
+    """One ``-O`` value, checked as the Python API checks it (:mod:`klpcore.options`)."""
+    from ..options import option_value
+
+    return option_value(key, kind, text)
 
 
 def _vermagic(elf: ElfModule | None) -> str | None:
@@ -89,7 +76,7 @@ def kernel_target(args: argparse.Namespace, elf: ElfModule | None = None) -> Ker
         text = "newest"
     try:
         return KernelTarget.from_string(text, **kw)
-    except ValueError as exc:
+    except (ValueError, InputError) as exc:
         raise UsageError(f"--kernel {text}: {exc}") from None
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import InputError
-from ..loader import DEFAULT_BASE
 from ..plugins import installed_version
 from ..versions import NEWEST, OLDEST
 
@@ -34,7 +33,7 @@ has is attributed to the module of DIR that exports it: one line per missing mod
 exit codes: 0 success; 1 the module will not load (relocation, resolution or
 livepatch errors); 2 bad usage, unreadable input or unwritable output;
 3 internal error in klpcore (a bug; --debug shows the traceback); 130 interrupted.
-With --json, every outcome is one JSON document of schema 1 (docs/json-schema.md).
+With --json, every outcome is one JSON document of schema 2 (docs/json-schema.md).
 """
 
 
@@ -48,10 +47,28 @@ class UsageError(InputError):
 
 class Parser(argparse.ArgumentParser):
     """Argument errors become :class:`UsageError`, handled (and reported as
-    JSON when asked) by :func:`main` like every other error."""
+    JSON when asked) by :func:`main` like every other error.  No option is
+    taken from an abbreviation (``check --kernel 6.1`` is not ``--kernel-option``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        #: the subcommands' parsers by name (on the top-level parser)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
+        raise UsageError(f"{self.prog}: {message}", self.format_usage())
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an argument a subcommand does not take is reported by that subcommand
+        (its usage, not the top-level one)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self.commands.get(getattr(ns, "command", None) or "")
+            (sub or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def add_kernel_options(sp: argparse.ArgumentParser) -> None:
@@ -61,7 +78,7 @@ def add_kernel_options(sp: argparse.ArgumentParser) -> None:
         default=None,
         help=f"target kernel version whose rules apply: {OLDEST[0]}.{OLDEST[1]} or newer, e.g. 6.1 or 5.10, or "
         f"'newest' ({NEWEST[0]}.{NEWEST[1]}; a later release gets its rules and reports say so); default: the "
-        "module's own vermagic (6.1.0-50-amd64 -> 6.1), else the release in the --config header, else newest "
+        "module's own vermagic (6.1.0-50-<flavour> -> 6.1), else the release in the --config header, else newest "
         "(docs/versions.md lists what each release changes)",
     )
     sp.add_argument(
@@ -107,8 +124,8 @@ def add_symbol_options(sp: argparse.ArgumentParser) -> None:
         "--base",
         metavar="ADDR",
         default=None,
-        help="module load address, page aligned (default: the architecture's module area, "
-        f"e.g. {DEFAULT_BASE:#x} on x86_64)",
+        help="module load address, page aligned (default: the start of the architecture's module area, "
+        "shown as default_base by 'klpcore plugins --json')",
     )
     sp.add_argument(
         "--init-base",
@@ -127,7 +144,7 @@ def add_symbol_options(sp: argparse.ArgumentParser) -> None:
 
 
 def add_json_flag(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--json", action="store_true", help="write one JSON document (schema 1) to stdout")
+    sp.add_argument("--json", action="store_true", help="write one JSON document (schema 2) to stdout")
 
 
 def add_debug(sp: argparse.ArgumentParser) -> None:
@@ -182,7 +199,7 @@ def command(
     return register
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     p = Parser(
         prog="klpcore",
         description=DESCRIPTION,
@@ -194,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for cmd in COMMANDS.values():
         sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
+        p.commands[cmd.name] = sp
         if cmd.arguments is not None:
             cmd.arguments(sp)
         for group in cmd.groups:

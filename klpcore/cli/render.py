@@ -1,4 +1,4 @@
-"""What the command line writes: the JSON envelope (schema 1), text tables, progress on a terminal,
+"""What the command line writes: the JSON envelope (schema 2), text tables, progress on a terminal,
 diagnostics, and the summary of the kernel rules every report carries."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def emit_json(
     errors: Sequence[Diagnostic] = (),
     warnings: Sequence[Diagnostic] = (),
 ) -> None:
-    """Write ``data`` inside the schema-1 envelope to the command's JSON destination."""
+    """Write ``data`` inside the schema-2 envelope to the command's JSON destination."""
     doc = envelope(getattr(args, "command", None), code, errors, warnings)
     doc.update(data)
     write_json(doc, json_destination(args) or "-", inputs=input_paths(args))

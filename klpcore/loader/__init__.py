@@ -14,7 +14,6 @@ from ..plugins import default_plugin_manager
 from .kallsyms import layout_module_for_symbols
 from .module import (
     CODETAG_SECTION,
-    DEFAULT_BASE,
     MAX_IMAGE,
     PERCPU_SECTION,
     RO_AFTER_INIT_SECTIONS,
@@ -31,7 +30,6 @@ from .steps import Loader, ResolveReport, check_symbol_sources, resolve_module
 
 __all__ = [
     "CODETAG_SECTION",
-    "DEFAULT_BASE",
     "MAX_IMAGE",
     "PERCPU_SECTION",
     "RO_AFTER_INIT_SECTIONS",

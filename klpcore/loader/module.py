@@ -19,7 +19,6 @@ from ..layout import Layout, Reservation
 from ..livepatch import LivepatchInfo
 from ..plugins import ArchHooks, default_plugin_manager
 
-DEFAULT_BASE = 0xFFFFFFFFC0000000
 PERCPU_SECTION = ".data..percpu"
 #: Refuse images larger than this (the kernel's module area is 1 GiB on x86_64).
 MAX_IMAGE = 1 << 30
@@ -40,8 +39,12 @@ class Example:
     name: str
     module: Path
     symbols: tuple[Path, ...]
-    base: int = DEFAULT_BASE
+    #: where the example is laid out (the architecture's module area)
+    base: int
     description: str = ""
+    #: ``os.uname().machine`` of the hosts that show this example first
+    #: (``klpcore apply --example`` without a name)
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass

@@ -250,14 +250,15 @@ class LoadedModule:
             parts.append(f"the first {partial} relocation(s) of {order[pos]}")
         if not parts:
             return None
-        x86 = self.module.arch.name == "x86_64"
+        # an arch whose apply_relocate_add refuses a place that is not zero refuses the rewrite too
+        refuses_rewrite = any(t.require_zero for t in self.module.arch.types.values())
         return Diagnostic(
             f"the kernel would leave behind in {self.module.name}: {' and '.join(parts)} (klp_module_coming does not "
             f"undo the failing patch); '{objname}' is refused"
             + (
                 f", and every later load of '{objname}' fails at the first already-written place "
                 "('existing value is nonzero') until the patch is removed"
-                if x86
+                if refuses_rewrite
                 else ""
             )
             + ". klpcore leaves the image unchanged (all or nothing).",

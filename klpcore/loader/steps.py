@@ -50,7 +50,6 @@ from ..plugins import get_plugin_manager, identify
 from ..symbols import KernelSymbols
 from .module import (
     CODETAG_SECTION,
-    DEFAULT_BASE,
     MAX_IMAGE,
     PERCPU_SECTION,
     RO_AFTER_INIT_SECTIONS,
@@ -120,10 +119,11 @@ class Loader:
             out["MEM_ALLOC_PROFILING"] = config_setting(mod.hooks, k, "MEM_ALLOC_PROFILING")
         return out
 
-    def prepare(self, mod: LoadingModule, base: int = DEFAULT_BASE, init_base: int | None = None) -> None:
+    def prepare(self, mod: LoadingModule, base: int | None = None, init_base: int | None = None) -> None:
         """Steps 1-4: section rewriting, arch setup, checks, layout.
 
-        ``init_base`` places the init memory (the kernel's separate init
+        ``base`` is where the core memory starts (default: the architecture's
+        module area, ``ArchSpec.default_base``); ``init_base`` places the init memory (the kernel's separate init
         allocation) there; by default it follows the core memory."""
         if mod.klp.fmt == "rfc" and self.kernel.has("final_klp_format"):
             raise LivepatchFormatError(
@@ -218,7 +218,7 @@ class Loader:
         try:
             mod.layout = layout_sections(
                 mod.sections,
-                base,
+                mod.arch.default_base if base is None else base,
                 style=self.kernel.layout_style,
                 is_init=is_init,
                 page_size=page_size,
@@ -280,13 +280,13 @@ class Loader:
         self,
         module: LoadingModule | ElfModule | str | os.PathLike[str] | bytes,
         symbols: KernelSymbols,
-        base: int = DEFAULT_BASE,
+        base: int | None = None,
         *,
         init_base: int | None = None,
         enable: bool = True,
     ) -> LoadedModule:
-        """Load ``module`` against ``symbols`` at ``base`` (init memory at
-        ``init_base``, if given) and, for a livepatch module, enable it for
+        """Load ``module`` against ``symbols`` at ``base`` (default: the
+        architecture's module area; init memory at ``init_base``, if given) and, for a livepatch module, enable it for
         every patched object present in ``symbols``.
 
         Raises a :class:`~klpcore.errors.KlpError` subclass on the first phase
@@ -328,7 +328,7 @@ def resolve_module(
     loader: Loader,
     module: LoadingModule | str | os.PathLike[str],
     symbols: KernelSymbols,
-    base: int = DEFAULT_BASE,
+    base: int | None = None,
     init_base: int | None = None,
 ) -> ResolveReport:
     """Resolve without applying: ``simplify_symbols`` plus ``klp_resolve_symbols``

@@ -15,7 +15,12 @@ What every plugin's tests must show, whatever the architecture:
   that type and asserts the refusal (an error naming the type, with the kernel
   message the type declares, or none);
 * every type documents its formula and range, and every hook the plugin
-  implements is a declared, documented hook.
+  implements is a declared, documented hook;
+* the plugin's rows of the version table (``klp_arch_behaviours``) name its
+  architecture and no core behaviour.
+
+:func:`behaviour_tests` adds, for the plugin's version-table rows: every row
+has a named test that observes it on both sides of its start.
 
 Usage, in ``tests/<arch>/test_<arch>.py``::
 
@@ -30,6 +35,13 @@ Usage, in ``tests/<arch>/test_<arch>.py``::
         unsupported=[311],
     )
 
+and, in ``tests/<arch>/test_<arch>_versions.py``::
+
+    TestBehaviours = behaviour_tests(
+        rows=klpcore_arm64.versions.BEHAVIOURS,
+        boundary_tests={"arm64_livepatch": test_livepatch_refused_before_6_17, ...},
+    )
+
 pytest collects the returned class like any ``Test*`` class in the module.
 The arguments that describe the plugin's own fixtures are callables so that
 a test module's import stays cheap and a broken manifest fails one test
@@ -39,7 +51,7 @@ rather than collection.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +217,18 @@ def conformance_tests(
                 assert t.name and doc["formula"], t.number
                 assert doc["range"], f"{t.name}: no range documented"
 
+        def test_behaviours_name_the_arch_and_no_core_behaviour(self) -> None:
+            from klpcore.versions import BEHAVIOURS, OLDEST
+
+            loader, spec, _ = _setup()
+            pm = loader.pm
+            plugin_obj = next(p for p in pm.get_plugins() if pm.get_name(p) == plugin)
+            hook = getattr(plugin_obj, "klp_arch_behaviours", None)
+            for row in hook() if hook is not None else ():
+                assert row.arch == spec.name, f"{row.name}: arch {row.arch!r}, the plugin is {spec.name!r}"
+                assert row.name not in BEHAVIOURS, f"{row.name} is a core behaviour"
+                assert row.since >= OLDEST and row.description and row.source, row
+
         def test_hooks_are_declared_and_documented(self) -> None:
             from importlib import import_module
             from importlib.metadata import entry_points
@@ -223,3 +247,38 @@ def conformance_tests(
 
     Conformance.__name__ = Conformance.__qualname__ = f"Conformance_{plugin}"
     return Conformance
+
+
+def behaviour_tests(*, rows: Sequence[Any], boundary_tests: Mapping[str, Callable[..., object]]) -> type:
+    """Build the test class for a plugin's rows of the version table.
+
+    :param rows: the plugin's :class:`~klpcore.versions.Behaviour` rows (what
+        its ``klp_arch_behaviours`` returns).
+    :param boundary_tests: row name -> the test function (collected by pytest
+        where it is defined) that observes the row's behaviour on both sides
+        of its start (``row.sides()``).
+    """
+
+    class Behaviours:
+        """A plugin's version-table rows (klpcore.testing.conformance)."""
+
+        def test_every_row_has_a_boundary_test(self) -> None:
+            names = {r.name for r in rows}
+            assert rows, "no rows: a plugin without version-dependent behaviour needs no behaviour_tests"
+            assert set(boundary_tests) == names, (
+                f"rows without a boundary test: {sorted(names - set(boundary_tests))}; "
+                f"tests of no row: {sorted(set(boundary_tests) - names)}"
+            )
+            for name, fn in boundary_tests.items():
+                assert callable(fn) and fn.__name__.startswith("test_"), f"{name}: {fn!r} is not a test function"
+
+        def test_every_row_is_answered_on_both_sides(self) -> None:
+            from klpcore import KernelTarget
+
+            for row in rows:
+                assert row.sides(), row.name
+                for without, with_ in row.sides():
+                    assert not without.has(row) and with_.has(row), row.name
+                    assert KernelTarget(without.version, options={row.name: True}).has(row), row.name
+
+    return Behaviours

@@ -18,34 +18,25 @@ every relocation site and every differing byte:
 Nothing is dropped silently: every relocation site of the module lands in
 exactly one class, and every differing byte outside relocation sites is
 grouped into runs that are classified the same way.
+
+What is architecture-specific (each relocation type's field width, the
+``__ex_table`` entry layout, how ftrace rewrites a call site, the rewrites
+only one architecture does) is the architecture plugin's
+:class:`OracleRules`, from its hook ``klp_arch_kernel_oracle``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from klpcore.config import KernelConfig
 from klpcore.elf import ElfModule
-
-EM_X86_64, EM_AARCH64, EM_PPC64, EM_S390 = 62, 183, 21, 22
-
-#: field width (bytes) of each relocation type the Debian modules use, per machine
-WIDTHS: dict[int, dict[int, int]] = {
-    EM_X86_64: {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8},
-    EM_AARCH64: {
-        **{t: 4 for t in (258, 261, 275, 276, 277, 278, 282, 283, 284, 285, 286, 299)},
-        257: 8,
-        260: 8,
-    },
-    # ENTRY (118) rewrites the two-instruction global entry sequence
-    EM_PPC64: {38: 8, 44: 8, 26: 4, 10: 4, 50: 2, 48: 2, 64: 2, 49: 2, 63: 2, 51: 8, 118: 8},
-    EM_S390: {22: 8, 5: 4, 23: 8, 19: 4, 20: 4, 16: 2, 17: 2, 18: 2, 26: 4, 4: 4, 1: 1, 2: 2, 3: 2},
-}
 
 #: sections whose entries the kernel sorts in place at load: (entry size, fields)
 #: fields: "rel" s32 relative to the field, "abs" u64 absolute, "rel64" s64
@@ -56,16 +47,8 @@ SORTED_TABLES: dict[str, tuple[int, tuple[str, ...]]] = {
     "__jump_table": (16, ("rel", "rel", "key64")),
     ".static_call_sites": (8, ("rel", "sckey")),
 }
-EXTABLE = {
-    EM_X86_64: (12, ("rel", "rel", "raw4")),
-    EM_AARCH64: (12, ("rel", "rel", "raw4")),
-    EM_PPC64: (8, ("rel", "rel")),
-    EM_S390: (12, ("rel", "rel", "raw4")),
-}
-
 #: sections holding run-time state that the running kernel changes after load
 RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once")
-X86_NOP5 = bytes.fromhex("0f1f440000")
 
 
 @dataclass
@@ -107,15 +90,13 @@ class Recording:
         return self.config_values.get(option)
 
     def page_size(self) -> int:
-        """PAGE_SIZE of the recorded kernel, from its configuration."""
-        for option, size in (
-            ("CONFIG_PPC_64K_PAGES", 65536),
-            ("CONFIG_ARM64_64K_PAGES", 65536),
-            ("CONFIG_ARM64_16K_PAGES", 16384),
-        ):
-            if self.config_value(option) == "y":
-                return size
-        return 4096
+        """PAGE_SIZE of the recorded kernel, from its configuration (the
+        architecture plugin's ``klp_arch_page_size``; 4096 without a plugin)."""
+        from klpcore.kernel import KernelTarget, page_size_setting
+
+        kernel = KernelTarget(config=KernelConfig.from_file(self.config))
+        hooks = _arch_hooks(ElfModule.from_file(self.ko), kernel)
+        return int(page_size_setting(hooks, kernel).value)
 
     def static_call_keys(self) -> dict[int, int]:
         """``__SCT__x`` address -> ``__SCK__x`` address, from the recorded symbol lines."""
@@ -238,7 +219,8 @@ class Placed:
         return bytes(buf)
 
 
-def _u(data: bytes, off: int, size: int, endian: str, signed: bool = False) -> int:
+def uint_at(data: bytes, off: int, size: int, endian: str, signed: bool = False) -> int:
+    """The ``size``-byte integer at ``off`` of ``data`` (``endian``: "<" or ">")."""
     return int.from_bytes(data[off : off + size], "little" if endian == "<" else "big", signed=signed)
 
 
@@ -260,32 +242,78 @@ def table_entries(
         off = base
         for f in fields:
             if f == "rel":
-                vals.append((address + off + _u(data, off, 4, endian, True)) & (2**64 - 1))
+                vals.append((address + off + uint_at(data, off, 4, endian, True)) & (2**64 - 1))
                 off += 4
             elif f == "abs":
-                vals.append(_u(data, off, 8, endian))
+                vals.append(uint_at(data, off, 8, endian))
                 off += 8
             elif f == "key64":  # relative key with flag bits; the loader sets/clears bit 1 (init)
-                vals.append((address + off + _u(data, off, 8, endian, True)) & (2**64 - 1) & ~2)
+                vals.append((address + off + uint_at(data, off, 8, endian, True)) & (2**64 - 1) & ~2)
                 off += 8
             elif f == "sckey":  # static call key: bit 1 tail (objtool), bit 0 init (set by the kernel)
-                raw = (address + off + _u(data, off, 4, endian, True)) & (2**64 - 1)
+                raw = (address + off + uint_at(data, off, 4, endian, True)) & (2**64 - 1)
                 key = raw & ~3
                 vals.append((key_map or {}).get(key, key) | (raw & 2))
                 off += 4
             else:
                 n = int(f[3:])
-                vals.append(_u(data, off, n, endian))
+                vals.append(uint_at(data, off, n, endian))
                 off += n
         out[tuple(vals)] += 1
     return out
 
 
-class _Context:
-    def __init__(self, rec: Recording, placed: Placed, elf: ElfModule) -> None:
+# Each rule: (context, site) -> class name if the rule explains the difference.
+Rule = Callable[["Context", Site], "str | None"]
+
+
+@dataclass(frozen=True)
+class OracleRules:
+    """An architecture's part of the comparison (hook ``klp_arch_kernel_oracle``)."""
+
+    #: field width (bytes) of each relocation type the recorded modules use (others: 8)
+    widths: Mapping[int, int] = field(default_factory=dict)
+    #: ``__ex_table`` entry layout (entry size, fields as in :data:`SORTED_TABLES`); None: not compared as sorted
+    extable: tuple[int, tuple[str, ...]] | None = None
+    #: ftrace's rewrite of a call site at module load: (the kernel's 8 bytes at the
+    #: ftrace location, klpcore's, location - site address) -> class, or None
+    ftrace: Callable[[bytes, bytes, int], str | None] | None = None
+    #: rewrites only this architecture does, tried after the sorted-table and
+    #: ftrace rules and before the run-time state rule
+    rules: Sequence[Rule] = ()
+
+
+def _arch_hooks(elf: ElfModule, kernel: Any = None) -> Any:
+    """The hooks of ``elf``'s architecture plugin, or None when none is installed."""
+    from klpcore.errors import KlpError
+    from klpcore.kernel import KernelTarget
+    from klpcore.plugins import default_plugin_manager, identify
+
+    try:
+        return identify(
+            default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags, kernel or KernelTarget()
+        )
+    except KlpError:
+        return None
+
+
+def arch_rules(elf: ElfModule) -> OracleRules:
+    """The comparison rules of ``elf``'s architecture plugin (none without one)."""
+    hooks = _arch_hooks(elf)
+    rules = hooks.klp_arch_kernel_oracle() if hooks is not None else None
+    return rules if rules is not None else OracleRules()
+
+
+class Context:
+    """What the rules see: the recording, klpcore's output, the module and tables read from them."""
+
+    def __init__(self, rec: Recording, placed: Placed, elf: ElfModule, arch: OracleRules | None = None) -> None:
         self.rec, self.placed, self.elf = rec, placed, elf
         self.endian = elf.endian
         self.machine = elf.machine
+        self.arch = arch if arch is not None else arch_rules(elf)
+        #: per-comparison data an architecture's rules compute once
+        self.cache: dict[str, Any] = {}
         k = rec.kernel_memory()
         # ftrace call sites, from the kernel's table (absolute addresses)
         self.ftrace: set[int] = set()
@@ -299,7 +327,6 @@ class _Context:
         if "__jump_table" in placed.sections:
             a, d = placed.sections["__jump_table"]
             self.jump_sites = {e[0] for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian)}
-        self.alt_ranges = self._alternatives()
         self.static_call_keys = rec.static_call_keys()
         self.sorted_ok: dict[str, bool] = {}
         for name, layout in self._sorted_tables().items():
@@ -324,33 +351,22 @@ class _Context:
 
     def _sorted_tables(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         t = dict(SORTED_TABLES)
-        t["__ex_table"] = EXTABLE[self.machine]
+        if self.arch.extable is not None:
+            t["__ex_table"] = self.arch.extable
         return t
 
     def _rel_table(self, name: str, stride: int = 4) -> set[int]:
         if name not in self.placed.sections:
             return set()
         a, d = self.placed.sections[name]
-        return {(a + o + _u(d, o, 4, self.endian, True)) & (2**64 - 1) for o in range(0, len(d) - 3, stride)}
-
-    def _alternatives(self) -> list[tuple[int, int, int, int]]:
-        """x86 .altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen):
-        (site, site length, replacement, replacement length), from klpcore's bytes."""
-        if self.machine != EM_X86_64 or ".altinstructions" not in self.placed.sections:
-            return []
-        a, d = self.placed.sections[".altinstructions"]
-        out = []
-        for o in range(0, len(d) - 11, 12):
-            instr = (a + o + _u(d, o, 4, "<", True)) & (2**64 - 1)
-            repl = (a + o + 4 + _u(d, o + 4, 4, "<", True)) & (2**64 - 1)
-            out.append((instr, d[o + 10], repl, d[o + 11]))
-        return out
+        return {(a + o + uint_at(d, o, 4, self.endian, True)) & (2**64 - 1) for o in range(0, len(d) - 3, stride)}
 
     def _orc_pairs(self, kmem: dict[int, bytes]) -> bool:
         def pairs(ip_a: int, ip: bytes, orc: bytes) -> Counter[tuple[int, bytes]]:
             n = len(ip) // 4
             return Counter(
-                ((ip_a + 4 * i + _u(ip, 4 * i, 4, "<", True)) & (2**64 - 1), orc[6 * i : 6 * i + 6]) for i in range(n)
+                ((ip_a + 4 * i + uint_at(ip, 4 * i, 4, "<", True)) & (2**64 - 1), orc[6 * i : 6 * i + 6])
+                for i in range(n)
             )
 
         if ".orc_unwind_ip" not in self.placed.sections or ".orc_unwind" not in self.placed.sections:
@@ -363,17 +379,13 @@ class _Context:
         return pairs(kip_s.address, kip_s.data[: len(pip)], korc_s.data[: len(porc)]) == pairs(pa, pip, porc)
 
 
-# Each rule: (context, site) -> class name if the rule explains the difference.
-Rule = Callable[[_Context, Site], "str | None"]
-
-
-def _rule_sorted(ctx: _Context, site: Site) -> str | None:
+def _rule_sorted(ctx: Context, site: Site) -> str | None:
     if ctx.sorted_ok.get(site.section):
         return f"sorted-table:{site.section}"
     return None
 
 
-def _rule_ftrace(ctx: _Context, site: Site) -> str | None:
+def _rule_ftrace(ctx: Context, site: Site) -> str | None:
     """The call-site instruction ftrace rewrites at module load (ftrace_init_nop / ftrace_make_nop)."""
     hits = [a for a in ctx.ftrace if a <= site.address + site.width - 1 and site.address < a + 8]
     if not hits:
@@ -382,112 +394,10 @@ def _rule_ftrace(ctx: _Context, site: Site) -> str | None:
     o = a - site.address
     k = ctx.rec_bytes(a, 8)
     p = ctx.placed.read(a, 8)
-    m = ctx.machine
-    if m == EM_X86_64 and k[:5] == X86_NOP5 and p[0] == 0xE8 and o >= -4:
-        return "ftrace:call-to-nop5"
-    if m == EM_PPC64 and _u(k, 0, 4, "<") == 0x60000000 and _u(p, 0, 4, "<") >> 26 == 18:
-        return "ftrace:bl-to-nop"
-    if m == EM_AARCH64 and _u(k, 0, 4, "<") == 0xAA1E03E9 and _u(p, 0, 4, "<") == 0xD503201F:
-        return "ftrace:nop-to-mov-x9-x30"
-    if m == EM_S390 and k[:2] == b"\xc0\x04" and p[:2] == b"\xc0\x04":
-        return "ftrace:brcl-displacement"
-    return None
+    return ctx.arch.ftrace(k, p, o) if ctx.arch.ftrace is not None else None
 
 
-def _rule_return_thunk(ctx: _Context, site: Site) -> str | None:
-    for a in ctx.return_sites:
-        if (
-            a <= site.address < a + 5
-            and ctx.rec_bytes(a, 5) == b"\xc3\xcc\xcc\xcc\xcc"
-            and ctx.placed.read(a, 1) == b"\xe9"
-        ):
-            return "x86:return-thunk-to-ret"
-    return None
-
-
-def _rule_static_call(ctx: _Context, site: Site) -> str | None:
-    for a in ctx.static_calls:
-        if a <= site.address < a + 5:
-            k = ctx.rec_bytes(a, 5)
-            if k == X86_NOP5 or k[0] in (0xE8, 0xE9):
-                return "x86:static-call-site"
-    return None
-
-
-def _rule_jump_label(ctx: _Context, site: Site) -> str | None:
-    for a in ctx.jump_sites:
-        if a <= site.address < a + 5:
-            k = ctx.rec_bytes(a, 5)
-            if k == X86_NOP5 or k[0] in (0xE9, 0xEB) or k[:2] == b"\x66\x90":
-                return "jump-label-site"
-    return None
-
-
-#: x86 NOPs the 6.1 kernel pads with (x86_nops[] for 64-bit), longest first
-X86_NOPS = [
-    bytes.fromhex(h)
-    for h in (
-        "0f1f840000000000",
-        "0f1f8000000000",
-        "660f1f440000",
-        "0f1f440000",
-        "0f1f4000",
-        "0f1f00",
-        "6690",
-        "90",
-    )
-]
-
-
-def _is_x86_padding(b: bytes) -> bool:
-    """NOPs from the kernel's table, or a short jmp over int3s (add_nops for long runs)."""
-    if len(b) >= 2 and b[0] == 0xEB and b[1] == len(b) - 2 and set(b[2:]) <= {0xCC}:
-        return True
-    i = 0
-    while i < len(b):
-        n = next((len(nop) for nop in X86_NOPS if b[i : i + len(nop)] == nop), 0)
-        if not n:
-            return False
-        i += n
-    return True
-
-
-def _rule_alternative(ctx: _Context, site: Site) -> str | None:
-    """apply_alternatives: the kernel wrote the replacement (a leading call/jmp
-    re-targeted to the same place) padded with NOPs, or kept the original
-    with its padding NOPs optimized."""
-    for a, n, repl_addr, repl_len in ctx.alt_ranges:
-        if not a <= site.address < a + n:
-            continue
-        k = ctx.rec_bytes(a, n)
-        orig = ctx.placed.read(a, n)
-        repl = ctx.placed.read(repl_addr, repl_len)
-        if repl_len <= n and _is_x86_padding(k[repl_len:]):
-            if k[:repl_len] == repl:
-                return "x86:alternative-applied"
-            if repl_len >= 5 and repl[0] in (0xE8, 0xE9) and k[0] == repl[0]:
-                t_repl = repl_addr + 5 + _u(repl, 1, 4, "<", True)
-                t_k = a + 5 + _u(k, 1, 4, "<", True)
-                if t_repl == t_k and k[5:repl_len] == repl[5:]:
-                    return "x86:alternative-applied"
-        for cut in range(n, 0, -1):  # original kept, trailing NOPs rewritten
-            if k[:cut] == orig[:cut] and _is_x86_padding(k[cut:]) and _is_x86_padding(orig[cut:]):
-                return "x86:alternative-nops-optimized"
-    return None
-
-
-def _rule_static_call_trampoline(ctx: _Context, site: Site) -> str | None:
-    """x86 static_call_update rewrites the module's own trampoline (__SCT__*):
-    jmp to the new function, or ret for NULL."""
-    if ctx.machine != EM_X86_64 or site.section != ".static_call.text":
-        return None
-    start = site.address - 1 if site.what != "bytes" else site.address
-    if ctx.placed.read(start, 1) == b"\xe9" and ctx.rec_bytes(start, 1) in (b"\xe9", b"\xc3"):
-        return "x86:static-call-trampoline"
-    return None
-
-
-def _rule_runtime(ctx: _Context, site: Site) -> str | None:
+def _rule_runtime(ctx: Context, site: Site) -> str | None:
     if site.section == ".gnu.linkonce.this_module":
         return "runtime:struct-module"
     if site.section in RUNTIME_SECTIONS or site.section.startswith("__tracepoints"):
@@ -495,31 +405,13 @@ def _rule_runtime(ctx: _Context, site: Site) -> str | None:
     return None
 
 
-def _rule_arm64_ftrace_plt(ctx: _Context, site: Site) -> str | None:
-    """arm64 .text.ftrace_trampoline: two PLT entries module_finalize writes (adrp x16; add x16; br x16)."""
-    if ctx.machine == EM_AARCH64 and site.section == ".text.ftrace_trampoline":
-        s = ctx.rec.sections[site.section]
-        if s.data is not None and _u(s.data, 8, 4, "<") == 0xD61F0200:
-            return "arm64:ftrace-trampoline-plt"
-    return None
+#: the core's rules; an architecture's (:attr:`OracleRules.rules`) go between ftrace and run-time state
+RULES: list[Rule] = [_rule_sorted, _rule_ftrace, _rule_runtime]
 
 
-RULES: list[Rule] = [
-    _rule_sorted,
-    _rule_ftrace,
-    _rule_return_thunk,
-    _rule_static_call,
-    _rule_jump_label,
-    _rule_alternative,
-    _rule_static_call_trampoline,
-    _rule_arm64_ftrace_plt,
-    _rule_runtime,
-]
-
-
-def relocation_sites(elf: ElfModule) -> Iterable[tuple[str, int, int, str]]:
+def relocation_sites(elf: ElfModule, arch: OracleRules | None = None) -> Iterable[tuple[str, int, int, str]]:
     """(target section, offset, width, description) of every relocation entry of the module."""
-    widths = WIDTHS.get(elf.machine, {})
+    widths = (arch if arch is not None else arch_rules(elf)).widths
     for rs in elf.rela_sections():
         target = elf.sections[rs.info]
         for r in elf.relas(rs.index):
@@ -533,10 +425,11 @@ def relocation_sites(elf: ElfModule) -> Iterable[tuple[str, int, int, str]]:
 
 
 def compare(rec: Recording, placed: Placed, rules: list[Rule] | None = None) -> Result:
-    """Account for every relocation site and every differing byte of ``rec``."""
-    rules = RULES if rules is None else rules
+    """Account for every relocation site and every differing byte of ``rec``
+    (``rules``: instead of the core's and the architecture's)."""
     elf = ElfModule.from_file(rec.ko)
-    ctx = _Context(rec, placed, elf)
+    ctx = Context(rec, placed, elf)
+    rules = [_rule_sorted, _rule_ftrace, *ctx.arch.rules, _rule_runtime] if rules is None else rules
     res = Result(rec.name)
 
     symtab_at = _symtab_copy_addresses(rec, placed, elf)
@@ -569,7 +462,7 @@ def compare(rec: Recording, placed: Placed, rules: list[Rule] | None = None) -> 
         return "unexplained"
 
     covered: dict[str, list[tuple[int, int]]] = {}
-    for sec, off, width, what in relocation_sites(elf):
+    for sec, off, width, what in relocation_sites(elf, ctx.arch):
         target = rec.sections.get(sec)
         if target is None:
             res.counts["not-in-memory:not-loaded"] += 1
@@ -670,6 +563,8 @@ def corrupt(rec: Recording, section: str, offset: int) -> Recording:
 
 __all__ = [
     "RULES",
+    "Context",
+    "OracleRules",
     "Placed",
     "RecSection",
     "Recording",
@@ -681,4 +576,5 @@ __all__ = [
     "read_recording",
     "recordings",
     "relocation_sites",
+    "uint_at",
 ]

@@ -688,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m klpcore.testing.klpify",
+        allow_abbrev=False,
         description="Turn a relocatable ELF64 object into a livepatch module.",
     )
     parser.add_argument("input", metavar="IN.o")

@@ -659,3 +659,21 @@ def test_array_encoders_equal_the_kernels_c(row, S, A, P, insn, near) -> None:
     ref_new, ref_range = _kernel_reference(row, S, A, P, int(old[0]))
     assert new == ref_new
     assert bad == (ref_range and row.overflow_check)
+
+
+def test_module_base_from_the_target_symbols() -> None:
+    """Without KASLR, 6.5+ puts modules right below the image end (module_direct_base = _end - 128 MiB:
+    Debian 7.2 arm64 booted with nokaslr loaded its first module at 0xffff80007af00000 with _end at
+    0xffff800082f00000); before 6.5, module_alloc_base = _etext - 128 MiB."""
+    import klpcore_arm64 as a64
+
+    from klpcore.plugins import arch_spec
+
+    spec = arch_spec(get_plugin_manager(), 183, 2, "little", 0)
+    assert spec is not None
+    syms = {"_end": 0xFFFF800082F00000, "_etext": 0xFFFF8000812C0000}
+    new = a64.klp_arch_module_base(spec, KernelTarget((6, 5)), syms.get)
+    old = a64.klp_arch_module_base(spec, KernelTarget((6, 4)), syms.get)
+    assert new == 0xFFFF80007AF00000
+    assert old == 0xFFFF8000792C0000
+    assert a64.klp_arch_module_base(spec, KernelTarget((7, 2)), {}.get) is None

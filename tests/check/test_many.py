@@ -41,7 +41,7 @@ def test_directory_and_list_arguments(tmp_path: Path) -> None:
     tl = tmp_path / "targets.txt"
     tl.write_text(f"{T50}\n{T54}:6.1.0-54-amd64\n")
     specs = expand_targets([f"@{tl}"], None)
-    assert [(s.path, s.release) for s in specs] == [(str(T50), None), (str(T54), "6.1.0-54-amd64")]
+    assert [(s.roots, s.release) for s in specs] == [((str(T50),), None), ((str(T54),), "6.1.0-54-amd64")]
     with pytest.raises(InputError, match="no such module file or directory"):
         expand_modules([str(tmp_path / "nope.ko")])
     with pytest.raises(InputError, match="cannot read the list"):
@@ -73,13 +73,13 @@ def test_formats_agree(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     lines = [json.loads(x) for x in ltext.splitlines()]
     assert lcode == code and [x["kind"] for x in lines] == ["pair"] * 12 + ["summary"]
     # the lines are the report's pairs, in its order
-    flat = [dict(t, module=m["module"]) for m in doc["modules"] for t in m["targets"]]
-    assert [{k: v for k, v in x.items() if k not in ("kind", "name")} for x in lines[:-1]] == flat
+    flat = [dict(t, module=m["module"], path=m["path"]) for m in doc["modules"] for t in m["targets"]]
+    assert [{k: v for k, v in x.items() if k != "kind"} for x in lines[:-1]] == flat
     assert lines[-1]["verdicts"] == {v: sum(1 for p in flat if p["verdict"] == v) for v in {p["verdict"] for p in flat}}
     ccode, ctext = cli(capsys, *args, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(ctext)))
     assert ccode == code and [r["verdict"] for r in rows] == [p["verdict"] for p in flat]
-    relt = next(r for r in rows if r["name"] == "relt" and r["release"] == "6.1.0-54-amd64")
+    relt = next(r for r in rows if r["module"] == "relt" and r["release"] == "6.1.0-54-amd64")
     assert relt["verdict"] == "refused" and relt["first_check"] == "symbols"
     assert "disagrees about version of symbol kmalloc_trace" in relt["first_failure"]
 
@@ -111,7 +111,7 @@ def test_many_pairs_summary_causes_and_matrix(capsys: pytest.CaptureFixture[str]
 def test_compare_two_targets(capsys: pytest.CaptureFixture[str]) -> None:
     code, text = cli(capsys, str(M54), "-t", str(T50), "-t", str(T54), "--compare", "--format", "json")
     comp = json.loads(text)["comparison"]
-    changes = {c["name"]: c for c in comp["changes"]}
+    changes = {c["module"]: c for c in comp["changes"]}
     assert changes["relt"]["from"] == "loads" and changes["relt"]["to"] == "refused"
     assert "kmalloc_trace" in changes["relt"]["to_failure"] and changes["relt"]["from_failure"] is None
     assert all(c["from"] != c["to"] for c in comp["changes"])
@@ -128,7 +128,7 @@ def test_targets_of_several_architectures(capsys: pytest.CaptureFixture[str], tm
     argv = [str(M54 / "kc_plain.ko"), str(tmp_path / "armmod.ko"), "-t", str(T50), "-t", str(arm)]
     code, text = cli(capsys, *argv, "--format", "json")
     doc = json.loads(text)
-    verdicts = {(m["name"], t["target"]): t["verdict"] for m in doc["modules"] for t in m["targets"]}
+    verdicts = {(m["module"], t["target"]): t["verdict"] for m in doc["modules"] for t in m["targets"]}
     assert verdicts[("kc_plain", str(T50))] == "loads"
     assert verdicts[("kc_plain", str(arm))] == "not-applicable"
     assert verdicts[("armmod", str(T50))] == "not-applicable"

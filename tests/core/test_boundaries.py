@@ -1,7 +1,9 @@
-"""Every behaviour of klpcore/versions.py observed on both sides of its first
+"""Every core behaviour of klpcore/versions.py observed on both sides of its first
 release: the release before gives the old behaviour, the release itself the
 new one.  ``test_every_behaviour_has_a_boundary_test`` fails when a behaviour
-is added to the table without a test here or a named test elsewhere."""
+is added to the table without a test here or a named test elsewhere.  Each
+plugin's behaviours are tested the same way in its own tests
+(``tests/<arch>/test_<arch>_versions.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,8 @@ import pytest
 import toyarch as T
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, MemType, get_plugin_manager, parse_symbol_text
+from klpcore import KernelTarget, Loader, get_plugin_manager, parse_symbol_text
 from klpcore import constants as C
-from klpcore.memory import ModuleImage, Region
 from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.versions import BEHAVIOURS
 
@@ -137,105 +138,38 @@ def check_final_klp_format() -> None:
         )
 
 
-# ------------------------------------------------------------------ x86
-def x86() -> object:
-    return pytest.importorskip("klpcore_x86_64")
-
-
-def text_region() -> tuple[ModuleImage, Region]:
-    img = ModuleImage([Region(MemType.TEXT, 0x1000, 0x1000)])
-    img.form()
-    return img, img.regions[0]
-
-
-def check_module_rwx_helpers() -> None:
-    plugin = x86()
-    img, text = text_region()
-    old, new = pair("module_rwx_helpers")
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old) == "set_memory_rw"  # type: ignore[attr-defined]
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new) == "module_disable_ro"  # type: ignore[attr-defined]
-
-
-def check_x86_text_poke() -> None:
-    plugin = x86()
-    img, text = text_region()
-    old, new = pair("x86_text_poke")
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old) == "module_disable_ro"  # type: ignore[attr-defined]
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new) == "text_poke"  # type: ignore[attr-defined]
-
-
-def check_klp_no_module_disable_ro() -> None:
-    plugin = pytest.importorskip("klpcore_ppc64le")
-    img, text = text_region()
-    old, new = pair("klp_no_module_disable_ro")
-    # a ppc64 kernel with STRICT_MODULE_RWX (a config fact; not a distribution default before 5.14)
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, old, None) == "module_disable_ro"
-    assert plugin.klp_arch_write_method(img, text, 0x1000, 4, new, None) is None
-
-
 def check_ignore_undef_symbol() -> None:
-    x86()
+    """The toy architecture's ignore_undef_symbol() names __toy_ignored (ArchSpec.ignored_undefined)."""
     obj = Obj(
-        machine=62,
+        machine=T.TOY,
         sections=[Sec(".text", flags=TEXT, data=bytes(8))],
-        symbols=[Sym("_GLOBAL_OFFSET_TABLE_")],
+        symbols=[Sym("__toy_ignored")],
         relas=[],
         modinfo={"name": "got"},
     ).build()
     old, new = pair("ignore_undef_symbol")
-    with pytest.raises(Exception, match="Unknown symbol _GLOBAL_OFFSET_TABLE_"):
-        Loader(get_plugin_manager(), kernel=old).load(obj, parse_symbol_text(SYMS), BASE)
-    Loader(get_plugin_manager(), kernel=new).load(obj, parse_symbol_text(SYMS), BASE)
-
-
-def check_x86_write_relocate_add() -> None:
-    plugin = x86()
-    old, new = pair("x86_write_relocate_add")
-    assert plugin.messages(old)["nonzero"].startswith("x86/modules: Skipping invalid")  # type: ignore[attr-defined]
-    assert plugin.messages(new)["nonzero"].startswith("x86/modules: Invalid relocation target")  # type: ignore[attr-defined]
-
-
-def check_reloc_messages_sec_idx() -> None:
-    plugin = x86()
-    old, new = pair("reloc_messages_sec_idx")
-    assert "sec {sec}" not in plugin.messages(old)["overflow"]  # type: ignore[attr-defined]
-    assert plugin.messages(new)["overflow"].startswith(  # type: ignore[attr-defined]
-        "overflow in relocation type {number} val {value:x} sec {sec} idx {idx}"
-    )
+    with pytest.raises(Exception, match="Unknown symbol __toy_ignored"):
+        Loader(toy().pm, kernel=old).load(obj, parse_symbol_text(SYMS), BASE)
+    Loader(toy().pm, kernel=new).load(obj, parse_symbol_text(SYMS), BASE)
 
 
 BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
-    "module_rwx_helpers": check_module_rwx_helpers,
+    "module_rwx_helpers": "tests/x86_64/test_x86_64_versions.py::test_module_rwx_helpers_from_4_5",
     "final_klp_format": check_final_klp_format,
     "early_vmlinux_klp": check_early_vmlinux_klp,
     "klp_vmlinux_symbol_check": check_klp_vmlinux_symbol_check,
-    "klp_no_module_disable_ro": check_klp_no_module_disable_ro,
-    "x86_text_poke": check_x86_text_poke,
+    "klp_no_module_disable_ro": "tests/ppc64le/test_ppc64le_versions.py::test_no_module_disable_ro_from_5_8",
     "ignore_undef_symbol": check_ignore_undef_symbol,
     "ksym_name_len_512": check_ksym_name_len_512,
     "strict_align_config": check_strict_align_config,
-    "x86_write_relocate_add": check_x86_write_relocate_add,
     "module_memory": check_module_memory,
-    "reloc_messages_sec_idx": check_reloc_messages_sec_idx,
+    "reloc_messages_sec_idx": "tests/x86_64/test_x86_64_versions.py::test_messages_name_section_and_index_from_6_19",
     # tested elsewhere, on both sides of the boundary:
     "extended_modversions": "tests/core/test_exports.py::test_extended_modversions_from_6_14",
-    "ppc64_restore_r2_accepts_ld": "tests/ppc64le/test_ppc64le.py::test_reapply_after_reload_6_1_vs_newest",
-    "ppc64_strict_module_rwx": "tests/ppc64le/test_ppc64le_versions.py::test_no_page_alignment_before_5_14",
-    "ppc64_patch_instruction": "tests/ppc64le/test_ppc64le_versions.py::test_late_writes_into_text_by_version",
     "codetag_separate": "tests/core/test_fidelity.py::test_codetag_section_outside_module_memory_from_6_13",
-    "ppc64_ool_ftrace_stubs": "tests/ppc64le/test_ppc64le_versions.py::test_stub_sizing_and_allocation_with_ool_ftrace",
-    "x86_clang_stack_cookie_gotpcrel": "tests/x86_64/test_x86_64_versions.py::test_rex_gotpcrelx_refused_otherwise",
     "relocates_percpu": "tests/core/test_fidelity.py::test_percpu_relocations_from_6_16",
     "static_call_sites_ro_after_init": "tests/core/test_fidelity.py::test_static_call_sites_ro_after_init_from_6_16",
-    "ppc64_stub_count": "tests/ppc64le/test_ppc64le_versions.py::test_mod_calls_stub_area",
     "invalid_shndx_refused": "tests/core/test_fidelity.py::test_symbol_with_section_index_past_the_headers_is_refused",
-    "arm64_single_ftrace_plt": "tests/arm64/test_arm64.py::test_ftrace_trampoline_by_version",
-    "arm64_module_plts_always": "tests/arm64/test_arm64.py::test_plt_slots_exhausted_without_randomize_base",
-    "arm64_livepatch": "tests/arm64/test_arm64.py::test_livepatch_refused_before_6_17",
-    "arm64_late_text_poke": "tests/arm64/test_arm64.py::test_write_method_policy",
-    "arm64_init_ftrace_trampoline": "tests/arm64/test_arm64.py::test_ftrace_trampoline_by_version",
-    "s390_kernel_write": "tests/s390x/test_s390x.py::test_write_method_by_version",
-    "s390_gotent_got_offset": "tests/s390x/test_s390x.py::test_gotent_formula_before_and_after_6_5",
 }
 
 

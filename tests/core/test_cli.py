@@ -48,7 +48,7 @@ def files(tmp_path):
 def test_plugins_json(capsys) -> None:
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema"] == 1 and data["command"] == "plugins" and data["ok"] is True
+    assert data["schema"] == 2 and data["command"] == "plugins" and data["ok"] is True
     toy = next(p for p in data["plugins"] if p["name"] == "toyarch")
     names = [t["name"] for a in toy["archs"] for t in a["types"]]
     assert "R_TOY_PREL32" in names

@@ -32,7 +32,7 @@ from klpcore import constants as C
 from klpcore.testing.klpify import KlpSym
 
 jsonschema = pytest.importorskip("jsonschema")
-SCHEMA = json.loads((resources.files("klpcore") / "schema" / "v1.json").read_text())
+SCHEMA = json.loads((resources.files("klpcore") / "schema" / "v2.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 TEXT = C.SHF_ALLOC | C.SHF_EXECINSTR

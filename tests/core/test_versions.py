@@ -8,16 +8,56 @@ from pathlib import Path
 
 import pytest
 
-from klpcore import KernelTarget
-from klpcore.versions import BEHAVIOURS, NEWEST, render_markdown
+from klpcore import KernelTarget, get_plugin_manager
+from klpcore.versions import BEHAVIOURS, NEWEST, Behaviour, all_behaviours, render_markdown, render_row
 
 ROOT = Path(__file__).resolve().parents[2]
+INSTALLED = all_behaviours()
+
+
+def _arch_column(line: str) -> str | None:
+    """The arch cell of a row of the table in docs/versions.md (None: not a behaviour row)."""
+    cells = line.split(" | ")
+    return cells[2] if line.startswith("| `") and len(cells) >= 5 else None
 
 
 def test_docs_versions_md_is_generated_from_the_table() -> None:
-    assert (ROOT / "docs" / "versions.md").read_text() == render_markdown(), (
-        "docs/versions.md is stale: python -m klpcore.versions > docs/versions.md"
+    """docs/versions.md is the table of the core and every plugin; with some
+    plugins not installed, it is that table once their rows are left out."""
+    archs = {b.arch for b in INSTALLED.values()} | {"core"}
+    docs = (ROOT / "docs" / "versions.md").read_text()
+    kept = "".join(line for line in docs.splitlines(keepends=True) if _arch_column(line) in (None, *archs))
+    assert kept == render_markdown(INSTALLED.values()), (
+        "docs/versions.md is stale: python -m klpcore.versions > docs/versions.md (with every plugin installed)"
     )
+
+
+def test_docs_versions_md_lists_every_core_behaviour() -> None:
+    lines = (ROOT / "docs" / "versions.md").read_text().splitlines()
+    assert [render_row(b) for b in BEHAVIOURS.values() if render_row(b) not in lines] == []
+    assert all(b.arch == "core" for b in BEHAVIOURS.values())
+
+
+def test_plugin_behaviours_are_collected_and_names_unique() -> None:
+    import toyarch
+
+    pm = get_plugin_manager(autoload=False, plugins=[toyarch])
+    rows = all_behaviours(pm)
+    assert set(rows) == set(BEHAVIOURS) | {b.name for b in toyarch.BEHAVIOURS}
+    assert KernelTarget().has(toyarch.FEATURE) and not KernelTarget(toyarch.FEATURE.sides()[0][0].version).has(
+        toyarch.FEATURE
+    )
+    with pytest.raises(KeyError, match="not a core behaviour"):
+        KernelTarget().has(toyarch.FEATURE.name)
+
+    class Clash:
+        @staticmethod
+        @toyarch.hookimpl
+        def klp_arch_behaviours() -> list[Behaviour]:
+            return [Behaviour("module_memory", (6, 4), "clash", "a second row of a core name", "-")]
+
+    with pytest.raises(ValueError, match="'module_memory' is declared twice"):
+        all_behaviours(get_plugin_manager(autoload=False, plugins=[toyarch, Clash]))
 
 
 def test_newest_is_7_1_and_the_default() -> None:
@@ -27,17 +67,19 @@ def test_newest_is_7_1_and_the_default() -> None:
     assert KernelTarget.from_string("newest").version == NEWEST
 
 
-@pytest.mark.parametrize("name", sorted(BEHAVIOURS))
+@pytest.mark.parametrize("name", sorted(INSTALLED))
 def test_each_boundary_both_sides(name: str) -> None:
-    b = BEHAVIOURS[name]
-    major, minor = b.since
-    before = (major, minor - 1) if minor else (major - 1, 19)
-    assert not KernelTarget(before).has(name)
-    assert KernelTarget(b.since).has(name)
-    assert KernelTarget(NEWEST).has(name)
-    # an option overrides the version rule (a distribution backport)
-    assert KernelTarget(before, options={name: True}).has(name)
-    assert not KernelTarget(b.since, options={name: False}).has(name)
+    """Core rows and the installed plugins' rows (asked with the row object)."""
+    b = INSTALLED[name]
+    assert b.sides()
+    for without, with_ in b.sides():
+        assert not without.has(b) and with_.has(b)
+        # an option overrides the version rule (a distribution backport)
+        assert KernelTarget(without.version, options={name: True}).has(b)
+        assert not KernelTarget(with_.version, options={name: False}).has(b)
+    assert KernelTarget(NEWEST).has(b)
+    if name in BEHAVIOURS:  # a core row is asked by its name too
+        assert KernelTarget(NEWEST).has(name) and not b.sides()[0][0].has(name)
 
 
 def test_no_version_comparisons_outside_the_table() -> None:
@@ -53,7 +95,18 @@ def test_no_version_comparisons_outside_the_table() -> None:
 
 def test_every_behaviour_is_used() -> None:
     text = "".join(p.read_text() for p in [*ROOT.glob("klpcore/**/*.py"), *ROOT.glob("plugins/*/klpcore_*/**/*.py")])
-    # each name must appear at least once outside its own definition
+    # each core name must appear at least once outside its own definition (in the core or a plugin)
     counts = {n: text.count(f'"{n}"') for n in BEHAVIOURS}
     unused = [n for n, c in counts.items() if c < 2]
     assert not unused, f"behaviours declared but never asked: {unused}"
+
+
+@pytest.mark.parametrize("package", sorted(p.parent.name for p in ROOT.glob("plugins/*/klpcore_*/versions.py")))
+def test_every_plugin_behaviour_is_used(package: str) -> None:
+    """A plugin's row (a constant of its versions.py) is asked somewhere else in the plugin."""
+    folder = next(ROOT.glob(f"plugins/*/{package}"))
+    rows = re.findall(r"^(\w+) = Behaviour\(", (folder / "versions.py").read_text(), re.M)
+    assert rows
+    text = "".join(p.read_text() for p in folder.glob("**/*.py") if p.name != "versions.py")
+    unused = [r for r in rows if not re.search(rf"\bversions\.{r}\b", text)]
+    assert not unused, f"{package}: behaviours declared but never asked: {unused}"

@@ -9,12 +9,24 @@ from pathlib import Path
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, MemoryAccessError, RelocationError, get_plugin_manager, parse_symbol_text
+from klpcore import (
+    KernelTarget,
+    Loader,
+    MemoryAccessError,
+    MemType,
+    RelocationError,
+    get_plugin_manager,
+    parse_symbol_text,
+)
 from klpcore import constants as C
 from klpcore.config import KernelConfig
+from klpcore.memory import ModuleImage, Region
+from klpcore.testing.conformance import behaviour_tests
 from klpcore.testing.klpify import KlpSym, klpify
+from klpcore.versions import BEHAVIOURS
 
 ppc = pytest.importorskip("klpcore_ppc64le")
+import test_ppc64le  # noqa: E402  (a module: its tests are collected there, not here)
 
 FIX = Path(__file__).parent / "fixtures"
 BASE = 0xC008000000000000
@@ -177,3 +189,25 @@ def test_mod_calls_stub_area(version, size) -> None:
     syms = parse_symbol_text((FIX / "kernel.map").read_text())
     lm = loader(version).load(str(FIX / "mod_calls.o"), syms, BASE)
     assert lm.module.section_by_name(".stubs").size == size
+
+
+def test_no_module_disable_ro_from_5_8() -> None:
+    """A core row the plugin's write method decides: livepatch stops making module text writable."""
+    img = ModuleImage([Region(MemType.TEXT, 0x1000, 0x1000)])
+    img.form()
+    ((old, new),) = BEHAVIOURS["klp_no_module_disable_ro"].sides()
+    # a ppc64 kernel with STRICT_MODULE_RWX (a config fact; not a distribution default before 5.14)
+    assert ppc.klp_arch_write_method(img, img.regions[0], 0x1000, 4, old, None) == "module_disable_ro"
+    assert ppc.klp_arch_write_method(img, img.regions[0], 0x1000, 4, new, None) is None
+
+
+TestBehaviours = behaviour_tests(
+    rows=ppc.versions.BEHAVIOURS,
+    boundary_tests={
+        "ppc64_strict_module_rwx": test_no_page_alignment_before_5_14,
+        "ppc64_patch_instruction": test_late_writes_into_text_by_version,
+        "ppc64_restore_r2_accepts_ld": test_ppc64le.test_reapply_after_reload_6_1_vs_newest,
+        "ppc64_ool_ftrace_stubs": test_stub_sizing_and_allocation_with_ool_ftrace,
+        "ppc64_stub_count": test_mod_calls_stub_area,
+    },
+)

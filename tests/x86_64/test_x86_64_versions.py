@@ -1,4 +1,5 @@
-"""x86_64 rules that depend on version and configuration (audit D14)."""
+"""x86_64 rules that depend on version and configuration (audit D14), and
+each x86_64 row of the version table on both sides of its start."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import struct
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, parse_symbol_text
+from klpcore import KernelTarget, Loader, MemType, RelocationError, get_plugin_manager, parse_symbol_text
 from klpcore import constants as C
 from klpcore.config import KernelConfig
+from klpcore.memory import ModuleImage, Region
+from klpcore.testing.conformance import behaviour_tests
+from klpcore.versions import BEHAVIOURS
 
-pytest.importorskip("klpcore_x86_64")
+x86 = pytest.importorskip("klpcore_x86_64")
 
 BASE = 0xFFFFFFFFC0000000
 MAP = (
@@ -56,3 +60,51 @@ def test_only_against_the_stack_guard() -> None:
     with pytest.raises(RelocationError) as ei:
         load((6, 15), CLANG16, sym="printk")
     assert ei.value.diagnostics[0].kernel_message == "sc: Unsupported GOTPCREL relocation"
+
+
+def text_region() -> tuple[ModuleImage, Region]:
+    img = ModuleImage([Region(MemType.TEXT, 0x1000, 0x1000)])
+    img.form()
+    return img, img.regions[0]
+
+
+def test_late_writes_through_text_poke_from_5_8() -> None:
+    img, text = text_region()
+    ((old, new),) = x86.versions.TEXT_POKE.sides()
+    assert old.version == (5, 7) and new.version == (5, 8)
+    assert x86.klp_arch_write_method(img, text, 0x1000, 4, old) == "module_disable_ro"
+    assert x86.klp_arch_write_method(img, text, 0x1000, 4, new) == "text_poke"
+
+
+def test_write_relocate_add_messages_from_6_3() -> None:
+    ((old, new),) = x86.versions.WRITE_RELOCATE_ADD.sides()
+    assert old.version == (6, 2) and new.version == (6, 3)
+    assert x86.messages(old)["nonzero"].startswith("x86/modules: Skipping invalid")
+    assert x86.messages(new)["nonzero"].startswith("x86/modules: Invalid relocation target")
+
+
+# core rows the x86_64 plugin's code decides
+def test_module_rwx_helpers_from_4_5() -> None:
+    img, text = text_region()
+    ((old, new),) = BEHAVIOURS["module_rwx_helpers"].sides()
+    assert x86.klp_arch_write_method(img, text, 0x1000, 4, old) == "set_memory_rw"
+    assert x86.klp_arch_write_method(img, text, 0x1000, 4, new) == "module_disable_ro"
+
+
+def test_messages_name_section_and_index_from_6_19() -> None:
+    ((old, new),) = BEHAVIOURS["reloc_messages_sec_idx"].sides()
+    assert "sec {sec}" not in x86.messages(old)["overflow"]
+    assert x86.messages(new)["overflow"].startswith(
+        "overflow in relocation type {number} val {value:x} sec {sec} idx {idx}"
+    )
+
+
+TestBehaviours = behaviour_tests(
+    rows=x86.versions.BEHAVIOURS,
+    boundary_tests={
+        "x86_text_poke": test_late_writes_through_text_poke_from_5_8,
+        "x86_write_relocate_add": test_write_relocate_add_messages_from_6_3,
+        # 6.14 and 6.15 refused (the other side: test_clang16_stack_cookie_from_6_15)
+        "x86_clang_stack_cookie_gotpcrel": test_rex_gotpcrelx_refused_otherwise,
+    },
+)

@@ -68,10 +68,9 @@ def _example(args: argparse.Namespace) -> None:
     examples = [e for group in pm.hook.klp_arch_examples() for e in (group or [])]
     if not examples:
         raise UsageError("no installed plugin ships an example module")
-    if not args.example:  # the host's architecture first, else the order plugins were found in
-        host = {"aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "x86_64": "x86_64"}
-        mine = host.get(os.uname().machine, "x86_64")
-        examples.sort(key=lambda e: e.name != mine)
+    if not args.example:  # the host's architecture first (Example.hosts), else the order plugins were found in
+        mine = os.uname().machine
+        examples.sort(key=lambda e: mine not in e.hosts)
     chosen = [e for e in examples if not args.example or e.name == args.example]
     if not chosen:
         raise UsageError(f"no example named {args.example!r}; available: {', '.join(e.name for e in examples)}")
@@ -98,7 +97,7 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
         "--json",
         metavar="REPORT",
         dest="report",
-        help="write the JSON report (schema 1) to REPORT ('-' = stdout), on success and on failure",
+        help="write the JSON report (schema 2) to REPORT ('-' = stdout), on success and on failure",
     )
     sp.add_argument(
         "--example",

@@ -56,7 +56,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if not infos:
-        print("no architecture plugins installed (pip install klpcore-x86_64, ...)")
+        print("no architecture plugins installed (pip install klpcore-<arch>: one distribution per architecture)")
         return EXIT_OK
     rows = []
     for i in infos:

@@ -11,6 +11,8 @@ Parts:
 * :mod:`.protection` -- versions: livepatch only since 6.17, late writes through
   ``aarch64_insn_copy`` since 6.17.
 * :mod:`.options` -- kernel-build and CPU facts (``-O erratum_843419=false``...).
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 Kernel messages are rendered without the printk prefix (6.1 has none; newer
 kernels prefix ``"Modules: "``).
@@ -18,9 +20,10 @@ kernels prefix ``"Modules: "``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -28,11 +31,18 @@ from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import options, plt, protection
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
+
+#: the direct-branch module region below the kernel image (``SZ_128M``)
+MODULES_VSIZE = 128 << 20
 
 __all__ = [
     "ARCHES",
@@ -75,6 +85,33 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     """``EM_AARCH64``, ELFCLASS64, either byte order (``elf_check_arch``)."""
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_module_base(arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]) -> int | None:
+    """Without KASLR the module region ends at the kernel image: since the 6.5 rework of the module VA
+    range (``module_init_limits``) ``module_direct_base = _end - SZ_128M``; before it
+    ``module_alloc_base = _etext - MODULES_VSIZE`` (128 MiB).  (Debian's 6.12 and 7.2 arm64 kernels
+    booted with nokaslr put their first module exactly at ``_end - 128 MiB``.)"""
+    if arch.machine != EM_AARCH64:
+        return None
+    end = symbol("_end") if kernel.has(versions.MODULE_PLTS_ALWAYS) else symbol("_etext")
+    if end is None:
+        return None
+    return (end - MODULES_VSIZE) & ~0xFFF
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -130,5 +167,6 @@ def klp_arch_examples() -> Sequence[Example]:
             description="an arm64 livepatch module with .klp.rela sections (arm64 livepatch exists from 6.17 on: "
             "an older --kernel refuses it)",
             base=DEFAULT_BASE,
+            hosts=("aarch64",),
         )
     ]

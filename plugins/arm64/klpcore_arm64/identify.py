@@ -20,6 +20,12 @@ DEFAULT_BASE = 0xFFFF800000D00000
 #: the per-CPU reserved chunk follows the kernel image's static per-CPU data
 #: (``__per_cpu_end`` = 0xffff8000098184a8 in 6.1.0-50-arm64, page-rounded)
 PERCPU_BASE = 0xFFFF800009819000
+#: MODULES_VSIZE since the 6.5 module VA rework (128 MiB before)
+MODULES_VSIZE = 2 << 30
+#: ``R_AARCH64_ABS64``: a pointer in data
+R_AARCH64_ABS64 = 257
+#: sections module_frob_arch_sections sizes for PLT entries
+STUB_SECTIONS = frozenset({".plt", ".init.plt", ".text.ftrace_trampoline"})
 MASK64 = (1 << 64) - 1
 
 
@@ -60,6 +66,10 @@ def identify(machine: int, elfclass: int, byteorder: str) -> ArchSpec | None:
         unknown_type_error=KERNEL_UNSUPPORTED,
         default_base=DEFAULT_BASE,
         percpu_base=PERCPU_BASE,
+        module_area_size=MODULES_VSIZE,
+        stub_sections=STUB_SECTIONS,
+        pointer_type=R_AARCH64_ABS64,
+        config_symbol="CONFIG_ARM64",
         capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"),
         insn_target=insn_target,
         type_names=OTHER_TYPES,

@@ -13,6 +13,8 @@ from typing import Any
 
 from klpcore.kernel import KernelTarget
 
+from . import versions
+
 #: option name -> (CONFIG_ symbol or None, default)
 FACTS: dict[str, tuple[str | None, Any]] = {
     # the CPU needs the Cortex-A53 erratum 843419 workaround
@@ -76,12 +78,12 @@ def erratum_843419(kernel: KernelTarget) -> bool:
 def plts_enabled(kernel: KernelTarget) -> bool:
     """Module PLTs exist (always since the 6.5 module VA rework; before,
     only with CONFIG_ARM64_MODULE_PLTS)."""
-    return kernel.has("arm64_module_plts_always") or bool(fact(kernel, "module_plts"))
+    return kernel.has(versions.MODULE_PLTS_ALWAYS) or bool(fact(kernel, "module_plts"))
 
 
 def branch_plts_counted(kernel: KernelTarget) -> bool:
     """6.1-6.4 partition and count branch PLTs only with CONFIG_RANDOMIZE_BASE."""
-    return kernel.has("arm64_module_plts_always") or bool(fact(kernel, "randomize_base"))
+    return kernel.has(versions.MODULE_PLTS_ALWAYS) or bool(fact(kernel, "randomize_base"))
 
 
 #: distribution arm64 settings for options the core asks about (``klp_arch_config_default``)
@@ -109,7 +111,7 @@ def page_size(kernel: KernelTarget) -> int:
 def config_default(name: str, kernel: KernelTarget) -> str | None:
     """The distribution value of ``CONFIG_<name>`` when no --config is given."""
     if name == "LIVEPATCH":
-        return "y" if kernel.has("arm64_livepatch") else "n"
+        return "y" if kernel.has(versions.LIVEPATCH) else "n"
     if name in CONFIG_DEFAULTS:
         return CONFIG_DEFAULTS[name]
     for symbol, default in FACTS.values():

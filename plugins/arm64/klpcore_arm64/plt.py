@@ -35,7 +35,7 @@ from klpcore.engine import ApplyContext, RelocFailure, SectionContext, gather, s
 from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 
-from . import options
+from . import options, versions
 from .protection import insn_hint
 from .types import (
     ADRP_TYPES,
@@ -215,7 +215,7 @@ def frob(module: Any, kernel: KernelTarget) -> None:
     name = module.name
     core = init = None
     tramps = []
-    init_tramp_name = INIT_TRAMPOLINE if kernel.has("arm64_init_ftrace_trampoline") else None
+    init_tramp_name = INIT_TRAMPOLINE if kernel.has(versions.INIT_FTRACE_TRAMPOLINE) else None
     for s in module.sections[1:]:
         if s.name == ".plt":
             core = s
@@ -280,7 +280,7 @@ def frob(module: Any, kernel: KernelTarget) -> None:
 def nr_ftrace_plts(kernel: KernelTarget) -> int:
     """``NR_FTRACE_PLTS``: 2 in 6.1 (ftrace_caller, ftrace_regs_caller), 1 once
     arm64 moved to DYNAMIC_FTRACE_WITH_ARGS (6.2)."""
-    return 1 if kernel.has("arm64_single_ftrace_plt") else 2
+    return 1 if kernel.has(versions.SINGLE_FTRACE_PLT) else 2
 
 
 # ------------------------------------------------------------ emission
@@ -533,7 +533,7 @@ def ftrace_trampoline(ctx: ApplyContext) -> None:
     if nr_ftrace_plts(ctx.kernel) == 2 and options.fact(ctx.kernel, "dynamic_ftrace_with_regs"):
         wanted.append("ftrace_regs_caller")
     names = [TRAMPOLINE]
-    if ctx.kernel.has("arm64_init_ftrace_trampoline"):
+    if ctx.kernel.has(versions.INIT_FTRACE_TRAMPOLINE):
         names.append(INIT_TRAMPOLINE)
     for secname in names:
         sec = ctx.module.section_by_name(secname)

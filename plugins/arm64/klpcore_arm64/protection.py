@@ -1,6 +1,6 @@
 """How late writes reach arm64 module memory, by kernel version.
 
-The version rules live in ``klpcore/versions.py`` (``arm64_*`` behaviours):
+The version rules are this plugin's rows of the version table (:mod:`.versions`):
 ``arm64_livepatch`` and ``arm64_late_text_poke`` (6.17) here,
 ``arm64_single_ftrace_plt`` (6.2), ``arm64_module_plts_always`` (6.5) and
 ``arm64_init_ftrace_trampoline`` (6.17) in :mod:`.plt` and :mod:`.options`.
@@ -19,12 +19,14 @@ from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage, Perm, Region
 
+from . import versions
+
 TEXT_POKE = "aarch64_insn_copy"
 
 
 def insn_hint(kernel: KernelTarget) -> str | None:
     """The primitive relocation writes use once the module is formed."""
-    return TEXT_POKE if kernel.has("arm64_late_text_poke") else None
+    return TEXT_POKE if kernel.has(versions.LATE_TEXT_POKE) else None
 
 
 def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) -> None:
@@ -33,7 +35,7 @@ def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) 
     CONFIG_LIVEPATCH off."""
     if not is_livepatch:
         return
-    if not kernel.has("arm64_livepatch"):
+    if not kernel.has(versions.LIVEPATCH):
         reason = (
             f"arm64 kernels support livepatch only since 6.17 (HAVE_LIVEPATCH); a {kernel.label} kernel refuses "
             "livepatch modules"
@@ -54,7 +56,7 @@ def check_livepatch(module_name: str, is_livepatch: bool, kernel: KernelTarget) 
 def write_method(image: ModuleImage, region: Region, kernel: KernelTarget, hint: str | None) -> str | None:
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == TEXT_POKE and kernel.has("arm64_late_text_poke"):
+    if hint == TEXT_POKE and kernel.has(versions.LATE_TEXT_POKE):
         return TEXT_POKE
     if region.perms & Perm.W:
         return "store"

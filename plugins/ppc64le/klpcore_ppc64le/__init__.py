@@ -15,6 +15,8 @@ Parts:
 * :mod:`.options` -- kernel-build facts (``-O kernel_toc=ADDR``...), config
   defaults, the 64 KiB page size.
 * :mod:`.abi` -- relocation numbers and ELFv2 encodings the parts share.
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 * **Layout.**  ``module_init_section`` always returns false on ppc64 (5.18+);
   before 5.18 the arch renamed ``.init`` in section names to ``_init``, with
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -36,8 +39,12 @@ from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import options, protection, stubs, toc
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
 from .options import DEFAULT_OPTIONS, OPTION_KINDS, PAGE_64K, option
@@ -77,6 +84,19 @@ def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int)
 
 
 @hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
+
+
+@hookimpl
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType]:
     return reloc_types(kernel)
 
@@ -103,6 +123,7 @@ def klp_arch_examples() -> Sequence[Example]:
             symbols=(here / "System.map",),
             base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux: REL24 calls through .stubs with the r2 restore",
+            hosts=("ppc64le",),
         )
     ]
 

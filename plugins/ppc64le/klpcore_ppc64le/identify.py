@@ -22,6 +22,13 @@ EM_PPC64 = 21
 ARCHES = [(EM_PPC64, 2, "little", 2)]
 #: start of the ppc64 module/vmalloc area (radix): the default --base
 DEFAULT_BASE = 0xC008000000000000
+#: modules are vmalloc memory: RADIX_VMALLOC_SIZE (``RADIX_KERN_MAP_SIZE``, 1 << 49)
+VMALLOC_SIZE = 1 << 49
+#: where ``.data..percpu`` lands when --percpu-base is not given: not measured on
+#: ppc64le (the value klpcore has always used; give --percpu-base for real addresses)
+PERCPU_BASE = 0xFFFFFFFFA0000000
+#: ``R_PPC64_ADDR64``: a pointer in data
+R_PPC64_ADDR64 = 38
 
 
 def insn_target(insn: Any) -> int | None:
@@ -65,6 +72,11 @@ def identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchS
         description="ppc64le ELFv2 (arch/powerpc/kernel/module_64.c)",
         unknown_type_error="{module}: Unknown ADD relocation: {number}",
         default_base=DEFAULT_BASE,
+        percpu_base=PERCPU_BASE,
+        module_area_size=VMALLOC_SIZE,
+        stub_sections=frozenset({".stubs"}),
+        pointer_type=R_PPC64_ADDR64,
+        config_symbol="CONFIG_PPC64",
         capstone=("CS_ARCH_PPC", "CS_MODE_64"),  # CS_MODE_LITTLE_ENDIAN is 0
         insn_target=insn_target,
         type_names=OTHER_TYPES,

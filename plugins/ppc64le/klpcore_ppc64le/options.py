@@ -8,6 +8,8 @@ from typing import Any
 from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 
+from . import versions
+
 #: Options in ``KernelTarget.options`` this plugin reads, with defaults.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dynamic_ftrace": True,  # CONFIG_DYNAMIC_FTRACE (Debian: y)
@@ -96,7 +98,7 @@ def config_default(name: str, kernel: KernelTarget) -> str | None:
     ``ARCH_HAS_STRICT_MODULE_RWX`` only from 5.14 (before it, module memory is
     never made read-only and the legacy layout does not page-align)."""
     if name in ("STRICT_MODULE_RWX", "ARCH_HAS_STRICT_MODULE_RWX"):
-        return "y" if kernel.has("ppc64_strict_module_rwx") else "n"
+        return "y" if kernel.has(versions.STRICT_MODULE_RWX) else "n"
     if name in _CONFIG_OPTIONS.values():
         return "y"
     if name == "LIVEPATCH":

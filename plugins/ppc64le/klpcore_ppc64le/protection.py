@@ -14,10 +14,12 @@ from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage, Perm, Region
 
+from . import versions
+
 
 def patch_hint(ctx: ApplyContext) -> str | None:
     """The hint for writes the kernel does with ``patch_instruction`` (5.16+)."""
-    return "patch_instruction" if ctx.kernel.has("ppc64_patch_instruction") else None
+    return "patch_instruction" if ctx.kernel.has(versions.PATCH_INSTRUCTION) else None
 
 
 def write_method(image: ModuleImage, region: Region, kernel: KernelTarget, hint: str | None) -> str | None:
@@ -27,7 +29,7 @@ def write_method(image: ModuleImage, region: Region, kernel: KernelTarget, hint:
     around its writes (``module_disable_ro``)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if hint == "patch_instruction" and kernel.has("ppc64_patch_instruction"):
+    if hint == "patch_instruction" and kernel.has(versions.PATCH_INSTRUCTION):
         return "patch_instruction"
     # hint "store" (or None): a plain store
     if region.perms & Perm.W:

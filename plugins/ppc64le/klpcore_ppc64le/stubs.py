@@ -39,6 +39,7 @@ from klpcore.errors import Diagnostic, ElfFormatError
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
 
+from . import versions
 from .abi import LI_MASK, MASK64, R_PPC64_REL24, U64, ha16, lo16, local_entry_offset, s64
 from .options import kernel_address, option
 from .protection import patch_hint
@@ -124,7 +125,7 @@ def frob(module: LoadingModule, kernel: KernelTarget) -> None:
         )
     dedotify(module)
     # up to 6.16 one spare slot keeps the funcdata scan terminated
-    total = 0 if kernel.has("ppc64_stub_count") else 1
+    total = 0 if kernel.has(versions.STUB_COUNT) else 1
     for s in module.sections[1:]:
         if s.type != C.SHT_RELA:
             continue
@@ -164,7 +165,7 @@ def _stub_table(ctx: ApplyContext, base: int, num: int) -> dict[str, Any]:
         raw = np.frombuffer(ctx.staged.read(base, num * STUB_SIZE), dtype=np.uint8).reshape(num, STUB_SIZE)
         funcdata = raw[:, FUNCDATA_OFFSET : FUNCDATA_OFFSET + 8].copy().view("<u8").reshape(-1)
         empty = np.flatnonzero(funcdata == 0)
-        if ctx.kernel.has("ppc64_stub_count"):
+        if ctx.kernel.has(versions.STUB_COUNT):
             used = 0  # module_frob_arch_sections: stub_count starts at 0
         else:
             used = int(empty[0]) if empty.size else num
@@ -190,7 +191,7 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
                 + (
                     "(Linux 6.17+ would write this stub past the end of .stubs, then warn in stub_for_addr on "
                     "the next search; klpcore refuses)"
-                    if ctx.kernel.has("ppc64_stub_count")
+                    if ctx.kernel.has(versions.STUB_COUNT)
                     else "(the kernel warns in stub_for_addr and refuses the relocation with -ENOENT)"
                 ),
             )
@@ -203,7 +204,7 @@ def stub_for_addr(ctx: ApplyContext, addr: int, name: str) -> int:
         tab["slots"][addr] = i
         tab["next"] = i + 1
         return slot
-    if ctx.kernel.has("ppc64_stub_count"):
+    if ctx.kernel.has(versions.STUB_COUNT):
         tab = _stub_table(ctx, base, num)
         if 0 in tab["slots"]:
             return base + int(tab["slots"][0]) * STUB_SIZE
@@ -241,7 +242,7 @@ def ool_slots(module: LoadingModule, kernel: KernelTarget) -> int:
     """Stub slots for the out-of-line ftrace stubs (``CONFIG_PPC_FTRACE_OUT_OF_LINE``,
     6.13+): roundup(entries * sizeof(struct ftrace_ool_stub), 40) / 40, with one
     entry per 8-byte pointer in ``__patchable_function_entries``."""
-    if not kernel.has("ppc64_ool_ftrace_stubs") or not option(kernel, "ftrace_out_of_line"):
+    if not kernel.has(versions.OOL_FTRACE_STUBS) or not option(kernel, "ftrace_out_of_line"):
         return 0
     sec = module.section_by_name("__patchable_function_entries")
     if sec is None:
@@ -259,7 +260,7 @@ def setup_ftrace_ool_stubs(ctx: ApplyContext) -> None:
     only that slot's funcdata gets a ``nop`` word (patch_u32), so later
     livepatch stubs are allocated inside the block, over the ftrace stubs."""
     n = int(ctx.module.arch_state.get("ool_slots", 0))
-    if not ctx.kernel.has("ppc64_ool_ftrace_stubs") or not option(ctx.kernel, "ftrace_out_of_line"):
+    if not ctx.kernel.has(versions.OOL_FTRACE_STUBS) or not option(ctx.kernel, "ftrace_out_of_line"):
         return
     base, num = _stub_area(ctx)
     tab = _stub_table(ctx, base, num)
@@ -274,7 +275,7 @@ def setup_ftrace_ool_stubs(ctx: ApplyContext) -> None:
         )
         return
     ctx.state["ool_block"] = (first, first + n)
-    if ctx.kernel.has("ppc64_stub_count"):
+    if ctx.kernel.has(versions.STUB_COUNT):
         tab["next"] = first + n
     elif n:
         ctx.write_uint(base + first * STUB_SIZE + FUNCDATA_OFFSET, 4, INSN_NOP, hint=patch_hint(ctx))
@@ -426,7 +427,7 @@ def restore_r2(ctx: SectionContext, e: Entry) -> None:
         return  # sibling call (b): nothing to restore
     after = e.P + 4
     insn = ctx.read_uint(after, 4, insn=True)
-    if insn == INSN_LD_TOC and ctx.kernel.has("ppc64_restore_r2_accepts_ld"):
+    if insn == INSN_LD_TOC and ctx.kernel.has(versions.RESTORE_R2_ACCEPTS_LD):
         return  # already restored: a livepatch relocation applied again (6.3+)
     if insn != INSN_NOP:
         raise nop_failure(ctx, insn, after)
@@ -490,7 +491,7 @@ def rel24_stub_calls(ctx: SectionContext, idx: np.ndarray) -> None:
             need[j] = ok[j] = False
     nxt = gather(buf, after[need], 4, order) if need.any() else np.zeros(0, np.uint64)
     ld_ok = nxt == U64(INSN_LD_TOC)
-    accepted = ld_ok if ctx.kernel.has("ppc64_restore_r2_accepts_ld") else np.zeros_like(ld_ok)
+    accepted = ld_ok if ctx.kernel.has(versions.RESTORE_R2_ACCEPTS_LD) else np.zeros_like(ld_ok)
     bad = ~accepted & (nxt != U64(INSN_NOP))
     need_idx = np.flatnonzero(need)
     for j, word in zip(need_idx[bad].tolist(), nxt[bad].tolist(), strict=True):

@@ -19,6 +19,7 @@ import numpy as np
 from klpcore.arch import ABS, PREL, Array, RelocType, any_of, insn_field, misaligned, signed
 from klpcore.kernel import KernelTarget
 
+from . import versions
 from .abi import (
     LI_MASK,
     R_PPC64_ADDR32,
@@ -175,7 +176,7 @@ def reloc_types(kernel: KernelTarget) -> list[RelocType]:
             handler=rel24,
             batch=rel24_stub_calls,
             split=rel24_needs_stub,
-            write_hint="patch_instruction" if kernel.has("ppc64_patch_instruction") else None,
+            write_hint="patch_instruction" if kernel.has(versions.PATCH_INSTRUCTION) else None,
             insn=True,
             range_doc="multiple of 4, -0x2000000 <= d <= 0x1fffffc",
         ),

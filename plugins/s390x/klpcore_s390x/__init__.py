@@ -9,8 +9,10 @@
   hold S; PLT entries are 22 bytes (expoline variant with ``-O expoline=y``);
   calls go through the PLT when the target is out of ``brasl`` range.
 * ``protection``: ``memcpy`` while unformed, then ``s390_kernel_write`` (5.8+).
-* ``options``: configuration (``CONFIG_EXPOLINE``) and page size; versions
-  are in the core's table (``s390_kernel_write``, ``s390_gotent_got_offset``).
+* ``options``: configuration (``CONFIG_EXPOLINE``) and page size.
+* ``versions``: the rows of the version table (``s390_kernel_write``,
+  ``s390_gotent_got_offset``), returned by ``klp_arch_behaviours``.
+* ``kernel_oracle``: the rules for comparing with a real kernel's bytes.
 
 The kernel's other ``module_finalize`` work (alternatives, expoline reverts,
 ftrace hotpatch trampolines) rewrites code after relocation and is not
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -28,16 +31,33 @@ from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import gotplt, identify, options, protection, types
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import gotplt, identify, options, protection, types, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
-__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types"]
+__all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types", "versions"]
 
 
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify.identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -96,5 +116,6 @@ def klp_arch_examples() -> Sequence[Example]:
             description="an s390x livepatch module whose vmlinux calls go through the module PLT (GOT and PLT "
             "at the start of the text)",
             base=DEFAULT_BASE,
+            hosts=("s390x",),
         )
     ]

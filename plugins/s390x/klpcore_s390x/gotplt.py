@@ -34,6 +34,7 @@ from klpcore.engine import ApplyContext, SectionContext, StagedMemory, scatter
 from klpcore.kernel import KernelTarget
 from klpcore.loader import LoadingModule
 
+from . import versions
 from .options import expoline
 
 U64 = np.uint64
@@ -173,7 +174,7 @@ def geometry(ctx: ApplyContext) -> Geometry:
 def gotent_base(ctx: ApplyContext) -> int:
     """What GOTENT/GOTPLTENT add to G + A - P: the GOT (6.5+) or the text base."""
     geo = geometry(ctx)
-    return geo.got if ctx.kernel.has("s390_gotent_got_offset") else geo.base
+    return geo.got if ctx.kernel.has(versions.GOTENT_GOT_OFFSET) else geo.base
 
 
 def plt_entries(addresses: np.ndarray, targets: np.ndarray, thunk: int | None) -> np.ndarray:

@@ -22,6 +22,13 @@ ELFCLASS64 = 2
 ARCHES = [(EM_S390, ELFCLASS64, "big", 0)]
 #: the module area of Debian's 6.1 kernel under qemu (``/proc/modules``), 4 GiB and more from vmlinux
 DEFAULT_BASE = 0x3FF7FD00000
+#: MODULES_LEN (2 GiB)
+MODULES_LEN = 1 << 31
+#: where ``.data..percpu`` lands when --percpu-base is not given: not measured on
+#: s390x (the value klpcore has always used; give --percpu-base for real addresses)
+PERCPU_BASE = 0xFFFFFFFFA0000000
+#: ``R_390_64``: a pointer in data
+R_390_64 = 22
 
 
 def _relative_immediate(raw: bytes) -> bool:
@@ -58,6 +65,10 @@ def identify(machine: int, elfclass: int, byteorder: str) -> ArchSpec | None:
         description="s390x (arch/s390/kernel/module.c)",
         unknown_type_error="module {module}: unknown relocation: {number}",
         default_base=DEFAULT_BASE,
+        percpu_base=PERCPU_BASE,
+        module_area_size=MODULES_LEN,
+        pointer_type=R_390_64,
+        config_symbol="CONFIG_S390",
         capstone=("CS_ARCH_SYSZ", "CS_MODE_BIG_ENDIAN"),
         insn_target=insn_target,
         type_names=T.OTHER_TYPES,

@@ -1,6 +1,6 @@
 """Build and boot facts of the target kernel that s390 module loading depends on.
 
-Version-dependent behaviour is in the core's one table (``klpcore.versions``:
+Version-dependent behaviour is in this plugin's rows of the version table (:mod:`.versions`:
 ``s390_kernel_write`` 5.8, ``s390_gotent_got_offset`` 6.5).  Configuration is
 read from the target's ``.config`` (``--config``), else from this plugin's
 distribution defaults (:data:`CONFIG_DEFAULTS`, Debian 6.1's s390x config);

@@ -17,6 +17,8 @@ from klpcore.constants import ModuleState
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage
 
+from . import versions
+
 MEMCPY = "memcpy"
 S390_KERNEL_WRITE = "s390_kernel_write"
 MODULE_DISABLE_RO = "module_disable_ro"
@@ -27,7 +29,7 @@ def write_method(image: ModuleImage, kernel: KernelTarget) -> str | None:
     state; None when the kernel has no way to make it (a fault)."""
     if image.state == ModuleState.UNFORMED:
         return MEMCPY
-    if kernel.has("s390_kernel_write"):
+    if kernel.has(versions.KERNEL_WRITE):
         return S390_KERNEL_WRITE
     if not kernel.has("klp_no_module_disable_ro"):
         return MODULE_DISABLE_RO

@@ -8,6 +8,8 @@ The smallest plugin, and the shape every plugin has.  Parts:
   clang stack-cookie GOTPCRELX) as a table, with the kernel's messages per era.
 * :mod:`.protection` -- memcpy, then ``text_poke`` (5.8+), ``module_disable_ro``
   or ``set_memory_rw`` before.
+* :mod:`.versions` -- the rows of the version table (``klp_arch_behaviours``).
+* :mod:`.kernel_oracle` -- the rules for comparing with a real kernel's bytes.
 
 This file holds the hooks.  Since Linux 6.3 ``clear_relocate_add`` zeroes the
 places of a livepatch object's relocations when it unloads.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
@@ -24,9 +27,13 @@ from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
 from klpcore.memory import ModuleImage, Region
+from klpcore.versions import Behaviour
 
-from . import protection
-from .identify import ARCHES, EM_X86_64, identify, insn_target
+if TYPE_CHECKING:
+    from klpcore.testing.kernel_oracle import OracleRules
+
+from . import protection, versions
+from .identify import ARCHES, DEFAULT_BASE, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
     R_X86_64_REX_GOTPCRELX,
@@ -53,6 +60,19 @@ __all__ = [
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_behaviours() -> Sequence[Behaviour]:
+    return versions.BEHAVIOURS
+
+
+@hookimpl
+def klp_arch_kernel_oracle() -> OracleRules:
+    """The rules for comparing with a real kernel's bytes (imported only when asked)."""
+    from .kernel_oracle import RULES
+
+    return RULES
 
 
 @hookimpl
@@ -91,7 +111,7 @@ def klp_arch_write_method(
 @hookimpl
 def klp_arch_clear_section(ctx: SectionContext) -> bool:
     """``clear_relocate_add`` (Linux 6.3+); earlier kernels leave the values."""
-    if ctx.kernel.has("x86_write_relocate_add"):
+    if ctx.kernel.has(versions.WRITE_RELOCATE_ADD):
         ctx.state["clear_mismatch_message"] = messages(ctx.kernel)["mismatch"]
         clear_section(ctx)
     return True
@@ -105,6 +125,8 @@ def klp_arch_examples() -> Sequence[Example]:
             name="x86_64",
             module=here / "klpdemo.ko",
             symbols=(here / "System.map",),
+            base=DEFAULT_BASE,
             description="a livepatch module patching vmlinux (final .klp.rela format)",
+            hosts=("x86_64",),
         )
     ]

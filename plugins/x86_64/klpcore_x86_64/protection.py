@@ -10,6 +10,8 @@ from klpcore.constants import MemType, ModuleState
 from klpcore.kernel import KernelTarget
 from klpcore.memory import ModuleImage, Perm, Region
 
+from . import versions
+
 
 def write_method(image: ModuleImage, region: Region, kernel: KernelTarget) -> str | None:
     """``write_relocate_add`` uses memcpy while the module is unformed and
@@ -18,7 +20,7 @@ def write_method(image: ModuleImage, region: Region, kernel: KernelTarget) -> st
     era's ``set_memory_rw``/``set_memory_ro`` before that)."""
     if image.state == ModuleState.UNFORMED:
         return "memcpy"
-    if kernel.has("x86_text_poke"):
+    if kernel.has(versions.TEXT_POKE):
         return "text_poke"
     if kernel.has("module_rwx_helpers"):
         return "module_disable_ro"

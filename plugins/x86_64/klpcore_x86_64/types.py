@@ -17,6 +17,8 @@ from klpcore.arch import ABS, PREL, Entry, RelocType, signed, unsigned
 from klpcore.engine import RelocFailure, SectionContext
 from klpcore.kernel import KernelTarget
 
+from . import versions
+
 # Kernel messages per era.  ``loc %p`` is a hashed pointer the kernel makes up
 # at boot; klpcore prints the address as the kernel does with
 # ``no_hash_pointers`` (16 hex digits).  The overflow report is two pr_err lines.
@@ -50,7 +52,7 @@ def messages(kernel: KernelTarget) -> dict[str, str]:
     """The x86 relocation messages as ``kernel`` prints them."""
     if kernel.has("reloc_messages_sec_idx"):
         return {"overflow": _OVERFLOW_619, "nonzero": _NONZERO_619, "mismatch": _MISMATCH_619}
-    if kernel.has("x86_write_relocate_add"):
+    if kernel.has(versions.WRITE_RELOCATE_ADD):
         return {"overflow": _OVERFLOW, "nonzero": _NONZERO_NEW, "mismatch": _MISMATCH}
     return {"overflow": _OVERFLOW, "nonzero": _NONZERO_OLD, "mismatch": _MISMATCH}
 
@@ -79,7 +81,7 @@ def clang_stack_cookie(kernel: KernelTarget) -> bool:
     """6.15+: a kernel built by clang < 17 with the stack protector accepts
     ``R_X86_64_REX_GOTPCRELX`` against ``__stack_chk_guard`` (a config fact)."""
     cfg = kernel.config
-    if cfg is None or not kernel.has("x86_clang_stack_cookie_gotpcrel"):
+    if cfg is None or not kernel.has(versions.CLANG_STACK_COOKIE_GOTPCREL):
         return False
     version = cfg.integer("CLANG_VERSION") or 0
     return cfg.enabled("CC_IS_CLANG") and cfg.enabled("STACKPROTECTOR") and 0 < version < 170000
