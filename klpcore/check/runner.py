@@ -5,6 +5,7 @@ an executor (:mod:`.executors`) -> outputs (:mod:`.outputs`), with progress
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,12 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         help="with two targets: the modules whose verdict changes from the first to the second, and why",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read every target's System.map and Module.symvers from its files (default: parsed tables are kept "
+        "between runs in $KLPCORE_CACHE_DIR or ~/.cache/klpcore, keyed by the files' content; KLPCORE_CACHE=off)",
+    )
 
 
 def run(
@@ -61,6 +68,8 @@ def run(
 ) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: must be 1 or more")
+    if args.no_cache:
+        os.environ["KLPCORE_CACHE"] = "off"  # this process and the workers it starts
     modules = expand_modules(args.modules)
     targets = expand_targets(args.target, distribution)
     if args.compare and len(targets) != 2:

@@ -347,17 +347,25 @@ class Target:
     @cached_property
     def symbols(self) -> KernelSymbols | None:
         """vmlinux symbols (and loaded modules for a kallsyms dump), read once."""
+        from .readcache import cached
+
         try:
             if self.kallsyms_path is not None:
                 return parse_symbol_text(
                     read_input(self.kallsyms_path, "kallsyms").decode("utf-8", "replace"), str(self.kallsyms_path)
                 )
-            if self.system_map_path is not None:
-                return parse_symbol_text(
-                    read_input(self.system_map_path, "System.map").decode("utf-8", "replace"), str(self.system_map_path)
+            if (p := self.system_map_path) is not None:  # parsed once per content (readcache)
+                return cached(
+                    "System.map",
+                    [p],
+                    lambda: parse_symbol_text(read_input(p, "System.map").decode("utf-8", "replace"), str(p)),
                 )
-            if self.vmlinux_path is not None:
-                return symbols_from_elf(read_input(self.vmlinux_path, "vmlinux", limit=4 << 30), str(self.vmlinux_path))
+            if (v := self.vmlinux_path) is not None:
+                return cached(
+                    "vmlinux-symbols",
+                    [v],
+                    lambda: symbols_from_elf(read_input(v, "vmlinux", limit=4 << 30), str(v)),
+                )
         except SymbolFileError as exc:
             self.missing["symbols"] = str(exc)
             return None
@@ -423,9 +431,14 @@ class Target:
 
     @cached_property
     def symvers(self) -> dict[str, SymversEntry] | None:
+        from .readcache import cached
+
         p = self.symvers_path
         if p is None:
             return None
+        return cached("Module.symvers", [p], lambda: self._read_symvers(p))
+
+    def _read_symvers(self, p: Path) -> dict[str, SymversEntry]:
         text = read_input(p, "Module.symvers").decode("utf-8", "replace")
         out: dict[str, SymversEntry] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
