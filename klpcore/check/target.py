@@ -350,10 +350,13 @@ class Target:
         from .readcache import cached
 
         try:
-            if self.kallsyms_path is not None:
-                return parse_symbol_text(
-                    read_input(self.kallsyms_path, "kallsyms").decode("utf-8", "replace"), str(self.kallsyms_path)
-                )
+            if (k := self.kallsyms_path) is not None:
+
+                def parse_kallsyms() -> KernelSymbols:
+                    return parse_symbol_text(read_input(k, "kallsyms").decode("utf-8", "replace"), str(k))
+
+                # /proc/kallsyms is the running kernel's: read every time
+                return parse_kallsyms() if self.running else cached("kallsyms", [k], parse_kallsyms)
             if (p := self.system_map_path) is not None:  # parsed once per content (readcache)
                 return cached(
                     "System.map",
