@@ -11,11 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
-from .batch import Cell, by_module, exit_code, run_plan
-from .executors import InProcess, choose, default_jobs
-from .inputs import expand_modules, expand_targets, plan
-from .outputs import Stream, compare, json_document, write_table
-from .progress import Progress
+from .executors import default_jobs  # light: the parser (built for every command) needs only this
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -66,6 +62,12 @@ def run(
     emit: Callable[[dict[str, Any], int], None],
     distribution: str | None,
 ) -> int:
+    from .batch import Cell, by_module, exit_code, run_plan
+    from .executors import InProcess, choose
+    from .inputs import expand_modules, expand_targets, plan
+    from .outputs import Stream, compare, json_document, write_table
+    from .progress import Progress
+
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: must be 1 or more")
     if args.no_cache:
