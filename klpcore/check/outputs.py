@@ -64,8 +64,14 @@ def json_document(groups: Sequence[Sequence[Cell]], comparison: dict[str, Any] |
 
 
 def first_failure(c: Cell) -> tuple[str, str]:
+    """The first error (check, kernel line or message); for an ``unknown`` pair the first step
+    that was not checked and why."""
     f = c.first_error
     if f is None:
+        if c.verdict == "unknown":
+            nc = next((x for x in c.findings if x.severity == "not-checked"), None)
+            if nc is not None:
+                return nc.check, "not checked: " + nc.message.removeprefix("not checked: ")
         return "", ""
     return f.check, f.kernel_message or f.message
 
@@ -180,6 +186,11 @@ def write_summary(
         n = counts(col)
         rows.append([f"T{t + 1}", labels[t], releases[t] or "?", *(str(n.get(v, 0)) for v in VERDICTS)])
     _grid(out, header, rows)
+    # what each target lacks (the steps needing it were not checked)
+    for t in range(nt):
+        missing = next((c.missing for g in groups if isinstance(c := g[t], PairResult)), {})
+        for what, why in missing.items():
+            out.write(f"T{t + 1} missing {what}: {why}\n")
     # causes
     by_cause: dict[tuple[int, str, str], list[str]] = {}
     for g in groups:

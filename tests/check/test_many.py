@@ -188,3 +188,19 @@ def test_progress_bar_lines_and_quiet() -> None:
     p.update(5, 10)
     p.close()
     assert quiet.getvalue() == ""
+
+
+def test_unknown_pairs_name_what_was_not_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    t = make_target(tmp_path / "t", system_map=False, vmlinux_elf=False)
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for i in range(13):
+        (mods / f"good{i}.ko").write_bytes(Mod(f"good{i}", imports=["printk"]).build())
+    code, text = cli(capsys, str(mods), "-t", str(t), "-t", str(T50))
+    assert code == 1  # kc-free toy modules are refused on the real 6.1.0-50 slice (CRCs): worse than unknown
+    assert re.search(r"^T1 missing symbols: ", text, re.M), text
+    assert re.search(r"^  13 modules unknown on \S+ \(T1\): relocations: not checked: ", text, re.M), text
+    code, text = cli(capsys, str(mods), "-t", str(t), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 4 and {r["verdict"] for r in rows} == {"unknown"}
+    assert all(r["first_check"] == "relocations" and r["first_failure"].startswith("not checked: ") for r in rows)
