@@ -55,8 +55,10 @@ import pluggy
 if TYPE_CHECKING:
     from .arch import ArchSpec, RelocType
     from .check.executors import Executor
+    from .convert.rules import ConvertRules
     from .engine import ApplyContext, SectionContext
     from .kernel import KernelTarget
+    from .kimage.rules import ImageRules
     from .loader import Example, LoadingModule
     from .memory import ModuleImage, Region
     from .testing.kernel_oracle import OracleRules
@@ -145,6 +147,26 @@ def klp_arch_examples() -> Sequence[Example] | None:  # type: ignore[empty-body]
         files, base address), or ``None``.
 
     Called on every plugin; results are collected.
+    """
+
+
+@hookspec(firstresult=True)
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules | None:  # type: ignore[empty-body]
+    """The architecture's rules for ``klpcore convert`` (turning references to
+    unexported symbols into livepatch relocations).
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (its type table
+        is filled).
+    :param kernel: the target kernel (late-write hazards depend on its version).
+    :return: a :class:`~klpcore.convert.rules.ConvertRules`: symbols whose
+        references always stay ordinary (ppc64 ``.TOC.``, s390 expoline
+        thunks), relocation types that must stay ordinary (ppc64 ``REL16_HA``),
+        the late-applied relocations the kernel cannot write for that version
+        (named by their :mod:`klpcore.versions` row) and whether the kernel takes
+        ``R_*_NONE`` (type 0) for the original relocation.  None: the core's
+        default (nothing kept, no hazards, type 0 when the type table has it).
+
+    Stops at the first non-None result.
     """
 
 
@@ -283,6 +305,24 @@ def klp_arch_write_method(
 
     Stops at the first non-None result; an embedder's plugin registered with
     ``tryfirst=True`` can override the architecture's decision.
+    """
+
+
+# --------------------------------------------------------------------------
+# Kernel images as symbol sources
+# --------------------------------------------------------------------------
+@hookspec
+def klp_arch_kernel_image() -> ImageRules | None:  # type: ignore[empty-body]
+    """How the architecture ships its kernel image (:mod:`klpcore.kimage`).
+
+    :return: an :class:`~klpcore.kimage.rules.ImageRules`: the image's
+        e_machine and byte order, what marks a file as this architecture's
+        image (raw, or self-decompressing), an unwrapper for a structured
+        container, which values of a raw image can be pointers, and
+        ``ftrace_call_adjust``; None when the plugin does not read images.
+
+    Called on every plugin (the image's architecture is not known before);
+    results are collected.
     """
 
 

@@ -113,15 +113,12 @@ class KernelTarget:
 
         ``options[<name>]`` (true/false) overrides the version rule, for a
         distribution kernel with a backport."""
-        if isinstance(behaviour, str):
-            row = BEHAVIOURS.get(behaviour)
-            if row is None:
-                raise KeyError(
-                    f"{behaviour!r} is not a core behaviour (klpcore.versions.BEHAVIOURS); an architecture's "
-                    "behaviour is asked with its plugin's Behaviour row"
-                )
-        else:
-            row = behaviour
+        row = BEHAVIOURS.get(behaviour) if isinstance(behaviour, str) else behaviour
+        if row is None:
+            raise KeyError(
+                f"{behaviour!r} is not a core behaviour (klpcore.versions.BEHAVIOURS); an architecture's "
+                "behaviour is asked with its plugin's Behaviour row"
+            )
         if row.name in self.options:
             return bool(self.options[row.name])
         return row.present_in(self)

@@ -7,10 +7,15 @@ is one directory walk on first use, and a module's exports are read when they
 are asked for, one file at a time through the core's bounded reader, keeping
 only the exported names.
 
-A module exports ``foo`` when its symbol table has ``__ksymtab_foo`` in an
-export section (``__ksymtab``/``__ksymtab_gpl`` in a linked ``.ko``,
-``___ksymtab+foo``/``___ksymtab_gpl+foo`` in an object), as ``find_symbol``
-finds it through the module's ``struct kernel_symbol`` entries.
+A module's exports are read as the kernel reads them: each ``struct
+kernel_symbol`` of its ``__ksymtab`` (and ``__ksymtab_gpl``), the name being
+the string its ``name_offset`` field points at (through the relocation the
+loader applies there: ``S + A``, for the PREL32 layout and for absolute
+pointers alike), not the ``__ksymtab_<name>`` symbol beside it; a module whose
+entry points at a string naming another symbol exports that string's name.
+A module whose export sections carry no relocations (hand-made objects) is
+read by its ``__ksymtab_foo`` symbols in an export section
+(``___ksymtab+foo``/``___ksymtab_gpl+foo`` in an object).
 """
 
 from __future__ import annotations
@@ -48,7 +53,66 @@ def module_kernel_name(filename: str) -> str:
 
 
 def module_exports(elf: ElfModule) -> list[tuple[str, bool]]:
-    """``(name, gpl_only)`` for every symbol ``elf`` exports, in symbol-table order."""
+    """``(name, gpl_only)`` for every symbol ``elf`` exports: its ``struct kernel_symbol``
+    entries in table order (``__ksymtab``, then ``__ksymtab_gpl``), or, without relocated
+    entries, its ``__ksymtab_<name>`` symbols in symbol-table order."""
+    entries = _kernel_symbols(elf)
+    if entries is not None:
+        return entries
+    return _export_symbols(elf)
+
+
+def _kernel_symbols(elf: ElfModule) -> list[tuple[str, bool]] | None:
+    flags, _ = _kflagstab(elf)
+    out: list[tuple[str, bool]] = []
+    found = False
+    for sec_name, gpl in (("__ksymtab", False), ("__ksymtab_gpl", True)):
+        sec = elf.section_by_name(sec_name)
+        if sec is None or not sec.size:
+            continue
+        names = _entry_names(elf, sec.index, int(sec.size))
+        if names is None:
+            return None
+        found = True
+        for k, name in enumerate(names):
+            flagged = flags is not None and sec_name == "__ksymtab" and k < len(flags)
+            out.append((name, gpl or (flagged and bool(flags[k] & KSYM_FLAG_GPL_ONLY))))  # type: ignore[index]
+    return out if found else None
+
+
+def _entry_names(elf: ElfModule, shndx: int, size: int) -> list[str] | None:
+    """The name of each ``struct kernel_symbol`` in section ``shndx``: 12-byte PREL32 entries
+    (``name_offset`` at +4) or pointer entries (``name`` at +8, 24 or 16 bytes)."""
+    rel = next((s.index for s in elf.rela_sections() if s.info == shndx), None)
+    if rel is None:
+        return None
+    relas = elf.relas(rel)
+    syms = elf.symbols
+    at: dict[int, tuple[int, int]] = {}
+    for off, info, addend in zip(
+        relas["r_offset"].tolist(), relas["r_info"].tolist(), relas["r_addend"].tolist(), strict=True
+    ):
+        si = info >> 32
+        # S + A: what a PC-relative field resolves to once the kernel adds its place back
+        at[off] = (int(syms["st_shndx"][si]), int(syms["st_value"][si]) + addend)
+    for width, name_at in ((12, 4), (24, 8), (16, 8)):
+        if size % width or not all(k * width + name_at in at for k in range(size // width)):
+            continue
+        names: list[str] = []
+        for k in range(size // width):
+            nd, off = at[k * width + name_at]
+            if not 0 < nd < len(elf.sections):
+                return None
+            data = elf.section_data(nd)
+            end = data.find(b"\0", off)
+            if off >= len(data) or end < 0:
+                return None
+            names.append(data[off:end].decode("utf-8", "replace"))
+        return names
+    return None
+
+
+def _export_symbols(elf: ElfModule) -> list[tuple[str, bool]]:
     sec_names = [s.name for s in elf.sections]
     shndx = elf.symbols["st_shndx"].tolist()
     values = elf.symbols["st_value"].tolist()

@@ -42,6 +42,7 @@ _HOOKS = (
     "klp_arch_page_size",
     "klp_arch_config_default",
     "klp_arch_kernel_oracle",
+    "klp_arch_convert_rules",
 )
 
 
@@ -221,13 +222,16 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
     """Every installed architecture plugin with the arches it claims.
 
     Plugins describe themselves through the module attribute ``ARCHES`` (a list
-    of ``(machine, elfclass, byteorder, e_flags)`` tuples they answer to).
+    of ``(machine, elfclass, byteorder, e_flags)`` tuples they answer to).  The
+    options listed for an arch include its version-table rows (``-O NAME=true|false``).
     """
     kernel = kernel or KernelTarget()
     out = []
     for plugin in _arch_plugins(pm):
         name = pm.get_name(plugin) or "?"
         dist, version = _plugin_dist(pm, plugin)
+        rows = plugin.klp_arch_behaviours() if hasattr(plugin, "klp_arch_behaviours") else None
+        behaviours = {b.name: "bool" for b in rows or ()}
         specs = []
         for ident in getattr(plugin, "ARCHES", ()):
             spec = plugin.klp_arch_identify(*ident)  # type: ignore[attr-defined]
@@ -236,6 +240,7 @@ def list_arch_plugins(pm: pluggy.PluginManager, kernel: KernelTarget | None = No
             hooks = ArchHooks(pm, plugin, spec)
             spec.set_types(hooks.klp_arch_reloc_types(arch=spec, kernel=kernel) or ())  # type: ignore[attr-defined]
             spec.plugin_name, spec.distribution, spec.version = name, dist, version
+            spec.options = {**spec.options, **behaviours}
             specs.append(spec)
         out.append(PluginInfo(name, dist, version, specs))
     return sorted(out, key=lambda p: p.name)

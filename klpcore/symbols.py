@@ -1,7 +1,8 @@
 """Kernel symbol tables and the kernel's symbol resolution rules.
 
 Sources: ``System.map``, ``/proc/kallsyms`` text (``[module]`` annotations make
-each module its own object), the ``.symtab`` of a vmlinux ELF, the
+each module its own object), the ``.symtab`` of a vmlinux ELF, a kernel image
+as shipped (``vmlinuz``: its kallsyms tables, see :mod:`klpcore.kimage`), the
 ``.symtab`` of a module ``.ko`` loaded at a given base, and the build's
 ``Module.symvers`` (no addresses: each export's CRC, GPL-only flag and
 namespace, for ``resolve_symbol``'s checks).  Several sources merge into one
@@ -173,6 +174,15 @@ class KernelSymbols:
         self._export_info: bool | None = None
         #: export metadata from Module.symvers (symbol name -> how it is exported)
         self.export_meta: dict[str, ExportInfo] = {}
+        #: export tables read as the kernel reads them (``struct kernel_symbol``:
+        #: a kernel image's, a module's ``__ksymtab``): object -> exported name -> address.
+        #: Where an object has one, it decides; elsewhere ``__ksymtab_<name>`` symbols do.
+        self.exported: dict[str, dict[str, int]] = {}
+        #: the CRCs those tables carry (``__kcrctab``), by object, where they do
+        self.export_crcs: dict[str, dict[str, int]] = {}
+        #: ftrace record addresses (``rec->ip``), sorted, by object, where a source gives them
+        #: (a kernel image's ``__mcount_loc``)
+        self.ftrace: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------- building
     def obj(self, name: str) -> ObjectSymbols:
@@ -188,6 +198,11 @@ class KernelSymbols:
     def merge(self, other: KernelSymbols) -> None:
         self._export_info = None
         self.export_meta.update(other.export_meta)
+        for oname, table in other.exported.items():
+            self.exported.setdefault(oname, {}).update(table)
+        for oname, crcs in other.export_crcs.items():
+            self.export_crcs.setdefault(oname, {}).update(crcs)
+        self.ftrace.update(other.ftrace)
         for oname, o in other.objects.items():
             dst = self.objects.get(oname)
             if dst is None or not dst.names:
@@ -309,12 +324,19 @@ class KernelSymbols:
     @property
     def has_export_info(self) -> bool:
         if self._export_info is None:
-            self._export_info = any(any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values())
+            self._export_info = bool(self.exported) or any(
+                any(n.startswith(EXPORT_PREFIX) for n in o.names) for o in self.objects.values()
+            )
         return self._export_info
 
     def find_exported(self, name: str) -> Match | None:
         """``find_symbol``: an exported symbol of vmlinux or a loaded module."""
         for oname in [C.VMLINUX, *self.loaded_modules]:
+            table = self.exported.get(oname)
+            if table is not None:
+                if name in table:
+                    return Match(table[name], oname, self._export_source(oname))
+                continue
             obj = self.objects.get(oname)
             if obj is None or not obj.has_name(EXPORT_PREFIX + name):
                 continue
@@ -325,6 +347,10 @@ class KernelSymbols:
             i = best[0]
             return Match(obj.addrs[i], oname, obj.sources[i])
         return None
+
+    def _export_source(self, oname: str) -> str:
+        obj = self.objects.get(oname)
+        return obj.sources[0] if obj is not None and obj.sources else ""
 
     def find_global(self, name: str) -> list[Match]:
         out = []
@@ -645,6 +671,13 @@ def load_symbols(spec: str) -> KernelSymbols:
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise SymbolFileError(f"--symbols {spec}: {name!r} is not a module name")
     data = _read_bytes(path, module=base is not None)
+    if base is None:
+        from .kimage import is_kernel_image
+
+        if is_kernel_image(data):
+            from .kimage.source import symbols_from_image
+
+            return symbols_from_image(data, path)
     if data[:4] == C.ELFMAG:
         return symbols_from_elf(data, path, base=base, objname=name)
     if base is not None:
@@ -652,7 +685,15 @@ def load_symbols(spec: str) -> KernelSymbols:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SymbolFileError(f"{path}: neither an ELF file nor System.map/kallsyms text") from exc
+        # last resort: an image whose format says nothing at its start (s390x)
+        from .kimage.source import symbols_from_image
+
+        try:
+            return symbols_from_image(data, path)
+        except SymbolFileError as why:
+            raise SymbolFileError(
+                f"{path}: neither an ELF file nor System.map/kallsyms text, nor a kernel image klpcore reads ({why})"
+            ) from exc
     symvers = parse_symvers(text, path)
     if symvers is not None:
         return symvers

@@ -173,6 +173,15 @@ class DependencySteps(ModversionSteps):
                 for name, e in sv.items():
                     if e.module == C.VMLINUX:
                         base[name] = Export(name, C.VMLINUX, e.gpl, e.crc, e.namespace)
+            elif self.target.symbols is not None and C.VMLINUX in self.target.symbols.exported:
+                # the export table read from the kernel image (its struct kernel_symbol entries)
+                meta = self.target.symbols.export_meta
+                crcs = self.target.symbols.export_crcs.get(C.VMLINUX, {})
+                for name in self.target.symbols.exported[C.VMLINUX]:
+                    m = meta.get(name)
+                    base[name] = Export(
+                        name, C.VMLINUX, m.gpl_only if m else None, crcs.get(name), m.namespace if m else ""
+                    )
             elif self.target.symbols is not None:
                 for name in self.target.symbols.objects[C.VMLINUX].names if self.target.symbols.has(C.VMLINUX) else []:
                     if name.startswith("__ksymtab_"):

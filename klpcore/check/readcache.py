@@ -4,8 +4,9 @@ were read from, their paths (which messages name) and the code that parses
 them, so a changed file is read again.
 
 Where: ``$KLPCORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/klpcore``, else
-``~/.cache/klpcore`` (made private to the user: entries are pickles).  Off with
-``KLPCORE_CACHE=off`` (``klpcore check --no-cache`` sets it for its workers).
+``~/.cache/klpcore`` (made private to the user: entries are pickles), beside
+:mod:`klpcore.kimage`'s.  Off with ``KLPCORE_NO_CACHE=1``, the switch of both
+caches (``klpcore check --no-cache`` sets it for its workers).
 Delete the directory to empty it.  A damaged entry is read again from the
 files, never trusted.
 """
@@ -31,7 +32,7 @@ _CODE: str | None = None
 
 
 def enabled() -> bool:
-    return os.environ.get("KLPCORE_CACHE", "on").lower() not in ("off", "0", "no", "false")
+    return not os.environ.get("KLPCORE_NO_CACHE")
 
 
 def directory() -> Path:

@@ -52,7 +52,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         "--no-cache",
         action="store_true",
         help="read every target's System.map and Module.symvers from its files (default: parsed tables are kept "
-        "between runs in $KLPCORE_CACHE_DIR or ~/.cache/klpcore, keyed by the files' content; KLPCORE_CACHE=off)",
+        "between runs in $KLPCORE_CACHE_DIR or ~/.cache/klpcore, keyed by the files' content; KLPCORE_NO_CACHE=1)",
     )
 
 
@@ -71,7 +71,7 @@ def run(
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: must be 1 or more")
     if args.no_cache:
-        os.environ["KLPCORE_CACHE"] = "off"  # this process and the workers it starts
+        os.environ["KLPCORE_NO_CACHE"] = "1"  # this process and the workers it starts
     modules = expand_modules(args.modules)
     targets = expand_targets(args.target, distribution)
     if args.compare and len(targets) != 2:

@@ -212,7 +212,12 @@ class PairCheck(DependencySteps):
             self.not_checked("symbols", "no Module.symvers and no symbol table: exports unknown")
             return
         if self.target.symvers is None:
-            self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            ks = self.target.symbols
+            if ks is None or C.VMLINUX not in ks.exported:
+                self.not_checked("symbols", "CRCs, GPL-only and namespaces need Module.symvers; only names checked")
+            elif self.modversions and C.VMLINUX not in ks.export_crcs:
+                # GPL-only flags and namespaces came with the kernel image's export table
+                self.not_checked("symbols", "CRCs need Module.symvers (the kernel image has no __kcrctab)")
         gplok = info.gpl_compatible
         ignored = self._ignored_undefined(info.elf)
         allow_missing_ns = bool(self.target.config_bool("CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS"))

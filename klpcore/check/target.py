@@ -369,6 +369,13 @@ class Target:
                     [v],
                     lambda: symbols_from_elf(read_input(v, "vmlinux", limit=4 << 30), str(v)),
                 )
+            from ..kimage.source import IMAGE_PATHS, read_image_file
+
+            image = self._first(*IMAGE_PATHS)
+            if image is not None:  # the image's kallsyms, exports and ftrace records (klpcore.kimage)
+                ks = read_image_file(image)
+                self.notes.append(f"symbols, exports and ftrace locations read from the kernel image {image}")
+                return ks
         except SymbolFileError as exc:
             self.missing["symbols"] = str(exc)
             return None
@@ -402,7 +409,8 @@ class Target:
 
         p = self.ftrace_addrs_path
         if p is None:
-            return None
+            ks = self.symbols  # a kernel image's __mcount_loc records, when the symbols came from one
+            return None if ks is None else ks.ftrace.get(C.VMLINUX)
         addrs = []
         for lineno, line in enumerate(read_input(p, "ftrace locations").decode("utf-8", "replace").splitlines(), 1):
             w = line.split()

@@ -281,4 +281,54 @@ def behaviour_tests(*, rows: Sequence[Any], boundary_tests: Mapping[str, Callabl
                     assert not without.has(row) and with_.has(row), row.name
                     assert KernelTarget(without.version, options={row.name: True}).has(row), row.name
 
+        def test_each_boundary_test_fails_with_its_row_inverted(self) -> None:
+            """A boundary test guards its row: with ``KernelTarget.has`` answering the opposite for that row
+            (every parameter set of a parametrized test run in turn), it fails."""
+            from klpcore import KernelTarget
+
+            real = KernelTarget.has
+            passing = []
+            for name, fn in boundary_tests.items():
+
+                def inverted(kernel: Any, behaviour: Any, _name: str = name) -> bool:
+                    answer = real(kernel, behaviour)
+                    return not answer if getattr(behaviour, "name", behaviour) == _name else answer
+
+                KernelTarget.has = inverted  # type: ignore[method-assign,assignment]
+                try:
+                    if not any(_fails(fn, kw) for kw in _parameter_sets(fn)):
+                        passing.append(name)
+                finally:
+                    KernelTarget.has = real  # type: ignore[method-assign]
+            assert not passing, f"boundary tests that pass with their row inverted (they guard nothing): {passing}"
+
     return Behaviours
+
+
+def _parameter_sets(fn: Callable[..., object]) -> list[dict[str, Any]]:
+    """The keyword sets pytest would call ``fn`` with (its ``parametrize`` marks; none: one empty set)."""
+    sets: list[dict[str, Any]] = [{}]
+    for mark in getattr(fn, "pytestmark", []):
+        if mark.name != "parametrize":
+            continue
+        names = mark.args[0] if not isinstance(mark.args[0], str) else [n.strip() for n in mark.args[0].split(",")]
+        rows = [getattr(v, "values", v) for v in mark.args[1]]
+        rows = [r if len(names) > 1 else (r,) for r in rows]
+        sets = [{**s, **dict(zip(names, r, strict=True))} for s in sets for r in rows]
+    missing = set(inspect.signature(fn).parameters) - set(sets[0])
+    assert not missing, f"{fn.__name__} needs fixtures {sorted(missing)}: a boundary test must take only parameters"
+    return sets
+
+
+def _fails(fn: Callable[..., object], kw: dict[str, Any]) -> bool:
+    try:
+        fn(**kw)
+    except Exception:
+        return True
+    except BaseException as exc:  # pytest.fail / pytest.raises' "DID NOT RAISE" (outcome exceptions)
+        if type(exc).__name__ == "Skipped":
+            raise
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return True
+    return False

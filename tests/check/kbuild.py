@@ -57,6 +57,7 @@ class Mod:
     exports: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=lambda: ["work"])
     notrace: list[str] = field(default_factory=list)  # functions without an __mcount_loc entry
+    no_mcount: bool = False  # no __mcount_loc section at all (built without ftrace)
     modinfo: dict[str, str] = field(default_factory=dict)
     license: str | None = "GPL"
     vermagic: str | None = VERMAGIC
@@ -87,8 +88,9 @@ class Mod:
             text += b"\xe8\x00\x00\x00\x00\xc3"
             relas.append(Rela(".text", off + 1, R_PLT32, imp, -4))
         secs = [Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(text), align=16)]
-        secs.append(Sec("__mcount_loc", flags=C.SHF_ALLOC, data=bytes(8 * len(mcount)), align=8))
-        relas += [Rela("__mcount_loc", 8 * i, R_64, ".text", o) for i, o in enumerate(mcount)]
+        if not self.no_mcount:
+            secs.append(Sec("__mcount_loc", flags=C.SHF_ALLOC, data=bytes(8 * len(mcount)), align=8))
+            relas += [Rela("__mcount_loc", 8 * i, R_64, ".text", o) for i, o in enumerate(mcount)]
         syms.append(Sym(".text", ".text", 0, C.STB_LOCAL, C.STT_SECTION))
         undefined = {"__fentry__", *self.imports}
         syms += [Sym(n) for n in sorted(undefined)]

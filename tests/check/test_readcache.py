@@ -1,5 +1,5 @@
 """The target-read cache: parsed System.map and Module.symvers kept between
-runs, keyed by the files' content; off with KLPCORE_CACHE=off."""
+runs, keyed by the files' content; off with KLPCORE_NO_CACHE=1."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ T50 = Path(__file__).resolve().parent / "fixtures" / "kernel" / "x86_64-6.1.0-50
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("KLPCORE_CACHE_DIR", str(d))
-    monkeypatch.delenv("KLPCORE_CACHE", raising=False)
+    monkeypatch.delenv("KLPCORE_NO_CACHE", raising=False)
     return d
 
 
@@ -59,9 +59,9 @@ def test_changed_content_is_read_again(cache: Path, tmp_path: Path) -> None:
 
 
 def test_off_and_damaged(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLPCORE_CACHE", "off")
+    monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     assert Target(T50).symbols is not None and not cache.exists()
-    monkeypatch.setenv("KLPCORE_CACHE", "on")
+    monkeypatch.delenv("KLPCORE_NO_CACHE")
     good = Target(T50).symvers
     for entry in cache.iterdir():
         entry.write_bytes(b"not a pickle")

@@ -7,8 +7,14 @@ plugin's behaviours are tested the same way in its own tests
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import toyarch as T
@@ -175,13 +181,73 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
 
 def test_every_behaviour_has_a_boundary_test() -> None:
     assert set(BOUNDARY_TESTS) == set(BEHAVIOURS)
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    for name, where in BOUNDARY_TESTS.items():
-        if isinstance(where, str):
-            path, func = where.split("::")
-            assert f"def {func}(" in (root / path).read_text(), f"{name}: {where} not found"
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMED = {name: where for name, where in BOUNDARY_TESTS.items() if isinstance(where, str)}
+
+
+def _runnable(where: str) -> bool:
+    """A named test runs here when its directory's plugin is installed (tests/core: always)."""
+    folder = where.split("/")[1]
+    return folder == "core" or importlib.util.find_spec(f"klpcore_{folder}") is not None
+
+
+@pytest.fixture(scope="module")
+def inverted_outcomes() -> dict[str, list[str]]:
+    """Every runnable named test, run once with the rule it guards inverted: node id -> outcomes."""
+    run = {where: name for name, where in NAMED.items() if _runnable(where)}
+    if not run:
+        return {}
+    env = dict(
+        os.environ,
+        KLPCORE_INVERT=json.dumps(run),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "boundary_inverter", "-p", "no:cacheprovider", "-q", "-rA", *run],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out: dict[str, list[str]] = {}
+    for line in p.stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+            out.setdefault(rest.split(" - ")[0].split("[")[0], []).append(word)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_boundary_test_fails_when_its_rule_is_inverted(name: str, inverted_outcomes) -> None:
+    """A named test guards its behaviour: with ``KernelTarget.has(name)`` answering the opposite, it fails."""
+    where = NAMED[name]
+    path, func = where.split("::")
+    assert f"def {func}(" in (ROOT / path).read_text(), f"{name}: {where} not found"
+    if not _runnable(where):
+        pytest.skip(f"{where}: its plugin is not installed here (runs in its arch env and in all)")
+    outcomes = inverted_outcomes.get(where)
+    assert outcomes, f"{where} did not run"
+    assert "FAILED" in outcomes, f"{where} passes with {name} inverted: it does not guard it ({outcomes})"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, t in BOUNDARY_TESTS.items() if callable(t)))
+def test_boundary_check_fails_when_its_rule_is_inverted(name: str, monkeypatch) -> None:
+    check = BOUNDARY_TESTS[name]
+    assert callable(check)
+    real = KernelTarget.has
+    monkeypatch.setattr(
+        KernelTarget, "has", lambda self, b: (not real(self, b)) if getattr(b, "name", b) == name else real(self, b)
+    )
+    try:
+        check()
+    except pytest.skip.Exception:
+        raise
+    except (Exception, pytest.fail.Exception):  # an assertion, a pytest.raises that did not raise, or an error
+        return
+    pytest.fail(f"check_{name} passes with {name} inverted: it does not guard it")
 
 
 @pytest.mark.parametrize("name", sorted(n for n, t in BOUNDARY_TESTS.items() if callable(t)))

@@ -81,10 +81,15 @@ SEEDS = [_plain(), _livepatch()]
 
 
 # ------------------------------------------------------------ ELF structure
+def _order(data: bytes) -> str:
+    return ">" if data[5] == 2 else "<"  # EI_DATA: ELFDATA2MSB
+
+
 def _layout(data: bytes) -> dict[str, list[tuple[int, int]]]:
-    """Byte spans of each structure kind: (offset, size) of every field."""
-    shoff = struct.unpack_from("<Q", data, 0x28)[0]
-    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
+    """Byte spans of each structure kind: (offset, size) of every field (either byte order: s390x is big)."""
+    bo = _order(data)
+    shoff = struct.unpack_from(bo + "Q", data, 0x28)[0]
+    shnum, shstrndx = struct.unpack_from(bo + "HH", data, 0x3C)
     spans: dict[str, list[tuple[int, int]]] = {"ehdr": [], "shdr": [], "sym": [], "rela": [], "strtab": []}
     for off, size in ((16, 2), (18, 2), (24, 8), (32, 8), (40, 8), (48, 4), (52, 2), (58, 2), (60, 2), (62, 2)):
         spans["ehdr"].append((off, size))
@@ -92,7 +97,7 @@ def _layout(data: bytes) -> dict[str, list[tuple[int, int]]]:
     for i in range(shnum):
         at = shoff + 64 * i
         spans["shdr"] += [(at + o, s) for o, s in fields]
-        stype, _, _, off, size = struct.unpack_from("<IQQQQ", data, at + 4)
+        stype, _, _, off, size = struct.unpack_from(bo + "IQQQQ", data, at + 4)
         if stype == C.SHT_SYMTAB:
             for k in range(size // 24):
                 e = off + 24 * k
@@ -154,7 +159,8 @@ def hostile_module(draw) -> bytes:
             data[off : off + len(text)] = text[: len(data) - off]
             continue
         value = draw(st.one_of(st.sampled_from(INTERESTING), st.integers(0, (1 << (8 * size)) - 1)))
-        data[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        order = "big" if _order(bytes(data)) == ">" else "little"
+        data[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, order)
     if draw(st.integers(0, 9)) == 0:
         data = data[: draw(st.integers(0, len(data)))]
     return bytes(data)
@@ -367,7 +373,7 @@ def test_argument_vectors(worker, workdir, data) -> None:
 
 def _example_seeds() -> list[tuple[bytes, Path]]:
     out = []
-    for dist in ("klpcore_x86_64", "klpcore_ppc64le"):
+    for dist in ("klpcore_x86_64", "klpcore_ppc64le", "klpcore_arm64", "klpcore_s390x"):
         try:
             pkg = Path(__import__(dist).__file__).parent / "examples"
         except ImportError:
@@ -379,7 +385,7 @@ def _example_seeds() -> list[tuple[bytes, Path]]:
 REAL = _example_seeds()
 
 
-@pytest.mark.skipif(not REAL, reason="no architecture plugin with an example installed")
+@pytest.mark.skipif(not REAL, reason="fuzzes the real plugins' handlers: no architecture plugin is installed")
 @SETTINGS
 @given(data=st.data(), command=st.sampled_from(["resolve", "apply", "disasm"]))
 def test_hostile_real_modules(worker, workdir, monkeypatch, data, command) -> None:

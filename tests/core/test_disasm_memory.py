@@ -15,13 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import toyarch as T
 from elfbuild import Obj, Rela, Sec, Sym
 
 from klpcore import constants as C
-
-pytest.importorskip("capstone")
 
 TESTS = Path(__file__).resolve().parents[1]
 TEXT_SIZE = 2 << 20

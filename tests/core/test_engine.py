@@ -153,18 +153,40 @@ def test_overlapping_writes_are_sequential(toy_loader) -> None:
         toy_loader.load(data, symbols(), BASE)
 
 
-def test_handler_and_state_rollback(toy_loader) -> None:
-    data = module([Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "printk", 2)])
-    lm = toy_loader.load(data, symbols(), BASE)
+def test_handler_and_state_rollback(toy_pm) -> None:
+    """A handler's state and writes are kept when its phase succeeds, and dropped, every one, when a later
+    entry of the same phase fails: the state the failing phase built is not the module's, no byte changes."""
+    loader = Loader(toy_pm)
+    good = module([Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "printk", 2)])
+    lm = loader.load(good, symbols(), BASE)
     assert lm.module.arch_state["calls"] == 2
     text = lm.section_bytes(lm.module.section_by_name(".text").index)
     assert struct.unpack_from("<II", text, 0) == (0x81000001, 0x81000002)
-    bad = (
-        module([Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "dead", 0)], symbols_extra=None)
-        if False
-        else None
-    )
-    assert bad is None
+
+    # the first CALL succeeds (counts, writes), the second refuses S == 0xdead: the phase fails
+    dead = "000000000000dead T dead\nffffffff82000010 r __ksymtab_dead\n"
+    bad = Obj(
+        sections=[Sec(".text", flags=TEXT, data=bytes(64), align=16)],
+        symbols=[Sym("printk"), Sym("dead")],
+        relas=[Rela(".text", 0, T.CALL, "printk", 1), Rela(".text", 4, T.CALL, "dead", 0)],
+        modinfo={"name": "toymod"},
+    ).build()
+    mod = loader.open(bad)
+    loader.prepare(mod, BASE)
+    mod.arch_state["calls"] = 40  # what earlier phases left
+    image = loader._image(mod)
+    before = {r.address: image.backend.read(r.address, r.size) for r in image.regions}
+    from klpcore.loader import LoadedModule
+
+    failing = LoadedModule(loader, mod, image, symbols(dead))
+    assert failing._simplify_symbols() == []
+    with pytest.raises(RelocationError) as ei:
+        failing._run_phase("load", failing._load_sections())
+    assert [d.kernel_message for d in ei.value.diagnostics] == ["toymod: dead"]
+    assert mod.arch_state == {"calls": 40}  # the first entry's count (41) is rolled back
+    assert {r.address: image.backend.read(r.address, r.size) for r in image.regions} == before
+    assert image.log == []
+    assert failing.phases == []
 
 
 def test_unknown_symbol_and_weak(toy_loader) -> None:

@@ -9,7 +9,7 @@ import pytest
 import toyarch as T
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, ResolutionError, parse_symbol_text
+from klpcore import KernelTarget, Loader, ResolutionError
 from klpcore import constants as C
 from klpcore.config import KernelConfig
 from klpcore.symbols import load_many
@@ -93,25 +93,6 @@ def test_modversions_crc_mismatch(toy_pm, symbols) -> None:
     Loader(toy_pm, kernel=k).load(bad, symbols(), BASE)
     # no entry for the symbol: the kernel warns once and accepts
     Loader(toy_pm).load(module("plain_fn", crcs={"other": 1}), symbols(), BASE)
-
-
-def test_ignore_undef_symbol_from_5_12() -> None:
-    """_GLOBAL_OFFSET_TABLE_ left undefined: ignored on x86 from 5.12, 'Unknown symbol' before."""
-    pytest.importorskip("klpcore_x86_64")
-    from klpcore import get_plugin_manager
-
-    data = Obj(
-        machine=62,
-        sections=[Sec(".text", flags=TEXT, data=bytes(8))],
-        symbols=[Sym("_GLOBAL_OFFSET_TABLE_")],
-        relas=[],
-        modinfo={"name": "got"},
-    ).build()
-    syms = parse_symbol_text(MAP)
-    Loader(get_plugin_manager(), kernel=KernelTarget((5, 12))).load(data, syms, BASE)
-    with pytest.raises(ResolutionError) as ei:
-        Loader(get_plugin_manager(), kernel=KernelTarget((5, 11))).load(data, syms, BASE)
-    assert ei.value.diagnostics[0].kernel_message == "got: Unknown symbol _GLOBAL_OFFSET_TABLE_ (err -2)"
 
 
 def test_module_layout_crc_refuses_the_module(toy_pm, tmp_path) -> None:

@@ -67,6 +67,40 @@ def test_newest_is_7_1_and_the_default() -> None:
     assert KernelTarget.from_string("newest").version == NEWEST
 
 
+#: The core behaviours, stated here and not read from the table under test: (the last release without, the
+#: first release with), each the mainline release of the kernel change the row's ``source`` names.
+CORE_RELEASES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "module_rwx_helpers": ((4, 4), (4, 5)),
+    "final_klp_format": ((4, 6), (4, 7)),
+    "early_vmlinux_klp": ((5, 7), (5, 8)),
+    "klp_vmlinux_symbol_check": ((5, 7), (5, 8)),
+    "klp_no_module_disable_ro": ((5, 7), (5, 8)),
+    "ignore_undef_symbol": ((5, 11), (5, 12)),
+    "strict_align_config": ((5, 18), (5, 19)),
+    "ksym_name_len_512": ((6, 0), (6, 1)),
+    "module_memory": ((6, 3), (6, 4)),
+    "codetag_separate": ((6, 12), (6, 13)),
+    "extended_modversions": ((6, 13), (6, 14)),
+    "relocates_percpu": ((6, 15), (6, 16)),
+    "static_call_sites_ro_after_init": ((6, 15), (6, 16)),
+    "reloc_messages_sec_idx": ((6, 18), (6, 19)),
+    "invalid_shndx_refused": ((6, 19), (7, 0)),
+}
+
+
+def test_the_core_rows_are_the_stated_ones() -> None:
+    assert {n for n, b in BEHAVIOURS.items() if b.arch == "core"} == set(CORE_RELEASES)
+
+
+@pytest.mark.parametrize(("name", "sides"), sorted(CORE_RELEASES.items()))
+def test_each_core_behaviour_at_the_stated_release(name: str, sides: tuple[tuple[int, int], ...]) -> None:
+    """Each side of the stated boundary, asked through the rules (``KernelTarget.has``), not the table's ``since``."""
+    without, with_ = sides
+    assert not KernelTarget(without).has(name), f"{name} already in {without}"
+    assert KernelTarget(with_).has(name), f"{name} not yet in {with_}"
+    assert KernelTarget(NEWEST).has(name)
+
+
 @pytest.mark.parametrize("name", sorted(INSTALLED))
 def test_each_boundary_both_sides(name: str) -> None:
     """Core rows and the installed plugins' rows (asked with the row object)."""

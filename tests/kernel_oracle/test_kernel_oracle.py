@@ -144,6 +144,33 @@ def test_recording_is_the_loaded_module(folder: str, module: str) -> None:
 
 
 # ------------------------------------------------------------- comparisons
+#: the kernel's kallsyms copies of the symbol and string tables (not SHF_ALLOC in the file: klpcore does not load
+#: them; ``ko.compare`` checks they sit at the end of klpcore's init layout)
+KALLSYMS_COPIES = {".symtab", ".strtab"}
+
+
+@pytest.mark.parametrize(("folder", "module"), RECORDINGS, ids=[ids(r) for r in RECORDINGS])
+def test_layout_is_the_real_kernels(folder: str, module: str, tmp_path: Path) -> None:
+    """klpcore's layout, section by section, is where the real kernel put each section (given only the kernel's
+    core, init and per-CPU bases): every recorded section, at the recorded address, and nothing else placed."""
+    need_plugin(folder)
+    rec = recording(folder, module)
+    placed = klpcore_apply(rec, tmp_path)
+    kernel = {n: hex(s.address) for n, s in rec.sections.items() if not n.startswith("[") and n not in KALLSYMS_COPIES}
+    mine = {n: hex(a) for n, (a, _) in placed.sections.items() if n in kernel}
+    assert mine == kernel
+    assert len(kernel) >= 5
+    elf = ElfModule.from_file(rec.ko)
+    size = {sec.name: sec.size for sec in elf.sections}
+    # the kernel lists no empty section and keeps the per-CPU section out of module memory (clears its ALLOC)
+    extra = {
+        n: hex(a)
+        for n, (a, _) in placed.sections.items()
+        if n not in kernel and size.get(n) and n != ".data..percpu" and not n.startswith(".klpcore.")
+    }
+    assert not extra, f"klpcore placed sections the kernel did not record: {extra}"
+
+
 @pytest.mark.parametrize(("folder", "module"), RECORDINGS, ids=[ids(r) for r in RECORDINGS])
 def test_klpcore_writes_what_the_kernel_wrote(folder: str, module: str, tmp_path: Path) -> None:
     need_plugin(folder)

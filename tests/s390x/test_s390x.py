@@ -9,12 +9,13 @@ regenerates everything).  The tests need no cross tools, emulator or network.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import struct
 from pathlib import Path
 
+import capstone
+import capstone.systemz
 import numpy as np
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
@@ -179,13 +180,27 @@ def _refused_value(data: bytes, name: str) -> int:
 def test_got_plt_limits_both_sides(name: str) -> None:
     """Both sides of the upper limit of each GOT/PLT-dependent type: the fixture's relocation gets the addend
     that puts the kernel's value exactly at the limit (accepted, field by hand) and one step over (refused,
-    with the kernel's message and value).  The value at the fixture's own addend is read from the kernel
-    message of a probe 2^40 further."""
+    with the kernel's message and value).  The value at the fixture's own addend comes from the kernel's
+    formula (``_value``: GOT slots and PLT entries in order of first use), not from klpcore."""
     number = next(t.number for t in s390.types.reloc_types(KernelTarget()) if t.name == name)
-    data = (FIX / ("range_plt32_backward.o" if name == "R_390_PLT32" else "all_types.o")).read_bytes()
+    plt32 = name == "R_390_PLT32"
+    data = (FIX / ("range_plt32_backward.o" if plt32 else "all_types.o")).read_bytes()
     relsec, index, target, off, addend = _first_rela(data, number)
-    probe = 1 << 40
-    v0 = _refused_value(_with_addend(data, relsec, index, addend + probe), name) - probe
+    mod = loader().open(data)  # the layout only: the value at this addend may be refused (PLT32's is)
+    loader().prepare(mod, BASE)
+    elf = mod.elf
+    relas = elf.relas(elf.section_by_name(relsec).index)
+    si = int(relas["r_info"][index]) >> 32
+    symbol = elf.symbol_names[si]
+    P = mod.layout.placements[elf.section_by_name(target).index].address + off
+    shndx = int(elf.symbols["st_shndx"][si])
+    if shndx >= C.SHN_LORESERVE:  # SHN_ABS
+        S = int(elf.symbols["st_value"][si])
+    elif shndx:  # the module's own symbol: its section's address + st_value
+        S = mod.layout.placements[shndx].address + int(elf.symbols["st_value"][si])
+    else:
+        (S,) = load_symbols(SYMS).objects["vmlinux"].matches(symbol)
+    v0 = _value(S, number, symbol, addend, P, *(([], ["tgt"]) if plt32 else ()))
     sign, bits, shift = s390.types.FIELDS[number]
     hi = ((1 << (bits - 1)) - 1 if sign else (1 << bits) - 1) << shift
     at_limit = addend + hi - v0
@@ -289,12 +304,14 @@ def test_got_and_plt_at_the_start_of_the_text() -> None:
     }
 
 
-def _value(lm, off: int, rtype: int, symbol: str, addend: int, P: int) -> int:
-    """The kernel's formulas, written out for the all_types sites ld cannot check."""
-    G = 8 * ALL_GOT.index(symbol) if symbol in ALL_GOT else None
-    plt = BASE + 8 * len(ALL_GOT)
-    PLTe = plt + 22 * ALL_PLT.index(symbol) if symbol in ALL_PLT else None
-    S = sym(lm, symbol) if symbol != "_GLOBAL_OFFSET_TABLE_" else 0
+def _value(
+    S: int, rtype: int, symbol: str, addend: int, P: int, got: list[str] = ALL_GOT, plt_: list[str] = ALL_PLT
+) -> int:
+    """The kernel's formulas, written out for the sites ld cannot check (GOT slots and PLT entries in order
+    of first use: ``got`` and ``plt_``, all_types' by default)."""
+    G = 8 * got.index(symbol) if symbol in got else None
+    plt = BASE + 8 * len(got)
+    PLTe = plt + 22 * plt_.index(symbol) if symbol in plt_ else None
     if rtype in (6, 15, 58, 7, 24, 29, 30, 59, 31, 32):  # GOT*, GOTPLT*
         return G + addend
     if rtype in (26, 33):  # GOTENT, GOTPLTENT
@@ -303,7 +320,7 @@ def _value(lm, off: int, rtype: int, symbol: str, addend: int, P: int) -> int:
         reach = 0xFFFF if rtype == 18 else 0xFFFFFFFF
         target = S if -reach <= S - P <= reach - 1 else PLTe
         return target + addend - P
-    if rtype == 25:  # PLT64
+    if rtype in (8, 25):  # PLT32, PLT64
         return PLTe + addend - P
     if rtype in (34, 35, 36):  # PLTOFF*
         return PLTe - BASE + addend
@@ -336,7 +353,7 @@ def test_got_plt_dependent_fields_by_hand(target: str) -> None:
         if rtype not in kernel_only:
             continue
         sign, bits, shift = s390.types.FIELDS[rtype]
-        want = _value(lm, off, rtype, symbol, addend, addr + off)
+        want = _value(sym(lm, symbol) if symbol != "_GLOBAL_OFFSET_TABLE_" else 0, rtype, symbol, addend, addr + off)
         got = _field(data, off, rtype)
         mask = (1 << bits) - 1
         assert got == (want >> shift) & mask, (target, off, rtype, symbol)
@@ -442,7 +459,6 @@ def test_plt16dbl_boundary() -> None:
     [{"expoline": "y"}, {"config": "CONFIG_EXPOLINE=y\n"}],
 )
 def test_expoline_plt_and_thunk(how) -> None:
-    capstone = pytest.importorskip("capstone")
     lm = load("mod_calls.o", **how)
     plt_addr, plt = lm.reserved_bytes(PLT)
     n = len(plt) // 22 - 1  # the last slot is the __jump_r1 thunk
@@ -571,7 +587,6 @@ def test_output_elf_shows_got_and_plt() -> None:
 
 
 def test_capstone_and_insn_target() -> None:
-    capstone = pytest.importorskip("capstone")
     lm = load("all_types.o")
     _, addr, data = section(lm, ".text")
     md = capstone.Cs(capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN)
@@ -660,21 +675,78 @@ def test_unicorn_run_recorded_hand_derived_result() -> None:
     assert calls == [("ext_add", 1), ("ext_mul", 2), ("ext_log", 3), ("ext_add", None)]
 
 
-def test_unicorn_executed_image_is_what_klpcore_writes() -> None:
+def _insn_at(lm, address: int):
+    """klpcore's instruction at ``address`` (capstone), None outside the module's memory."""
+    region = next((r for r in lm.image.regions if r.address <= address < r.address + r.size), None)
+    if region is None:
+        return None
+    md = capstone.Cs(capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN)
+    md.detail = True
+    return next(md.disasm(lm.image.backend.read(address, 6), address))
+
+
+def test_unicorn_ran_klpcore_entry_and_plt() -> None:
     lm = load("mod_calls.o")
-    image = b"".join(lm.image.backend.read(r.address, r.size) for r in lm.image.regions)
-    assert hashlib.sha256(image).hexdigest() == UNICORN["image_sha256"]
     assert int(UNICORN["entry"], 16) == sym(lm, "mod_calls")
     plt_addr, plt = lm.reserved_bytes(PLT)
     for k, name in enumerate(["helper", "ext_add", "ext_mul", "ext_log"]):
         assert plt[22 * k : 22 * k + 22] == plt_entry_by_hand(plt_addr + 22 * k, sym(lm, name))
 
 
+def test_klpcore_goes_where_unicorn_went() -> None:
+    """Every control transfer unicorn made from the module is what klpcore's bytes now encode (capstone): a
+    relative branch or call reaches unicorn's target; a PLT entry's ``br %r1`` jumps to the doubleword its
+    ``lg %r1,d(%r1)`` reads (``basr %r1,0`` left the entry's address + 2 in %r1)."""
+    lm = load("mod_calls.o")
+    plt_addr, plt = lm.reserved_bytes(PLT)
+    checked = {"relative": 0, "plt": 0, "register": 0}
+    for frm, to in ((int(a, 16), int(b, 16)) for a, b in UNICORN["transfers"]):
+        i = _insn_at(lm, frm)
+        if i is None:  # a kernel stand-in's return
+            continue
+        if plt_addr <= frm < plt_addr + len(plt):
+            entry = plt_addr + (frm - plt_addr) // 22 * 22
+            basr, lg, br = _insn_at(lm, entry), _insn_at(lm, entry + 2), i
+            assert (basr.mnemonic, lg.mnemonic, br.mnemonic, br.address) == ("basr", "lg", "br", entry + 8)
+            literal = entry + 2 + lg.operands[1].mem.disp
+            target = int.from_bytes(lm.image.backend.read(literal, 8), "big")
+            kind = "plt"
+        elif i.operands[-1].type == capstone.systemz.SYSZ_OP_IMM:
+            target, kind = i.operands[-1].imm, "relative"
+        else:  # br %r14 (a return) or basr through a function pointer: a register, not a relocated field
+            checked["register"] += 1
+            continue
+        assert target == to, f"{frm:#x} {i.mnemonic} {i.op_str}: klpcore {target:#x}, unicorn {to:#x}"
+        checked[kind] += 1
+    assert checked == {"relative": 4, "plt": 3, "register": 2}
+
+
+def test_klpcore_points_where_unicorn_pointed() -> None:
+    """Every LARL unicorn ran formed the address klpcore's bytes now encode, and every PC-relative load (LGRL:
+    a GOT slot through GOTENT) read where klpcore's bytes now point."""
+    lm = load("mod_calls.o")
+    for pc, value in UNICORN["larl"]:
+        i = _insn_at(lm, int(pc, 16))
+        assert i.mnemonic == "larl" and i.operands[1].imm == int(value, 16), (pc, i.op_str)
+    relative = 0
+    for pc, address in UNICORN["reads"]:
+        i = _insn_at(lm, int(pc, 16))
+        if i is not None and i.mnemonic.endswith("rl"):
+            assert i.operands[1].imm == int(address, 16), (pc, i.mnemonic, i.op_str)
+            relative += 1
+    assert len(UNICORN["larl"]) == 2 and relative == 3
+
+
 def test_page_size_and_config_defaults() -> None:
     lm = load("mod_calls.o")
     assert lm.module.page_size == 4096
     assert s390.klp_arch_config_default("EXPOLINE", KernelTarget()) == "n"
-    assert struct.calcsize(">Q") == 8
+    # the page size is the layout's: each memory kind starts on its own 4 KiB page
+    starts = [r.address for r in lm.image.regions]
+    assert len(starts) == 3 and all(a % 4096 == 0 for a in starts) and len({a // 4096 for a in starts}) == 3
+    # EXPOLINE=n is what a load with no configuration gets: four 22-byte PLT entries, no __jump_r1 thunk after them
+    assert len(lm.reserved_bytes(PLT)[1]) == 4 * 22
+    assert len(load("mod_calls.o", expoline="y").reserved_bytes(PLT)[1]) > 4 * 22
 
 
 def test_enable_phase_for_an_already_loaded_target() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 
 import pytest
@@ -125,25 +124,44 @@ def test_overflow_refused_with_kernel_message(loader, name, variant, symfile) ->
         assert d.section and d.index is not None and d.symbol
 
 
-def test_limits_exactly(loader) -> None:
-    """Both sides of the 32 and 32S limits, by value."""
+def _sites(name: str) -> list[tuple[str, int]]:
+    """(target section, offset) of every relocation of a fixture object."""
     from klpcore import ElfModule
 
-    for name, lo_ok, hi_ok, lo_bad, hi_bad in [
+    elf = ElfModule.from_file(str(FIX / MANIFEST["fixtures"][name]["object"]))
+    return [
+        (elf.sections[rs.info].name, int(off)) for rs in elf.rela_sections() for off in elf.relas(rs.index)["r_offset"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "lo_ok", "hi_ok", "lo_bad", "hi_bad"),
+    [
+        # R_X86_64_32: 0 <= S + A <= 0xffffffff; R_X86_64_32S: -2^31 <= S + A <= 2^31 - 1
         ("range_32", 0, 0xFFFFFFFF, -1, 0x100000000),
         ("range_32s", -(1 << 31), (1 << 31) - 1, -(1 << 31) - 1, 1 << 31),
-    ]:
-        obj = ElfModule.from_file(FIX / f"{name}.o")
-        kind = obj  # the fixtures' maps already sit on the limits; check their values here
-        for variant, ok in (("ok_max", True), ("ok_min", True), ("over_max", False), ("over_min", False)):
-            text = (FIX / f"{name}.{variant}.map").read_text()
-            assert text.strip()
-            if ok:
-                load(loader, f"{name}.o", f"{name}.{variant}.map")
-            else:
-                with pytest.raises(RelocationError):
-                    load(loader, f"{name}.o", f"{name}.{variant}.map")
-        assert kind is not None and lo_ok < hi_ok and lo_bad < lo_ok and hi_bad > hi_ok
+    ],
+)
+def test_limits_exactly(loader, name, lo_ok, hi_ok, lo_bad, hi_bad) -> None:
+    """Both sides of the 32 and 32S limits, by value: every relocation of the fixture sits exactly on the limit
+    (its symbol file sets S so that S + A is the limit): at the limit each site holds the limit as a 32-bit
+    field (and GNU ld's recorded byte agree); one past it every relocation is refused, its kernel message
+    printing the 64-bit value S + A one past the limit."""
+    sites = _sites(name)
+    assert len(sites) == 4
+    signed = name == "range_32s"
+    for variant, want in (("ok_max", hi_ok), ("ok_min", lo_ok)):
+        lm = load(loader, f"{name}.o", f"{name}.{variant}.map")
+        ld = expected(name, variant)["sections"]
+        for sname, off in sites:
+            mine = lm.section_bytes(lm.module.section_by_name(sname).index)[off : off + 4]
+            assert int.from_bytes(mine, "little", signed=signed) == want, (variant, sname, off)
+            assert mine.hex() == ld[sname]["bytes"][2 * off : 2 * off + 8], (variant, sname, off)
+    for variant, value in (("over_max", hi_bad), ("over_min", lo_bad)):
+        with pytest.raises(RelocationError) as ei:
+            load(loader, f"{name}.o", f"{name}.{variant}.map")
+        vals = [re.search(r" val ([0-9a-f]+) ", d.kernel_message).group(1) for d in ei.value.diagnostics]
+        assert vals == [f"{value & ((1 << 64) - 1):x}"] * len(sites), variant
 
 
 def test_nonzero_target_refused(loader) -> None:
@@ -281,8 +299,15 @@ def test_pc32_truncation_is_kernel_bytes(loader) -> None:
     lm = load(loader, "range_pc32_ext.o", "range_pc32_ext.over_max.map")
     exp = expected("range_pc32_ext", "over_max")
     text = lm.module.section_by_name(".text")
-    assert lm.section_bytes(text.index).hex() == exp["sections"][".text"]["bytes"]
-    assert struct.calcsize("<I") == 4
+    mine = lm.section_bytes(text.index)
+    assert mine.hex() == exp["sections"][".text"]["bytes"]
+    # by hand: every site's S + A - P is 0x80000000 (one past the signed limit); its low 32 bits are written
+    sites = _sites("range_pc32_ext")
+    assert len(sites) == 4 and {s for s, _ in sites} == {".text"}
+    for _, off in sites:
+        assert mine[off : off + 4] == (0x80000000).to_bytes(4, "little"), off
+    warned = sorted(w.index for w in lm.warnings if w.message.startswith("value 0x80000000 does not fit"))
+    assert warned == [0, 1, 2, 3]  # one warning per truncated relocation
 
 
 def test_disasm_decodes_sites_and_targets(capsys) -> None:

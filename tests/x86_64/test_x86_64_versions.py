@@ -8,7 +8,15 @@ import struct
 import pytest
 from elfbuild import Obj, Rela, Sec, Sym
 
-from klpcore import KernelTarget, Loader, MemType, RelocationError, get_plugin_manager, parse_symbol_text
+from klpcore import (
+    KernelTarget,
+    Loader,
+    MemType,
+    RelocationError,
+    ResolutionError,
+    get_plugin_manager,
+    parse_symbol_text,
+)
 from klpcore import constants as C
 from klpcore.config import KernelConfig
 from klpcore.memory import ModuleImage, Region
@@ -60,6 +68,22 @@ def test_only_against_the_stack_guard() -> None:
     with pytest.raises(RelocationError) as ei:
         load((6, 15), CLANG16, sym="printk")
     assert ei.value.diagnostics[0].kernel_message == "sc: Unsupported GOTPCREL relocation"
+
+
+def test_ignore_undef_symbol_from_5_12() -> None:
+    """_GLOBAL_OFFSET_TABLE_ left undefined: ignored on x86 from 5.12, 'Unknown symbol' before."""
+    data = Obj(
+        machine=62,
+        sections=[Sec(".text", flags=C.SHF_ALLOC | C.SHF_EXECINSTR, data=bytes(8))],
+        symbols=[Sym("_GLOBAL_OFFSET_TABLE_")],
+        relas=[],
+        modinfo={"name": "got"},
+    ).build()
+    syms = parse_symbol_text("ffffffff81000000 T printk\nffffffff82b00010 r __ksymtab_printk\n")
+    Loader(get_plugin_manager(), kernel=KernelTarget((5, 12))).load(data, syms, BASE)
+    with pytest.raises(ResolutionError) as ei:
+        Loader(get_plugin_manager(), kernel=KernelTarget((5, 11))).load(data, syms, BASE)
+    assert ei.value.diagnostics[0].kernel_message == "got: Unknown symbol _GLOBAL_OFFSET_TABLE_ (err -2)"
 
 
 def text_region() -> tuple[ModuleImage, Region]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
@@ -34,9 +35,10 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
-from . import options, plt, protection, versions
+from . import convert, options, plt, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_AARCH64, identify, insn_target
 from .plt import emit_plt_entry, emit_veneer, gen_branch, plt_entry
 from .types import BY_NAME, BY_NUMBER, OTHER_TYPES, TABLE, Row, encode_imm, insn_imm, plain_type
@@ -170,3 +172,16 @@ def klp_arch_examples() -> Sequence[Example]:
             hosts=("aarch64",),
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
@@ -42,9 +43,10 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
-from . import options, protection, stubs, toc, versions
+from . import convert, options, protection, stubs, toc, versions
 from .abi import ha16, lo16, local_entry_offset, s64
 from .identify import ARCHES, DEFAULT_BASE, EM_PPC64, identify, insn_target
 from .options import DEFAULT_OPTIONS, OPTION_KINDS, PAGE_64K, option
@@ -161,3 +163,16 @@ def klp_arch_write_method(
     """memcpy while unformed; then ``patch_instruction`` (5.16+), plain stores
     into writable memory, ``module_disable_ro`` before 5.8, else a fault (None)."""
     return protection.write_method(image, region, kernel, hint)
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

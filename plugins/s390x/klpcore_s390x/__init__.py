@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import ApplyContext, SectionContext, apply_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example, LoadingModule
@@ -34,9 +35,10 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
-from . import gotplt, identify, options, protection, types, versions
+from . import convert, gotplt, identify, options, protection, types, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_S390, EM_S390_OLD
 
 __all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", "protection", "types", "versions"]
@@ -119,3 +121,16 @@ def klp_arch_examples() -> Sequence[Example]:
             hosts=("s390x",),
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from klpcore import hookimpl
 from klpcore.arch import ArchSpec, RelocType
+from klpcore.convert.rules import ConvertRules
 from klpcore.engine import SectionContext, clear_section
 from klpcore.kernel import KernelTarget
 from klpcore.loader import Example
@@ -30,9 +31,10 @@ from klpcore.memory import ModuleImage, Region
 from klpcore.versions import Behaviour
 
 if TYPE_CHECKING:
+    from klpcore.kimage.rules import ImageRules
     from klpcore.testing.kernel_oracle import OracleRules
 
-from . import protection, versions
+from . import convert, protection, versions
 from .identify import ARCHES, DEFAULT_BASE, EM_X86_64, identify, insn_target
 from .types import (
     OTHER_TYPES,
@@ -130,3 +132,16 @@ def klp_arch_examples() -> Sequence[Example]:
             hosts=("x86_64",),
         )
     ]
+
+
+@hookimpl
+def klp_arch_convert_rules(arch: ArchSpec, kernel: KernelTarget) -> ConvertRules:
+    return convert.rules(kernel)
+
+
+@hookimpl
+def klp_arch_kernel_image() -> ImageRules:
+    """How this architecture ships its kernel image (imported only when an image is read)."""
+    from .image import RULES
+
+    return RULES

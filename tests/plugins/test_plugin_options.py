@@ -56,10 +56,11 @@ def _plugins() -> list[tuple[str, str, dict[str, str]]]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("arch", "module", "declared"),
-    _plugins() or [pytest.param("", "", {}, marks=pytest.mark.skip(reason="no architecture plugin installed"))],
-)
+def test_every_plugin_is_installed() -> None:
+    assert {arch for arch, _, _ in _plugins()} >= {"x86_64", "ppc64le", "arm64", "s390x"}
+
+
+@pytest.mark.parametrize(("arch", "module", "declared"), _plugins())
 def test_every_option_a_plugin_reads_is_declared(arch: str, module: str, declared: dict[str, str]) -> None:
     package = Path(importlib.import_module(module).__file__ or "").parent
     read: set[str] = set()
