@@ -151,7 +151,12 @@ class InProcess:
 
 
 def _worker_init() -> None:
+    import signal
+
     forget_targets()  # a forked worker starts with none of the parent's targets
+    # ^C is the parent's to handle (it stops the run and keeps what was written); a worker
+    # that took it too would print its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Processes:
