@@ -85,7 +85,7 @@ class DaskExecutor:
                 n_workers=max(1, workers),
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: never a clash with another cluster
                 silence_logs=logging.CRITICAL,
             )
             self.client: Any = distributed.Client(self.cluster)

@@ -150,10 +150,11 @@ class InProcess:
         pass
 
 
-def _worker_init() -> None:
+def _worker_init(inherit: bool) -> None:
     import signal
 
-    forget_targets()  # a forked worker starts with none of the parent's targets
+    if not inherit:
+        forget_targets()  # a forked worker starts with none of the parent's targets
     # ^C is the parent's to handle (it stops the run and keeps what was written); a worker
     # that took it too would print its own traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -175,15 +176,23 @@ class Processes:
     def run(
         self, jobs: Sequence[PairJob], targets: Sequence[TargetSpec], options: dict[str, Any]
     ) -> Iterator[tuple[int, PairResult]]:
+        import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
         todo = chunks(jobs, self.workers)
+        used = sorted({j.target for j in jobs})
+        # fewer targets than workers (a module tree against its own kernel): read them here, once,
+        # and let the forked workers share them, instead of each worker reading them again
+        inherit = multiprocessing.get_start_method() == "fork" and len(used) < self.workers
+        if inherit:
+            for t in used:
+                worker_target(targets[t])
         attempt = 0
         while todo:
             pending: dict[Future[list[tuple[int, PairResult]]], tuple[int, list[tuple[int, str]]]] = {}
             broken = False
-            pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_init)
+            pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_init, initargs=(inherit,))
             try:
                 for t, items in todo:
                     pending[pool.submit(judge_chunk, items, targets[t], options)] = (t, items)
