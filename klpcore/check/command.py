@@ -50,7 +50,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--example",
         action="store_true",
-        help="check the example shipped with klpcore: two livepatch modules built for Debian's 6.1.0-50-amd64 "
+        help="check the example shipped with klpcore: two livepatch modules built for a Debian 6.1.0-50 kernel "
         "on a slice of that kernel (one loads; the other is refused with the line the real kernel printed)",
     )
     sp.add_argument(

@@ -22,8 +22,6 @@ from .executors import PairJob, TargetSpec
 
 #: a module file's name ends with one of these
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
-#: e_machine -> the name used in reports
-MACHINE_NAMES = {62: "x86_64", 183: "arm64", 21: "ppc64", 22: "s390x", 3: "i386", 40: "arm", 243: "riscv"}
 
 
 def read_list(arg: str, option: str, seen: tuple[str, ...] = ()) -> list[str]:
@@ -99,8 +97,21 @@ def module_machine(path: str) -> int | None:
     return int.from_bytes(ident[18:20], "little" if ident[5] == C.ELFDATA2LSB else "big")
 
 
+_NAMES: dict[int, str] = {}
+
+
 def machine_name(machine: int | None) -> str:
-    return "unknown" if machine is None else MACHINE_NAMES.get(machine, f"machine {machine}")
+    """The name of the installed plugin that claims ``e_machine`` (the core names no architecture),
+    else "machine N"."""
+    if machine is None:
+        return "unknown"
+    if not _NAMES:
+        from ..plugins import default_plugin_manager, list_arch_plugins
+
+        for info in list_arch_plugins(default_plugin_manager()):
+            for spec in info.archs:
+                _NAMES.setdefault(spec.machine, spec.name)
+    return _NAMES.get(machine, f"machine {machine}")
 
 
 @dataclass(frozen=True)
