@@ -230,6 +230,9 @@ class ArchSpec:
     #: address an instruction decoded by capstone (with detail) reaches, for ``klpcore disasm``
     insn_target: Callable[[Any], int | None] | None = None
     ignored_undefined: frozenset[str] = frozenset()  # kernel's ignore_undef_symbol()
+    #: undefined symbols the arch's module_frob_arch_sections defines before symbols are resolved
+    #: (ppc64's dedotify makes ``.TOC.`` SHN_ABS): never "Unknown symbol", whatever the version
+    frob_defined: frozenset[str] = frozenset()
     #: sections the arch writes call stubs or PLT entries into (``klpcore disasm``
     #: shows a branch into one as a call through it)
     stub_sections: frozenset[str] = frozenset()

@@ -1,7 +1,8 @@
 """One writer of ELF64 files: the file header, section contents at aligned offsets, and the section
 header table, in the records :mod:`klpcore.elfheader` reads.
 
-:func:`~klpcore.output.write_elf` (a relocated module) and the tests' object builders use it; what
+:func:`~klpcore.output.write_elf` (a relocated module), ``klpcore convert``'s
+:mod:`klpcore.convert.elfedit` (a livepatch module) and the tests' object builders use it; what
 goes into the sections is theirs.  Offsets are aligned with ``offset + (-offset) % align``, which for
 the powers of two of valid files is the usual rounding, and for other values (hostile test inputs)
 still gives an offset that is a multiple of ``align``.

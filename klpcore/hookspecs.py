@@ -108,6 +108,23 @@ def klp_arch_module_base(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
+def klp_arch_percpu_base(  # type: ignore[empty-body]
+    arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]
+) -> int | None:
+    """Where the target kernel puts a module's per-CPU section, from its own symbols (``klpcore
+    check``): the reserved chunk follows the static per-CPU data (``__per_cpu_end``) on architectures
+    whose per-CPU addresses are real addresses.
+
+    :param arch: the spec returned by :func:`klp_arch_identify` (answer only for your own).
+    :param kernel: the target kernel.
+    :param symbol: the address of a vmlinux symbol of the target (``"__per_cpu_end"``), or None.
+    :return: the per-CPU section's address, or None for ``arch.percpu_base``.
+
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def klp_arch_reloc_types(arch: ArchSpec, kernel: KernelTarget) -> Sequence[RelocType] | None:  # type: ignore[empty-body]
     """Describe every relocation type the kernel's ``apply_relocate_add`` handles.
 

@@ -31,6 +31,7 @@ __all__ = [
     "Setting",
     "config_setting",
     "page_size_setting",
+    "parse_stable",
     "parse_version",
 ]
 
@@ -64,6 +65,16 @@ def parse_version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_stable(text: str) -> int | None:
+    """The stable number of a release string: ``"6.12.117+deb13-arm64"`` -> 117, ``"6.12.46"`` -> 46;
+    None when the string has none (``"6.12"``) or hides it: Debian's ABI names
+    (``"6.1.0-50-amd64"`` is 6.1.176) keep the third number at 0."""
+    m = re.match(r"^v?\d+\.\d+\.(\d+)(-\d+)?", text.strip())
+    if not m or (m.group(1) == "0" and m.group(2)):
+        return None
+    return int(m.group(1))
+
+
 @dataclass(frozen=True)
 class KernelTarget:
     """The kernel a module is loaded into."""
@@ -80,6 +91,9 @@ class KernelTarget:
     config: KernelConfig | None = field(default=None, hash=False, compare=False)
     #: where :attr:`version` came from: "option" (``--kernel``), "vermagic", "newest"
     version_source: str = field(default="newest", hash=False, compare=False)
+    #: the stable release number (6.12.117 -> 117) when the version string names it
+    #: (a behaviour may start in a stable release of an older line); None: unknown
+    stable: int | None = None
 
     @classmethod
     def from_string(cls, text: str | None, **kw: Any) -> KernelTarget:
@@ -101,7 +115,7 @@ class KernelTarget:
                 f"kernel {text} is outside the versions klpcore models "
                 f"({OLDEST[0]}.{OLDEST[1]} and newer; releases after {NEWEST[0]}.{NEWEST[1]} get its rules)"
             )
-        return cls(version=version, **{"version_source": "option", **kw})
+        return cls(version=version, **{"version_source": "option", "stable": parse_stable(text), **kw})
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
@@ -126,6 +140,11 @@ class KernelTarget:
     @property
     def label(self) -> str:
         return f"{self.version[0]}.{self.version[1]}"
+
+    @property
+    def release_label(self) -> str:
+        """``6.12.117`` when the stable number is known, else :attr:`label`."""
+        return self.label if self.stable is None else f"{self.label}.{self.stable}"
 
     @property
     def ksym_name_len(self) -> int:

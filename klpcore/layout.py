@@ -19,8 +19,17 @@ Inside a memory type a section's offset is ``ALIGN(size, sh_addralign or 1)``.
 Two styles:
 
 * ``memory`` (Linux 6.4+, ``struct module_memory``): every memory type is its
-  own allocation, page aligned.  klpcore places them one after another from
-  the base address: text, rodata, ro_after_init, data, then the init types.
+  own allocation, page aligned.  By default klpcore models a fresh boot: the
+  kernel allocates the types in enum order (``move_module``: TEXT, DATA,
+  RODATA, RO_AFTER_INIT, INIT_TEXT, INIT_DATA, INIT_RODATA; empty ones
+  skipped) from the lowest free address of the module area, each a vmalloc
+  area of whole pages followed by one guard page.  x86 with
+  ``CONFIG_ARCH_HAS_EXECMEM_ROX`` takes TEXT and INIT_TEXT from a shared
+  read-only-executable cache instead: packed page after page, no guard pages,
+  at ``text_base`` (the data types then start at ``base``).  Measured on
+  Debian 6.12.117 and 7.2.13 (amd64, arm64) for a module loaded first after
+  boot; a module loaded later reuses holes (freed init memory) the model does
+  not know: use the kernel's own addresses (``apply --sections``) for those.
 * ``legacy`` (before 6.4, ``core_layout``/``init_layout``): one core and one
   init allocation; inside each, the size is page aligned after the text, the
   rodata and the ro_after_init rows (``strict_align``), and at the end.
@@ -49,16 +58,8 @@ _ROWS: list[tuple[int, int, MemType, MemType | None]] = [
 ]
 
 
-#: klpcore places the separate allocations of the ``memory`` style in this order
-_MEMORY_ORDER = (
-    MemType.TEXT,
-    MemType.RODATA,
-    MemType.RO_AFTER_INIT,
-    MemType.DATA,
-    MemType.INIT_TEXT,
-    MemType.INIT_RODATA,
-    MemType.INIT_DATA,
-)
+#: the kernel allocates the memory types of the ``memory`` style in enum order
+_MEMORY_ORDER = tuple(MemType)
 
 
 def align(value: int, alignment: int) -> int:
@@ -173,6 +174,9 @@ def layout_sections(
     init_base: int | None = None,
     page_align_rows: bool = True,
     reserved: Sequence[Reservation] = (),
+    guard_pages: bool = True,
+    text_base: int | None = None,
+    tails: dict[MemType, int] | None = None,
 ) -> Layout:
     """Lay out the ``SHF_ALLOC`` sections of ``sections`` at ``base``.
 
@@ -183,7 +187,11 @@ def layout_sections(
     kernel's ``strict_align``/``debug_align``: False packs the rows with no page
     alignment at all (a kernel without ``STRICT_MODULE_RWX`` support, e.g. ppc64
     before 5.14).  ``reserved`` come first in their memory types (see
-    :class:`Reservation`).
+    :class:`Reservation`).  ``guard_pages`` (``memory`` style): each allocation
+    is followed by vmalloc's guard page.  ``text_base``: TEXT and INIT_TEXT come
+    from x86's shared read-only-executable cache there, packed (no guard pages).
+    ``tails``: bytes the kernel adds at the end of a memory type after its
+    sections (``memory`` style; the kallsyms copy, :mod:`klpcore.kallsyms_copy`).
     """
     from .addresses import check_address
 
@@ -209,7 +217,11 @@ def layout_sections(
         has_res = {r.memtype for r in reserved if r.size}
         sizes = {k: v for k, v in used.items() if isinstance(k, MemType)}
         groups, sizes, _ = _assign(sections, is_init, sizes)
+        for mt, extra in (tails or {}).items():
+            sizes[mt] = sizes.get(mt, 0) + extra
         addr = base
+        text_addr = text_base
+        guard = page_size if guard_pages else 0
         pinned = dict(region_bases or {})
         for mt in _MEMORY_ORDER:
             if sizes.get(mt, 0) == 0 and not groups.get(mt) and mt not in has_res:
@@ -217,12 +229,17 @@ def layout_sections(
             if mt.is_init and init_base is not None:
                 addr, init_base = init_base, None  # the first init type starts the init allocation
             size = sizes.get(mt, 0)
-            start = pinned.get(mt, addr)
-            lay.regions[mt] = Region(mt, start, size, align(max(size, 1), page_size))
+            alloc = align(max(size, 1), page_size)
+            cached = text_addr is not None and mt.is_text
+            start = pinned.get(mt, text_addr if cached and text_addr is not None else addr)
+            lay.regions[mt] = Region(mt, start, size, alloc)
             for s, off in groups.get(mt, []):
                 lay.placements[s.index] = Placement(s.index, s.name, mt, off, start + off, s.size)
             place_reserved(mt, start)
-            addr = max(addr, start + align(max(size, 1), page_size))
+            if cached:
+                text_addr = start + alloc
+            else:
+                addr = max(addr, start + alloc + guard)
         return lay
     if style != "legacy":
         raise ValueError(f"unknown layout style {style!r}")  # a programming error, not an input

@@ -189,6 +189,10 @@ class ModuleTree:
                     found.setdefault(module_kernel_name(f), os.path.join(dirpath, f))
         return {name: Path(p) for name, p in found.items()}
 
+    def _raw(self, path: Path) -> bytes:
+        """A module file's bytes, decompressed (a tree read from elsewhere than the file system overrides it)."""
+        return compress.read_input(path, limit=MAX_MODULE, what="module")
+
     def find(self, name: str) -> Path | None:
         return self.index.get(name.replace("-", "_"))
 
@@ -199,7 +203,7 @@ class ModuleTree:
         path = self.find(name)
         if path is None:
             raise InputError(f"no module {name} in {self.root}")
-        return ElfModule(compress.read_input(path, limit=MAX_MODULE, what="module"), path=str(path))
+        return ElfModule(self._raw(path), path=str(path))
 
     def exports(self, name: str) -> frozenset[str]:
         """Names the module ``name`` exports (empty when it is unreadable or absent)."""
@@ -220,7 +224,7 @@ class ModuleTree:
         if path is None:
             return False
         try:
-            raw = compress.read_input(path, limit=MAX_MODULE, what="module")
+            raw = self._raw(path)
         except KlpError as exc:
             self.unreadable[name] = str(exc)
             return False

@@ -39,17 +39,27 @@ class Behaviour:
     description: str
     #: where in the kernel it changed (commit subject or file), for reviewers
     source: str
+    #: stable releases of older lines that carry a backport: (major, minor, stable number),
+    #: e.g. (6, 12, 46): 6.12.y from 6.12.46 on
+    stable: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def label(self) -> str:
-        return f"{self.since[0]}.{self.since[1]}"
+        return ", ".join([f"{self.since[0]}.{self.since[1]}", *(f"{a}.{b}.{c}" for a, b, c in self.stable)])
 
     def present_in(self, kernel: KernelTarget) -> bool:
         """Does ``kernel``'s release have this behaviour (``-O`` overrides aside)?
 
-        The row owns its comparison, so that a row can later also name the
-        stable releases a backport starts in."""
-        return kernel.version >= self.since
+        From the mainline release :attr:`since`, and in an older line from the
+        stable release :attr:`stable` names, when the kernel's stable number is
+        known (its vermagic or ``--kernel`` says 6.12.117; Debian's ABI names
+        such as 6.1.0-50 hide it)."""
+        if kernel.version >= self.since:
+            return True
+        return any(
+            kernel.version == (major, minor) and kernel.stable is not None and kernel.stable >= n
+            for major, minor, n in self.stable
+        )
 
     def sides(self) -> list[tuple[KernelTarget, KernelTarget]]:
         """Kernels on both sides of each start of this behaviour: (without, with).
@@ -58,15 +68,22 @@ class Behaviour:
 
         major, minor = self.since
         before = (major, minor - 1) if minor else (major - 1, 19)
-        return [(KernelTarget(before), KernelTarget(self.since))]
+        pairs = [(KernelTarget(before), KernelTarget(self.since))]
+        for major, minor, n in self.stable:
+            pairs.append((KernelTarget((major, minor), stable=n - 1), KernelTarget((major, minor), stable=n)))
+        return pairs
 
 
 #: The newest release whose module loader and livepatch code were checked
 #: against klpcore (the default target when a module carries no usable
 #: ``vermagic``).  7.1 (7.1.5) differs from 6.19 in these files only by
-#: ``invalid_shndx_refused``; later releases were not available to check and
-#: get 7.1's rules (reports say so).
-NEWEST: tuple[int, int] = (7, 1)
+#: ``invalid_shndx_refused``; 7.2 (Debian's 7.2.13) was checked against the
+#: real kernel: booted under qemu on x86_64, arm64, ppc64le and s390x, its
+#: loader's bytes and section addresses for Debian's own modules are
+#: klpcore's (tests/kernel_oracle, every boundary it crosses from 6.1 there
+#: with a recorded kernel on each side where one can show it).  Later releases
+#: get 7.2's rules (reports say so).
+NEWEST: tuple[int, int] = (7, 2)
 #: The oldest kernel klpcore models (the 2015 livepatch RFC era).
 OLDEST: tuple[int, int] = (4, 3)
 
@@ -235,10 +252,14 @@ def render_markdown(behaviours: Iterable[Behaviour] | None = None) -> str:
         "<!-- Generated from klpcore/versions.py by `python -m klpcore.versions > docs/versions.md`;",
         "     tests/core/test_versions.py fails when this file and the table differ. -->",
         "",
-        "klpcore applies a module with the rules of one kernel release (`--kernel X.Y`). Without",
-        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-<flavour>` -> 6.1), and the",
+        "klpcore applies a module with the rules of one kernel release (`--kernel X.Y` or `X.Y.Z`). Without",
+        "`--kernel` it uses the release in the module's own `vermagic` (`6.1.0-50-<flavour>` -> 6.1,",
+        "`6.12.117+deb13-<flavour>` -> 6.12.117), and the",
         f"newest checked release ({NEWEST[0]}.{NEWEST[1]}) when the module has none. Every report says which",
-        "release's rules it used. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
+        "release's rules it used. A behaviour starts at a mainline release and, where a stable line carries a",
+        "backport, at a stable release of that line too (`6.17, 6.12.46`: 6.17 and later, and 6.12.y from",
+        "6.12.46); Debian's ABI names (`6.1.0-50`) hide the stable number, so only the mainline start applies",
+        "to them. `-O NAME=true|false` overrides one behaviour for a run (e.g. a distribution",
         "kernel with a backport).",
         "",
         "| behaviour | since | arch | what changes | kernel change |",

@@ -50,7 +50,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--example",
         action="store_true",
-        help="check the example shipped with klpcore: two livepatch modules built for a Debian 6.1.0-50 kernel "
+        help="check the example shipped with klpcore: two livepatch modules built for a Debian 6.1 kernel "
         "on a slice of that kernel (one loads; the other is refused with the line the real kernel printed)",
     )
     sp.add_argument(
@@ -59,7 +59,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="PATH",
         action="append",
         help="target kernel directory (repeatable); PATH:RELEASE picks a release; ROOT1,ROOT2[,...] is one "
-        "kernel whose packages were extracted into several roots (image, modules, headers, -dbg); "
+        "kernel whose packages were extracted into several roots (image, modules, headers, -dbg); a part may "
+        "be a .deb file (read without extracting) or a folder of .deb files; "
         "@FILE: a list of these, one a line",
     )
     sp.add_argument(
@@ -110,20 +111,25 @@ def module_head_check(path: str) -> None:
         raise InputError(f"{path}: {kind}; a MODULE is a .ko, .ko.xz, .ko.zst or .ko.gz file")
 
 
+def _part_ok(p: str) -> bool:
+    return os.path.isdir(p) or (p.endswith(".deb") and os.path.isfile(p))
+
+
 def parse_target_spec(spec: str) -> tuple[list[str], str | None]:
-    """``PATH[,PATH...][:RELEASE]`` -> (roots, release): one kernel whose packages were
-    extracted into one root or several (image, modules, headers, -dbg)."""
-    if os.path.isdir(spec):
+    """``PART[,PART...][:RELEASE]`` -> (parts, release): one kernel whose packages were extracted into
+    one root or several (image, modules, headers, -dbg), or given as the ``.deb`` files themselves
+    (read without extracting), or a folder of such packages."""
+    if _part_ok(spec):
         return [spec], None
     body, release = spec, None
     if ":" in spec:
         head, _, tail = spec.rpartition(":")
-        if all(os.path.isdir(p) for p in head.split(",")) and "/" not in tail:
+        if all(_part_ok(p) for p in head.split(",")) and "/" not in tail:
             body, release = head, tail or None
     roots = [p for p in body.split(",") if p]
     for p in roots:
-        if not os.path.isdir(p):
-            raise InputError(f"--target {spec}: {p}: not a directory")
+        if not _part_ok(p):
+            raise InputError(f"--target {spec}: {p}: not a directory or a .deb package")
     if not roots:
         raise InputError(f"--target {spec!r}: no directory given")
     return roots, release

@@ -68,6 +68,27 @@ def module_base(target: Target, elf: ElfModule, kernel: KernelTarget | None = No
     return int(got)
 
 
+def percpu_base(target: Target, elf: ElfModule, kernel: KernelTarget) -> int | None:
+    """Where the target kernel puts a module's per-CPU section (hook ``klp_arch_percpu_base`` with the
+    target's own symbols); None: the architecture's default."""
+    pm = default_plugin_manager()
+    spec = arch_spec(pm, elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
+    ks = target.symbols
+    if spec is None or ks is None or not ks.has(C.VMLINUX):
+        return None
+    key = f"percpu_base:{spec.name}"
+    if key not in target.cache:
+        vm = ks.objects[C.VMLINUX]
+
+        def symbol(name: str) -> int | None:
+            hits = vm.matches(name)
+            return int(hits[0]) if hits else None
+
+        target.cache[key] = pm.hook.klp_arch_percpu_base(arch=spec, kernel=kernel, symbol=symbol)
+    got = target.cache[key]
+    return None if got is None else int(got)
+
+
 def _target_version(target: Target) -> tuple[int, int]:
     from ..kernel import NEWEST, parse_version
 

@@ -32,7 +32,7 @@ from ..kernel import KernelTarget
 from ..loader import Loader
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
-from .dependencies import DependencySteps, DepModule, module_base
+from .dependencies import DependencySteps, DepModule, module_base, percpu_base
 from .kmsg import Version
 from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
@@ -137,7 +137,9 @@ class PairCheck(DependencySteps):
         elif magic is None:
             self.not_checked("vermagic", "the target's vermagic needs an in-tree module or release and config")
         else:
-            has_crcs = info.versions is not None
+            # same_magic skips the release word only on a kernel with CONFIG_MODVERSIONS and a module with
+            # __versions; without modversions (Debian 7.x) it is strcmp of the whole string
+            has_crcs = info.versions is not None and self.modversions is not False
             a, b = info.vermagic, magic
             if has_crcs:
                 a, b = a[a.find(" ") if " " in a else len(a) :], b[b.find(" ") if " " in b else len(b) :]
@@ -186,6 +188,15 @@ class PairCheck(DependencySteps):
         if info.signed:
             own = self.target.tree_signer
             if own is None:
+                if self.target.config_bool("CONFIG_MODULE_SIG_FORCE") is False:
+                    # without MODULE_SIG_FORCE an untrusted key only taints: nothing here can refuse it
+                    self.add(
+                        "signature",
+                        "info",
+                        "signed; whether the target trusts the key is unknown (no signed module in its tree): "
+                        "at worst it taints",
+                    )
+                    return
                 self.not_checked(
                     "signature", "whether the target trusts the module's signing key needs its signed modules"
                 )
@@ -299,20 +310,54 @@ class PairCheck(DependencySteps):
         ks = KernelSymbols()
         ks.objects = dict(base.objects)
         ks.source_names = list(base.source_names)
+        ks.text_only = list(base.text_only)
+        ks.exported = dict(base.exported)  # a kernel image's export table decides (kimage)
+        ks.export_crcs = dict(base.export_crcs)
+        ks.ftrace = dict(base.ftrace)
+        vmlinux_exports = self._vmlinux_exports_from_symvers(base)
+        if vmlinux_exports is not None:
+            ks.exported[C.VMLINUX] = vmlinux_exports
         for d in deps:
             if d.symbols is not None:
                 for name, obj in d.symbols.objects.items():
                     ks.objects.setdefault(name, obj)
         return ks
 
+    def _vmlinux_exports_from_symvers(self, base: KernelSymbols) -> dict[str, int] | None:
+        """vmlinux's export table when the symbol source has none (no image export table, no
+        ``__ksymtab_`` symbols: kallsyms or an image of a kernel without CONFIG_KALLSYMS_ALL): the
+        headers' Module.symvers names the exports, the symbol source gives their addresses."""
+        if C.VMLINUX in base.exported or not base.has(C.VMLINUX) or base.has_export_info:
+            return None
+        cache = self.target.cache
+        if "vmlinux_exports_table" not in cache:
+            sv = self.target.symvers
+            table: dict[str, int] | None = None
+            if sv is not None:
+                vm = base.objects[C.VMLINUX]
+                table = {}
+                unplaced = set()
+                for name, e in sv.items():
+                    if e.module == C.VMLINUX:
+                        hits = vm.matches(name)
+                        if hits:
+                            table[name] = int(hits[0])
+                        else:
+                            unplaced.add(name)
+                cache["vmlinux_exports_unplaced"] = frozenset(unplaced)
+            cache["vmlinux_exports_table"] = table
+        got = cache["vmlinux_exports_table"]
+        return got if got is None else dict(got)
+
     def _ignored_undefined(self, elf: ElfModule) -> frozenset[str]:
         """``ignore_undef_symbol`` (5.12+): the undefined symbols the module's architecture
         ignores (``ArchSpec.ignored_undefined``); none when no installed plugin claims it."""
-        kernel = self.kernel_target()
-        if not kernel.has("ignore_undef_symbol"):
-            return frozenset()
         spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
-        return spec.ignored_undefined if spec is not None else frozenset()
+        if spec is None:
+            return frozenset()
+        if not self.kernel_target().has("ignore_undef_symbol"):
+            return spec.frob_defined
+        return spec.ignored_undefined | spec.frob_defined
 
     def step_relocations(self, deps: list[DepModule]) -> Any:
         info = self.info
@@ -321,8 +366,19 @@ class PairCheck(DependencySteps):
         if ks is None:
             self.not_checked("relocations", "no kernel symbol table (" + self.target.missing.get("symbols", "") + ")")
             return None
+        unplaced: frozenset[str] = self.target.cache.get("vmlinux_exports_unplaced", frozenset())
+        used = sorted({sym for _i, sym, _weak in undefined_symbols(info.elf)} & unplaced)
+        if used:
+            self.not_checked(
+                "relocations",
+                f"{len(used)} of the vmlinux exports the module uses ({', '.join(used[:3])}"
+                + (", ..." if len(used) > 3 else "")
+                + ") have no address in the target's symbol source (a kernel without CONFIG_KALLSYMS_ALL lists "
+                "only code); supplied by " + self.target.supplier("symbols"),
+            )
+            return None
         kernel = self.kernel_target()
-        loader = Loader(default_plugin_manager(), kernel=kernel)
+        loader = Loader(default_plugin_manager(), kernel=kernel, percpu_base=percpu_base(self.target, info.elf, kernel))
         try:
             mod = loader.open(info.elf)
         except NoPluginError as exc:

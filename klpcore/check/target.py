@@ -33,7 +33,7 @@ from typing import Any
 from .. import compress
 from .. import constants as C
 from ..elfheader import IDENT_SIZE, ElfHeaderError, read_ident
-from ..errors import InputError, KlpError, SymbolFileError
+from ..errors import InputError, InputFileError, KlpError, SymbolFileError
 from ..modtree import ModuleTree, module_kernel_name
 from ..symbols import PLACEHOLDER_MARK, KernelSymbols, parse_symbol_text, symbols_from_elf
 
@@ -52,8 +52,43 @@ class SymversEntry:
 
 
 def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_TEXT) -> bytes:
-    """A file's bytes, decompressed when it is gzip, xz or zstd (the core's bounded reader)."""
-    return compress.read_input(path, limit=limit, what=what)
+    """A file's bytes, decompressed when it is gzip, xz or zstd (the core's bounded reader); a file
+    inside a ``.deb`` target part (:mod:`.debpkg`) is read from the package's bytes."""
+    from .debpkg import DebPath, member_path
+
+    member = path if isinstance(path, DebPath) else member_path(path) if isinstance(path, str) else None
+    if member is None:
+        return compress.read_input(path, limit=limit, what=what)
+    import io
+    import stat as st
+
+    data = member.read_bytes()
+    fake = os.stat_result((st.S_IFREG, 0, 0, 0, 0, 0, len(data), 0, 0, 0))
+    return compress._read_bounded(io.BytesIO(data), str(member), fake, limit, what, InputFileError)
+
+
+class _PackageModuleTree(ModuleTree):
+    """The modules of a ``.deb`` target part (no directory to walk: the package's member list)."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(str(root))
+        self.package_root = root
+
+    @cached_property
+    def index(self) -> dict[str, Path]:
+        from ..modtree import MODULE_SUFFIXES, SKIP_DIRS
+
+        base = self.package_root.rel + "/"
+        out: dict[str, Any] = {}
+        for name in sorted(self.package_root.root.files):
+            rest = name[len(base) :] if name.startswith(base) else None
+            if rest is None or rest.split("/", 1)[0] in SKIP_DIRS or not name.endswith(MODULE_SUFFIXES):
+                continue
+            out.setdefault(module_kernel_name(name), self.package_root.root / name)
+        return out
+
+    def _raw(self, path: Path) -> bytes:
+        return read_input(path, "module", limit=1 << 30)
 
 
 class Target:
@@ -69,12 +104,21 @@ class Target:
         parts = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not parts:
             raise InputError("target: no directory given")
-        self.roots = [Path(p) for p in parts]
+        from .debpkg import DebRoot
+
+        #: the directories and .deb packages the kernel's files are looked for in, in order
+        self.roots: list[Any] = []
+        for p in parts:
+            if os.fspath(p).endswith(".deb") and os.path.isfile(p):
+                self.roots.append(DebRoot(p))
+            elif os.path.isdir(p) and _only_packages(Path(p)):
+                self.roots += [DebRoot(d) for d in sorted(Path(p).glob("*.deb"))]  # a folder of packages
+            elif os.path.isdir(p):
+                self.roots.append(Path(p))
+            else:
+                raise InputError(f"target {p}: not a directory or a .deb package")
         self.path = self.roots[0]
         self._distribution = distribution  # None: guessed from the config; "upstream": none
-        for p in self.roots:
-            if not p.is_dir():
-                raise InputError(f"target {p}: not a directory")
         self._release_hint = release
         self.missing: dict[str, str] = {}  # what -> why / where looked / what supplies it
         self.notes: list[str] = []
@@ -163,12 +207,6 @@ class Target:
                     f"--target {self.label}:{self._release_hint}: no files of release {self._release_hint} "
                     f"(releases found: {', '.join(sorted(found))})"
                 )
-        debs = [p for root in self.roots for p in root.glob("*.deb")]
-        if debs and not self.releases_found and self.modules_dir is None:
-            raise InputError(
-                f"--target {self.label}: a folder of .deb files ({len(debs)}); extract them "
-                "(dpkg-deb -x PKG.deb ROOT) and give the root(s): --target ROOT or --target ROOT1,ROOT2"
-            )
         if self.release is None and self.config_path is None and self.modules_dir is None:
             raise InputError(
                 f"--target {self.label}: not a kernel: no release found (no boot/config-R, "
@@ -471,13 +509,15 @@ class Target:
         if self._file_release:
             dirs = [root / d.format(rel=self._file_release) for root in self.roots for d in MODDIRS]
             dirs = [p for p in dirs if p.is_dir()]
-            # a split package's root may hold only config and System.map there: prefer the modules
-            with_modules = [p for p in dirs if (p / "kernel").is_dir() or (p / "modules.order").is_file()]
-            if with_modules or dirs:
-                return (with_modules or dirs)[0]
+            # a split package's root may hold only config, System.map and modules.order there (7.x's
+            # linux-base): prefer the one with the modules
+            with_kernel = [p for p in dirs if (p / "kernel").is_dir()]
+            with_order = [p for p in dirs if (p / "modules.order").is_file()]
+            if with_kernel or with_order or dirs:
+                return (with_kernel or with_order or dirs)[0]
         if not self.running:
             for root in self.roots:
-                if any(root.glob("*.ko*")):
+                if isinstance(root, Path) and any(root.glob("*.ko*")):
                     return root
         self.missing["module tree"] = "not found; supplied by " + self.supplier("module tree")
         return None
@@ -485,7 +525,10 @@ class Target:
     @cached_property
     def module_tree(self) -> ModuleTree | None:
         """The target's modules (index and exports, read lazily)."""
-        return ModuleTree(self.modules_dir) if self.modules_dir is not None else None
+        d = self.modules_dir
+        if d is None:
+            return None
+        return ModuleTree(d) if isinstance(d, Path) else _PackageModuleTree(d)
 
     @cached_property
     def module_index(self) -> dict[str, Path]:
@@ -572,13 +615,19 @@ class Target:
         }
 
 
-def _has_code(path: Path) -> bool:
+def _only_packages(d: Path) -> bool:
+    """``d`` holds .deb files and nothing a kernel root has (a folder of downloaded packages)."""
+    return any(d.glob("*.deb")) and not any((d / n).exists() for n in ("boot", "lib", "usr", "System.map", "config"))
+
+
+def _has_code(path: Any) -> bool:
     """``path`` is an ELF with a symbol table and a section other than BTF (not the headers
     package's BTF-only ``vmlinux``, nor a compressed image)."""
+    import io
     import struct
 
     try:
-        with open(path, "rb") as fh:
+        with io.BytesIO(path.read_bytes()) if not isinstance(path, Path) else open(path, "rb") as fh:
             head = fh.read(64)
             if len(head) < 64 or head[:4] != C.ELFMAG or head[4] != 2:
                 return False

@@ -8,9 +8,10 @@ from typing import Any
 
 from ..addresses import parse_address
 from ..config import KernelConfig
+from ..constants import MemType
 from ..elf import ElfModule
 from ..errors import InputError, KlpError
-from ..kernel import KernelTarget, parse_version
+from ..kernel import KernelTarget, parse_stable, parse_version
 from ..loader import LoadedModule, Loader, LoadingModule
 from ..modtree import ModuleTree
 from ..plugins import get_plugin_manager
@@ -70,7 +71,9 @@ def kernel_target(args: argparse.Namespace, elf: ElfModule | None = None) -> Ker
             if not found:
                 continue
             try:
-                return KernelTarget(version=parse_version(found), version_source=source, **kw)
+                return KernelTarget(
+                    version=parse_version(found), version_source=source, stable=parse_stable(found), **kw
+                )
             except ValueError:
                 continue
         text = "newest"
@@ -127,14 +130,39 @@ def open_module(args: argparse.Namespace) -> tuple[Loader, LoadingModule]:
     return loader, loader.open(elf)
 
 
+def placement_options(args: argparse.Namespace) -> tuple[dict[MemType, int], dict[str, int] | None, str]:
+    """``--region-base TYPE=ADDR`` (repeatable) and ``--sections PATH`` of ``apply``."""
+    from ..placement import parse_region_base, read_sections
+
+    bases: dict[MemType, int] = {}
+    for text in getattr(args, "region_base", None) or []:
+        mt, addr = parse_region_base(text)
+        if mt in bases and bases[mt] != addr:
+            raise UsageError(f"--region-base {mt.kernel_name} given twice ({bases[mt]:#x} and {addr:#x})")
+        bases[mt] = addr
+    path = getattr(args, "sections", None)
+    if path is not None and bases:
+        raise UsageError("--sections places every memory type where the kernel did; --region-base is not needed")
+    return bases, (read_sections(path) if path is not None else None), str(path or "")
+
+
 def load_module(args: argparse.Namespace) -> tuple[Loader, LoadedModule]:
     symbols = kernel_symbols(args)
     loader, mod = open_module(args)
     tree = module_tree(args, mod)
     init_base = address_option(args, "init_base", "--init-base", page_aligned=True)
+    region_bases, kernel_sections, source = placement_options(args)
     progress(f"applying {mod.name} ...")
     try:
-        loaded = loader.load(mod, symbols, base_address(args, mod), init_base=init_base)
+        loaded = loader.load(
+            mod,
+            symbols,
+            base_address(args, mod),
+            init_base=init_base,
+            region_bases=region_bases,
+            kernel_sections=kernel_sections,
+            sections_source=source,
+        )
     except KlpError as exc:
         from ..explain import explain_errors
 

@@ -45,9 +45,10 @@ Two ways of treating the original relocation:
 
 Existing section indexes never change; new sections are appended at the end
 of the section header table and new names are appended to the existing
-string tables.  The output is a freshly laid out ELF file: header, optional
-program headers, section contents in index order (each aligned to its
-``sh_addralign``), section header table last.
+string tables.  The output is a freshly laid out ELF file (written with
+:class:`klpcore.elfwriter.ElfWriter`): header, optional program headers,
+section contents in index order (each aligned to its ``sh_addralign``),
+section header table last.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ import numpy as np
 
 from .. import constants as C
 from ..elf import ElfModule, rela_dtype, sym_dtype
+from ..elfheader import SectionHeader, read_header, section_header
+from ..elfwriter import ElfWriter
 from ..errors import InputError
 
 __all__ = ["ElfEditError", "Format", "KlpSym", "Style", "rewrite"]
@@ -145,17 +148,9 @@ class _Symbol:
         return self.st_info & 0xF
 
 
-def _round_up(value: int, align: int) -> int:
-    if align <= 1:
-        return value
-    return (value + align - 1) // align * align
-
-
 class _Elf:
     """An :class:`ElfModule` as editable sections that can be written back out."""
 
-    _EHDR_TAIL = "HHIQQQIHHHHHH"
-    _SHDR = "IIQQQQIIQQ"
     _SYM = "IBBHQQ"
     _REL = "QQ"
 
@@ -163,21 +158,10 @@ class _Elf:
         data = module.data
         self.endian = module.endian
         self.ident = bytes(data[:16])
-        (
-            self.e_type,
-            self.e_machine,
-            self.e_version,
-            self.e_entry,
-            e_phoff,
-            _e_shoff,
-            self.e_flags,
-            _e_ehsize,
-            e_phentsize,
-            e_phnum,
-            _e_shentsize,
-            _e_shnum,
-            _e_shstrndx,
-        ) = struct.unpack_from(self.endian + self._EHDR_TAIL, data, 16)
+        self._header = hdr = read_header(data)
+        self.e_type, self.e_machine = hdr.ident.type, hdr.ident.machine
+        self.e_version, self.e_entry, self.e_flags = hdr.version, hdr.entry, hdr.flags
+        e_phoff, e_phentsize, e_phnum = hdr.phoff, hdr.phentsize, hdr.phnum
         if self.e_machine == _EM_MIPS:
             raise ElfEditError("MIPS64 objects (special r_info layout) are not supported")
         self.e_phentsize = e_phentsize
@@ -211,8 +195,7 @@ class _Elf:
         self._string_cache: dict[tuple[int, str], int] = {}
 
     def _sh_name(self, data: bytes, module: ElfModule, index: int) -> int:
-        shoff = struct.unpack_from(self.endian + "Q", data, 0x28)[0]
-        return int(struct.unpack_from(self.endian + "I", data, shoff + index * C.SHDR_SIZE)[0])
+        return section_header(data, self._header, index).name
 
     # -- records --------------------------------------------------------------
 
@@ -256,29 +239,19 @@ class _Elf:
     # -- output ---------------------------------------------------------------
 
     def serialize(self) -> bytes:
-        out = bytearray(C.EHDR_SIZE)
-        e_phoff = 0
-        if self.phdrs:
-            e_phoff = len(out)
-            out += self.phdrs
+        out = ElfWriter(self.endian, self.ident + bytes(C.EHDR_SIZE - len(self.ident)))
+        e_phoff = out.add(self.phdrs) if self.phdrs else 0
         for sec in self.sections[1:]:
-            offset = _round_up(len(out), sec.sh_addralign)
-            out += bytes(offset - len(out))
-            sec.sh_offset = offset
+            sec.sh_offset = out.add(bytes(sec.data) if sec.has_file_data else b"", sec.sh_addralign)
             if sec.has_file_data:
-                out += sec.data
                 sec.sh_size = len(sec.data)
-        e_shoff = _round_up(len(out), 8)
-        out += bytes(e_shoff - len(out))
 
         shnum = len(self.sections)
         null = self.sections[0]
         null.sh_size = shnum if shnum >= C.SHN_LORESERVE else 0
         null.sh_link = self.shstrndx if self.shstrndx >= C.SHN_LORESERVE else 0
-        fmt = self.endian + self._SHDR
-        for sec in self.sections:
-            out += struct.pack(
-                fmt,
+        out.add_section_headers(
+            SectionHeader(
                 sec.sh_name,
                 sec.sh_type,
                 sec.sh_flags,
@@ -290,26 +263,23 @@ class _Elf:
                 sec.sh_addralign,
                 sec.sh_entsize,
             )
-        struct.pack_into(
-            self.endian + self._EHDR_TAIL,
-            out,
-            16,
-            self.e_type,
-            self.e_machine,
-            self.e_version,
-            self.e_entry,
-            e_phoff,
-            e_shoff,
-            self.e_flags,
-            C.EHDR_SIZE,
-            self.e_phentsize if self.phdrs else 0,
-            self.e_phnum if self.phdrs else 0,
-            C.SHDR_SIZE,
-            shnum if shnum < C.SHN_LORESERVE else 0,
-            self.shstrndx if self.shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX,
+            for sec in self.sections
         )
-        out[:16] = self.ident
-        return bytes(out)
+        out.set_header(
+            type=self.e_type,
+            machine=self.e_machine,
+            version=self.e_version,
+            entry=self.e_entry,
+            phoff=e_phoff,
+            flags=self.e_flags,
+            ehsize=C.EHDR_SIZE,
+            phentsize=self.e_phentsize if self.phdrs else 0,
+            phnum=self.e_phnum if self.phdrs else 0,
+            shentsize=C.SHDR_SIZE,
+            shnum=shnum if shnum < C.SHN_LORESERVE else 0,
+            shstrndx=self.shstrndx if self.shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX,
+        )
+        return out.getvalue()
 
 
 # --------------------------------------------------------------------------

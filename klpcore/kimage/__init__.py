@@ -22,19 +22,17 @@ def is_kernel_image(data: bytes) -> bool:
 
 
 def _stripped_kernel_elf(data: bytes) -> bool:
-    import struct
+    from .. import constants as C
+    from ..elfheader import read_header, section_header
 
-    if len(data) < 64 or data[4] != 2 or data[5] not in (1, 2):
+    if len(data) < C.EHDR_SIZE or data[4] != C.ELFCLASS64 or data[5] not in (C.ELFDATA2LSB, C.ELFDATA2MSB):
         return False
-    e = "<" if data[5] == 1 else ">"
-    etype = struct.unpack_from(e + "H", data, 16)[0]
-    if etype not in (2, 3):  # ET_EXEC, ET_DYN
+    hdr = read_header(data)
+    if hdr.ident.type not in (2, 3):  # ET_EXEC, ET_DYN
         return False
-    shoff = struct.unpack_from(e + "Q", data, 40)[0]
-    shentsize, shnum = struct.unpack_from(e + "HH", data, 58)
-    if not shoff or shoff + shnum * shentsize > len(data) or shentsize < 64:
+    if not hdr.shoff or hdr.shoff + hdr.shnum * hdr.shentsize > len(data) or hdr.shentsize < C.SHDR_SIZE:
         return True  # no section headers at all
-    return not any(struct.unpack_from(e + "I", data, shoff + i * shentsize + 4)[0] == 2 for i in range(shnum))
+    return not any(section_header(data, hdr, i).type == C.SHT_SYMTAB for i in range(hdr.shnum))
 
 
 __all__ = ["ImageSymbols", "Kallsyms", "KernelImage", "is_kernel_image", "looks_like_image", "open_image", "read_image"]

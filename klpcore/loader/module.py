@@ -84,6 +84,11 @@ class LoadingModule:
     settings: dict[str, Setting] = field(default_factory=dict)
     #: warnings from preparing the module (layout facts the user should know)
     notes: list[Diagnostic] = field(default_factory=list)
+    #: where the layout's addresses come from: "model" (klpcore's model of the allocation),
+    #: "region-base" (--region-base pins some memory types), "kernel-sections" (--sections)
+    layout_source: str = "model"
+    #: the facts the layout model used (what it assumes about the kernel's allocator)
+    layout_facts: list[str] = field(default_factory=list)
 
     #: arch-owned memory placed before the sections of a memory type (see :meth:`reserve`)
     reservations: list[Reservation] = field(default_factory=list)

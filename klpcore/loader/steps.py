@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pluggy
@@ -43,7 +44,7 @@ from ..errors import (
     SymbolFileError,
 )
 from ..kernel import KernelTarget, Setting, bool_setting, config_setting, page_size_setting
-from ..layout import layout_sections
+from ..layout import Layout, align, layout_sections
 from ..livepatch import discover
 from ..memory import BytesBackend, MemoryBackend, ModuleImage, Region
 from ..plugins import get_plugin_manager, identify
@@ -59,6 +60,9 @@ from .module import (
     SymbolResolution,
 )
 from .phases import LoadedModule
+
+#: x86's read-only-executable module text cache: one PMD (2 MiB) at a time (execmem ROX cache)
+ROX_CACHE_SIZE = 2 << 20
 
 
 class Loader:
@@ -119,12 +123,26 @@ class Loader:
             out["MEM_ALLOC_PROFILING"] = config_setting(mod.hooks, k, "MEM_ALLOC_PROFILING")
         return out
 
-    def prepare(self, mod: LoadingModule, base: int | None = None, init_base: int | None = None) -> None:
+    def prepare(
+        self,
+        mod: LoadingModule,
+        base: int | None = None,
+        init_base: int | None = None,
+        *,
+        region_bases: dict[MemType, int] | None = None,
+        kernel_sections: Mapping[str, int] | None = None,
+        sections_source: str = "",
+    ) -> None:
         """Steps 1-4: section rewriting, arch setup, checks, layout.
 
         ``base`` is where the core memory starts (default: the architecture's
         module area, ``ArchSpec.default_base``); ``init_base`` places the init memory (the kernel's separate init
-        allocation) there; by default it follows the core memory."""
+        allocation) there; by default it follows the core memory.
+        ``region_bases`` pins memory types (6.4+; before, MOD_TEXT is the core
+        and MOD_INIT_TEXT the init allocation).  ``kernel_sections`` (section
+        name -> address, what ``/sys/module/NAME/sections`` shows) places every
+        section where the kernel did, or refuses a placement the kernel could
+        not have made (:func:`klpcore.placement.fit_sections`)."""
         if mod.klp.fmt == "rfc" and self.kernel.has("final_klp_format"):
             raise LivepatchFormatError(
                 Diagnostic(
@@ -215,19 +233,94 @@ class Loader:
         # debug_align (before 5.19, CONFIG_ARCH_HAS_STRICT_MODULE_RWX); else packed
         rwx = "STRICT_MODULE_RWX" if self.kernel.has("strict_align_config") else "ARCH_HAS_STRICT_MODULE_RWX"
         page_size = mod.page_size
-        try:
-            mod.layout = layout_sections(
-                mod.sections,
-                mod.arch.default_base if base is None else base,
-                style=self.kernel.layout_style,
-                is_init=is_init,
-                page_size=page_size,
-                init_base=init_base,
-                page_align_rows=on[rwx],
-                reserved=mod.reservations,
+        base = mod.arch.default_base if base is None else base
+        style = self.kernel.layout_style
+        pinned = dict(region_bases or {})
+        if pinned and style != "memory":
+            other = sorted(mt.kernel_name for mt in pinned if mt not in (MemType.TEXT, MemType.INIT_TEXT))
+            if other:
+                raise InputError(
+                    Diagnostic(
+                        f"--region-base {', '.join(other)}: before Linux 6.4 (this target: {self.kernel.label}) a "
+                        "module is one core and one init allocation; give MOD_TEXT (core) or MOD_INIT_TEXT (init)",
+                        module=mod.name,
+                    )
+                )
+            base = pinned.pop(MemType.TEXT, base)
+            init_base = pinned.pop(MemType.INIT_TEXT, init_base)
+        if region_bases:
+            mod.layout_source = "region-base"
+
+        text_base = None
+        if style == "memory":
+            mod.layout_facts = [
+                "a fresh boot: the module is the first allocation at --base (a later module reuses freed "
+                "memory; give the kernel's addresses with --sections)",
+                "one vmalloc area per memory type in enum order (TEXT, DATA, RODATA, RO_AFTER_INIT, INIT_TEXT, "
+                "INIT_DATA, INIT_RODATA), whole pages, each followed by a guard page",
+            ]
+            rox = config_setting(mod.hooks, self.kernel, "ARCH_HAS_EXECMEM_ROX")
+            if rox.value == "y":
+                # the shared read-only-executable text cache: 2 MiB, PMD aligned, taken by the first
+                # text allocation; the data types then fill the module area from its lowest free page
+                text_base = align(base, ROX_CACHE_SIZE)
+                if text_base == base:
+                    base += ROX_CACHE_SIZE + page_size
+                mod.layout_facts.append(
+                    f"ARCH_HAS_EXECMEM_ROX=y ({rox.source}): TEXT and INIT_TEXT packed in the 2 MiB read-only-"
+                    f"executable cache at {text_base:#x}, no guard pages; data types from {base:#x}"
+                )
+            kallsyms_all = config_setting(mod.hooks, self.kernel, "KALLSYMS_ALL")
+            mod.layout_facts.append(
+                "the kallsyms copy (layout_symtab) grows MOD_DATA (core symbols) and MOD_INIT_DATA (.symtab, "
+                f".strtab); KALLSYMS_ALL={kallsyms_all.value} ({kallsyms_all.source})"
             )
-        except ValueError as exc:
-            raise InputError(Diagnostic(str(exc), module=mod.name)) from None
+        else:
+            mod.layout_facts = ["before 6.4: one core and one init allocation (core_layout/init_layout)"]
+
+        tails: dict[MemType, int] = {}
+
+        def lay_out(base: int, init_base: int | None, pinned: dict[MemType, int]) -> Layout:
+            try:
+                return layout_sections(
+                    mod.sections,
+                    base,
+                    style=style,
+                    is_init=is_init,
+                    page_size=page_size,
+                    init_base=init_base,
+                    page_align_rows=on[rwx],
+                    reserved=mod.reservations,
+                    region_bases=pinned,
+                    text_base=text_base,
+                    tails=tails,
+                )
+            except ValueError as exc:
+                raise InputError(Diagnostic(str(exc), module=mod.name)) from None
+
+        mod.layout = lay_out(base, init_base, pinned)
+        if style == "memory" and mod.elf.symtab_index:
+            tails.update(self._kallsyms_tails(mod, mod.layout))
+            mod.layout = lay_out(base, init_base, pinned)
+        if kernel_sections is not None:
+            from ..placement import fit_sections
+
+            fit = fit_sections(mod.layout, kernel_sections, page_size, module=mod.name, source=sections_source)
+            if style == "memory":
+                mod.layout = lay_out(base, None, fit.bases)
+            else:
+                mod.layout = lay_out(fit.bases.get(MemType.TEXT, base), fit.bases.get(MemType.INIT_TEXT), {})
+            for p in mod.layout.placements.values():  # the fit is exact by construction; say so if not
+                if p.name in kernel_sections and kernel_sections[p.name] != p.address:
+                    raise InputError(
+                        Diagnostic(
+                            f"--sections: klpcore could not place {p.name} at {kernel_sections[p.name]:#x} "
+                            f"(its layout gives {p.address:#x})",
+                            module=mod.name,
+                            section=p.name,
+                        )
+                    )
+            mod.layout_source = "kernel-sections"
         spans = [(r.memtype.kernel_name, r.address, r.alloc_size) for r in mod.layout.regions.values() if r.alloc_size]
         for index, addr in mod.extra_addresses.items():
             size = mod.sections[index].size
@@ -235,6 +328,28 @@ class Loader:
                 spans.append((f"the per-CPU area ({mod.sections[index].name})", addr, size))
         self._check_size(mod)
         _check_placement(mod, spans)
+
+    def _kallsyms_tails(self, mod: LoadingModule, layout: Layout) -> dict[MemType, int]:
+        from ..kallsyms_copy import kallsyms_tails
+
+        elf = mod.elf
+        symtab = elf.sections[elf.symtab_index]
+        strtab = elf.sections[symtab.link]
+        percpu = mod.section_by_name(PERCPU_SECTION)
+        return kallsyms_tails(
+            layout,
+            nsyms=elf.nsyms,
+            names=elf.symbol_names,
+            shndx=[int(x) for x in elf.symbols["st_shndx"].tolist()],
+            section_flags=[s.flags for s in mod.sections],
+            symtab_size=symtab.size,
+            symtab_align=symtab.addralign,
+            strtab_size=strtab.size,
+            strtab_align=strtab.addralign,
+            percpu_index=percpu.index if percpu is not None else None,
+            kallsyms_all=config_setting(mod.hooks, self.kernel, "KALLSYMS_ALL").value == "y",
+            livepatch=bool(mod.klp.is_livepatch),
+        )
 
     def _check_size(self, mod: LoadingModule) -> None:
         total = sum(r.alloc_size for r in mod.layout.regions.values())
@@ -284,6 +399,9 @@ class Loader:
         *,
         init_base: int | None = None,
         enable: bool = True,
+        region_bases: dict[MemType, int] | None = None,
+        kernel_sections: Mapping[str, int] | None = None,
+        sections_source: str = "",
     ) -> LoadedModule:
         """Load ``module`` against ``symbols`` at ``base`` (default: the
         architecture's module area; init memory at ``init_base``, if given) and, for a livepatch module, enable it for
@@ -295,7 +413,14 @@ class Loader:
         mod = module if isinstance(module, LoadingModule) else self.open(module)
         check_symbol_sources(mod, symbols)
         if mod.layout is None:
-            self.prepare(mod, base, init_base)
+            self.prepare(
+                mod,
+                base,
+                init_base,
+                region_bases=region_bases,
+                kernel_sections=kernel_sections,
+                sections_source=sections_source,
+            )
         image = self._image(mod)
         loaded = LoadedModule(self, mod, image, symbols)
         errors = loaded._simplify_symbols()

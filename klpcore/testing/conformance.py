@@ -20,7 +20,8 @@ What every plugin's tests must show, whatever the architecture:
   architecture and no core behaviour.
 
 :func:`behaviour_tests` adds, for the plugin's version-table rows: every row
-has a named test that observes it on both sides of its start.
+starts at the release the tests state, and has a named test that observes it
+on both sides of its start.
 
 Usage, in ``tests/<arch>/test_<arch>.py``::
 
@@ -40,6 +41,7 @@ and, in ``tests/<arch>/test_<arch>_versions.py``::
     TestBehaviours = behaviour_tests(
         rows=klpcore_arm64.versions.BEHAVIOURS,
         boundary_tests={"arm64_livepatch": test_livepatch_refused_before_6_17, ...},
+        releases={"arm64_livepatch": ((6, 16), (6, 17)), ...},
     )
 
 pytest collects the returned class like any ``Test*`` class in the module.
@@ -249,7 +251,12 @@ def conformance_tests(
     return Conformance
 
 
-def behaviour_tests(*, rows: Sequence[Any], boundary_tests: Mapping[str, Callable[..., object]]) -> type:
+def behaviour_tests(
+    *,
+    rows: Sequence[Any],
+    boundary_tests: Mapping[str, Callable[..., object]],
+    releases: Mapping[str, tuple[tuple[int, int], tuple[int, int]]],
+) -> type:
     """Build the test class for a plugin's rows of the version table.
 
     :param rows: the plugin's :class:`~klpcore.versions.Behaviour` rows (what
@@ -257,10 +264,27 @@ def behaviour_tests(*, rows: Sequence[Any], boundary_tests: Mapping[str, Callabl
     :param boundary_tests: row name -> the test function (collected by pytest
         where it is defined) that observes the row's behaviour on both sides
         of its start (``row.sides()``).
+    :param releases: row name -> (the last mainline release without it, the
+        first with it), stated by the tests from the kernel change the row
+        names and not read from the row: each side is asked through
+        ``KernelTarget.has``, so a row whose ``since`` drifts fails.
     """
 
     class Behaviours:
         """A plugin's version-table rows (klpcore.testing.conformance)."""
+
+        def test_each_row_starts_at_the_stated_release(self) -> None:
+            from klpcore import KernelTarget
+
+            names = {r.name for r in rows}
+            assert set(releases) == names, (
+                f"rows without a stated release: {sorted(names - set(releases))}; "
+                f"releases of no row: {sorted(set(releases) - names)}"
+            )
+            for row in rows:
+                without, with_ = releases[row.name]
+                assert not KernelTarget(without).has(row), f"{row.name} already in {without}"
+                assert KernelTarget(with_).has(row), f"{row.name} not yet in {with_}"
 
         def test_every_row_has_a_boundary_test(self) -> None:
             names = {r.name for r in rows}

@@ -1,8 +1,10 @@
 """What the scripts that regenerate a plugin's example livepatch module share.
 
 Each ``plugins/<arch>/example-src/make_example.py`` turns one of its
-architecture's test fixtures into ``klpdemo.ko`` with :func:`klpify` and ships
-a ``System.map`` for it.  The map is the fixture's kernel symbols plus the
+architecture's test fixtures into ``klpdemo.ko`` with ``klpcore convert``'s
+planner and writer (:func:`klpcore.convert.named.convert_named`: the patched
+symbols become ``vmlinux`` livepatch symbols under the plugin's rules) and
+ships a ``System.map`` for it.  The map is the fixture's kernel symbols plus the
 ``__ksymtab_<name>`` entries a real System.map has for every exported symbol,
 so that klpcore knows the exports and the example runs without a warning.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from .klpify import KlpSym, klpify
+from ..convert.elfedit import KlpSym
+from ..convert.named import convert_named
 
 #: Distance between two ``__ksymtab`` entries: ``struct kernel_symbol`` with
 #: 32-bit place-relative references (three ``int``).
@@ -34,6 +37,7 @@ def write_example(out: Path, module: bytes, patched: Sequence[str], system_map: 
     """Write ``out/klpdemo.ko`` (``module`` with the ``patched`` symbols turned
     into ``vmlinux`` livepatch symbols) and ``out/System.map``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "klpdemo.ko").write_bytes(klpify(module, {name: KlpSym("vmlinux") for name in patched}))
+    result = convert_named(module, {name: KlpSym("vmlinux") for name in patched})
+    (out / "klpdemo.ko").write_bytes(result.data)
     (out / "System.map").write_text(system_map)
     print(f"wrote {out / 'klpdemo.ko'} (livepatch symbols: {', '.join(patched)})")

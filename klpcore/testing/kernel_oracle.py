@@ -48,7 +48,16 @@ SORTED_TABLES: dict[str, tuple[int, tuple[str, ...]]] = {
     ".static_call_sites": (8, ("rel", "sckey")),
 }
 #: sections holding run-time state that the running kernel changes after load
-RUNTIME_SECTIONS = (".data", ".bss", "__dyndbg", "__tracepoints", ".data..read_mostly", ".data.once")
+RUNTIME_SECTIONS = (
+    ".data",
+    ".bss",
+    "__dyndbg",
+    "__tracepoints",
+    ".data..read_mostly",
+    ".data.once",
+    ".ref.data",
+    ".data..ro_after_init",  # written by the module's init before it becomes read-only
+)
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Recording:
     percpu_base: int | None
     sections: dict[str, RecSection]
     boot: dict[str, object]
+    #: "legacy" (one core allocation, before 6.4) or "memory" (one allocation per memory type)
+    style: str = "legacy"
 
     @property
     def config(self) -> Path:
@@ -110,6 +121,23 @@ class Recording:
             a: addr["__SCK__" + n[7:]] for n, a in addr.items() if n.startswith("__SCT__") and "__SCK__" + n[7:] in addr
         }
 
+    def ftrace_ops(self) -> set[int]:
+        """Addresses of the kernel's ``ftrace_ops`` an arm64 CALL_OPS site may point at."""
+        out: set[int] = set()
+        for path in self.symbol_files:
+            for line in path.read_text().splitlines():
+                w = line.split()
+                if len(w) == 3 and w[2] in ("ftrace_nop_ops", "ftrace_list_ops"):
+                    out.add(int(w[0], 16))
+        return out
+
+    def release(self) -> tuple[int, int]:
+        """The recorded kernel's release (boot.json ``release``; the 6.1 recordings predate the field)."""
+        from klpcore.kernel import parse_version
+
+        text = self.boot.get("release")
+        return parse_version(str(text)) if text else (6, 1)
+
     def kernel_memory(self) -> dict[int, bytes]:
         """Start address -> the kernel's bytes, for each recorded span."""
         return {s.address: s.data for s in self.sections.values() if s.data is not None}
@@ -132,13 +160,14 @@ def read_recording(directory: Path, module: str) -> Recording:
         name=f"{directory.name}/{module}",
         directory=directory,
         module=module,
-        ko=directory / f"{module}.ko",
+        ko=directory / meta.get("ko", f"{module}.ko"),
         core_base=int(meta["core_base"], 16),
         coresize=meta["coresize"],
         init_base=int(init_base, 16) if init_base else _init_base(sections, int(meta["core_base"], 16), meta),
         percpu_base=int(meta["percpu_base"], 16) if meta.get("percpu_base") else None,
         sections=sections,
         boot=boot,
+        style=meta.get("style", "legacy"),
     )
 
 
@@ -324,9 +353,13 @@ class Context:
         self.return_sites = self._rel_table(".return_sites")
         self.static_calls = self._rel_table(".static_call_sites", 8)
         self.jump_sites: set[int] = set()
+        #: jump-label code address -> its target (from klpcore's own __jump_table)
+        self.jump_targets: dict[int, int] = {}
         if "__jump_table" in placed.sections:
             a, d = placed.sections["__jump_table"]
-            self.jump_sites = {e[0] for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian)}
+            for e in table_entries(d, a, SORTED_TABLES["__jump_table"], self.endian):
+                self.jump_targets[e[0]] = e[1]
+            self.jump_sites = set(self.jump_targets)
         self.static_call_keys = rec.static_call_keys()
         self.sorted_ok: dict[str, bool] = {}
         for name, layout in self._sorted_tables().items():
@@ -354,6 +387,20 @@ class Context:
         if self.arch.extable is not None:
             t["__ex_table"] = self.arch.extable
         return t
+
+    def abs_table(self, name: str) -> set[int]:
+        """Absolute 8-byte addresses listed in one of klpcore's sections."""
+        if name not in self.placed.sections:
+            return set()
+        _, d = self.placed.sections[name]
+        return {uint_at(d, o, 8, self.endian) for o in range(0, len(d) - 7, 8)}
+
+    def rel_table(self, name: str, stride: int = 4) -> set[int]:
+        """Addresses listed as s32 offsets from each entry in one of klpcore's sections (cached)."""
+        key = f"rel_table:{name}:{stride}"
+        if key not in self.cache:
+            self.cache[key] = self._rel_table(name, stride)
+        return self.cache[key]  # type: ignore[no-any-return]
 
     def _rel_table(self, name: str, stride: int = 4) -> set[int]:
         if name not in self.placed.sections:
@@ -513,6 +560,8 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     """Where ``layout_symtab`` puts ``.symtab`` and ``.strtab``: appended to the
     init layout (after the last init section, each at its alignment), with
     klpcore's own init addresses."""
+    if rec.style == "memory":
+        return _symtab_in_init_data(rec, placed, elf)
     core_end = rec.core_base + rec.coresize
     end = rec.init_base or 0
     for sec in elf.sections:
@@ -536,11 +585,42 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     return out
 
 
+def _symtab_in_init_data(rec: Recording, placed: Placed, elf: ElfModule) -> dict[str, int]:
+    """6.4+: ``layout_symtab`` appends ``.symtab`` and ``.strtab`` to ``MOD_INIT_DATA``
+    (after its sections, each at its alignment); with no init data section the
+    kernel's own address of ``.symtab`` starts it."""
+    end = None
+    for sec in elf.sections:
+        got = placed.sections.get(sec.name)
+        freed = sec.name in rec.sections and rec.sections[sec.name].data is None  # init memory, not core
+        if got and freed and sec.name.startswith(".init") and sec.is_write and not sec.is_exec:
+            end = max(end or 0, got[0] + sec.size)
+    if end is None:  # MOD_INIT_DATA holds only the tables (ppc64: .init.* live in core): its own allocation
+        s = rec.sections.get(".symtab")
+        end = s.address if s is not None else 0
+    out = {}
+    for name in (".symtab", ".strtab"):
+        table = elf.section_by_name(name)
+        if table is None:
+            continue
+        align = max(table.addralign, 1)
+        end = (end + align - 1) // align * align
+        out[name] = end
+        end += table.size
+    return out
+
+
 def klpcore_apply_args(rec: Recording, out: Path) -> list[str]:
-    """The ``klpcore apply`` command line that lays ``rec`` out at the kernel's addresses."""
-    args = ["apply", str(rec.ko), "--base", f"{rec.core_base:#x}", "--config", str(rec.config), "-o", str(out), "-q"]
+    """The ``klpcore apply`` command line that lays ``rec`` out at the kernel's addresses
+    (``--sections`` with the kernel's own section addresses where the recording has them)."""
+    listing = rec.directory / f"{rec.module}.sections"
+    args = ["apply", str(rec.ko), "--config", str(rec.config), "-o", str(out), "-q"]
     for f in rec.symbol_files:
         args += ["--symbols", str(f)]
+    if listing.exists():
+        args += ["--sections", str(listing)]
+        return args if rec.percpu_base is None else [*args, "--percpu-base", f"{rec.percpu_base:#x}"]
+    args += ["--base", f"{rec.core_base:#x}"]
     if rec.init_base is not None:
         args += ["--init-base", f"{rec.init_base:#x}"]
     if rec.percpu_base is not None:

@@ -1,10 +1,14 @@
-"""Test helper: make chosen symbols of an object livepatch symbols, by name.
+"""Test helper: the livepatch writer by name, for modules ``klpcore convert`` will not make.
 
-The product is ``klpcore convert`` (:mod:`klpcore.convert`), which decides
-from the target kernel's symbols which references become livepatch
-relocations.  Tests often need exactly the conversion they name instead
-(a symbol that is exported, a wrong object, a format variant); this helper
-gives them that through the same writer, :func:`klpcore.convert.elfedit.rewrite`.
+The arch plugins' livepatch fixtures and examples are made by ``klpcore
+convert``'s planner and writer (:func:`klpcore.convert.named.convert_named`:
+the symbols named, the plugin's rules applied).  This helper is the writer
+alone, :func:`klpcore.convert.elfedit.rewrite`, with the symbols chosen by
+name and no plugin rules; it stays for what the planner refuses or cannot
+express: modules the loader must refuse (a late write the kernel cannot do,
+a relocation type that must stay ordinary), a chosen ``style`` or the 2015
+RFC's ``external`` flag, several module objects at once, and the core tests,
+which run with no architecture plugin installed.
 """
 
 from __future__ import annotations

@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.convert.elfedit import KlpSym
+from klpcore.convert.named import convert_named
 from klpcore.errors import ElfFormatError
 from klpcore.symbols import KernelSymbols, parse_symbol_text
 from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests, with_relocation_type
-from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
 
 a64 = pytest.importorskip("klpcore_arm64")
@@ -364,11 +365,9 @@ def test_ftrace_trampoline_by_version() -> None:
 
 # ------------------------------------------------------------- versions
 def _klp(**kw) -> bytes:
-    return klpify(
-        (FIX / "klp_calls.o").read_bytes(),
-        {"tgt_fn": KlpSym("tgt_mod"), "tgt_data": KlpSym("tgt_mod"), **kw},
-        fmt="final",
-    )
+    return convert_named(
+        (FIX / "klp_calls.o").read_bytes(), {"tgt_fn": KlpSym("tgt_mod"), "tgt_data": KlpSym("tgt_mod"), **kw}
+    ).data
 
 
 @pytest.mark.parametrize("version", ["6.1", "6.16"])
@@ -420,10 +419,10 @@ def test_late_klp_call_needing_a_plt_faults() -> None:
 
 
 def test_vmlinux_klp_call_beyond_range_uses_plt_at_load() -> None:
-    data = klpify((FIX / "plt_calls.o").read_bytes(), {"far_a": KlpSym("vmlinux")}, fmt="final")
+    data = convert_named((FIX / "plt_calls.o").read_bytes(), {"far_a": KlpSym("vmlinux")}).data
     lm = load(data, "6.17")
     rs = [s for s in lm.module.sections if s.name.startswith(".klp.rela.vmlinux.")]
-    assert rs, "klpify made vmlinux livepatch sections"
+    assert rs, "convert made vmlinux livepatch sections"
     _, pbase, pbytes = section(lm, ".plt")
     assert KSYMS["far_a"] in plt_targets(pbytes, pbase)
     _, tbase, tbytes = section(lm, ".text")

@@ -92,7 +92,8 @@ def test_one_process_and_workers_print_the_same(capsys: pytest.CaptureFixture[st
 
 
 def test_many_pairs_summary_causes_and_matrix(capsys: pytest.CaptureFixture[str]) -> None:
-    code, text = cli(capsys, str(FIXTURES), "-t", str(T50), "-t", str(T54))
+    dirs = [str(FIXTURES / d) for d in ("x86_64-6.1.0-50", "x86_64-6.1.0-54", "x86_64-6.1.0-54-rt")]
+    code, text = cli(capsys, *dirs, "-t", str(T50), "-t", str(T54))
     assert code == 1
     assert re.search(r"^\d+ module\(s\) x 2 target\(s\): \d+ pairs$", text, re.M)
     assert "failures by cause:" in text

@@ -1,4 +1,4 @@
-"""``klpcore convert`` on the command line: exit codes, messages, JSON (schema 1),
+"""``klpcore convert`` on the command line: exit codes, messages, JSON (schema 2),
 the special-section, annotation, namespace, late-write and format paths."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from klpcore.symbols import load_many
 
 pytest.importorskip("klpcore_x86_64")
 FIX = Path(__file__).resolve().parent / "fixtures"
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "klpcore" / "schema" / "v1.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "klpcore" / "schema" / "v2.json").read_text())
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:

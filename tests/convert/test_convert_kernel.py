@@ -26,6 +26,7 @@ from klpcore.symbols import load_many
 pytest.importorskip("klpcore_x86_64")
 FIX = Path(__file__).resolve().parent / "fixtures"
 RELEASES = {"6.1": (6, 1), "7.2": (7, 2)}
+FULL_RELEASES = {"6.1": "6.1.0-50-amd64", "7.2": "7.2.13+deb14-amd64"}
 BASE = 0xFFFFFFFFC0000000
 
 
@@ -84,10 +85,15 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     from klpcore.cli import main
 
     d, _ = fixture(release)
+    # the target as Debian ships it, sliced to what check reads for this module (fixtures/target_slices.py):
+    # System.map and config named for the release, Module.symvers, the ftrace location of uptime_proc_show
+    rel = FULL_RELEASES[release]
     target = tmp_path / "target"
-    target.mkdir()
-    (target / "System.map").write_text((d / "systemmap").read_text())
-    (target / "config").write_text("CONFIG_X86_64=y\nCONFIG_LIVEPATCH=y\nCONFIG_MODULES=y\n")
+    (target / "boot").mkdir(parents=True)
+    (target / "boot" / f"System.map-{rel}").write_text((d / "systemmap").read_text())
+    (target / "boot" / f"config-{rel}").write_text((d / "config").read_text())
+    (target / "Module.symvers").write_text((d / "Module.symvers").read_text())
+    (target / "available_filter_functions_addrs").write_text((d / "ftrace_addrs").read_text())
     out = tmp_path / "klp.ko"
     out.write_bytes(converted(release))
     verdicts = {}
@@ -98,4 +104,8 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
         if mod == out:
             (pf,) = doc["targets"][0]["patched_functions"]
             assert pf["old_name"] == "uptime_proc_show"
+            assert pf["ftrace"] == "0x" + (d / "ftrace_addrs").read_text().split()[0].lstrip("0")
+            assert doc["targets"][0]["release"] == rel
+            unchecked = [f for f in doc["targets"][0]["findings"] if f["severity"] in ("not-checked", "error")]
+            assert unchecked == [], unchecked  # everything check reads was there: the verdict is not a guess
     assert verdicts == {"klp.ko": "loads", "koc_convert.ko": "refused"}

@@ -22,6 +22,7 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 import toyarch as T
 from elfbuild import Obj, Rela, Sec, Sym
@@ -31,7 +32,6 @@ from hypothesis import strategies as st
 from klpcore import constants as C
 from klpcore.testing.klpify import KlpSym
 
-jsonschema = pytest.importorskip("jsonschema")
 SCHEMA = json.loads((resources.files("klpcore") / "schema" / "v2.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -235,16 +236,42 @@ def test_layout_memory_and_legacy() -> None:
         sec(7, ".comment", 0, 10, 1),
         sec(8, ".note", C.SHF_ALLOC, 4, 4),
     ]
+    # 6.4+: one vmalloc area per memory type, in enum order, each followed by a guard page
+    # (Debian 6.12.117 ppp_synctty: DATA at text+0x2000, RODATA at text+0x4000)
     lay = layout_sections(secs, BASE, style="memory")
     a = {p.name: (p.memtype, p.address - BASE) for p in lay.placements.values()}
     assert a == {
         ".text": (MemType.TEXT, 0),
         ".text.b": (MemType.TEXT, 0x40),
-        ".rodata": (MemType.RODATA, 0x1000),
-        ".note": (MemType.RODATA, 0x1014),
-        ".data..ro_after_init": (MemType.RO_AFTER_INIT, 0x2000),
-        ".data": (MemType.DATA, 0x3000),
-        ".init.text": (MemType.INIT_TEXT, 0x4000),
+        ".data": (MemType.DATA, 0x2000),
+        ".rodata": (MemType.RODATA, 0x4000),
+        ".note": (MemType.RODATA, 0x4014),
+        ".data..ro_after_init": (MemType.RO_AFTER_INIT, 0x6000),
+        ".init.text": (MemType.INIT_TEXT, 0x8000),
+    }
+    # no guard pages: the types back to back, still in enum order
+    packed = layout_sections(secs, BASE, style="memory", guard_pages=False)
+    assert [(p.name, p.address - BASE) for p in sorted(packed.placements.values(), key=lambda p: p.address)] == [
+        (".text", 0),
+        (".text.b", 0x40),
+        (".data", 0x1000),
+        (".rodata", 0x2000),
+        (".note", 0x2014),
+        (".data..ro_after_init", 0x3000),
+        (".init.text", 0x4000),
+    ]
+    # x86's read-only-executable text cache (7.2 amd64): TEXT and INIT_TEXT packed at text_base,
+    # the data types from base with guard pages
+    cache = BASE + 0x100000
+    rox = layout_sections(secs, BASE, style="memory", text_base=cache)
+    assert {p.name: p.address for p in rox.placements.values()} == {
+        ".text": cache,
+        ".text.b": cache + 0x40,
+        ".init.text": cache + 0x1000,
+        ".data": BASE,
+        ".rodata": BASE + 0x2000,
+        ".note": BASE + 0x2014,
+        ".data..ro_after_init": BASE + 0x4000,
     }
     leg = layout_sections(secs, BASE, style="legacy")
     b = {p.name: p.address - BASE for p in leg.placements.values()}
@@ -381,13 +408,14 @@ def test_not_a_livepatch_symbol(toy_loader) -> None:
         rela_flags={".klp.rela.vmlinux..text": C.SHF_RELA_LIVEPATCH | C.SHF_ALLOC},
         modinfo={"name": "lp", "livepatch": "Y"},
     ).build()
-    with pytest.raises(RelocationError) as ei:
-        toy_loader.load(base, symbols(), BASE)
     symtab = ElfModule(base).symtab_index
-    # 6.19+ (newest) names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
-    assert ei.value.diagnostics[0].kernel_message == (
-        f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
-    )
+    for version in ((6, 19), None):  # the first release with reloc_messages_sec_idx, and the newest
+        with pytest.raises(RelocationError) as ei:
+            Loader(toy_loader.pm, kernel=KernelTarget(version) if version else None).load(base, symbols(), BASE)
+        # 6.19+ names the "rela sec" with the symbol table's index, as klp_resolve_symbols passes symndx
+        assert ei.value.diagnostics[0].kernel_message == (
+            f"symbol printk at rela sec {symtab} idx 0 is not marked as a livepatch symbol"
+        )
     with pytest.raises(RelocationError) as ei:
         Loader(toy_loader.pm, kernel=KernelTarget((6, 18))).load(base, symbols(), BASE)
     assert ei.value.diagnostics[0].kernel_message == "symbol printk is not marked as a livepatch symbol"
@@ -452,7 +480,8 @@ def test_huge_nobits_section_refused(toy_loader) -> None:
     ).build()
     with pytest.raises(
         Exception,
-        match=r"would need 0x4000000001000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
+        # TEXT 1 page + DATA (.bss and the kallsyms copy) 0x4000000001000 + INIT_DATA (.symtab copy) 1 page
+        match=r"would need 0x4000000003000 bytes of module memory .* section \.bss has sh_size 0x4000000000000",
     ):
         toy_loader.load(obj, symbols(), BASE)
 
@@ -487,9 +516,12 @@ def test_plain_write_never_rides_along_hinted_write(toy_loader) -> None:
     assert lm.section_bytes(text)[8:18] == bytes(10)
 
 
-def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader) -> None:
+def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader, monkeypatch) -> None:
     """D6: klpcore stays all-or-nothing; the warning names the sections the
-    kernel would already have applied to the patch module when it refuses."""
+    kernel would already have applied to the patch module when it refuses, and,
+    where the architecture refuses a place that is not zero (a type with
+    ``require_zero``, as x86's apply_relocate_add does), that every later load
+    of the object fails too."""
     base = Obj(
         sections=[Sec(".text.a", flags=TEXT, data=bytes(16), align=16), Sec(".text.b", flags=TEXT, data=bytes(16))],
         symbols=[Sym("helper"), Sym("missing")],
@@ -504,8 +536,19 @@ def test_failed_coming_names_what_the_kernel_leaves_behind(toy_loader) -> None:
     assert note.severity == "warning"
     assert "leave behind in lp: .klp.rela.ext4..text.a applied completely" in note.message
     assert "'ext4' is refused" in note.message
+    later = "every later load of 'ext4' fails at the first already-written place"
+    assert later in note.message  # the toy's R_TOY_ZERO32 refuses a nonzero place
     text = lm.section_bytes(lm.module.section_by_name(".text.a").index)
     assert text[:4] == bytes(4)  # klpcore itself wrote nothing
+
+    # the same patch on an architecture none of whose types refuses a nonzero place: no such sentence
+    arch = lm.module.arch
+    monkeypatch.setattr(arch, "types", {n: dataclasses.replace(t, require_zero=False) for n, t in arch.types.items()})
+    with pytest.raises(RelocationError) as ei:
+        lm.coming("ext4", parse_symbol_text("ffffffffc1000000 t helper\t[ext4]\n"))
+    note = ei.value.diagnostics[-1]
+    assert "leave behind in lp: .klp.rela.ext4..text.a applied completely" in note.message
+    assert later not in note.message
 
 
 def test_klp_object_order_option(toy_loader) -> None:

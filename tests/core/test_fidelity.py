@@ -124,18 +124,20 @@ def test_core_default_page_size_is_4k(toy_pm) -> None:
     lm = Loader(toy_pm).load(module(), parse_symbol_text(SYMS), BASE)
     assert lm.module.settings["PAGE_SIZE"].value == 4096
     assert lm.module.settings["PAGE_SIZE"].source == "core default"
-    assert addresses(lm)[".rodata"] == BASE + 0x1000
+    # 6.4+: TEXT, a guard page, DATA, a guard page, RODATA (each type its own allocation)
+    assert addresses(lm)[".data"] == BASE + 0x2000
+    assert addresses(lm)[".rodata"] == BASE + 0x4000
 
 
 def test_plugin_page_size_from_default_and_config() -> None:
     pm = get_plugin_manager(autoload=False, plugins=[T, BigPages()])
     lm = Loader(pm).load(module(), parse_symbol_text(SYMS), BASE)
-    assert addresses(lm)[".rodata"] == BASE + 0x10000
     assert addresses(lm)[".data"] == BASE + 0x20000
+    assert addresses(lm)[".rodata"] == BASE + 0x40000
     assert lm.module.settings["PAGE_SIZE"].source == "arch default"
     small = KernelTarget(config=KernelConfig.from_text("CONFIG_PPC_4K_PAGES=y\n"))
     lm = Loader(pm, kernel=small).load(module(), parse_symbol_text(SYMS), BASE)
-    assert addresses(lm)[".rodata"] == BASE + 0x1000
+    assert addresses(lm)[".rodata"] == BASE + 0x4000
     assert lm.module.settings["PAGE_SIZE"].source == "config"
 
 
@@ -168,12 +170,15 @@ def test_init_base_places_init_memory(toy_pm, version) -> None:
     lm = Loader(toy_pm, kernel=KernelTarget(version)).load(module(), parse_symbol_text(SYMS), BASE, init_base=init)
     a = addresses(lm)
     assert a[".init.text"] == init
-    assert a[".init.data"] == init + 0x1000
+    # 6.3: one init allocation, rows page aligned; 6.4: INIT_DATA is its own area after a guard page
+    assert a[".init.data"] == init + (0x1000 if version < (6, 4) else 0x2000)
     assert a[".text"] == BASE
     idx = lm.module.section_by_name(".init.data").index
     assert struct.unpack_from("<Q", lm.section_bytes(idx))[0] == a[".rodata"] + 4
     default = Loader(toy_pm, kernel=KernelTarget(version)).load(module(), parse_symbol_text(SYMS), BASE)
-    assert addresses(default)[".init.text"] == BASE + 0x3000
+    # 6.3: the init allocation follows the core one (3 page-aligned rows); 6.4+: INIT_TEXT follows
+    # RODATA's page and its guard page (TEXT, DATA, RODATA each one page and a guard page)
+    assert addresses(default)[".init.text"] == BASE + (0x3000 if version < (6, 4) else 0x6000)
 
 
 # --------------------------------------------- legacy layout and rwx settings
@@ -317,7 +322,7 @@ def test_codetag_section_outside_module_memory_from_6_13(version, separate) -> N
     lm = Loader(pm, kernel=KernelTarget(version)).load(_codetag_module(), parse_symbol_text(SYMS), BASE)
     a = addresses(lm)
     assert (".codetag.alloc_tags" not in a) == separate
-    assert a[".data"] == (BASE + 0x1000 if separate else BASE + 0x1040)
+    assert a[".data"] == (BASE + 0x2000 if separate else BASE + 0x2040)  # TEXT, guard page, DATA
     assert any("alloc-tag area" in w.message for w in lm.warnings) == separate
 
 

@@ -29,7 +29,7 @@ class Reserver:
     def klp_arch_frob_sections(self, module, kernel) -> None:  # type: ignore[no-untyped-def]
         module.reserve(MemType.TEXT, ".toy.got", self.got, align=4)
         module.reserve(MemType.TEXT, ".toy.plt", self.plt)
-        module.reserve(MemType.DATA, ".toy.empty", 0)
+        module.reserve(MemType.RO_AFTER_INIT, ".toy.empty", 0)
 
     @hookimpl
     def klp_arch_finalize(self, ctx) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +68,7 @@ def test_reservations_come_first_in_their_memory_type(version) -> None:
     # an empty reservation allocates nothing (the legacy core gives it an address, as the kernel would)
     if version == "6.17":
         assert ".toy.empty" not in lm.module.layout.reserved
-        assert MemType.DATA not in lm.module.layout.regions
+        assert MemType.RO_AFTER_INIT not in lm.module.layout.regions
     else:
         assert lm.module.layout.reserved[".toy.empty"].size == 0
     # writes staged at reserved addresses reach the image

@@ -151,7 +151,7 @@ def test_module_ko_at_base(tmp_path, monkeypatch) -> None:
     assert list(ks.objects) == ["ext4"]
     assert ks.find_object_symbol("ext4", "helper", 0) == 0xFFFFFFFFC1000010
     assert ks.find_object_symbol("ext4", "api", 0) == 0xFFFFFFFFC1000030
-    assert ks.find_object_symbol("ext4", "counter", 0) == 0xFFFFFFFFC1001008  # data: next page
+    assert ks.find_object_symbol("ext4", "counter", 0) == 0xFFFFFFFFC1002008  # data: after text's page and a guard page
     with pytest.raises(ResolutionError):
         ks.find_object_symbol("ext4", "undef", 0)
     named = load_symbols(f"{p}@0xffffffffc1000000:renamed")

@@ -148,7 +148,11 @@ def test_toy_behaviour_both_sides() -> None:
     assert ei.value.diagnostics[0].kernel_message == "toymod: Unknown toy relocation: 6"
 
 
-TestToyBehaviours = behaviour_tests(rows=T.BEHAVIOURS, boundary_tests={"toy_abs16": test_toy_behaviour_both_sides})
+TestToyBehaviours = behaviour_tests(
+    rows=T.BEHAVIOURS,
+    boundary_tests={"toy_abs16": test_toy_behaviour_both_sides},
+    releases={"toy_abs16": ((6, 9), (6, 10))},
+)
 
 TestToyConformance = conformance_tests(
     plugin="toy",

@@ -60,8 +60,8 @@ def test_plugin_behaviours_are_collected_and_names_unique() -> None:
         all_behaviours(get_plugin_manager(autoload=False, plugins=[toyarch, Clash]))
 
 
-def test_newest_is_7_1_and_the_default() -> None:
-    assert NEWEST == (7, 1)
+def test_newest_is_7_2_and_the_default() -> None:
+    assert NEWEST == (7, 2)
     assert not KernelTarget(NEWEST).beyond_newest and KernelTarget((7, 3)).beyond_newest
     assert KernelTarget().version == NEWEST
     assert KernelTarget.from_string("newest").version == NEWEST
@@ -144,3 +144,56 @@ def test_every_plugin_behaviour_is_used(package: str) -> None:
     text = "".join(p.read_text() for p in folder.glob("**/*.py") if p.name != "versions.py")
     unused = [r for r in rows if not re.search(rf"\bversions\.{r}\b", text)]
     assert not unused, f"{package}: behaviours declared but never asked: {unused}"
+
+
+# ------------------------------------------------------------ stable releases
+@pytest.mark.parametrize(
+    ("text", "stable"),
+    [
+        ("6.12.117+deb13-arm64", 117),
+        ("7.2.13+deb14-amd64 SMP preempt mod_unload modversions", 13),
+        ("6.12.46", 46),
+        ("v6.12.46", 46),
+        ("6.12", None),
+        ("6.1.0-50-amd64", None),  # Debian's ABI name: 6.1.176 in truth, the number is hidden
+        ("6.1.0", 0),
+    ],
+)
+def test_parse_stable(text: str, stable: int | None) -> None:
+    from klpcore.kernel import parse_stable
+
+    assert parse_stable(text) == stable
+
+
+STABLE_ROW = Behaviour("example_backport", (6, 17), "core", "d", "s", stable=((6, 12, 46),))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "present"),
+    [
+        ("6.17", True),
+        ("7.2.13", True),
+        ("6.16", False),  # a later line without the backport
+        ("6.16.9", False),
+        ("6.12.46", True),  # the first stable release of 6.12.y with it
+        ("6.12.117", True),
+        ("6.12.45", False),
+        ("6.12", False),  # stable number unknown: only the mainline start applies
+        ("6.1.0-50", False),
+        ("6.6.100", False),  # a line the row does not name
+    ],
+)
+def test_behaviour_starts_in_mainline_and_in_a_stable_line(kernel: str, present: bool) -> None:
+    assert STABLE_ROW.present_in(KernelTarget.from_string(kernel)) is present
+
+
+def test_stable_start_has_both_sides_and_a_label() -> None:
+    pairs = [(a.version, a.stable, b.version, b.stable) for a, b in STABLE_ROW.sides()]
+    assert pairs == [((6, 16), None, (6, 17), None), ((6, 12), 45, (6, 12), 46)]
+    assert all(
+        not a_ and b_
+        for a_, b_ in ((STABLE_ROW.present_in(a), STABLE_ROW.present_in(b)) for a, b in STABLE_ROW.sides())
+    )
+    assert STABLE_ROW.label == "6.17, 6.12.46"
+    assert KernelTarget.from_string("6.12.117").release_label == "6.12.117"
+    assert KernelTarget.from_string("6.1.0-50-amd64").release_label == "6.1"

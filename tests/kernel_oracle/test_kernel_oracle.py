@@ -61,7 +61,13 @@ DEBIAN_TYPES = {
 KERNEL_SORTED = {".orc_unwind"}
 
 
+DEBIAN_ARCH = {"amd64": "x86_64", "arm64": "arm64", "ppc64el": "ppc64le", "s390x": "s390x"}
+
+
 def arch_of(folder: str) -> str:
+    """x86_64, arm64-kaslr, ... (self-built modules, 6.1) or debian-<release>-<debian arch> (Debian's own)."""
+    if folder.startswith(("debian-", "first-")):
+        return DEBIAN_ARCH[folder.rsplit("-", 1)[1]]
     return folder.split("-")[0]
 
 
@@ -104,7 +110,7 @@ def test_recordings_cover_every_debian_relocation_type(arch: str) -> None:
     seen: set[int] = set()
     for folder, module in RECORDINGS:
         if arch_of(folder) == arch:
-            elf = ElfModule.from_file(FIX / folder / f"{module}.ko")
+            elf = ElfModule.from_file(recording(folder, module).ko)
             for rs in elf.rela_sections():
                 seen |= {int(r["r_info"]) & 0xFFFFFFFF for r in elf.relas(rs.index)}
     missing = {DEBIAN_TYPES[arch][t] for t in set(DEBIAN_TYPES[arch]) - seen}
@@ -202,6 +208,42 @@ EXPECTED_CLASSES = {
     ("ppc64le", "koc_basic"): ["ftrace:bl-to-nop", "runtime:struct-module"],
     ("arm64-kaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
     ("arm64-nokaslr", "koc_basic"): ["ftrace:nop-to-mov-x9-x30", "not-in-memory:init-freed", "runtime:struct-module"],
+    # Debian's own ppp_synctty in Debian's 6.12.117 and 7.2.13, at the kernel's section addresses (--sections)
+    ("debian-6.12.117+deb13-amd64", "ppp_synctty"): [
+        "ftrace:call-to-nop5",
+        "x86:return-thunk-to-ret",
+        "sorted-table:__mcount_loc",
+        "sorted-table:.orc_unwind_ip",
+        "not-in-memory:init-freed",
+    ],
+    ("debian-7.2.13+deb14-amd64", "ppp_synctty"): [
+        "ftrace:call-to-nop5",
+        "x86:return-thunk-to-ret",
+        "sorted-table:__jump_table",
+        "not-in-memory:init-freed",
+    ],
+    # 6.12.117 has the init ftrace trampoline backported (6.12.46): laid out where the kernel put it
+    ("debian-6.12.117+deb13-arm64", "ppp_synctty"): [
+        "ftrace:arm64-call-ops",
+        "sorted-table:__patchable_function_entries",
+        "not-in-memory:init-freed",
+    ],
+    ("debian-7.2.13+deb14-ppc64el", "ppp_synctty"): ["jump-label-site", "sorted-table:__jump_table"],
+    ("debian-7.2.13+deb14-ppc64el", "mbcache"): ["ppc64:lwsync-fixup"],
+    ("debian-7.2.13+deb14-amd64", "evdev"): ["x86:static-call-ret0", "x86:alternative-nops-optimized"],
+    ("debian-7.2.13+deb14-amd64", "rfkill"): ["x86:static-call-ud1", "x86:endbr-sealed"],
+    ("debian-6.12.117+deb13-amd64", "extcon_core"): ["x86:endbr-sealed"],
+    ("debian-6.12.117+deb13-amd64", "drop_monitor"): ["runtime:.data..ro_after_init", "x86:alternative-applied"],
+    ("debian-7.2.13+deb14-s390x", "ppp_synctty"): [
+        "s390:stack-protector-lowcore",
+        "s390:alternative-applied",
+        "ftrace:brcl-displacement",
+    ],
+    ("debian-7.2.13+deb14-arm64", "ppp_synctty"): [
+        "ftrace:arm64-call-ops",
+        "sorted-table:__patchable_function_entries",
+        "not-in-memory:init-freed",
+    ],
 }
 
 
@@ -371,3 +413,162 @@ def test_arm64_plt_veneer_and_ftrace_trampoline_identical(folder: str, tmp_path:
             used += len(mine.rstrip(b"\0")) if name == ".plt" else 0
         assert len(placed.sections[".text.ftrace_trampoline"][1].rstrip(b"\0")) == 24  # 6.1: two entries
     assert used >= 12
+
+
+# ------------------------------------------------- the kernel's own addresses
+DEBIAN = [(f, m) for f, m in RECORDINGS if f.startswith(("debian-", "first-"))]
+
+
+@pytest.mark.parametrize(("folder", "module"), DEBIAN, ids=[ids(r) for r in DEBIAN])
+def test_sections_places_every_section_where_the_kernel_did(folder: str, module: str, tmp_path: Path) -> None:
+    """6.4+: apply --sections puts each memory type at the kernel's own allocation (no single base can)."""
+    need_plugin(folder)
+    import json
+
+    rec = recording(folder, module)
+    report = tmp_path / "r.json"
+    assert main([*ko.klpcore_apply_args(rec, tmp_path / "o.ko"), "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["layout_source"] == "kernel-sections"
+    placed = {s["name"]: int(s["address"], 16) for s in doc["sections"]}
+    listed = dict(line.split() for line in (FIX / folder / f"{module}.sections").read_text().splitlines())
+    for name, addr in listed.items():
+        if name not in (".symtab", ".strtab"):
+            assert placed[name] == int(addr, 16), name
+    # each section inside the region of its memory type; the types are separate allocations
+    regions = {r["type"]: (int(r["address"], 16), r["size"]) for r in doc["regions"]}
+    for sec in doc["sections"]:
+        if sec["region"] in regions:
+            start, size = regions[sec["region"]]
+            assert start <= int(sec["address"], 16) <= start + size, sec
+    assert len({start for start, _ in regions.values()}) == len(regions) >= 3
+
+
+@pytest.mark.parametrize(("folder", "module"), DEBIAN[:1], ids=[ids(r) for r in DEBIAN[:1]])
+def test_sections_refuses_a_placement_the_kernel_cannot_make(
+    folder: str, module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_plugin(folder)
+    rec = recording(folder, module)
+    lines = (FIX / folder / f"{module}.sections").read_text().splitlines()
+    moved = [f"{n} {int(a, 16) + 8:#x}" if n == ".rodata" else f"{n} {a}" for n, a in (ln.split() for ln in lines)]
+    bad = tmp_path / "moved.txt"
+    bad.write_text("\n".join(moved) + "\n")
+    args = ko.klpcore_apply_args(rec, tmp_path / "o.ko")
+    args[args.index("--sections") + 1] = str(bad)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "section .rodata at" in err and "is not where the kernel lays it out" in err
+    assert not (tmp_path / "o.ko").exists()
+
+
+# ------------------------------------------------ the default layout model (6.4+)
+FIRST = [(f, m) for f, m in RECORDINGS if f.startswith("first-")]
+
+
+@pytest.mark.parametrize(("folder", "module"), FIRST, ids=[ids(r) for r in FIRST])
+def test_model_places_a_first_module_where_the_kernel_did(folder: str, module: str, tmp_path: Path) -> None:
+    """A module loaded first after boot: klpcore's model (types in enum order, whole pages, a guard page
+    after each; x86 7.2: text in the 2 MiB read-only-executable cache) from the lowest address the
+    kernel used puts every section where the kernel did, with no --sections."""
+    need_plugin(folder)
+    import json
+
+    rec = recording(folder, module)
+    listed = {
+        n: int(a, 16)
+        for n, a in (ln.split() for ln in (FIX / folder / f"{module}.sections").read_text().splitlines())
+        if n not in (".symtab", ".strtab")
+    }
+    lowest = min(listed.values()) & ~(rec.page_size() - 1)  # s390: the GOT and PLT come before .text
+    args = ["apply", str(rec.ko), "--config", str(rec.config), "--base", f"{lowest:#x}", "-q"]
+    for f in rec.symbol_files:
+        args += ["--symbols", str(f)]
+    report = tmp_path / "r.json"
+    assert main([*args, "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["layout_source"] == "model"
+    assert any("fresh boot" in f for f in doc["layout_facts"])
+    placed = {s["name"]: int(s["address"], 16) for s in doc["sections"]}
+    assert {n: placed.get(n) for n in listed} == listed
+    types = {r["type"] for r in doc["regions"]}
+    assert {"MOD_TEXT", "MOD_DATA", "MOD_RODATA", "MOD_RO_AFTER_INIT"} <= types  # init memory: freed after init
+    assert any(n.startswith(".init") for n in listed)  # ... but its sections were placed and compared above
+    if rec.config_value("CONFIG_ARCH_HAS_EXECMEM_ROX") == "y":
+        assert any("read-only-executable cache" in f for f in doc["layout_facts"])
+        assert placed[".text"] % (2 << 20) == 0 and placed[".text"] > min(listed.values())
+
+
+def test_static_call_ret0_rule_needs_the_documented_bytes(tmp_path: Path) -> None:
+    """Negative control: a return-0 static-call site whose xor is corrupted is unexplained."""
+    folder, module = "debian-7.2.13+deb14-amd64", "evdev"
+    need_plugin(folder)
+    rec = recording(folder, module)
+    placed = klpcore_apply(rec, tmp_path)
+    res = ko.compare(rec, placed)
+    site = next(s for s in res.sites if s.klass == "x86:static-call-ret0" and s.what != "bytes")
+    start = site.address - 1  # the call's opcode byte
+    bad = ko.corrupt(rec, site.section, start + 3 - rec.sections[site.section].address)
+    assert any(s.section == site.section for s in ko.compare(bad, placed).unexplained)
+
+
+# ------------------------------------- every boundary between 6.1 and 7.2 these kernels cross
+#: behaviour -> (a recording without it, a recording with it), or why no recorded kernel can show it.
+#: "Newest checked" is 7.2 because every row starting after 6.1 and up to 7.2 is here.
+BOUNDARY_EVIDENCE: dict[str, tuple[str, str] | str] = {
+    "arm64_single_ftrace_plt": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # 2 -> 1 ftrace PLT entries
+    "module_memory": ("x86_64", "debian-6.12.117+deb13-amd64"),  # one core allocation -> one per type
+    "arm64_module_plts_always": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # .plt sized without KASLR
+    "s390_gotent_got_offset": ("s390x", "debian-7.2.13+deb14-s390x"),
+    "ppc64_ool_ftrace_stubs": ("ppc64le", "debian-7.2.13+deb14-ppc64el"),  # .stubs byte-identical on both
+    "ppc64_stub_count": ("ppc64le", "debian-7.2.13+deb14-ppc64el"),
+    "static_call_sites_ro_after_init": ("debian-6.12.117+deb13-amd64", "debian-7.2.13+deb14-amd64"),
+    "arm64_init_ftrace_trampoline": ("arm64-nokaslr", "debian-6.12.117+deb13-arm64"),  # 6.1.176 / 6.12.117
+    "x86_write_relocate_add": "a refused relocation only: no loaded module shows it (messages: tests/x86_64)",
+    "ppc64_restore_r2_accepts_ld": "re-applied livepatch relocations only; Debian ppc64el has no CONFIG_LIVEPATCH",
+    "codetag_separate": "needs CONFIG_MEM_ALLOC_PROFILING, not set in Debian's 6.12 and 7.2 configs",
+    "extended_modversions": "Debian's 7.2 has no CONFIG_MODVERSIONS; a version check, not bytes",
+    "x86_clang_stack_cookie_gotpcrel": "clang < 17 builds only; Debian builds with gcc",
+    "relocates_percpu": "no recorded module has relocations into .data..percpu",
+    "arm64_livepatch": "Debian's arm64 7.2 has no CONFIG_LIVEPATCH",
+    "arm64_late_text_poke": "late (livepatch) relocations only; Debian's arm64 7.2 has no CONFIG_LIVEPATCH",
+    "reloc_messages_sec_idx": "a refused relocation's message only (tests/x86_64, tests/core)",
+    "invalid_shndx_refused": "a refused symbol only (tests/core)",
+}
+
+
+def test_every_boundary_up_to_newest_has_recorded_kernels_on_each_side() -> None:
+    from klpcore.versions import NEWEST, all_behaviours
+
+    crossed = {b.name for b in all_behaviours().values() if (6, 1) < b.since <= NEWEST or b.stable}
+    assert crossed == set(BOUNDARY_EVIDENCE), (
+        "a version-table row between 6.1 and the newest checked release "
+        "needs recordings on both sides (or the reason none can show it) in BOUNDARY_EVIDENCE"
+    )
+    folders = {f for f, _ in RECORDINGS}
+    for name, evidence in BOUNDARY_EVIDENCE.items():
+        if isinstance(evidence, tuple):
+            assert set(evidence) <= folders, name
+
+
+def test_region_base_pins_one_memory_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, module = "debian-7.2.13+deb14-amd64", "ppp_synctty"
+    need_plugin(folder)
+    import json
+
+    rec = recording(folder, module)
+    base = ["apply", str(rec.ko), "--config", str(rec.config), "-q", "--base", "0xffffffffc0200000"]
+    for f in rec.symbol_files:
+        base += ["--symbols", str(f)]
+    report = tmp_path / "r.json"
+    assert main([*base, "--region-base", "MOD_RODATA=0xffffffffc0800000", "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["layout_source"] == "region-base"
+    regions = {r["type"]: int(r["address"], 16) for r in doc["regions"]}
+    assert regions["MOD_RODATA"] == 0xFFFFFFFFC0800000
+    # the unpinned types keep the model: 7.2's text cache takes the 2 MiB at --base, data follows its guard page
+    assert regions["MOD_TEXT"] == 0xFFFFFFFFC0200000
+    assert regions["MOD_DATA"] == 0xFFFFFFFFC0401000
+    # before 6.4 only the core (MOD_TEXT) and init (MOD_INIT_TEXT) allocations exist
+    assert main([*base, "--kernel", "6.1", "--region-base", "MOD_RODATA=0xffffffffc0800000"]) == 2
+    assert "before Linux 6.4" in capsys.readouterr().err

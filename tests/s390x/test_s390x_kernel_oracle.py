@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from klpcore import Loader, get_plugin_manager
+from klpcore import KernelTarget, Loader, get_plugin_manager
 from klpcore import constants as C
 from klpcore.symbols import parse_symbol_text
 
@@ -36,7 +36,8 @@ def load(name: str):
     secs = rec["sections"]
     init = [int(v["address"], 16) for k, v in secs.items() if k.startswith(".init")]
     symbols = parse_symbol_text((FX / "kallsyms").read_text() + (FX / "systemmap").read_text())
-    loader = Loader(get_plugin_manager(), percpu_base=int(rec.get("percpu_base", "0"), 16))
+    # recorded on Debian's 6.1.0-50: one core and one init allocation
+    loader = Loader(get_plugin_manager(), kernel=KernelTarget((6, 1)), percpu_base=int(rec.get("percpu_base", "0"), 16))
     base = int(rec["core_base"], 16)
     return loader.load(str(FX / f"{name}.ko"), symbols, base, init_base=min(init) if init else None)
 

@@ -40,9 +40,9 @@ def test_explicit_kernel_wins(tmp_path) -> None:
     rules = report(tmp_path, "--kernel", "6.19")["kernel_rules"]
     assert rules["version"] == "6.19" and rules["version_source"] == "--kernel"
     rules = report(tmp_path, "--kernel", "newest")["kernel_rules"]
-    assert rules["version"] == "7.1" and rules["version_source"] == "newest checked release"
+    assert rules["version"] == "7.2" and rules["version_source"] == "newest checked release"
     rules = report(tmp_path, "--kernel", "7.3")["kernel_rules"]
-    assert rules["version_source"] == "--kernel; newer than the newest checked release 7.1, whose rules are used"
+    assert rules["version_source"] == "--kernel; newer than the newest checked release 7.2, whose rules are used"
 
 
 def test_config_gz_is_read_and_reported(tmp_path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from klpcore import KernelTarget, Loader, RelocationError, get_plugin_manager, load_symbols
+from klpcore.convert.named import convert_named
 from klpcore.testing.conformance import ACCEPTED, REFUSED, conformance_tests
 from klpcore.testing.klpify import KlpSym, klpify
 from klpcore.testing.ldrecord import assert_equals_ld
@@ -190,7 +191,12 @@ def test_nonzero_target_refused(loader) -> None:
         r"loc ffffffffc[0-9a-f]{7}, val [0-9a-f]+",
         message((6, 18)),
     )
-    assert message((6, 3)) == message((6, 18))
+
+    # the same message; only the location differs (6.4+: DATA after text's page and a guard page)
+    def unlocated(text: str) -> str:
+        return re.sub(r"loc [0-9a-f]+", "loc X", text)
+
+    assert unlocated(message((6, 3))) == unlocated(message((6, 18)))
     # up to 6.2 it was "Skipping"
     assert message((6, 2)).startswith(
         "x86/modules: Skipping invalid relocation target, existing value is nonzero for type 1, loc ffffffffc"
@@ -237,6 +243,16 @@ def test_livepatch_module_equals_ordinary_link(loader, fmt, style) -> None:
         # need a kernel without module RO protection (CONFIG_DEBUG_SET_MODULE_RONX, see the next test)
         loader = Loader(get_plugin_manager(), kernel=KernelTarget((4, 4), strict_module_rwx=False))
     lm = loader.load(klp, load_symbols(str(FIX / "mod_basic.map")), BASE)
+    if fmt == "rfc":  # 4.4 lays the module out as one allocation, not where ld's recording (6.4+) put it:
+        # the ordinary object loaded by the same kernel is the reference (it equals ld at ld's addresses above)
+        ref = loader.load(orig, load_symbols(str(FIX / "mod_basic.map")), BASE)
+        exp = {
+            "sections": {
+                s.name: {"bytes": ref.section_bytes(s.index).hex()}
+                for s in ref.module.sections
+                if ref.section_address(s.index) is not None
+            }
+        }
     klp_phase = "load" if fmt == "final" else "enable"
     assert any(s.startswith((".klp.rela.vmlinux", "__klp_rela_vmlinux")) for p in lm.phases for s in p.sections)
     assert any(p.name == klp_phase for p in lm.phases)
@@ -272,7 +288,7 @@ def test_livepatch_late_write_uses_text_poke(loader) -> None:
         (text_only if m.sections[s.info].name == ".text" else other).update(syms)
     chosen = sorted(n for n in text_only - other if n and int(m.symbols["st_shndx"][m.symbol_names.index(n)]) == 0)
     assert chosen
-    klp = klpify(data, {chosen[0]: KlpSym("ext4")})
+    klp = convert_named(data, {chosen[0]: KlpSym("ext4")}).data
     syms = load_symbols(str(FIX / "mod_basic.map"))
     lm = loader.load(klp, syms, BASE)
     assert lm.pending_objects == ["ext4"]

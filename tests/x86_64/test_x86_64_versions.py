@@ -131,4 +131,10 @@ TestBehaviours = behaviour_tests(
         # 6.14 and 6.15 refused (the other side: test_clang16_stack_cookie_from_6_15)
         "x86_clang_stack_cookie_gotpcrel": test_rex_gotpcrelx_refused_otherwise,
     },
+    # the mainline release of the change each row names (not read from the rows)
+    releases={
+        "x86_text_poke": ((5, 7), (5, 8)),  # x86/module: Use text_poke() for late relocations
+        "x86_write_relocate_add": ((6, 2), (6, 3)),  # livepatch,x86: Clear relocation targets on a module removal
+        "x86_clang_stack_cookie_gotpcrel": ((6, 14), (6, 15)),  # x86/module: Deal with GOT based stack cookie ...
+    },
 )

@@ -3,6 +3,9 @@
 
     python3 tools/kernel_oracle/report.py [FOLDER ...]      (default: every recording whose plugin is installed)
 
+FOLDER is a folder of tests/kernel_oracle/fixtures or a path to one elsewhere
+(e.g. /work/scratch/oracle/rec/7.2.13+deb14-amd64: ext4 and sctp, too big to commit).
+
 Runs ``klpcore apply`` at the kernel's addresses for each recorded module and
 prints one Markdown row per recording folder; ``-v`` also prints each module's
 summary with every unexplained site.
@@ -24,14 +27,27 @@ FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "kernel_oracle" / "fi
 PLUGIN = {"x86_64": "klpcore_x86_64", "ppc64le": "klpcore_ppc64le", "arm64": "klpcore_arm64", "s390x": "klpcore_s390x"}
 
 
+DEBIAN_ARCH = {"amd64": "x86_64", "arm64": "arm64", "ppc64el": "ppc64le", "s390x": "s390x"}
+
+
+def plugin_of(folder: str) -> str:
+    """The plugin a recording folder needs: x86_64-..., arm64-..., or debian-<release>-<debian arch>."""
+    name = Path(folder).name
+    arch = name.split("-")[0]
+    if arch not in PLUGIN:
+        arch = DEBIAN_ARCH.get(name.rsplit("-", 1)[-1], arch)
+    return PLUGIN.get(arch, arch)
+
+
 def row(folder: str, verbose: bool) -> tuple[str, int]:
     total: Counter[str] = Counter()
     compared = identical = misplaced = unexplained = 0
     mods = []
-    for d, m in ko.recordings(FIXTURES):
-        if d != folder:
+    root = Path(folder).parent if "/" in folder else FIXTURES
+    for d, m in ko.recordings(root):
+        if d != Path(folder).name:
             continue
-        rec = ko.read_recording(FIXTURES / d, m)
+        rec = ko.read_recording(root / d, m)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out.ko"
             if klpcore_main(ko.klpcore_apply_args(rec, out)) != 0:
@@ -71,8 +87,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     bad = 0
     for folder in folders:
-        if importlib.util.find_spec(PLUGIN[folder.split("-")[0]]) is None:
-            print(f"| {folder} | plugin {PLUGIN[folder.split('-')[0]]} not installed |")
+        if importlib.util.find_spec(plugin_of(folder)) is None:
+            print(f"| {folder} | plugin {plugin_of(folder)} not installed |")
             continue
         line, failed = row(folder, args.verbose)
         print(line)

@@ -5,8 +5,11 @@ Development tool (like ``tools/ld_oracle.py``); the tests never run it.  See REA
 
     python3 tools/kernel_oracle/run.py ARCH --module a.ko [--module b.ko] --out DIR
 
-ARCH is x86_64, arm64, ppc64le or s390x.  The kernel comes from
-``--deb`` (default: the linux-image-6.1.0-50-* package in /work/pkgs).  Every
+ARCH is x86_64, arm64, ppc64le or s390x.  The kernel comes from ``--target``
+(a Debian target as shipped, extracted by /work/shared/tools/debian-target.sh:
+``/work/targets/<release>-<arch>``; 6.1/6.12 keep the image in ``boot/``, 7.x
+everything in ``usr/lib/modules/<release>/``) or ``--deb`` (a linux-image
+package; default: the linux-image-6.1.0-50-* package in /work/pkgs).  Every
 ``depends=`` and ``softdep=pre:`` module of a given module is taken from the
 same package and loaded first.  DIR receives:
 
@@ -15,6 +18,10 @@ same package and loaded first.  DIR receives:
   <module>/sections      "name address" per /sys/module/<module>/sections entry
   <module>/coresize, initsize, refcnt-free copy of its /proc/modules line
   <module>/core.bin      the module's core allocation [base, base+coresize) read via /proc/kcore
+                         (one allocation up to 6.3; from 6.4 each memory type is its own)
+  <module>/mem/<section> each SHF_ALLOC section's bytes [address, address+size) (size from the .ko)
+  ftrace_addrs.gz        /sys/kernel/tracing/available_filter_functions_addrs (6.5+), else
+                         available_filter_functions (names only), of the booted kernel
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PKGS = Path("/work/pkgs")
+TARGETS = Path("/work/targets")
 SCRATCH = Path(os.environ.get("KERNEL_ORACLE_SCRATCH", "/work/scratch/oracle"))
 BEGIN = "@@KORACLE-BEGIN@@"
 END = "@@KORACLE-END@@"
@@ -118,6 +126,15 @@ done < /mods/order
 read up _ < /proc/uptime
 echo "uptime_after_insmod $up" >> /out/log
 cat /proc/modules > /out/modules
+[ -n "$quick" ] || {
+  mkdir -p /sys/kernel/tracing
+  mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+  if [ -f /sys/kernel/tracing/available_filter_functions_addrs ]; then
+    gzip -c < /sys/kernel/tracing/available_filter_functions_addrs > /out/ftrace_addrs.gz
+  elif [ -f /sys/kernel/tracing/available_filter_functions ]; then
+    gzip -c < /sys/kernel/tracing/available_filter_functions > /out/ftrace_names.gz
+  fi
+}
 for f in /sys/kernel/livepatch/*/enabled /sys/kernel/livepatch/*/*/patched; do
   [ -f "$f" ] && echo "${f#/sys/kernel/livepatch/} $(cat $f)" >> /out/livepatch
 done
@@ -141,6 +158,11 @@ dmesg > /out/dmesg
   base=$6
   size=$(cat $d/coresize)
   /kcore_read $base $size $d/core.bin 2>> $d/kcore.err
+  mkdir -p $d/mem
+  [ -f /mods/$f.sizes ] && while read sec ssize; do
+    [ -f /sys/module/$m/sections/$sec ] || continue
+    /kcore_read $(cat /sys/module/$m/sections/$sec) $ssize "$d/mem/$sec" 2>> $d/kcore.err
+  done < /mods/$f.sizes
   echo "kcore $m $base $size $?" >> /out/log
 done < /mods/order
 read up _ < /proc/uptime
@@ -158,6 +180,15 @@ def find_one(pattern: str, where: Path = PKGS) -> Path:
     if not hits:
         sys.exit(f"kernel_oracle: nothing matches {where}/{pattern}")
     return hits[-1]
+
+
+def find_busybox(pattern: str) -> Path:
+    """The foreign busybox-static .deb: /work/pkgs, or the scratch cache (apt-get download with the
+    target's private apt configuration, see README)."""
+    for where in (PKGS, SCRATCH / "debs", TARGETS / "debs"):
+        if where.is_dir() and sorted(where.glob(pattern)):
+            return sorted(where.glob(pattern))[-1]
+    sys.exit(f"kernel_oracle: no {pattern} in {PKGS}, {SCRATCH / 'debs'} or {TARGETS / 'debs'}")
 
 
 def extract(deb: Path) -> Path:
@@ -206,9 +237,35 @@ def modname(ko: Path) -> str:
     return name.removesuffix(".ko").replace("-", "_")
 
 
+def modules_dir(root: Path) -> Path:
+    """lib/modules/<release> (6.1) or usr/lib/modules/<release> (6.12, 7.x) of an extracted package."""
+    for pattern in ("lib/modules/*/kernel", "usr/lib/modules/*/kernel"):
+        hits = sorted(root.glob(pattern))
+        if hits:
+            return hits[-1].parent
+    sys.exit(f"kernel_oracle: no lib/modules/*/kernel under {root}")
+
+
+def find_kernel(root: Path, arch: Arch) -> Path:
+    """The bootable image: boot/vmlinu[xz]-* (6.1, 6.12) or usr/lib/modules/<release>/vmlinu[xz] (7.x)."""
+    for pattern in (arch.kernel_glob, "boot/vmlinu[xz]-*", "usr/lib/modules/*/vmlinu[xz]"):
+        hits = sorted(root.glob(pattern))
+        if hits:
+            return hits[-1]
+    sys.exit(f"kernel_oracle: no kernel image under {root}")
+
+
+def find_config(root: Path) -> Path | None:
+    mdir = modules_dir(root)
+    for p in (root / "boot" / f"config-{mdir.name}", mdir / "config"):
+        if p.exists():
+            return p
+    return None
+
+
 def package_index(root: Path) -> dict[str, Path]:
     idx: dict[str, Path] = {}
-    for p in root.glob("lib/modules/*/kernel/**/*.ko*"):
+    for p in modules_dir(root).glob("kernel/**/*.ko*"):
         idx[modname(p)] = p
     return idx
 
@@ -216,7 +273,8 @@ def package_index(root: Path) -> dict[str, Path]:
 def alias_index(root: Path, index: dict[str, Path]) -> dict[str, Path | None]:
     """alias= names (softdeps often name an alias, e.g. crc32c -> crc32c_generic) of the
     package's modules, and of built-in code (None: nothing to load); cached per package."""
-    cache = root / ".aliases.json"
+    cache = SCRATCH / "aliases" / (re.sub(r"[^\w.+-]", "_", str(root)).strip("_") + ".json")
+    cache.parent.mkdir(parents=True, exist_ok=True)
     if cache.exists():
         raw = json.loads(cache.read_text())
     else:
@@ -225,7 +283,7 @@ def alias_index(root: Path, index: dict[str, Path]) -> dict[str, Path | None]:
         for name, ko in sorted(index.items()):
             for alias in pattern.findall(read_ko(ko)):
                 raw.setdefault(alias.decode(errors="replace"), name)
-        for builtin in root.glob("lib/modules/*/modules.builtin.modinfo"):
+        for builtin in modules_dir(root).glob("modules.builtin.modinfo"):
             for item in builtin.read_bytes().split(b"\0"):
                 if b".alias=" in item:
                     raw.setdefault(item.split(b".alias=", 1)[1].decode(errors="replace"), None)
@@ -281,6 +339,17 @@ def build_helper(arch: Arch, work: Path, name: str = "kcore_read") -> Path:
     return out
 
 
+def alloc_sizes(data: bytes) -> str:
+    """ "name size" for each SHF_ALLOC section of a module with a size (what the init script reads back)."""
+    from elftools.elf.elffile import ELFFile
+
+    lines = []
+    for sec in ELFFile(io.BytesIO(data)).iter_sections():
+        if sec["sh_flags"] & 2 and sec["sh_size"] and sec.name and " " not in sec.name and "/" not in sec.name:
+            lines.append(f"{sec.name} {sec['sh_size']}\n")
+    return "".join(lines)
+
+
 def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, dest: Path, quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         root = Path(tmp)
@@ -289,7 +358,7 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
         if arch.busybox_glob is None:
             shutil.copy("/bin/busybox", root / "bin/busybox")
         else:
-            shutil.copy(extract(find_one(arch.busybox_glob)) / "bin/busybox", root / "bin/busybox")
+            shutil.copy(extract(find_busybox(arch.busybox_glob)) / "bin/busybox", root / "bin/busybox")
         applets = [
             "sh",
             "mount",
@@ -317,7 +386,10 @@ def make_initramfs(arch: Arch, order: list[tuple[Path, bool]], helper: Path, des
             name = ko.name
             for suf in (".xz", ".zst"):
                 name = name.removesuffix(suf)
-            (root / "mods" / name).write_bytes(read_ko(ko))
+            data = read_ko(ko)
+            (root / "mods" / name).write_bytes(data)
+            if is_target:
+                (root / "mods" / f"{name}.sizes").write_text(alloc_sizes(data))
             lines.append(f"{name} {int(is_target)}\n")
         (root / "mods/order").write_text("".join(lines))
         if quick:
@@ -380,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arch", choices=sorted(ARCHES))
     ap.add_argument("--deb", type=Path, help="linux-image .deb (default: the one in /work/pkgs)")
+    ap.add_argument(
+        "--target",
+        type=Path,
+        help="an extracted Debian target (debian-target.sh), e.g. /work/targets/7.2.13+deb14-amd64",
+    )
     ap.add_argument("--module", type=Path, action="append", default=[], help="a .ko to load (repeatable)")
     ap.add_argument(
         "--package-module",
@@ -399,14 +476,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     arch = ARCHES[args.arch]
-    deb = args.deb or find_one(arch.deb_glob)
-    root = extract(deb)
-    kernel = find_one(arch.kernel_glob, root)
+    if args.target:
+        root = args.target.resolve()
+        deb = root
+    else:
+        deb = args.deb or find_one(arch.deb_glob)
+        root = extract(deb)
+    kernel = find_kernel(root, arch)
     index = package_index(root)
     targets = [m.resolve() for m in args.module]
     for name in args.package_module:
         if name.replace("-", "_") not in index:
-            sys.exit(f"kernel_oracle: no module {name} in {deb.name}")
+            sys.exit(f"kernel_oracle: no module {name} in {deb}")
         targets.append(index[name.replace("-", "_")])
     if not targets:
         sys.exit("kernel_oracle: nothing to load (--module / --package-module)")
@@ -440,11 +521,19 @@ def main(argv: list[str] | None = None) -> int:
         tar.extractall(out, filter="data")
     log = (out / "log").read_text().splitlines()
     insmod = {w[1]: int(w[2]) for w in (ln.split() for ln in log) if w[0] == "insmod"}
-    uptimes = {w[0]: float(w[1]) for w in (ln.split() for ln in log) if w[0].startswith("uptime")}
-    shutil.copy(root / "boot" / f"config-{kernel.name.split('-', 1)[1]}", out / "config")
+    # a livepatch may change what /proc/uptime prints: keep its first word as text when it is not a number
+    uptimes = {
+        w[0]: float(w[1]) if re.fullmatch(r"\d+(\.\d+)?", w[1]) else w[1]
+        for w in ([*ln.split(), ""] for ln in log)
+        if w[0].startswith("uptime")
+    }
+    config = find_config(root)
+    if config is not None:
+        shutil.copy(config, out / "config")
     info = {
         "arch": arch.name,
         "package": deb.name,
+        "release": modules_dir(root).name,
         "kernel": kernel.name,
         "append": append,
         "qemu": cmd,

@@ -34,6 +34,8 @@ def apply_report(loaded: LoadedModule) -> dict[str, Any]:
         "kernel_rules": kernel_summary(loaded.kernel, mod.settings),
         "base": hex(mod.layout.base),
         "layout_style": mod.layout.style,
+        "layout_source": mod.layout_source,
+        "layout_facts": mod.layout_facts if mod.layout_source != "kernel-sections" else [],
         "regions": [
             {"type": r.name, "address": hex(r.address), "size": r.size, "perms": str(r.perms)}
             for r in loaded.image.regions
@@ -107,6 +109,22 @@ def _apply_args(sp: argparse.ArgumentParser) -> None:
         help="instead of MODULE, use the example module shipped with the plugin for ARCH (default: the host's "
         "architecture when its plugin is installed, else the first found)",
     )
+    sp.add_argument(
+        "--sections",
+        metavar="PATH",
+        help="place every section where a live kernel did: a /sys/module/NAME/sections directory, or a listing "
+        "of 'name address' lines; refused unless the placement is one the kernel could make (each memory type "
+        "page aligned, every section at its offset in its type, no overlap)",
+    )
+    sp.add_argument(
+        "--region-base",
+        metavar="TYPE=ADDR",
+        action="append",
+        default=[],
+        help="start of one memory type, repeatable; the kernel's names: MOD_TEXT, MOD_DATA, MOD_RODATA, "
+        "MOD_RO_AFTER_INIT, MOD_INIT_TEXT, MOD_INIT_DATA, MOD_INIT_RODATA (before 6.4: MOD_TEXT is the core, "
+        "MOD_INIT_TEXT the init allocation); unpinned types follow --base",
+    )
     sp.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings")
 
 
@@ -170,3 +188,12 @@ def _apply_summary(args: argparse.Namespace, loaded: LoadedModule, report: dict[
     else:
         print("  nothing written: give -o OUT to write the relocated module")
     print(f"  {kernel_line(loaded.kernel, mod.settings)}")
+    if mod.layout_source == "kernel-sections":
+        print("  layout: every section where --sections says the kernel put it")
+    else:
+        print(
+            "  layout: a model of the kernel's allocation"
+            + (" (some types pinned by --region-base)" if mod.layout_source == "region-base" else "")
+        )
+        for fact in mod.layout_facts:
+            print(f"    - {fact}")

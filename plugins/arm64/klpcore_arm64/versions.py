@@ -52,8 +52,11 @@ INIT_FTRACE_TRAMPOLINE = Behaviour(
     (6, 17),
     "arm64",
     "module_frob_arch_sections sizes .init.text.ftrace_trampoline and module_finalize requires and fills it "
-    "(an ftrace PLT in init text); present in the 6.17-rc3 tree, absent in 6.6 (first release believed 6.17)",
+    "(an ftrace PLT in init text); present in the 6.17-rc3 tree, absent in 6.6 (first release believed 6.17); "
+    "backported to 6.12.46 (Debian's 6.12 changelog lists it under ChangeLog-6.12.46; Debian's 6.12.117 arm64 "
+    "kernel lays the section out, recorded), not in Debian's 6.1.176",
     "arm64: ftrace: fix unreachable PLT for ftrace_caller in init_module (2025)",
+    stable=((6, 12, 46),),
 )
 
 #: every row, for ``klp_arch_behaviours``

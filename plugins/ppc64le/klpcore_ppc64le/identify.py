@@ -71,6 +71,7 @@ def identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchS
         byteorder="little",
         description="ppc64le ELFv2 (arch/powerpc/kernel/module_64.c)",
         unknown_type_error="{module}: Unknown ADD relocation: {number}",
+        frob_defined=frozenset({".TOC."}),  # dedotify (module_64.c)
         default_base=DEFAULT_BASE,
         percpu_base=PERCPU_BASE,
         module_area_size=VMALLOC_SIZE,

@@ -4,7 +4,7 @@ ftrace's call sites."""
 
 from __future__ import annotations
 
-from klpcore.testing.kernel_oracle import OracleRules, uint_at
+from klpcore.testing.kernel_oracle import Context, OracleRules, Site, uint_at
 
 #: field width of each relocation type the Debian modules use; ENTRY (118)
 #: rewrites the two-instruction global entry sequence
@@ -20,4 +20,26 @@ def ftrace(k: bytes, p: bytes, o: int) -> str | None:
     return None
 
 
-RULES = OracleRules(widths=WIDTHS, extable=EXTABLE, ftrace=ftrace)
+def jump_label(ctx: Context, site: Site) -> str | None:
+    """A static branch the running kernel turned on or off: NOP, or ``b`` to the entry's target."""
+    for a in ctx.jump_sites:
+        if a <= site.address < a + 4:
+            insn = uint_at(ctx.rec_bytes(a, 4), 0, 4, "<")
+            rel = insn & 0x03FFFFFC
+            rel -= (rel & 0x02000000) << 1
+            if insn == 0x60000000 or (insn >> 26 == 18 and insn & 3 == 0 and a + rel == ctx.jump_targets[a]):
+                return "jump-label-site"
+    return None
+
+
+def lwsync(ctx: Context, site: Site) -> str | None:
+    """Each barrier listed in ``__lwsync_fixup`` becomes ``lwsync`` on a CPU with CPU_FTR_LWSYNC
+    (do_lwsync_fixups in module_finalize; klpcore keeps the file's ``isync``)."""
+    for a in ctx.rel_table("__lwsync_fixup"):
+        inside = a <= site.address and site.address + site.width <= a + 4
+        if inside and uint_at(ctx.rec_bytes(a, 4), 0, 4, "<") == 0x7C2004AC:
+            return "ppc64:lwsync-fixup"
+    return None
+
+
+RULES = OracleRules(widths=WIDTHS, extable=EXTABLE, ftrace=ftrace, rules=(jump_label, lwsync))

@@ -21,7 +21,7 @@ reproduced; the kernel-oracle comparison classifies those sites.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,17 @@ __all__ = ["ARCHES", "EM_S390", "EM_S390_OLD", "gotplt", "identify", "options", 
 @hookimpl
 def klp_arch_identify(machine: int, elfclass: int, byteorder: str, e_flags: int) -> ArchSpec | None:
     return identify.identify(machine, elfclass, byteorder)
+
+
+@hookimpl
+def klp_arch_percpu_base(arch: ArchSpec, kernel: KernelTarget, symbol: Callable[[str], int | None]) -> int | None:
+    """s390 per-CPU addresses are real addresses next to the kernel image: a module's per-CPU section
+    lands in the first chunk's reserved area, after the static per-CPU data (``__per_cpu_end``), within
+    reach of the module's PC-relative ``larl`` (R_390_PC32DBL)."""
+    if arch.machine not in (EM_S390, EM_S390_OLD):
+        return None
+    end = symbol("__per_cpu_end")
+    return None if end is None else (end + 0x3F) & ~0x3F
 
 
 @hookimpl

@@ -46,12 +46,35 @@ def return_thunk(ctx: Context, site: Site) -> str | None:
     return None
 
 
+#: a static call to __static_call_return0 becomes ``xor %eax,%eax`` with CS prefixes (7.x)
+X86_RET0 = bytes.fromhex("2e2e2e31c0")
+
+
 def static_call(ctx: Context, site: Site) -> str | None:
+    """``.static_call_sites``: the kernel points each call at the key's current function: a NOP, a
+    direct call/jmp, ``xor %eax,%eax`` for ``__static_call_return0`` (7.x) or, for the WARN trap
+    static call, an ``addr32 ud1`` (``67 48 0f b9 <modrm>``, 7.x)."""
     for a in ctx.static_calls:
-        if a <= site.address < a + 5:
+        if a <= site.address < a + 5 and site.address + site.width <= a + 5:
             k = ctx.rec_bytes(a, 5)
             if k == X86_NOP5 or k[0] in (0xE8, 0xE9):
                 return "x86:static-call-site"
+            if k == X86_RET0:
+                return "x86:static-call-ret0"
+            if k[:4] == bytes.fromhex("67480fb9"):
+                return "x86:static-call-ud1"
+    return None
+
+
+def endbr_seal(ctx: Context, site: Site) -> str | None:
+    """IBT: an ``endbr64`` listed in ``.ibt_endbr_seal`` (a function never called indirectly) is
+    poisoned by ``apply_seal_endbr`` into a 4-byte NOP (``66 0f 1e fa`` or ``66 0f 1f 00``; 7.x
+    ``0f 1f 40 d6``, ``nopl -42(%rax)``)."""
+    for a in ctx.rel_table(".ibt_endbr_seal"):
+        if a <= site.address and site.address + site.width <= a + 4:
+            k, p = ctx.rec_bytes(a, 4), ctx.placed.read(a, 4)
+            if p == bytes.fromhex("f30f1efa") and k.hex() in ("660f1efa", "660f1f00", "0f1f40d6"):
+                return "x86:endbr-sealed"
     return None
 
 
@@ -78,17 +101,19 @@ def is_padding(b: bytes) -> bool:
 
 
 def alternatives(ctx: Context) -> list[tuple[int, int, int, int]]:
-    """.altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen):
-    (site, site length, replacement, replacement length), from klpcore's bytes (computed once)."""
+    """.altinstructions (6.1: s32 instr, s32 repl, u16 cpuid, u8 instrlen, u8 replacementlen, 12 bytes;
+    from 6.3 u32 ft_flags instead of the u16, 14 bytes): (site, site length, replacement, replacement
+    length), from klpcore's bytes (computed once)."""
     if "alternatives" in ctx.cache:
         return ctx.cache["alternatives"]  # type: ignore[no-any-return]
     out = []
+    size, at = (14, 12) if ctx.rec.release() >= (6, 3) else (12, 10)
     if ".altinstructions" in ctx.placed.sections:
         a, d = ctx.placed.sections[".altinstructions"]
-        for o in range(0, len(d) - 11, 12):
+        for o in range(0, len(d) - size + 1, size):
             instr = (a + o + uint_at(d, o, 4, "<", True)) & (2**64 - 1)
             repl = (a + o + 4 + uint_at(d, o + 4, 4, "<", True)) & (2**64 - 1)
-            out.append((instr, d[o + 10], repl, d[o + 11]))
+            out.append((instr, d[o + at], repl, d[o + at + 1]))
     ctx.cache["alternatives"] = out
     return out
 
@@ -111,7 +136,7 @@ def alternative(ctx: Context, site: Site) -> str | None:
                 t_k = a + 5 + uint_at(k, 1, 4, "<", True)
                 if t_repl == t_k and k[5:repl_len] == repl[5:]:
                     return "x86:alternative-applied"
-        for cut in range(n, 0, -1):  # original kept, trailing NOPs rewritten
+        for cut in range(n, -1, -1):  # original kept, trailing NOPs (or an all-NOP site) rewritten
             if k[:cut] == orig[:cut] and is_padding(k[cut:]) and is_padding(orig[cut:]):
                 return "x86:alternative-nops-optimized"
     return None
@@ -132,5 +157,5 @@ RULES = OracleRules(
     widths=WIDTHS,
     extable=EXTABLE,
     ftrace=ftrace,
-    rules=(return_thunk, static_call, jump_label, alternative, static_call_trampoline),
+    rules=(return_thunk, static_call, endbr_seal, jump_label, alternative, static_call_trampoline),
 )
