@@ -54,6 +54,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .arch import ArchSpec, RelocType
+    from .check.executors import Executor
     from .convert.rules import ConvertRules
     from .engine import ApplyContext, SectionContext
     from .kernel import KernelTarget
@@ -360,4 +361,26 @@ def klp_arch_kernel_oracle() -> OracleRules | None:  # type: ignore[empty-body]
 
     Stops at the first non-None result; called only on the plugin that
     identified the module.
+    """
+
+
+# --------------------------------------------------------------------------
+# Running many checks (not an architecture hook)
+# --------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def klp_check_executor(name: str, jobs: int | None) -> Executor | None:  # type: ignore[empty-body]
+    """Provide the executor that ``klpcore check --executor NAME`` runs pairs on.
+
+    :param name: the ``--executor`` value (``processes``, ``inprocess``,
+        ``dask-local``, ``dask://HOST:PORT`` are built in; a plugin may claim
+        its own names or URL schemes, e.g. ``ray://...``).
+    :param jobs: ``--jobs`` (None: the plugin's own default).
+    :return: an object with ``description``, ``run(jobs, targets, options)``
+        yielding ``(pair index, PairResult)`` as pairs finish (any order) and
+        ``close()`` (see :class:`klpcore.check.executors.Executor`), or None
+        when ``name`` is not this plugin's.  Each pair is judged by
+        ``klpcore.check.executors.judge_chunk`` (or ``judge`` on a target from
+        ``worker_target``), so results equal the one-process run's.
+
+    Stops at the first non-None result; the built-ins answer last.
     """

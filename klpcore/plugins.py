@@ -95,8 +95,20 @@ class ArchHooks:
         self.plugin = plugin
         self.spec = spec
         others = [p for p in _arch_plugins(pm) if p is not plugin]
-        for name in _HOOKS:
-            setattr(self, name, pm.subset_hook_caller(name, remove_plugins=others))
+        # the callers are views of the manager's registrations: made once per plugin and set of
+        # other arches, not per module (a check of a module tree identifies thousands of modules)
+        cache: dict[tuple[int, ...], tuple[list[object], dict[str, Any]]] = pm.__dict__.setdefault(
+            "_klpcore_arch_callers", {}
+        )
+        key = (id(plugin), *(id(p) for p in others))  # the entry keeps the plugins alive: no id is reused
+        entry = cache.get(key)
+        if entry is None:
+            entry = cache[key] = (
+                [plugin, *others],
+                {name: pm.subset_hook_caller(name, remove_plugins=others) for name in _HOOKS},
+            )
+        for name, caller in entry[1].items():
+            setattr(self, name, caller)
 
     # typed accessors -------------------------------------------------------
     def call(self, name: str, **kwargs: Any) -> Any:
@@ -108,10 +120,18 @@ def _arch_plugins(pm: pluggy.PluginManager) -> list[object]:
 
 
 def _plugin_dist(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
+    # read once per manager and plugin (distribution metadata is parsed from disk on each access)
+    cache: dict[int, tuple[object, tuple[str, str]]] = pm.__dict__.setdefault("_klpcore_plugin_dists", {})
+    hit = cache.get(id(plugin))
+    if hit is not None and hit[0] is plugin:
+        return hit[1]
+    found = ("", "")
     for p, dist in pm.list_plugin_distinfo():
         if p is plugin:
-            return dist.metadata["Name"] or "", dist.version or ""
-    return "", ""
+            found = (dist.metadata["Name"] or "", dist.version or "")
+            break
+    cache[id(plugin)] = (plugin, found)
+    return found
 
 
 def identify(

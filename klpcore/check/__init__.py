@@ -12,18 +12,48 @@ patches change); :mod:`.patches` (the patched functions of a livepatch module),
 
 from __future__ import annotations
 
+import importlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .pair import PATCH_FAILS, REFUSED, Finding
-from .patches import PatchInfo, read_patch
-from .report import LOADS, UNKNOWN, PairResult, exit_code, json_report, write_text
-from .steps import PairCheck
-from .target import Target
+if TYPE_CHECKING:
+    from .pair import PATCH_FAILS, REFUSED, Finding
+    from .patches import PatchInfo, read_patch
+    from .report import LOADS, UNKNOWN, PairResult, exit_code, json_report, write_text
+    from .target import Target
+
+#: the package's names, imported on first use: ``klpcore check``'s argument parser (built for
+#: every command) imports :mod:`.command` and must not pay for the load steps
+_LAZY = {
+    "PATCH_FAILS": "pair",
+    "REFUSED": "pair",
+    "Finding": "pair",
+    "PatchInfo": "patches",
+    "read_patch": "patches",
+    "LOADS": "report",
+    "UNKNOWN": "report",
+    "PairResult": "report",
+    "exit_code": "report",
+    "json_report": "report",
+    "write_text": "report",
+    "Target": "target",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def check_pair(module: str, target: Target, kernel_options: dict[str, Any] | None = None) -> PairResult:
     """Judge one module file on one target."""
+    from .report import PairResult
+    from .steps import PairCheck
+
     start = time.perf_counter()
     pc = PairCheck(target, module, kernel_options=kernel_options)
     findings = pc.run()

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
-from . import check_pair, json_report, write_text
-from .report import PairResult, exit_code
-from .target import Target
 
 HELP = "judge whether modules load on target kernels (and whether a livepatch applies)"
 DESCRIPTION = """\
@@ -32,15 +27,26 @@ fails), patch-fails (loads, but a patched object fails when it is or later gets
 loaded), unknown (nothing refused it, but a step was not checked: each is named
 with the file or package that supplies what it needs)
 exit codes: 0 every pair loads, 1 any is refused or patch-fails, 4 none is but
-any is unknown, 2 bad input (a MODULE or --target that is not one), 3 internal
-error (a bug)
+any is unknown, 2 bad input (a MODULE or --target that is not one, or the
+executor could not run the pairs), 3 internal error (a bug); not-applicable
+(the targets are of several architectures and this one is not the module's:
+not judged) counts as 0
+
+Many pairs run on every core (--jobs), or on a Dask cluster (--executor);
+the output is the same, in the same order, whichever runs them.
 """
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.description = DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    sp.add_argument("modules", metavar="MODULE", nargs="*", help="module file (.ko, .ko.xz, .ko.zst, .ko.gz)")
+    sp.add_argument(
+        "modules",
+        metavar="MODULE",
+        nargs="*",
+        help="module file (.ko, .ko.xz, .ko.zst, .ko.gz), a directory (every module file below it) "
+        "or @FILE (a list of these, one a line)",
+    )
     sp.add_argument(
         "--example",
         action="store_true",
@@ -54,7 +60,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         action="append",
         help="target kernel directory (repeatable); PATH:RELEASE picks a release; ROOT1,ROOT2[,...] is one "
         "kernel whose packages were extracted into several roots (image, modules, headers, -dbg); a part may "
-        "be a .deb file (read without extracting) or a folder of .deb files",
+        "be a .deb file (read without extracting) or a folder of .deb files; "
+        "@FILE: a list of these, one a line",
     )
     sp.add_argument(
         "--distribution",
@@ -67,13 +74,10 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
         "--json", metavar="FILE", dest="report", help="write the JSON report (schema 2) to FILE ('-' = stdout)"
     )
     sp.add_argument("-v", "--verbose", action="store_true", help="also show info findings and every pair's details")
+    from .runner import add_arguments as add_run_arguments
+
+    add_run_arguments(sp)
     # -O KEY=VALUE is added by the command line with the other subcommands' (klpcore.cli)
-
-
-def _progress(text: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\033[K{text}")
-        sys.stderr.flush()
 
 
 def example_arguments() -> tuple[list[str], list[str]]:
@@ -131,47 +135,15 @@ def parse_target_spec(spec: str) -> tuple[list[str], str | None]:
     return roots, release
 
 
-def _targets(specs: list[str], distribution: str | None = None) -> list[Target]:
-    out = []
-    for spec in specs:
-        roots, release = parse_target_spec(spec)
-        t = Target(roots, release, distribution)
-        t.validate()
-        out.append(t)
-    return out
-
-
 def run(args: argparse.Namespace, options: dict[str, Any], emit: Callable[[dict[str, Any], int], None]) -> int:
-    """Judge every (module, target) pair; ``emit(document, exit_code)`` writes
-    the JSON report (the CLI's schema-2 envelope) when ``--json`` is given."""
+    """Judge every (module, target) pair (:mod:`.runner`); ``emit(document, exit_code)``
+    writes the JSON report (the CLI's schema-2 envelope) where ``args.report`` says."""
+    from .runner import run as run_many
+
     if args.example:
         if args.modules or args.target:
             raise InputError("--example takes no MODULE and no --target (it brings both)")
         args.modules, args.target = example_arguments()
     elif not args.modules or not args.target:
         raise InputError("check needs MODULE ... and --target PATH (or --example)")
-    for m in args.modules:
-        if not os.path.isfile(m):
-            raise InputError(f"{m}: no such module file")
-        module_head_check(m)
-    targets = _targets(args.target, None if args.distribution == "auto" else args.distribution)
-    results: list[list[PairResult]] = []
-    total = len(args.modules) * len(targets)
-    n = 0
-    start = time.monotonic()
-    for m in args.modules:
-        pairs = []
-        for t in targets:
-            n += 1
-            _progress(f"[{n}/{total}] {time.monotonic() - start:5.1f} s  {os.path.basename(m)} on {t.label} ...")
-            pairs.append(check_pair(m, t, options))
-        results.append(pairs)
-    _progress("")
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    code = exit_code([p.verdict for group in results for p in group])
-    if args.report:
-        emit(json_report(results), code)
-    if args.report != "-":
-        write_text(results, verbose=args.verbose)
-    return code
+    return run_many(args, options, emit, None if args.distribution == "auto" else args.distribution)

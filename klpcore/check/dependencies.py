@@ -5,7 +5,8 @@ then each dependency's)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -182,7 +183,7 @@ class DependencySteps(ModversionSteps):
         self.add("dependencies", "info", f"loaded first: {', '.join(loaded)}")
         return out
 
-    def exports(self, deps: list[DepModule]) -> dict[str, Export] | None:
+    def exports(self, deps: list[DepModule]) -> Mapping[str, Export] | None:
         """Exports visible to the module: vmlinux's, then each loaded dependency's."""
         cache = self.target.cache
         base = cache.get("vmlinux_exports")
@@ -210,12 +211,12 @@ class DependencySteps(ModversionSteps):
             else:
                 return None
             cache["vmlinux_exports"] = base
-        out = dict(base)
+        out: dict[str, Export] = {}  # the dependencies' own, over vmlinux's (not a copy of vmlinux's per module)
         for d in deps:
             if d.info is None:
                 continue
             for x in d.info.exports:
-                if x.name in out:
+                if x.name in out or x.name in base:
                     continue
                 entry: SymversEntry | None = self.target.symvers.get(x.name) if self.target.symvers else None
                 out[x.name] = Export(
@@ -225,7 +226,7 @@ class DependencySteps(ModversionSteps):
                     entry.crc if entry and self.modversions else None,
                     entry.namespace if entry else "",
                 )
-        return out
+        return ChainMap(out, base)
 
 
 @dataclass(eq=False)

@@ -242,9 +242,13 @@ def _sample(elf: ElfModule, ptrs: _Pointers) -> PatchInfo:
     if not this_module:
         return PatchInfo(None, [])
     syms = elf.symbols
+    marks = np.array(sorted(this_module), dtype=np.uint64)
     for sec in elf.sections:
         if not sec.is_alloc or sec.is_exec or sec.name.startswith(".gnu.linkonce"):
             continue
+        rel = ptrs._by_target.get(sec.index)
+        if rel is None or not np.isin(elf.relas(rel)["r_info"] >> np.uint64(32), marks).any():
+            continue  # no pointer to __this_module here (most sections): no field map to build
         for off, p in sorted(ptrs.fields(sec.index).items()):
             if p.symbol != "__this_module" and not p.symbol.startswith("__this_module+"):
                 continue

@@ -385,17 +385,28 @@ class Target:
     @cached_property
     def symbols(self) -> KernelSymbols | None:
         """vmlinux symbols (and loaded modules for a kallsyms dump), read once."""
+        from .readcache import cached
+
         try:
-            if self.kallsyms_path is not None:
-                return parse_symbol_text(
-                    read_input(self.kallsyms_path, "kallsyms").decode("utf-8", "replace"), str(self.kallsyms_path)
+            if (k := self.kallsyms_path) is not None:
+
+                def parse_kallsyms() -> KernelSymbols:
+                    return parse_symbol_text(read_input(k, "kallsyms").decode("utf-8", "replace"), str(k))
+
+                # /proc/kallsyms is the running kernel's: read every time
+                return parse_kallsyms() if self.running else cached("kallsyms", [k], parse_kallsyms)
+            if (p := self.system_map_path) is not None:  # parsed once per content (readcache)
+                return cached(
+                    "System.map",
+                    [p],
+                    lambda: parse_symbol_text(read_input(p, "System.map").decode("utf-8", "replace"), str(p)),
                 )
-            if self.system_map_path is not None:
-                return parse_symbol_text(
-                    read_input(self.system_map_path, "System.map").decode("utf-8", "replace"), str(self.system_map_path)
+            if (v := self.vmlinux_path) is not None:
+                return cached(
+                    "vmlinux-symbols",
+                    [v],
+                    lambda: symbols_from_elf(read_input(v, "vmlinux", limit=4 << 30), str(v)),
                 )
-            if self.vmlinux_path is not None:
-                return symbols_from_elf(read_input(self.vmlinux_path, "vmlinux", limit=4 << 30), str(self.vmlinux_path))
             from ..kimage.source import IMAGE_PATHS, read_image_file
 
             image = self._first(*IMAGE_PATHS)
@@ -469,9 +480,14 @@ class Target:
 
     @cached_property
     def symvers(self) -> dict[str, SymversEntry] | None:
+        from .readcache import cached
+
         p = self.symvers_path
         if p is None:
             return None
+        return cached("Module.symvers", [p], lambda: self._read_symvers(p))
+
+    def _read_symvers(self, p: Path) -> dict[str, SymversEntry]:
         text = read_input(p, "Module.symvers").decode("utf-8", "replace")
         out: dict[str, SymversEntry] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
