@@ -57,7 +57,7 @@ def kallsyms_tails(
                 core = bool(flags & SHF_ALLOC) and (kallsyms_all or bool(flags & SHF_EXECINSTR)) and sh in core_placed
         if core:
             count += 1
-            strings += len(names[i].encode()) + 1
+            strings += len(names[i].encode("utf-8", "surrogateescape")) + 1
     data = layout.regions[MemType.DATA].size if MemType.DATA in layout.regions else 0
     core_end = align(data, symtab_align or 1) + count * ELF64_SYM_SIZE + strings + count
     init_data = layout.regions[MemType.INIT_DATA].size if MemType.INIT_DATA in layout.regions else 0

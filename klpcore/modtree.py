@@ -230,7 +230,7 @@ class ModuleTree:
             return False
         if b"\0__ksymtab_" not in raw:
             return False
-        return any(b"\0__ksymtab_" + n.encode() + b"\0" in raw for n in wanted)
+        return any(b"\0__ksymtab_" + n.encode("utf-8", "surrogateescape") + b"\0" in raw for n in wanted)
 
     def providers(self, names: Iterable[str], prefer: Sequence[str] = ()) -> dict[str, str]:
         """``symbol -> module`` for each of ``names`` some module of the tree

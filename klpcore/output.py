@@ -97,7 +97,7 @@ def _add_reserved(loaded: LoadedModule, out: ElfWriter, rows: list[SectionHeader
         align = next((r.align for r in loaded.module.reservations if r.name == p.name), 1)
         off = out.add(data, align)
         rows.append(SectionHeader(len(names), C.SHT_PROGBITS, flags, addr, off, len(data), 0, 0, align, 0))
-        names += p.name.encode() + b"\0"
+        names += p.name.encode("utf-8", "surrogateescape") + b"\0"
     # the new name table: sh_offset, sh_size
     rows[strndx] = rows[strndx]._replace(offset=out.add(bytes(names)), size=len(names))
     if len(rows) >= 0xFF00 or out.header_field("shnum") == 0:

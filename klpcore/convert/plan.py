@@ -194,7 +194,7 @@ def source_files(vmlinux: str, name: str) -> dict[int, str]:
         strtab = elf.get_section(symtab["sh_link"]).data()
     except Exception:  # best effort: the candidates are listed without files
         return {}
-    wanted = name.encode() + b"\0"
+    wanted = name.encode("utf-8", "surrogateescape") + b"\0"
     offsets = [m.start() for m in re.finditer(re.escape(wanted), strtab)]
     if not offsets:
         return {}

@@ -873,3 +873,19 @@ def test_kernel_help_states_the_modelled_range() -> None:
     assert "4.3 or newer" in text and "a later release gets its rules and reports say so" in text
     code, _, err = call("plugins", "--kernel", "4.2")
     assert code == 2 and "(4.3 and newer; releases after" in one_line(err)
+
+
+@pytest.mark.parametrize("command", ["resolve", "apply"])
+def test_symbol_name_not_utf8(files, command) -> None:
+    """A symbol name that is not UTF-8 (read back with surrogate escapes) is counted in the
+    kernel's kallsyms copy by its bytes, as strlen counts it: no internal error (found by the
+    fuzz test in the ppc64le env: UnicodeEncodeError in the kallsyms tail of the 6.4+ layout)."""
+    _, syms, tmp = files
+    data = bytearray(toy_module(symbols=[Sym("fn", ".text", 0, type=C.STT_FUNC, size=8), Sym("printk")]))
+    at = data.index(b"\0fn\0") + 1
+    data[at : at + 2] = b"f\xa6"
+    m = tmp / "notutf8.ko"
+    m.write_bytes(bytes(data))
+    code, out, err = call(command, str(m), "-s", str(syms))
+    assert code == 0, (out, err)
+    assert "internal error" not in err
