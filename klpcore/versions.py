@@ -161,6 +161,17 @@ _TABLE = [
         "module: replace module_layout with module_memory (6.4)",
     ),
     Behaviour(
+        "this_module_size",
+        (6, 4),
+        "core",
+        "elf_validity_check refuses a module whose .gnu.linkonce.this_module size is not the kernel's "
+        "sizeof(struct module) (-ENOEXEC, 'module %s: .gnu.linkonce.this_module section size must match the "
+        "kernel's built struct module size at run time'), before modversions and vermagic; before, a "
+        "module built for another struct module was checked by its CRCs and vermagic only",
+        "module: add sanity check for ELF module section (modules pull for 6.4; since 6.13 in "
+        "elf_validity_cache_index_mod)",
+    ),
+    Behaviour(
         "codetag_separate",
         (6, 13),
         "core",

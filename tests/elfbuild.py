@@ -143,3 +143,15 @@ class Obj:
             rows.append(SectionHeader(no, s.type, s.flags, 0, off, size, link, info, s.align, s.entsize))
         out.add_section_headers(rows)
         return out.getvalue()
+
+
+def intree_module(name: str, this_module_size: int) -> bytes:
+    """A minimal in-tree module (``intree=Y``) whose ``.gnu.linkonce.this_module`` is ``this_module_size``
+    bytes: a synthetic target's statement of its ``sizeof(struct module)`` (what ``check`` reads from an
+    in-tree module of the target's tree)."""
+    return Obj(
+        sections=[Sec(".gnu.linkonce.this_module", flags=C.SHF_ALLOC | C.SHF_WRITE, data=bytes(this_module_size))],
+        symbols=[],
+        relas=[],
+        modinfo={"name": name, "intree": "Y", "license": "GPL"},
+    ).build()

@@ -23,6 +23,16 @@ MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
     # setup_load_info
     "no_symbols": [((0, 0), "{name}: module has no symbols (stripped?)")],
     "no_module": [((0, 0), "{name}: No module found in object")],
+    # elf_validity_check (6.4: "module: add sanity check for ELF module section" with the name prefix
+    # of "module: move more elf validity checks to elf_validity_check()", one series);
+    # elf_validity_cache_index_mod later, same wording (recorded: Debian 6.12.117, 7.2.13)
+    "this_module_size": [
+        (
+            (6, 4),
+            "module {name}: .gnu.linkonce.this_module section size must match the kernel's built struct module "
+            "size at run time",
+        )
+    ],
     # check_version / try_to_force_load
     "disagrees": [((0, 0), "{name}: disagrees about version of symbol {sym}")],
     "no_version": [((0, 0), "{name}: no symbol version for {sym}")],

@@ -125,6 +125,31 @@ class PairCheck(DependencySteps):
                 self.msg("no_module", name=info.name),
             )
             raise Stop
+        self.step_this_module_size(info)
+
+    def step_this_module_size(self, info: ModInfo) -> None:
+        """``elf_validity_check`` (6.4+; 6.13+ ``elf_validity_cache_index_mod``): the module's
+        ``.gnu.linkonce.this_module`` is its ``struct module`` as its build saw it; a size other than
+        the running kernel's ``sizeof(struct module)`` is refused (-ENOEXEC), before any version check."""
+        if not self.kernel_target().has("this_module_size"):
+            return
+        sec = info.elf.section_by_name(".gnu.linkonce.this_module")
+        assert sec is not None  # has_this_module
+        want = self.target.module_struct_size
+        if want is None:
+            self.not_checked(
+                "this_module",
+                "the size of the target's struct module is read from an in-tree module of its tree: "
+                + ("none could be read" if self.target.module_index else self.target.supplier("module tree")),
+            )
+        elif sec.size != want:
+            self.refuse(
+                "this_module",
+                f".gnu.linkonce.this_module is {sec.size} bytes, the target's struct module {want} "
+                "(the module was built for another kernel build)",
+                self.msg("this_module_size", name=info.name),
+            )
+            raise Stop
 
     def step_modinfo(self) -> None:
         info = self.info

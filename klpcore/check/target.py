@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import compress
 from .. import constants as C
-from ..elfheader import IDENT_SIZE, ElfHeaderError, read_ident
+from ..elfheader import IDENT_SIZE, ElfHeaderError, read_header, read_ident, section_headers, string_table_index
 from ..errors import InputError, InputFileError, KlpError, SymbolFileError
 from ..modtree import ModuleTree, module_kernel_name
 from ..symbols import PLACEHOLDER_MARK, KernelSymbols, parse_symbol_text, symbols_from_elf
@@ -564,6 +564,23 @@ class Target:
         return None
 
     @cached_property
+    def module_struct_size(self) -> int | None:
+        """The target kernel's ``sizeof(struct module)``: the size of ``.gnu.linkonce.this_module`` in an
+        in-tree module of its tree (modpost emits that section as the kernel's own ``struct module``);
+        None when the tree has no readable in-tree module."""
+        for path in list(self.module_index.values())[:20]:
+            try:
+                data = read_input(path, "module", limit=1 << 30)
+                if b"intree=Y" not in data:
+                    continue
+                size = this_module_size(data)
+            except (KlpError, ElfHeaderError, IndexError, ValueError):
+                continue
+            if size is not None:
+                return size
+        return None
+
+    @cached_property
     def tree_signer(self) -> bytes | None:
         """The signer of the target's own signed modules (the key its build signed them with)."""
         from .modinfo import module_signer
@@ -613,6 +630,18 @@ class Target:
             "symvers": str(self.symvers_path) if self.symvers_path else None,
             "modules": str(self.modules_dir) if self.modules_dir else None,
         }
+
+
+def this_module_size(data: bytes) -> int | None:
+    """``sh_size`` of the module's ``.gnu.linkonce.this_module`` section (None: no such section)."""
+    hdr = read_header(data)
+    shdrs = section_headers(data, hdr)
+    names = shdrs[string_table_index(data, hdr)]
+    table = data[names.offset : names.offset + names.size]
+    for sh in shdrs:
+        if table[sh.name : table.find(b"\0", sh.name)] == b".gnu.linkonce.this_module":
+            return sh.size
+    return None
 
 
 def _only_packages(d: Path) -> bool:

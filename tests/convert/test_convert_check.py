@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
+from elfbuild import intree_module
 
+from klpcore.check.target import this_module_size
 from klpcore.convert.plan import convert, from_kernel_symbols
 from klpcore.elf import ElfModule
 from klpcore.kernel import KernelTarget
@@ -76,6 +78,12 @@ def test_check_passes_the_converted_module(arch: str, tmp_path: Path, capsys: py
     assert sorted(c.name for c in r.converted) == ["dup_static", "hidden_counter", "hidden_fn"]
     out = tmp_path / "lp_check.ko"
     out.write_bytes(r.data)
+    # the synthetic target's sizeof(struct module): one in-tree module built for it (this module's size)
+    kernel_dir = tgt / "lib" / "modules" / RELEASE / "kernel"
+    kernel_dir.mkdir(parents=True)
+    size = this_module_size(r.data)
+    assert size is not None
+    (kernel_dir / "sizeref.ko").write_bytes(intree_module("sizeref", size))
 
     t = check(out, tgt, capsys)
     assert t["verdict"] == "loads", t["findings"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,14 @@ def test_check_agrees(release: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     (target / "boot" / f"config-{rel}").write_text((d / "config").read_text())
     (target / "Module.symvers").write_text((d / "Module.symvers").read_text())
     (target / "available_filter_functions_addrs").write_text((d / "ftrace_addrs").read_text())
+    # and one in-tree module of the release, which gives its sizeof(struct module) (6.4+: the
+    # .gnu.linkonce.this_module size check); Debian's own slhc, from tests/check's slice of 7.2.13
+    current = Path(__file__).resolve().parents[1] / "check/fixtures/kernel/current"
+    intree = current / f"amd64-{rel.removesuffix('-amd64')}"
+    if (intree / "target" / "slhc.ko.xz").is_file():
+        kernel_dir = target / "lib" / "modules" / rel / "kernel"
+        kernel_dir.mkdir(parents=True)
+        shutil.copy(intree / "target" / "slhc.ko.xz", kernel_dir / "slhc.ko.xz")
     out = tmp_path / "klp.ko"
     out.write_bytes(converted(release))
     verdicts = {}

@@ -95,6 +95,35 @@ def check_ksym_name_len_512() -> None:
     assert parse_klp_symbol_name(name, new.ksym_name_len) is not None
 
 
+#: a module built for Debian 6.1.0-50 and a slice of Debian 7.2.13's tree (its struct module is larger)
+CURRENT_72 = Path(__file__).resolve().parents[1] / "check/fixtures/kernel/current/amd64-7.2.13+deb14"
+
+
+def check_this_module_size() -> None:
+    """The 6.1 module on a 7.2 tree: from 6.4 refused for its .gnu.linkonce.this_module size with the
+    kernel's line (recorded on Debian 7.2.13), before it the step is not taken.  Only the steps up to
+    ``setup_load_info`` run: no plugin needed."""
+    from klpcore.check.pair import Stop
+    from klpcore.check.steps import PairCheck
+    from klpcore.check.target import Target
+
+    line = (
+        "module kc_plain: .gnu.linkonce.this_module section size must match the kernel's built struct module "
+        "size at run time"
+    )
+    seen = []
+    for k in pair("this_module_size"):
+        release = ".".join(map(str, k.version)) + ".0-1-amd64"
+        pc = PairCheck(Target(CURRENT_72 / "target", release=release), str(CURRENT_72 / "kc_61.ko"))
+        elf, raw = pc.step_elf()
+        try:
+            pc.step_load_info(elf, raw)
+        except Stop:
+            pass
+        seen.append([(f.check, f.kernel_message) for f in pc.findings if f.check == "this_module"])
+    assert seen == [[], [("this_module", line)]]
+
+
 def check_module_memory() -> None:
     old, new = pair("module_memory")
     obj = Obj(
@@ -169,6 +198,7 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "ksym_name_len_512": check_ksym_name_len_512,
     "strict_align_config": check_strict_align_config,
     "module_memory": check_module_memory,
+    "this_module_size": check_this_module_size,
     # the livepatch core's message, with the toy (x86's own messages: test_messages_name_section_and_index_from_6_19)
     "reloc_messages_sec_idx": "tests/core/test_engine.py::test_not_a_livepatch_symbol",
     # tested elsewhere, on both sides of the boundary:

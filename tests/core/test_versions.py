@@ -79,6 +79,7 @@ CORE_RELEASES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "strict_align_config": ((5, 18), (5, 19)),
     "ksym_name_len_512": ((6, 0), (6, 1)),
     "module_memory": ((6, 3), (6, 4)),
+    "this_module_size": ((6, 3), (6, 4)),
     "codetag_separate": ((6, 12), (6, 13)),
     "extended_modversions": ((6, 13), (6, 14)),
     "relocates_percpu": ((6, 15), (6, 16)),
