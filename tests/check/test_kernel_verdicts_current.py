@@ -19,7 +19,6 @@ import pytest
 import test_kernel_verdicts as base
 
 from klpcore.check import Target, check_pair
-from klpcore.versions import BEHAVIOURS
 
 CURRENT = Path(__file__).resolve().parent / "fixtures" / "kernel" / "current"
 RECORDINGS: dict[str, dict[str, dict[str, Any]]] = {
@@ -28,14 +27,9 @@ RECORDINGS: dict[str, dict[str, dict[str, Any]]] = {
     if (d / "cases.json").exists()
 }
 PAIRS = [(rec, name) for rec, cases in RECORDINGS.items() for name in sorted(cases)]
-#: (recording, case) -> why check does not yet give the kernel's answer (xfail, strict).
-#: Debian 6.1.0-50's kc_plain on 6.12/7.2: the kernel's first refusal is the size of .gnu.linkonce.this_module
-#: against its own sizeof(struct module) (elf_validity_cache_index_mod), before modversions and vermagic;
-#: check refuses it at modversions (6.12) / vermagic (7.2), with their lines (same verdict, other line).
-THIS_MODULE_SIZE = "check does not compare .gnu.linkonce.this_module's size with the target's struct module"
+#: (recording, case) -> why check does not yet give the kernel's answer (xfail, strict): none today
+#: (Debian 6.1.0-50's kc_61 on 6.12/7.2 is refused for its .gnu.linkonce.this_module size, as the kernel does).
 DISAGREEMENTS: dict[tuple[str, str], str] = {}
-if "this_module_size" not in BEHAVIOURS:
-    DISAGREEMENTS.update({(f"amd64-{r}", "kc_61"): THIS_MODULE_SIZE for r in ("6.12.117+deb13", "7.2.13+deb14")})
 #: the cases every recording has
 COMMON = {"kc_plain", "kc_chain", "kc_unknown", "kc_release", "ppp_synctty"}
 #: a module built with the other release's kbuild: where the archive has both releases (amd64, arm64)
