@@ -188,6 +188,16 @@ _TABLE = [
         "modules: Support extended MODVERSIONS info (kbuild pull for 6.14)",
     ),
     Behaviour(
+        "module_namespaces",
+        (6, 16),
+        "core",
+        "an export in a 'module:PATTERN[,PATTERN...]' namespace (EXPORT_SYMBOL_GPL_FOR_MODULES; "
+        "EXPORT_SYMBOL_FOR_MODULES from 6.17) is usable without MODULE_IMPORT_NS by the modules whose name "
+        "matches a pattern ('-' = '_', trailing '*'), in-tree or not; before, such a namespace is an "
+        "ordinary one ('module uses symbol ... from namespace module:..., but does not import it.')",
+        "module: Add module specific symbol namespace support (kbuild pull for 6.16)",
+    ),
+    Behaviour(
         "relocates_percpu",
         (6, 16),
         "core",

@@ -36,9 +36,9 @@ MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
     # check_version / try_to_force_load
     "disagrees": [((0, 0), "{name}: disagrees about version of symbol {sym}")],
     "no_version": [((0, 0), "{name}: no symbol version for {sym}")],
-    # extended modversions (__version_ext_crcs/__version_ext_names) arrived after 6.1; 6.15 per the
-    # merge of "modules: Support extended MODVERSIONS info" (release UNCONFIRMED, present in 6.19)
-    "no_ext_version": [((6, 15), "{name}: no extended symbol version for {sym}")],
+    # extended modversions (__version_ext_crcs/__version_ext_names): "modules: Support extended
+    # MODVERSIONS info", kbuild pull for 6.14 (row extended_modversions)
+    "no_ext_version": [((6, 14), "{name}: no extended symbol version for {sym}")],
     "force_taint": [((0, 0), "{name}: {reason}: kernel tainted.")],
     # check_modinfo
     "vermagic": [((0, 0), "{name}: version magic '{modmagic}' should be '{vermagic}'")],
@@ -98,8 +98,3 @@ def klp_line(text: str | None) -> str | None:
     if text is None or text.startswith(KLP_PREFIX):
         return text
     return KLP_PREFIX + text
-
-
-def has_message(key: str, version: Version) -> bool:
-    """Whether the kernel of ``version`` has message ``key`` at all."""
-    return any(version >= since for since, _ in MESSAGES[key])

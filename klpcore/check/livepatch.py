@@ -37,7 +37,7 @@ class LivepatchCheck:
         pc = self.pc
         info = pc.info
         assert info is not None
-        ksym_len = 512 if pc.version >= (6, 1) else 128
+        ksym_len = pc.kernel_target().ksym_name_len
         # klp_init_object / klp_init_func: silent -EINVAL refusals
         for obj in self.patch.objects:
             if obj.name is not None and len(obj.name) >= MODULE_NAME_LEN:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from .distribution import rule_source
-from .kmsg import has_message
 from .pair import REFUSED, PairBase, Stop
 
 
@@ -28,7 +27,7 @@ class ModversionSteps(PairBase):
         assert info is not None
         if crc is None:
             return True
-        if info.ext_versions is not None and has_message("no_ext_version", self.version):
+        if info.ext_versions is not None and self.kernel_target().has("extended_modversions"):
             got = info.ext_versions.get(sym)
             if got is None:
                 self.add(

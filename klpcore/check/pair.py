@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Diagnostic
-from ..kernel import parse_version
+from ..kernel import KernelTarget, parse_version
 from ..modtree import module_kernel_name
 from .distribution import distribution_rule
 from .kmsg import Version, kmsg
@@ -87,6 +87,20 @@ class PairBase:
 
     def msg(self, key: str, **fields: Any) -> str:
         return kmsg(key, self.version, **fields)
+
+    def kernel_target(self) -> KernelTarget:
+        """The target as the version table sees it (release, the config's livepatch/RWX/ftrace facts, ``-O``)."""
+        lp = self.target.config_bool("CONFIG_LIVEPATCH")
+        rwx = self.target.config_bool("CONFIG_STRICT_MODULE_RWX")
+        options = dict(self.kernel_options)
+        if self.target.config_bool("CONFIG_DYNAMIC_FTRACE") is False:
+            options.setdefault("dynamic_ftrace", False)
+        return KernelTarget(
+            version=self.version if self.version_known else KernelTarget().version,
+            strict_module_rwx=True if rwx is None else rwx,
+            livepatch=True if lp is None else lp,
+            options=options,
+        )
 
     @property
     def name(self) -> str:

@@ -28,12 +28,10 @@ from .. import constants as C
 from ..elf import ElfModule
 from ..elfheader import read_ident
 from ..errors import KlpError, NoPluginError
-from ..kernel import KernelTarget
 from ..loader import Loader
 from ..plugins import arch_spec, default_plugin_manager
 from ..symbols import KernelSymbols
 from .dependencies import DependencySteps, DepModule, module_base, percpu_base
-from .kmsg import Version
 from .livepatch import LivepatchCheck
 from .modinfo import ModInfo, read_modinfo, undefined_symbols
 from .pair import ERR_INVAL, ERR_NOENT, PATCH_FAILS, REFUSED, Finding, Stop
@@ -151,6 +149,11 @@ class PairCheck(DependencySteps):
             )
             raise Stop
 
+    def module_namespace_reaches(self, namespace: str, modname: str) -> bool:
+        """Does an export in ``namespace`` reach module ``modname`` without MODULE_IMPORT_NS (a
+        ``module:`` namespace naming it, on a kernel that has them)?"""
+        return self.kernel_target().has("module_namespaces") and _module_ns_ok(namespace, modname)
+
     def step_modinfo(self) -> None:
         info = self.info
         assert info is not None
@@ -163,7 +166,8 @@ class PairCheck(DependencySteps):
             self.not_checked("vermagic", "the target's vermagic needs an in-tree module or release and config")
         else:
             # same_magic skips the release word only on a kernel with CONFIG_MODVERSIONS and a module with
-            # __versions; without modversions (Debian 7.x) it is strcmp of the whole string
+            # __versions; without modversions (Debian 7.x) it is strcmp of the whole string.  A config fact,
+            # not a release one (same_magic has read so since modversions existed): no versions.py row
             has_crcs = info.versions is not None and self.modversions is not False
             a, b = info.vermagic, magic
             if has_crcs:
@@ -284,7 +288,7 @@ class PairCheck(DependencySteps):
                 ok
                 and e.namespace
                 and e.namespace not in info.import_ns
-                and not _module_ns_ok(e.namespace, info.name, self.version, info.intree)
+                and not self.module_namespace_reaches(e.namespace, info.name)
             ):
                 text = self.msg("namespace", name=info.name, sym=sym, ns=e.namespace)
                 if allow_missing_ns:
@@ -314,19 +318,6 @@ class PairCheck(DependencySteps):
                 failed = True
         if failed:
             raise Stop
-
-    def kernel_target(self) -> KernelTarget:
-        lp = self.target.config_bool("CONFIG_LIVEPATCH")
-        rwx = self.target.config_bool("CONFIG_STRICT_MODULE_RWX")
-        options = dict(self.kernel_options)
-        if self.target.config_bool("CONFIG_DYNAMIC_FTRACE") is False:
-            options.setdefault("dynamic_ftrace", False)
-        return KernelTarget(
-            version=self.version if self.version_known else KernelTarget().version,
-            strict_module_rwx=True if rwx is None else rwx,
-            livepatch=True if lp is None else lp,
-            options=options,
-        )
 
     def kernel_symbols(self, deps: list[DepModule]) -> KernelSymbols | None:
         base = self.target.symbols
@@ -484,15 +475,15 @@ def _modinfo_name(raw: bytes) -> str | None:
     return raw[i + 6 : end].decode("utf-8", "replace") if end > 0 else None
 
 
-def _module_ns_ok(namespace: str, modname: str, version: Version, intree: bool = True) -> bool:
-    """``verify_module_namespace`` (6.17+; release UNCONFIRMED): ``module:PATTERN[,PATTERN...]``
-    exports (EXPORT_SYMBOL_FOR_MODULES) reach the modules the patterns name: compared as
-    ``mod_strncmp`` does (``-`` and ``_`` equal: Debian 7.2's kvm-amd and kvm-intel import
-    kvm_x86_vendor_init from ``module:kvm-amd,kvm-intel``), a trailing ``*`` a prefix match; since
-    6.18 (UNCONFIRMED) only for in-tree modules."""
-    if version < (6, 17) or not namespace.startswith("module:"):
-        return False
-    if version >= (6, 18) and not intree:
+def _module_ns_ok(namespace: str, modname: str) -> bool:
+    """``verify_module_namespace`` (6.16+, row ``module_namespaces``): ``module:PATTERN[,PATTERN...]``
+    exports (EXPORT_SYMBOL_GPL_FOR_MODULES, 6.17's EXPORT_SYMBOL_FOR_MODULES) reach the modules the
+    patterns name, compared as ``mod_strncmp`` does (``-`` and ``_`` equal: Debian 7.2's kvm-amd and
+    kvm-intel import kvm_x86_vendor_init from ``module:kvm-amd,kvm-intel``), a trailing ``*`` a prefix
+    match.  Out-of-tree modules are matched too: the proposed in-tree-only rule ("module: Restrict
+    module namespace access to in-tree modules", v1, July 2025) was dropped before merging (v4 only
+    renamed the macro) and the loader has no ``intree`` test."""
+    if not namespace.startswith("module:"):
         return False
     name = modname.replace("-", "_")
     for pattern in namespace[len("module:") :].split(","):

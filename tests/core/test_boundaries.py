@@ -124,6 +124,25 @@ def check_this_module_size() -> None:
     assert seen == [[], [("this_module", line)]]
 
 
+def check_module_namespaces() -> None:
+    """Debian 7.2's kvm_amd using an export of ``module:kvm-amd,kvm-intel``: reached without an import
+    from 6.16; before, an ordinary namespace it does not import."""
+    from klpcore.check.steps import PairCheck
+    from klpcore.check.target import Target
+
+    reach = []
+    for k in pair("module_namespaces"):
+        release = ".".join(map(str, k.version)) + ".0-1-amd64"
+        pc = PairCheck(Target(CURRENT_72 / "target", release=release), str(CURRENT_72 / "kc_plain.ko"))
+        reach.append(
+            (
+                pc.module_namespace_reaches("module:kvm-amd,kvm-intel", "kvm_amd"),
+                pc.module_namespace_reaches("module:kvm-amd", "kvm"),
+            )
+        )
+    assert reach == [(False, False), (True, False)]
+
+
 def check_module_memory() -> None:
     old, new = pair("module_memory")
     obj = Obj(
@@ -199,6 +218,7 @@ BOUNDARY_TESTS: dict[str, Callable[[], None] | str] = {
     "strict_align_config": check_strict_align_config,
     "module_memory": check_module_memory,
     "this_module_size": check_this_module_size,
+    "module_namespaces": check_module_namespaces,
     # the livepatch core's message, with the toy (x86's own messages: test_messages_name_section_and_index_from_6_19)
     "reloc_messages_sec_idx": "tests/core/test_engine.py::test_not_a_livepatch_symbol",
     # tested elsewhere, on both sides of the boundary:

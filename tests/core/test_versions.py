@@ -82,6 +82,7 @@ CORE_RELEASES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "this_module_size": ((6, 3), (6, 4)),
     "codetag_separate": ((6, 12), (6, 13)),
     "extended_modversions": ((6, 13), (6, 14)),
+    "module_namespaces": ((6, 15), (6, 16)),
     "relocates_percpu": ((6, 15), (6, 16)),
     "static_call_sites_ro_after_init": ((6, 15), (6, 16)),
     "reloc_messages_sec_idx": ((6, 18), (6, 19)),

@@ -535,6 +535,7 @@ BOUNDARY_EVIDENCE: dict[str, tuple[str, str] | str] = {
     "reloc_messages_sec_idx": "a refused relocation's message only (tests/x86_64, tests/core)",
     "invalid_shndx_refused": "a refused symbol only (tests/core)",
     "this_module_size": "a refused module only: Debian 6.1.0-50's kc_plain on 6.12 and 7.2 (tests/check, recorded)",
+    "module_namespaces": "a symbol-resolution rule, not bytes (tests/core/test_boundaries.py, tests/check)",
 }
 
 
