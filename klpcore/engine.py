@@ -379,7 +379,10 @@ def apply_section(ctx: SectionContext) -> None:
             needs = np.asarray(rt.split(ctx), dtype=bool)
             sequential.append(idx[needs])
             idx = idx[~needs]
-        if rt.width == 0 or not idx.size:
+        if not idx.size:
+            continue
+        if rt.width == 0:  # a no-op the kernel accepts (R_*_NONE): counted by type, as every entry is
+            ctx.counts[rt.name] += int(idx.size)
             continue
         _apply_group(ctx, rt, idx, S[idx], A[idx], P[idx], offs[idx], buf)  # type: ignore[arg-type]
     ctx.group = None
@@ -591,6 +594,7 @@ def _apply_sequential(ctx: SectionContext, types: np.ndarray, buf: np.ndarray) -
                     _run_handler(ctx, i)
                 continue
         if rt.width == 0:
+            ctx.counts[rt.name] += 1
             continue
         S = ctx.symvals[syms[one]]
         A = rel["r_addend"][one].astype(np.int64)
