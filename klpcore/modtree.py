@@ -134,9 +134,11 @@ def _export_symbols(elf: ElfModule) -> list[tuple[str, bool]]:
 
 
 def _kflagstab(elf: ElfModule) -> tuple[bytes | None, int]:
-    """7.1+ modules (UNCONFIRMED release: kernel commit 55fcb92 "module: use kflagstab instead of *_gpl
-    sections"): every export in ``__ksymtab``, one flag byte per entry in ``__kflagstab``
-    (``KSYM_FLAG_GPL_ONLY``, bit 0, for EXPORT_SYMBOL_GPL); ``(flags, entry size)`` or ``(None, 0)``."""
+    """Modules of the 7.x tree ("module: use kflagstab instead of *_gpl sections"; present in Debian
+    7.2.13's modules, absent from 6.12.117's: the first release is UNCONFIRMED, 7.0 or 7.1): every export
+    in ``__ksymtab``, one flag byte per entry in ``__kflagstab`` (``KSYM_FLAG_GPL_ONLY``, bit 0, for
+    EXPORT_SYMBOL_GPL); ``(flags, entry size)`` or ``(None, 0)``.  Detected from the module's own
+    sections, so no row of the version table: the reader needs no target release."""
     fl = elf.section_by_name("__kflagstab")
     tab = elf.section_by_name("__ksymtab")
     if fl is None or tab is None:
