@@ -22,7 +22,15 @@ MESSAGES: dict[str, Sequence[tuple[Version, str]]] = {
     "elf_arch": [((0, 0), "Invalid architecture in ELF header: {machine}")],
     # setup_load_info
     "no_symbols": [((0, 0), "{name}: module has no symbols (stripped?)")],
-    "no_module": [((0, 0), "{name}: No module found in object")],
+    # setup_load_info; from 6.4 elf_validity_check (same series as this_module_size below), from 6.13
+    # elf_validity_cache_index_mod ("module: Factor out elf_validity_cache_index_mod", posted Sep 2024 after
+    # the 6.12 merge window: 6.13 UNCONFIRMED); {name} is the
+    # .modinfo name or "(missing .modinfo section or name field)"
+    "no_module": [
+        ((0, 0), "{name}: No module found in object"),
+        ((6, 4), "module {name}: Only one .gnu.linkonce.this_module section must exist."),
+        ((6, 13), "module {name}: Exactly one .gnu.linkonce.this_module section must exist."),
+    ],
     # elf_validity_check (6.4: "module: add sanity check for ELF module section" with the name prefix
     # of "module: move more elf validity checks to elf_validity_check()", one series);
     # elf_validity_cache_index_mod later, same wording (recorded: Debian 6.12.117, 7.2.13)

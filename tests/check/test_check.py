@@ -59,6 +59,26 @@ def test_no_this_module(tmp_path: Path) -> None:
     assert kmsgs(findings) == ["bare: No module found in object"]
 
 
+@pytest.mark.parametrize(
+    ("release", "line"),
+    [
+        ("6.3.0-1-amd64", "bare: No module found in object"),
+        ("6.4.0-1-amd64", "module bare: Only one .gnu.linkonce.this_module section must exist."),
+        ("6.12.0-1-amd64", "module bare: Only one .gnu.linkonce.this_module section must exist."),
+        ("6.13.0-1-amd64", "module bare: Exactly one .gnu.linkonce.this_module section must exist."),
+        ("7.2.0-1-amd64", "module bare: Exactly one .gnu.linkonce.this_module section must exist."),
+    ],
+)
+def test_no_this_module_by_release(tmp_path: Path, release: str, line: str) -> None:
+    """6.4 moved the check into elf_validity_check (new words), 6.13 into elf_validity_cache_index_mod."""
+    make_target(tmp_path / "target")
+    path = tmp_path / "bare.ko"
+    path.write_bytes(Mod("bare", this_module=False).build())
+    r = check_pair(str(path), Target(tmp_path / "target", release=release))
+    assert r.verdict == "refused"
+    assert kmsgs(r.findings) == [line]
+
+
 def test_module_layout_crc_first(tmp_path: Path) -> None:
     # module_layout is checked before vermagic: a wrong vermagic is not reported
     versions = {"module_layout": 0xDEAD, "printk": EXPORTS["printk"][0]}
