@@ -265,3 +265,9 @@ def installed_version() -> str:
         return metadata.version("klpcore")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+    except MemoryError:
+        # reading the package metadata imports and allocates: when an internal error is a
+        # MemoryError, its report must still be written (the version the package declares)
+        from . import __version__
+
+        return __version__
