@@ -49,6 +49,9 @@ class ImageExports:
     exports: list[ImageExport]
     layout: str  # "prel32", "absolute"
     flags_from: str  # "__kflagstab" or "__ksymtab_gpl"
+    #: how the tables were found: "symbols" (linker symbols or section headers) or
+    #: "contents" (:mod:`.ksymtab_scan`: an image without ``CONFIG_KALLSYMS_ALL``)
+    found_by: str = "symbols"
 
 
 def _ranges(img: KernelImage, syms: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -113,13 +116,47 @@ def _read_table(img: KernelImage, start: int, stop: int) -> tuple[list[tuple[str
     return None
 
 
-def read_exports(img: KernelImage, syms: dict[str, int]) -> ImageExports | None:
-    """The export table, or None when the image does not say where it is
-    (no section headers and no ``__start___ksymtab`` in kallsyms: a kernel
-    without ``CONFIG_KALLSYMS_ALL`` shipped as a raw image)."""
-    r = _ranges(img, syms)
-    if "__ksymtab" not in r:
+def _place(img: KernelImage, known: dict[str, int], r: dict[str, tuple[int, int]]) -> KernelImage | None:
+    """A raw image whose link address nothing else gave: the tables were found at
+    file offsets; the link address is the one on which the exports' values (as
+    offsets) and kallsyms' addresses of the same names agree."""
+    from collections import Counter
+
+    flat = KernelImage(img.data, img.container, img.arch, img.byteorder, [(0, 0, len(img.data))])
+    got = _read_table(flat, *r["__ksymtab"])
+    if got is None:
         return None
+    votes = Counter(known[name] - value for name, value, _ in got[0] if name in known)
+    if not votes:
+        return None
+    base, n = votes.most_common(1)[0]
+    if n * 2 < sum(votes.values()):
+        return None
+    for sec, (a, b) in list(r.items()):
+        r[sec] = (a + base, b + base)
+    return KernelImage(img.data, img.container, img.arch, img.byteorder, [(base, 0, len(img.data))])
+
+
+def read_exports(img: KernelImage, syms: dict[str, int], known: dict[str, int] | None = None) -> ImageExports | None:
+    """The export table, or None when the image does not say where it is
+    (no section headers, no ``__start___ksymtab`` in kallsyms, and no table
+    found by its contents); ``known``: kallsyms' name -> address (places tables
+    found in a raw image whose link address is not known otherwise)."""
+    r = _ranges(img, syms)
+    found_by = "symbols"
+    if "__ksymtab" not in r:
+        from .ksymtab_scan import locate_ksymtabs
+
+        found = locate_ksymtabs(img, syms.get("_text"))
+        if found is None:
+            return None
+        r.update(found)
+        found_by = "contents"
+        if not img.segments and "_text" not in syms:
+            placed = _place(img, known or {}, r)
+            if placed is None:
+                return None
+            img = placed
     main = _read_table(img, *r["__ksymtab"])
     if main is None:
         return None
@@ -158,4 +195,4 @@ def read_exports(img: KernelImage, syms: dict[str, int]) -> ImageExports | None:
         ImageExport(name, value, True, ns, crc)
         for (name, value, ns), crc in zip(gpl_entries, crcs("__kcrctab_gpl", len(gpl_entries)), strict=True)
     ]
-    return ImageExports(out, layout, flags_from)
+    return ImageExports(out, layout, flags_from, found_by)

@@ -27,7 +27,7 @@ from ..symbols import ExportInfo, KernelSymbols
 from .exports import ImageExport
 
 #: bump when what is cached, or how it is decoded, changes
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 _DATA_TYPES = frozenset("dDbBrRgGsSvV")
 
@@ -141,9 +141,9 @@ def _decode(data: bytes, source: str, path: Path | None) -> DecodedImage:
     bounds = {
         n: int(a)
         for n, a in zip(k.names, k.addresses.tolist(), strict=True)
-        if n.startswith("__st") or n in ("_sinittext", "_einittext")
+        if n.startswith("__st") or n in ("_sinittext", "_einittext", "_text")
     }
-    ex = read_exports(img, bounds)
+    ex = read_exports(img, bounds, dict(zip(k.names, k.addresses.tolist(), strict=True)))
     is_func = np.isin(
         np.frombuffer("".join(k.types).encode("latin-1"), dtype=np.uint8), np.frombuffer(b"tTW", np.uint8)
     )
@@ -161,6 +161,7 @@ def _decode(data: bytes, source: str, path: Path | None) -> DecodedImage:
     if ex is not None:
         info["export_layout"] = ex.layout
         info["gpl_from"] = ex.flags_from
+        info["exports_found_by"] = ex.found_by
     out = DecodedImage(k.names, k.types, k.addresses, info, None if ex is None else ex.exports, ft.sites)
     if path is not None:
         _store(path, out)
