@@ -137,6 +137,30 @@ def _place(img: KernelImage, known: dict[str, int], r: dict[str, tuple[int, int]
     return KernelImage(img.data, img.container, img.arch, img.byteorder, [(base, 0, len(img.data))])
 
 
+def _boot_values(
+    img: KernelImage, r: dict[str, tuple[int, int]], main: list[tuple[str, int, str]], gpl: list[tuple[str, int, str]]
+) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]] | None:
+    """Absolute entries whose value the image holds as 0 (a relocatable image that
+    fills them at boot): the value the boot code writes, from the architecture's
+    rules; None when any stays unknown."""
+    from .rules import image_rules
+
+    tables = [(r["__ksymtab"][0], main), *([(r["__ksymtab_gpl"][0], gpl)] if "__ksymtab_gpl" in r else [])]
+    vas = np.array([start + 24 * i for start, ents in tables for i, e in enumerate(ents) if e[1] == 0], np.uint64)
+    if not len(vas):
+        return main, gpl
+    rules = next((x for x in image_rules() if x.arch == img.arch), None)
+    if rules is None or rules.boot_words is None:
+        return None
+    vals = dict(zip(vas.tolist(), rules.boot_words(img, vas).tolist(), strict=True))
+    if not all(vals.values()):
+        return None
+    out = [
+        [(n, vals[start + 24 * i] if v == 0 else v, ns) for i, (n, v, ns) in enumerate(ents)] for start, ents in tables
+    ]
+    return out[0], (out[1] if len(out) > 1 else [])
+
+
 def read_exports(img: KernelImage, syms: dict[str, int], known: dict[str, int] | None = None) -> ImageExports | None:
     """The export table, or None when the image does not say where it is
     (no section headers, no ``__start___ksymtab`` in kallsyms, and no table
@@ -161,7 +185,17 @@ def read_exports(img: KernelImage, syms: dict[str, int], known: dict[str, int] |
     if main is None:
         return None
     entries, layout = main
-    gpl_entries: list[tuple[str, int, str]] = []
+    if found_by == "contents" and layout == "absolute":
+        got_gpl = _read_table(img, *r["__ksymtab_gpl"]) if "__ksymtab_gpl" in r else ([], layout)
+        filled = None if got_gpl is None else _boot_values(img, r, entries, got_gpl[0])
+        if filled is None:
+            return None
+        entries, gpl_filled = filled
+        r.pop("__ksymtab_gpl", None)
+        gpl_pre: list[tuple[str, int, str]] | None = gpl_filled
+    else:
+        gpl_pre = None
+    gpl_entries: list[tuple[str, int, str]] = gpl_pre or []
     if "__ksymtab_gpl" in r:
         got = _read_table(img, *r["__ksymtab_gpl"])
         if got is None:

@@ -14,9 +14,10 @@ still there, and recognisable by what the kernel itself relies on:
   ``SORT(___ksymtab_gpl+*)``), so each table's names ascend, in byte order;
   ``__ksymtab_gpl`` follows ``__ksymtab``.
 
-Only the PREL32 layout is looked for: absolute pointers in a relocatable raw
-image may live in its relocations instead (Debian 6.1's s390x image holds 0
-for its data exports' values), and a table read from them would be wrong.
+In the absolute layout a value may live only in the image's relocations
+(Debian 6.1's s390x image holds 0 for its data exports' values): the caller
+takes those from the architecture's :attr:`~.rules.ImageRules.boot_words`, or
+gives no exports.
 
 So: every aligned word whose target starts an identifier is a candidate
 ``name`` field; the longest runs of candidates one entry apart are the tables,
@@ -78,7 +79,7 @@ def locate_ksymtabs(img: KernelImage, text: int | None) -> dict[str, tuple[int, 
     if base is None:
         return None
     e = img.endian
-    for width, word in ((12, 4),):
+    for width, word in ((12, 4), (24, 8)):
         count = n // word
         if word == 4:
             words = np.frombuffer(data, dtype=f"{e}i4", count=count).astype(np.int64)

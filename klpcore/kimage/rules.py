@@ -38,6 +38,10 @@ class ImageRules:
     pointer_mask: Callable[[np.ndarray], np.ndarray] | None = None
     #: ``ftrace_call_adjust``: (image, sorted call sites, sorted function addresses) -> record addresses
     ftrace_adjust: Callable[[KernelImage, np.ndarray, np.ndarray | None], np.ndarray] | None = None
+    #: for a raw image whose absolute pointers the boot code fills from relocations
+    #: the image carries: (image, link-time addresses of u64 words) -> the values
+    #: written there at a boot without KASLR (0 where the image does not say)
+    boot_words: Callable[[KernelImage, np.ndarray], np.ndarray] | None = None
 
 
 def image_rules() -> list[ImageRules]:
