@@ -14,6 +14,8 @@ right after its ``.dynsym``): the boot code's ``handle_relocs``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from klpcore.kimage.container import KernelImage
@@ -80,6 +82,27 @@ def boot_words(img: KernelImage, vas: np.ndarray) -> np.ndarray:
     return out
 
 
+def boot_offset(config: Mapping[str, str] | None) -> int:
+    """Where a boot without KASLR runs the kernel, relative to its link addresses.
+
+    Kernels with ``CONFIG_KERNEL_IMAGE_BASE`` (the s390 boot rework that maps the
+    kernel image apart from the identity mapping) link it from ``TEXT_OFFSET``
+    and ``setup_kernel_memory_layout`` (arch/s390/boot/startup.c) sets
+    ``__kaslr_offset = __NO_KASLR_START_KERNEL`` (= ``CONFIG_KERNEL_IMAGE_BASE``)
+    without KASLR; the boot code adds ``__kaslr_offset`` to every kernel
+    address.  (It takes a lower start instead when the virtual layout leaves no
+    room there, "constrained": not the case for the sizes the kernel oracle
+    boots, and not modelled.)  Older kernels run at their link addresses.
+    """
+    value = (config or {}).get("CONFIG_KERNEL_IMAGE_BASE")
+    if not value:
+        return 0
+    try:
+        return int(value, 0) if value.lower().startswith("0x") else int(value, 16)
+    except ValueError:
+        return 0
+
+
 RULES = ImageRules(
     arch="s390x",
     machine=EM_S390,
@@ -87,4 +110,5 @@ RULES = ImageRules(
     magics=((0x10008, b"S390EP"),),
     pointer_mask=kernel_pointers,
     boot_words=boot_words,
+    boot_offset=boot_offset,
 )
