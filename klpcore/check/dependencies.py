@@ -24,20 +24,58 @@ from .pair import REFUSED, Finding, Stop
 from .target import SymversEntry, Target, read_input
 
 #: where dependencies and patched target modules are placed (apart from the checked module, which
-#: is at the start of the architecture's module area): slots of DEP_STRIDE from DEP_OFFSET on
+#: is at the start of the architecture's module area): slots of DEP_STRIDE from DEP_OFFSET on, when
+#: the module area holds them (see :func:`slot_layout` for a smaller one)
 DEP_OFFSET = 0x10000000
 DEP_STRIDE = 0x1000000
 #: the first slots hold dependencies, the others patched target modules
 DEP_SLOTS_FOR_DEPENDENCIES = 24
+#: a module area that cannot hold this many slots of DEP_STRIDE after DEP_OFFSET is divided finer
+MIN_PATCHED_SLOTS = 8
 #: the module area assumed for a module no installed plugin claims
 UNKNOWN_AREA = 1 << 30
+_PAGE_SHIFT = 12
 
 
-def slot_count(elf: ElfModule) -> int:
-    """Dependency slots in the module area of ``elf``'s architecture (one stride kept free at its end)."""
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where ``check`` places dependencies and patched modules in a module area: ``dependencies``
+    slots then ``patched`` slots, each ``stride`` bytes, from ``offset`` (one stride kept free at the end)."""
+
+    offset: int
+    stride: int
+    dependencies: int
+    patched: int
+
+    def address(self, first: int, count: int, index: int) -> int:
+        """Offset in the area of the ``index``-th module of the region of ``count`` slots from slot
+        ``first``: slot ``index % count``; the later rounds (``index // count``) start inside the slots
+        at page-aligned fractions 1/2, 1/4, 3/4, 1/8 ... of a stride, so that no two of the first
+        ``count * stride / page`` modules share an address."""
+        rounds, slot = divmod(index, count)
+        bits = self.stride.bit_length() - 1 - _PAGE_SHIFT
+        rounds %= 1 << bits
+        within = int(f"{rounds:0{bits}b}"[::-1], 2) << _PAGE_SHIFT if bits else 0
+        return self.offset + (first + slot) * self.stride + within
+
+
+def slot_layout(area: int) -> SlotLayout:
+    """The slots of a module area of ``area`` bytes: DEP_OFFSET and DEP_STRIDE when the area holds
+    DEP_SLOTS_FOR_DEPENDENCIES + MIN_PATCHED_SLOTS (+ 1 free) such slots after DEP_OFFSET; else the
+    checked module keeps the first half and the other half is divided into slots of a power of two
+    (at least a page)."""
+    want = DEP_SLOTS_FOR_DEPENDENCIES + MIN_PATCHED_SLOTS + 1
+    offset, stride = DEP_OFFSET, DEP_STRIDE
+    if area - offset < want * stride:
+        offset = area // 2
+        stride = 1 << max((max(area - offset, 1) // want).bit_length() - 1, _PAGE_SHIFT)
+    total = max((area - offset) // stride - 1, DEP_SLOTS_FOR_DEPENDENCIES + 1)
+    return SlotLayout(offset, stride, DEP_SLOTS_FOR_DEPENDENCIES, total - DEP_SLOTS_FOR_DEPENDENCIES)
+
+
+def _layout(elf: ElfModule) -> SlotLayout:
     spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
-    area = spec.module_area_size if spec is not None else UNKNOWN_AREA
-    return (area - DEP_OFFSET) // DEP_STRIDE - 1
+    return slot_layout(spec.module_area_size if spec is not None else UNKNOWN_AREA)
 
 
 def module_base(target: Target, elf: ElfModule, kernel: KernelTarget | None = None) -> int:
@@ -98,13 +136,25 @@ def _target_version(target: Target) -> tuple[int, int]:
         return NEWEST
 
 
-def slot_address(elf: ElfModule, slot: int, target: Target | None = None) -> int:
-    """Where ``check`` places a dependency or patched module in slot ``slot`` (see :func:`slot_count`),
-    from the target's module base when a target is given."""
+def _area_base(elf: ElfModule, target: Target | None) -> int:
     if target is not None:
-        return module_base(target, elf) + DEP_OFFSET + slot * DEP_STRIDE
+        return module_base(target, elf)
     spec = arch_spec(default_plugin_manager(), elf.machine, elf.elfclass, elf.byteorder, elf.e_flags)
-    return (spec.default_base if spec is not None else 0) + DEP_OFFSET + slot * DEP_STRIDE
+    return spec.default_base if spec is not None else 0
+
+
+def dependency_address(elf: ElfModule, index: int, target: Target | None = None) -> int:
+    """Where ``check`` places the ``index``-th dependency module it reads (see :class:`SlotLayout`),
+    from the target's module base when a target is given."""
+    lay = _layout(elf)
+    return _area_base(elf, target) + lay.address(0, lay.dependencies, index)
+
+
+def patched_address(elf: ElfModule, index: int, target: Target | None = None) -> int:
+    """Where ``check`` places the ``index``-th patched target module it reads: the slots after the
+    dependencies'."""
+    lay = _layout(elf)
+    return _area_base(elf, target) + lay.address(lay.dependencies, lay.patched, index)
 
 
 @dataclass
@@ -292,7 +342,7 @@ def judge_dependency(target: Target, name: str, new_check: Callable[[str], Depen
     d.unchecked = [f for f in pc.findings if f.severity == "not-checked"]
     index = len(cache)
     try:
-        base = slot_address(info.elf, index % DEP_SLOTS_FOR_DEPENDENCIES, target)
+        base = dependency_address(info.elf, index, target)
         d.symbols = symbols_from_elf(raw, str(path), base=base, objname=info.name)
     except KlpError as exc:
         d.refused.append(Finding("dependencies", "error", str(exc), None, REFUSED))

@@ -14,7 +14,7 @@ from ..elf import ElfModule
 from ..errors import Diagnostic, InputError, KlpError, ResolutionError
 from ..modtree import module_kernel_name
 from ..symbols import KernelSymbols, symbols_from_elf
-from .dependencies import DEP_SLOTS_FOR_DEPENDENCIES, DepModule, slot_address, slot_count
+from .dependencies import DepModule, patched_address
 from .kmsg import klp_line
 from .pair import ERR_INVAL, PATCH_FAILS, REFUSED, Finding, PairBase
 from .patches import PatchInfo, VmlinuxImage, module_ftrace_sites
@@ -358,8 +358,7 @@ class LivepatchCheck:
             try:
                 raw = read_input(path, "module", limit=1 << 30)
                 elf = ElfModule(raw, path=path)
-                first = DEP_SLOTS_FOR_DEPENDENCIES
-                base = slot_address(elf, first + len(cache) % (slot_count(elf) - first), self.target)
+                base = patched_address(elf, len(cache), self.target)
                 cache[name] = (elf, symbols_from_elf(raw, path, base=base, objname=name))
             except (KlpError, InputError) as exc:
                 cache[name] = str(exc)

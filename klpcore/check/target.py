@@ -623,30 +623,30 @@ def _only_packages(d: Path) -> bool:
 def _has_code(path: Any) -> bool:
     """``path`` is an ELF with a symbol table and a section other than BTF (not the headers
     package's BTF-only ``vmlinux``, nor a compressed image)."""
-    import io
-    import struct
+    import mmap
+    from contextlib import ExitStack
+
+    from ..elfheader import Buffer, read_header, section_headers
 
     try:
-        with io.BytesIO(path.read_bytes()) if not isinstance(path, Path) else open(path, "rb") as fh:
-            head = fh.read(64)
-            if len(head) < 64 or head[:4] != C.ELFMAG or head[4] != 2:
+        with ExitStack() as stack:
+            data: Buffer
+            if isinstance(path, Path):
+                fh = stack.enter_context(open(path, "rb"))
+                data = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+            else:
+                data = path.read_bytes()
+            hdr = read_header(data)
+            if hdr.shnum == 0 or hdr.shstrndx >= hdr.shnum:
                 return False
-            e = "<" if head[5] == C.ELFDATA2LSB else ">"
-            (shoff,) = struct.unpack_from(e + "Q", head, 0x28)
-            shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", head, 0x3A)
-            if shnum == 0 or shentsize < 64 or shstrndx >= shnum:
-                return False
-            fh.seek(shoff)
-            table = fh.read(shentsize * shnum)
-            str_off, str_size = struct.unpack_from(e + "QQ", table, shstrndx * shentsize + 0x18)
-            fh.seek(str_off)
-            names = fh.read(min(str_size, 1 << 20))
-    except (OSError, struct.error):
+            shdrs = section_headers(data, hdr)
+            strtab = shdrs[hdr.shstrndx]
+            names = bytes(data[strtab.offset : strtab.offset + min(strtab.size, 1 << 20)])
+    except (OSError, ValueError):  # ElfHeaderError is a ValueError, as is mmap's for an empty file
         return False
     other = symtab = False
-    for i in range(len(table) // shentsize):
-        sh_name, sh_type = struct.unpack_from(e + "II", table, i * shentsize)
-        name = names[sh_name : names.find(b"\0", sh_name)]
-        symtab = symtab or sh_type == 2  # SHT_SYMTAB
-        other = other or (sh_type == 1 and not name.startswith(b".BTF"))  # PROGBITS
+    for sh in shdrs:
+        name = names[sh.name : names.find(b"\0", sh.name)]
+        symtab = symtab or sh.type == C.SHT_SYMTAB
+        other = other or (sh.type == C.SHT_PROGBITS and not name.startswith(b".BTF"))
     return other and symtab

@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        line = f"internal error in klpcore {installed_version()} (a bug): {what}; " + (
+        try:
+            version = installed_version()
+        except BaseException:  # e.g. MemoryError again: reading package metadata imports and allocates
+            from .. import __version__ as version
+        line = f"internal error in klpcore {version} (a bug): {what}; " + (
             "the traceback is above" if debug else "rerun with --debug for the traceback"
         )
         return _failure(args, argv, name, EXIT_INTERNAL, [Diagnostic(line.splitlines()[0][:2000])])

@@ -124,6 +124,8 @@ def test_compare_two_targets(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_targets_of_several_architectures(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # telling an arm64 target from its config needs the arm64 plugin (the core names no architecture)
+    pytest.importorskip("klpcore_arm64")
     arm = make_target(tmp_path / "arm64", config={"CONFIG_X86_64": None, "CONFIG_ARM64": "y"})
     (tmp_path / "armmod.ko").write_bytes(Mod("armmod", machine=183).build())
     argv = [str(M54 / "kc_plain.ko"), str(tmp_path / "armmod.ko"), "-t", str(T50), "-t", str(arm)]

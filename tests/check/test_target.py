@@ -129,6 +129,34 @@ def test_headers_btf_vmlinux_is_not_a_symbol_table(tmp_path: Path) -> None:
     assert t.vmlinux_path is None and t.symbols is None
 
 
+def test_has_code_tells_a_kernel_image_from_btf_and_junk(tmp_path: Path) -> None:
+    """The vmlinux test reads the ELF headers (klpcore.elfheader) from a file or from anything with
+    read_bytes(): a symbol table and a non-BTF PROGBITS section, in either byte order."""
+    from elfbuild import Obj, Sec, Sym
+    from kbuild import vmlinux
+
+    from klpcore.check.target import _has_code
+
+    def both(name: str, data: bytes) -> bool:
+        (tmp_path / name).write_bytes(data)
+        via_file = _has_code(tmp_path / name)
+        via_bytes = _has_code(type("Member", (), {"read_bytes": lambda self: data})())
+        assert via_file == via_bytes
+        return via_file
+
+    image = vmlinux()
+    assert both("vmlinux", image)
+    big = Obj(machine=22, endian=">", sections=[Sec(".text", data=b"\x07" * 8)], symbols=[Sym("f", ".text", 0, size=8)])
+    assert both("big", big.build())
+    assert not both("btf", Obj(machine=62, sections=[Sec(".BTF", data=b"\0" * 16)]).build())
+    assert not both("empty", b"")
+    assert not both("text", b"not an ELF file at all, but long enough to hold a header" * 2)
+    assert not both("cut", image[: len(image) - 100])  # the section header table is cut short
+    elf32 = bytearray(image)
+    elf32[4] = 1  # ELFCLASS32
+    assert not both("elf32", bytes(elf32))
+
+
 def test_placeholder_system_map_named_with_its_fix() -> None:
     text = "ffffffffffffffff B The real System.map is in the linux-image-7.2.13+deb14-amd64-dbg package\n"
     with pytest.raises(SymbolFileError, match="linux-image-7.2.13\\+deb14-amd64-dbg package"):

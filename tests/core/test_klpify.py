@@ -49,7 +49,7 @@ from klpcore.constants import (
     STT_OBJECT,
     STT_SECTION,
 )
-from klpcore.elfheader import SectionHeader
+from klpcore.elfheader import SectionHeader, read_header, section_headers
 from klpcore.elfwriter import ElfWriter, pack_file_header, pack_section_header
 from klpcore.testing.klpify import KlpifyError, KlpSym, klpify
 
@@ -318,21 +318,16 @@ def bind(sym: Any) -> int:
     return {"STB_LOCAL": STB_LOCAL, "STB_GLOBAL": STB_GLOBAL, "STB_WEAK": STB_WEAK}[value]
 
 
-def raw_sections(data: bytes) -> tuple[str, list[tuple[int, ...]]]:
-    """(endian, section headers) parsed by hand, with extended numbering."""
-    e = "<" if data[5] == 1 else ">"
-    hdr = struct.unpack_from(e + "HHIQQQIHHHHHH", data, 16)
-    shoff, shnum = hdr[5], hdr[11]
-    first = struct.unpack_from(e + "IIQQQQIIQQ", data, shoff)
-    if shnum == 0:
-        shnum = first[5]
-    return e, [struct.unpack_from(e + "IIQQQQIIQQ", data, shoff + 64 * i) for i in range(shnum)]
+def raw_sections(data: bytes) -> tuple[str, list[SectionHeader]]:
+    """(endian, section headers) read by klpcore.elfheader, with extended numbering."""
+    hdr = read_header(data)
+    return hdr.endian, section_headers(data, hdr)
 
 
 def check_layout(data: bytes) -> None:
     """Header, aligned non-overlapping section data, then the header table."""
     e, shdrs = raw_sections(data)
-    shoff = struct.unpack_from(e + "Q", data, 40)[0]
+    shoff = read_header(data).shoff
     assert shoff % 8 == 0
     assert len(data) == shoff + 64 * len(shdrs)
     end = 64
@@ -658,7 +653,7 @@ def test_extended_section_numbering(endian: str) -> None:
     out = klpify(src, SYMS)
     e, shdrs = raw_sections(out)
     total = SHN_LORESERVE - 2 + 4
-    assert struct.unpack_from(e + "H", out, 60)[0] == 0  # e_shnum
+    assert read_header(out).shnum == 0
     assert shdrs[0][5] == total  # sh_size of section 0
     assert len(shdrs) == total
     elf = elf_of(out)

@@ -342,6 +342,17 @@ def test_negative_control_wrong_percpu_base(tmp_path: Path) -> None:
     assert res.unexplained and all("[.data..percpu]" in s.what for s in res.unexplained)
 
 
+@pytest.mark.parametrize("arch", ["ppc64le", "s390x"])
+def test_default_percpu_base_is_the_recorded_kernels(arch: str, tmp_path: Path) -> None:
+    """Without --percpu-base, apply puts .data..percpu where Debian 6.1.0-50 (the recordings' kernel,
+    whose module area is the plugin's default base) put it: the kernel's bytes at every per-CPU site."""
+    need_plugin(arch)
+    rec = recording(arch, "koc_basic")
+    assert rec.percpu_base is not None
+    res = ko.compare(rec, klpcore_apply(dataclasses.replace(rec, percpu_base=None), tmp_path))
+    assert res.sites and not res.unexplained, res.summary()
+
+
 def test_negative_control_4k_pages_on_ppc64le(tmp_path: Path) -> None:
     """With a 4 KiB page size the layout differs from the kernel's (64 KiB)."""
     need_plugin("ppc64le")

@@ -24,9 +24,12 @@ ARCHES = [(EM_PPC64, 2, "little", 2)]
 DEFAULT_BASE = 0xC008000000000000
 #: modules are vmalloc memory: RADIX_VMALLOC_SIZE (``RADIX_KERN_MAP_SIZE``, 1 << 49)
 VMALLOC_SIZE = 1 << 49
-#: where ``.data..percpu`` lands when --percpu-base is not given: not measured on
-#: ppc64le (the value klpcore has always used; give --percpu-base for real addresses)
-PERCPU_BASE = 0xFFFFFFFFA0000000
+#: where ``.data..percpu`` lands when --percpu-base is not given: measured, the address Debian's
+#: 6.1.0-50-powerpc64le kernel under qemu gave a module's per-CPU section (the reserved area after the
+#: static per-CPU data; tests/kernel_oracle/fixtures/ppc64le/koc_basic.json ``percpu_base``), the
+#: same kernel as DEFAULT_BASE. Another kernel's differs: give --percpu-base (check reads it from
+#: the target's symbols where the plugin can)
+PERCPU_BASE = 0xC0000000021B9BB8
 #: ``R_PPC64_ADDR64``: a pointer in data
 R_PPC64_ADDR64 = 38
 
