@@ -19,6 +19,8 @@ ET_REL = 1
 ET_EXEC = 2
 ET_DYN = 3
 
+PT_LOAD = 1  # p_type of a loaded segment
+
 # --- section types ----------------------------------------------------------
 SHT_NULL = 0
 SHT_PROGBITS = 1

@@ -1,7 +1,7 @@
 """One reader of ELF file and section headers, for every part of klpcore that looks at an ELF file.
 
 It reads the fixed-size records only (the identification bytes, the 64-bit file header, the 64-bit
-section headers) from anything that supports the buffer protocol (``bytes``, ``bytearray``, an
+section and program headers) from anything that supports the buffer protocol (``bytes``, ``bytearray``, an
 ``mmap``), without reading or copying section contents; it needs neither numpy nor pyelftools.
 What a field means for a kernel module (``ET_REL``, ``e_shentsize`` ...) is checked by its callers,
 each with its own message: :class:`~klpcore.elf.ElfModule`, ``klpcore check``'s load steps, the
@@ -30,6 +30,8 @@ SHN_XINDEX = 0xFFFF
 #: struct formats (without the byte order) of the records, shared with :mod:`klpcore.elfwriter`
 EHDR64_FORMAT = "HHIQQQIHHHHHH"  # e_type .. e_shstrndx, after the 16 bytes of e_ident
 SHDR64_FORMAT = "IIQQQQIIQQ"
+PHDR64_FORMAT = "IIQQQQQQ"
+PHDR64_SIZE = 56
 
 
 class ElfHeaderError(ValueError):
@@ -94,6 +96,19 @@ class SectionHeader(NamedTuple):
     entsize: int
 
 
+class ProgramHeader(NamedTuple):
+    """An ``Elf64_Phdr``, field for field."""
+
+    type: int
+    flags: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    align: int
+
+
 def read_ident(data: Buffer) -> Ident:
     """The first :data:`IDENT_SIZE` bytes of an ELF file, 32- or 64-bit."""
     if len(data) < IDENT_SIZE:
@@ -155,3 +170,15 @@ def section_headers(data: Buffer, hdr: FileHeader, count: int | None = None) -> 
         fmt = struct.Struct(hdr.endian + SHDR64_FORMAT)
         return [SectionHeader(*fmt.unpack_from(data, hdr.shoff + i * C.SHDR_SIZE)) for i in range(n)]
     return [section_header(data, hdr, i) for i in range(n)]
+
+
+def program_headers(data: Buffer, hdr: FileHeader) -> list[ProgramHeader]:
+    """The ``e_phnum`` program headers from ``e_phoff``, up to the first that is not inside ``data``."""
+    fmt = struct.Struct(hdr.endian + PHDR64_FORMAT)
+    out = []
+    for i in range(hdr.phnum):
+        at = hdr.phoff + i * hdr.phentsize
+        if at + PHDR64_SIZE > len(data):
+            break
+        out.append(ProgramHeader(*fmt.unpack_from(data, at)))
+    return out

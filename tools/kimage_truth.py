@@ -11,7 +11,8 @@ For each <release>-<arch> target with a kernel image:
   boot/System.map-<release> in <target>-dbg) and against the booted kernel's
   /proc/kallsyms (nokaslr; --oracle/<target>/kallsyms, vmlinux lines), allowing
   the one constant offset a kernel adds at boot without KASLR (s390x 7.x);
-* exports: names, GPL-only flag, namespace and CRC against Module.symvers;
+* exports: names, GPL-only flag, namespace and CRC against Module.symvers, addresses against
+  the System.map (or kallsyms) compared above;
 * ftrace: the records against available_filter_functions_addrs.
 
 Needs the real files (not in the repository); tests do not run it.  The JSON it
@@ -152,6 +153,18 @@ def main(argv: list[str]) -> int:
             if d.exports is not None and symvers
             else "not read: " + ("no export table located" if d.exports is None else "no Module.symvers")
         )
+        if d.exports is not None and refs:
+            kind, path = next(iter(refs.items()))
+            every: dict[str, set[int]] = {}
+            for n, a, _ in read_text_symbols(path):
+                every.setdefault(n, set()).add(a)
+            shift = offset if kind == "kallsyms" else 0
+            # a name the reference lists twice (a static symbol of the same name): either address
+            row["export_addresses_vs_" + kind] = {
+                "exports": len(d.exports),
+                "equal": sum(x.address + shift in every.get(x.name, ()) for x in d.exports),
+                "name_listed_twice": sum(len(every.get(x.name, ())) > 1 for x in d.exports),
+            }
         fa = Path(args.oracle) / tdir.name / "ftrace_addrs"
         if d.ftrace is None:
             row["ftrace"] = f"not read: {d.info.get('ftrace')}"

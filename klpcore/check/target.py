@@ -411,7 +411,7 @@ class Target:
 
             image = self._first(*IMAGE_PATHS)
             if image is not None:  # the image's kallsyms, exports and ftrace records (klpcore.kimage)
-                ks = read_image_file(image)
+                ks = read_image_file(image, self.config)
                 self.notes.append(f"symbols, exports and ftrace locations read from the kernel image {image}")
                 return ks
         except SymbolFileError as exc:

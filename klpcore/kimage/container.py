@@ -198,32 +198,42 @@ def _lzop(blob: bytes | memoryview, what: str) -> bytes:  # pragma: no cover - n
 
 
 def _elf(data: bytes, container: str) -> KernelImage:
-    if len(data) < 64 or data[4] != 2:
-        raise SymbolFileError(f"{container}: only 64-bit kernels are read")
-    e = "<" if data[5] == 1 else ">"
-    machine = struct.unpack_from(e + "H", data, 18)[0]
-    phoff, shoff = struct.unpack_from(e + "QQ", data, 32)
-    phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH", data, 54)
-    segs = []
-    for i in range(phnum):
-        p = phoff + i * phentsize
-        if p + 56 > len(data):
-            break
-        ptype, _flags, off, vaddr, _paddr, filesz = struct.unpack_from(e + "IIQQQQ", data, p)
-        if ptype == 1 and filesz:
-            segs.append((vaddr, off, min(filesz, max(0, len(data) - off))))
+    from .. import constants as C
+    from ..elfheader import (
+        ElfHeaderError,
+        program_headers,
+        read_header,
+        section_count,
+        section_headers,
+        string_table_index,
+    )
+
+    try:
+        hdr = read_header(data)
+    except ElfHeaderError:
+        raise SymbolFileError(f"{container}: only 64-bit kernels are read") from None
+    segs = [
+        (ph.vaddr, ph.offset, min(ph.filesz, max(0, len(data) - ph.offset)))
+        for ph in program_headers(data, hdr)
+        if ph.type == C.PT_LOAD and ph.filesz
+    ]
     sections: dict[str, tuple[int, int, int]] = {}
-    if shoff and shnum and shoff + shnum * shentsize <= len(data) and shstrndx < shnum:
-        hdrs = [struct.unpack_from(e + "IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-        stro = hdrs[shstrndx][4]
-        for name_off, stype, _f, addr, off, size in hdrs:
-            if stype == 0 or not addr:
+    try:
+        n = section_count(data, hdr) if hdr.shoff else 0
+        shdrs = section_headers(data, hdr, n) if n else []
+        strndx = string_table_index(data, hdr) if n else 0
+    except ElfHeaderError:  # a table that does not fit: no sections, as if stripped
+        shdrs, strndx = [], 0
+    if shdrs and strndx < len(shdrs):
+        stro = shdrs[strndx].offset
+        for sh in shdrs:
+            if sh.type == C.SHT_NULL or not sh.addr:
                 continue
-            end = data.find(b"\0", stro + name_off)
-            name = data[stro + name_off : end].decode("latin-1")
-            sections.setdefault(name, (addr, off if stype != 8 else -1, size))
-    arch = next((r.arch for r in image_rules() if r.machine == machine), "")
-    return KernelImage(data, container, arch, "little" if e == "<" else "big", segs, sections, is_elf=True)
+            end = data.find(b"\0", stro + sh.name)
+            name = data[stro + sh.name : end].decode("latin-1")
+            sections.setdefault(name, (sh.addr, sh.offset if sh.type != C.SHT_NOBITS else -1, sh.size))
+    arch = next((r.arch for r in image_rules() if r.machine == hdr.ident.machine), "")
+    return KernelImage(data, container, arch, hdr.byteorder, segs, sections, is_elf=True)
 
 
 def _inner(data: bytes, container: str, what: str, depth: int) -> KernelImage | None:

@@ -49,6 +49,9 @@ class ImageExports:
     exports: list[ImageExport]
     layout: str  # "prel32", "absolute"
     flags_from: str  # "__kflagstab" or "__ksymtab_gpl"
+    #: how the tables were found: "symbols" (linker symbols or section headers) or
+    #: "contents" (:mod:`.ksymtab_scan`: an image without ``CONFIG_KALLSYMS_ALL``)
+    found_by: str = "symbols"
 
 
 def _ranges(img: KernelImage, syms: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -113,18 +116,86 @@ def _read_table(img: KernelImage, start: int, stop: int) -> tuple[list[tuple[str
     return None
 
 
-def read_exports(img: KernelImage, syms: dict[str, int]) -> ImageExports | None:
-    """The export table, or None when the image does not say where it is
-    (no section headers and no ``__start___ksymtab`` in kallsyms: a kernel
-    without ``CONFIG_KALLSYMS_ALL`` shipped as a raw image)."""
-    r = _ranges(img, syms)
-    if "__ksymtab" not in r:
+def _place(img: KernelImage, known: dict[str, int], r: dict[str, tuple[int, int]]) -> KernelImage | None:
+    """A raw image whose link address nothing else gave: the tables were found at
+    file offsets; the link address is the one on which the exports' values (as
+    offsets) and kallsyms' addresses of the same names agree."""
+    from collections import Counter
+
+    flat = KernelImage(img.data, img.container, img.arch, img.byteorder, [(0, 0, len(img.data))])
+    got = _read_table(flat, *r["__ksymtab"])
+    if got is None:
         return None
+    votes = Counter(known[name] - value for name, value, _ in got[0] if name in known)
+    if not votes:
+        return None
+    base, n = votes.most_common(1)[0]
+    if n * 2 < sum(votes.values()):
+        return None
+    for sec, (a, b) in list(r.items()):
+        r[sec] = (a + base, b + base)
+    return KernelImage(img.data, img.container, img.arch, img.byteorder, [(base, 0, len(img.data))])
+
+
+def _boot_values(
+    img: KernelImage, r: dict[str, tuple[int, int]], main: list[tuple[str, int, str]], gpl: list[tuple[str, int, str]]
+) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]] | None:
+    """Absolute entries whose value the image holds as 0 (a relocatable image that
+    fills them at boot): the value the boot code writes, from the architecture's
+    rules; None when any stays unknown."""
+    from .rules import image_rules
+
+    tables = [(r["__ksymtab"][0], main), *([(r["__ksymtab_gpl"][0], gpl)] if "__ksymtab_gpl" in r else [])]
+    vas = np.array([start + 24 * i for start, ents in tables for i, e in enumerate(ents) if e[1] == 0], np.uint64)
+    if not len(vas):
+        return main, gpl
+    rules = next((x for x in image_rules() if x.arch == img.arch), None)
+    if rules is None or rules.boot_words is None:
+        return None
+    vals = dict(zip(vas.tolist(), rules.boot_words(img, vas).tolist(), strict=True))
+    if not all(vals.values()):
+        return None
+    out = [
+        [(n, vals[start + 24 * i] if v == 0 else v, ns) for i, (n, v, ns) in enumerate(ents)] for start, ents in tables
+    ]
+    return out[0], (out[1] if len(out) > 1 else [])
+
+
+def read_exports(img: KernelImage, syms: dict[str, int], known: dict[str, int] | None = None) -> ImageExports | None:
+    """The export table, or None when the image does not say where it is
+    (no section headers, no ``__start___ksymtab`` in kallsyms, and no table
+    found by its contents); ``known``: kallsyms' name -> address (places tables
+    found in a raw image whose link address is not known otherwise)."""
+    r = _ranges(img, syms)
+    found_by = "symbols"
+    if "__ksymtab" not in r:
+        from .ksymtab_scan import locate_ksymtabs
+
+        found = locate_ksymtabs(img, syms.get("_text"))
+        if found is None:
+            return None
+        r.update(found)
+        found_by = "contents"
+        if not img.segments and "_text" not in syms:
+            placed = _place(img, known or {}, r)
+            if placed is None:
+                return None
+            img = placed
     main = _read_table(img, *r["__ksymtab"])
     if main is None:
         return None
     entries, layout = main
-    gpl_entries: list[tuple[str, int, str]] = []
+    if found_by == "contents" and layout == "absolute":
+        got_gpl = _read_table(img, *r["__ksymtab_gpl"]) if "__ksymtab_gpl" in r else ([], layout)
+        filled = None if got_gpl is None else _boot_values(img, r, entries, got_gpl[0])
+        if filled is None:
+            return None
+        entries, gpl_filled = filled
+        r.pop("__ksymtab_gpl", None)
+        gpl_pre: list[tuple[str, int, str]] | None = gpl_filled
+    else:
+        gpl_pre = None
+    gpl_entries: list[tuple[str, int, str]] = gpl_pre or []
     if "__ksymtab_gpl" in r:
         got = _read_table(img, *r["__ksymtab_gpl"])
         if got is None:
@@ -158,4 +229,4 @@ def read_exports(img: KernelImage, syms: dict[str, int]) -> ImageExports | None:
         ImageExport(name, value, True, ns, crc)
         for (name, value, ns), crc in zip(gpl_entries, crcs("__kcrctab_gpl", len(gpl_entries)), strict=True)
     ]
-    return ImageExports(out, layout, flags_from)
+    return ImageExports(out, layout, flags_from, found_by)

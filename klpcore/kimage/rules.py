@@ -8,7 +8,7 @@ returns one :class:`ImageRules`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,13 @@ class ImageRules:
     pointer_mask: Callable[[np.ndarray], np.ndarray] | None = None
     #: ``ftrace_call_adjust``: (image, sorted call sites, sorted function addresses) -> record addresses
     ftrace_adjust: Callable[[KernelImage, np.ndarray, np.ndarray | None], np.ndarray] | None = None
+    #: for a raw image whose absolute pointers the boot code fills from relocations
+    #: the image carries: (image, link-time addresses of u64 words) -> the values
+    #: written there at a boot without KASLR (0 where the image does not say)
+    boot_words: Callable[[KernelImage, np.ndarray], np.ndarray] | None = None
+    #: the constant a boot without KASLR adds to every link-time address, from the
+    #: kernel's configuration (``CONFIG_*`` -> value; None when not known): 0 for most
+    boot_offset: Callable[[Mapping[str, str] | None], int] | None = None
 
 
 def image_rules() -> list[ImageRules]:

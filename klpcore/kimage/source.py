@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..symbols import ExportInfo, KernelSymbols
 from .exports import ImageExport
 
 #: bump when what is cached, or how it is decoded, changes
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 _DATA_TYPES = frozenset("dDbBrRgGsSvV")
 
@@ -141,9 +142,9 @@ def _decode(data: bytes, source: str, path: Path | None) -> DecodedImage:
     bounds = {
         n: int(a)
         for n, a in zip(k.names, k.addresses.tolist(), strict=True)
-        if n.startswith("__st") or n in ("_sinittext", "_einittext")
+        if n.startswith("__st") or n in ("_sinittext", "_einittext", "_text")
     }
-    ex = read_exports(img, bounds)
+    ex = read_exports(img, bounds, dict(zip(k.names, k.addresses.tolist(), strict=True)))
     is_func = np.isin(
         np.frombuffer("".join(k.types).encode("latin-1"), dtype=np.uint8), np.frombuffer(b"tTW", np.uint8)
     )
@@ -161,26 +162,41 @@ def _decode(data: bytes, source: str, path: Path | None) -> DecodedImage:
     if ex is not None:
         info["export_layout"] = ex.layout
         info["gpl_from"] = ex.flags_from
+        info["exports_found_by"] = ex.found_by
     out = DecodedImage(k.names, k.types, k.addresses, info, None if ex is None else ex.exports, ft.sites)
     if path is not None:
         _store(path, out)
     return out
 
 
-def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> KernelSymbols:
-    """vmlinux's symbols (kallsyms order, link-time addresses) from a kernel image."""
+def boot_offset(arch: str, config: Mapping[str, str] | None) -> int:
+    """What a boot without KASLR adds to the link-time addresses of ``arch``'s kernel
+    built with ``config`` (:attr:`~.rules.ImageRules.boot_offset`; 0 when its plugin says nothing)."""
+    from .rules import image_rules
+
+    rules = next((r for r in image_rules() if r.arch == arch), None)
+    return 0 if rules is None or rules.boot_offset is None else rules.boot_offset(config)
+
+
+def symbols_from_image(
+    data: bytes, source: str, *, cache: bool = True, config: Mapping[str, str] | None = None
+) -> KernelSymbols:
+    """vmlinux's symbols (kallsyms order) from a kernel image: link-time addresses, plus the
+    architecture's :func:`boot_offset` where the kernel's ``config`` says it runs elsewhere."""
     d = decode_image(data, source, cache=cache)
+    off = boot_offset(str(d.info.get("arch") or ""), config)
+    mask = (1 << 64) - 1
     ks = KernelSymbols()
     ks.source_names.append(source)
     vmlinux = ks.obj(C.VMLINUX)
-    vmlinux.extend(d.names, d.addresses.tolist(), d.types, source)
+    vmlinux.extend(d.names, (d.addresses + np.uint64(off)).tolist(), d.types, source)
     vmlinux.sort_by_address()
     if not _DATA_TYPES.intersection(d.types):
         ks.text_only.append(source)
     if d.ftrace is not None:
-        ks.ftrace[C.VMLINUX] = d.ftrace
+        ks.ftrace[C.VMLINUX] = d.ftrace + np.uint64(off)
     if d.exports is not None:
-        ks.exported[C.VMLINUX] = {x.name: x.address for x in d.exports}
+        ks.exported[C.VMLINUX] = {x.name: (x.address + off) & mask for x in d.exports}
         crcs = {x.name: x.crc for x in d.exports if x.crc is not None}
         if crcs:
             ks.export_crcs[C.VMLINUX] = crcs
@@ -193,10 +209,11 @@ def symbols_from_image(data: bytes, source: str, *, cache: bool = True) -> Kerne
 IMAGE_PATHS = ("usr/lib/modules/{rel}/vmlinuz", "lib/modules/{rel}/vmlinuz", "boot/vmlinuz-{rel}", "boot/Image-{rel}")
 
 
-def read_image_file(path: str | os.PathLike[str]) -> KernelSymbols:
-    """:func:`symbols_from_image` of a file (decompressed first when the whole file is gzip/xz/zstd)."""
+def read_image_file(path: str | os.PathLike[str], config: Mapping[str, str] | None = None) -> KernelSymbols:
+    """:func:`symbols_from_image` of a file (decompressed first when the whole file is gzip/xz/zstd);
+    ``config``: the kernel's configuration, when known (see :func:`boot_offset`)."""
     from ..compress import SYMBOL_ELF_LIMIT, read_input
     from ..errors import SymbolFileError
 
     data = read_input(path, limit=SYMBOL_ELF_LIMIT, what="kernel image", error=SymbolFileError)
-    return symbols_from_image(data, os.fspath(path))
+    return symbols_from_image(data, os.fspath(path), config=config)

@@ -252,3 +252,22 @@ def test_writer_records_read_back() -> None:
         assert data[64:67] == b"abc" and data[67:69] == bytes(2)
         w.set_header(shnum=0)
         assert read_header(w.getvalue()).shnum == 0
+
+
+def test_program_headers_read_back_up_to_the_end_of_the_file() -> None:
+    """elfheader.program_headers: each Elf64_Phdr field for field, in both byte orders; a header
+    past the end of the data ends the list (a kernel image's PT_LOAD segments, klpcore.kimage)."""
+    import struct
+
+    from klpcore.elfheader import PHDR64_FORMAT, ProgramHeader, program_headers, read_header
+    from klpcore.elfwriter import pack_file_header
+
+    rows = [
+        ProgramHeader(C.PT_LOAD, 5, 0x10000, 0xC000000000000000, 0, 0x2000, 0x3000, 0x10000),
+        ProgramHeader(4, 4, 0x12000, 0xC000000000002000, 0, 0x24, 0x24, 4),
+    ]
+    for endian in "<>":
+        head = pack_file_header(endian, type=C.ET_EXEC, machine=21, phoff=64, phentsize=56, phnum=3)
+        data = head + b"".join(struct.pack(endian + PHDR64_FORMAT, *r) for r in rows)
+        assert program_headers(data, read_header(data)) == rows  # the third is not in the data
+        assert program_headers(data[:-1], read_header(data)) == rows[:1]
