@@ -3,6 +3,7 @@
 
     python tools/kimage_truth.py [--targets /work/targets] [--oracle /work/coord/kallsyms]
                                  [--maps /work/shared/corpus] [--out tools/kimage_truth.json]
+                                 [--dbg DIR ...]
 
 For each <release>-<arch> target with a kernel image:
 
@@ -13,7 +14,10 @@ For each <release>-<arch> target with a kernel image:
   the one constant offset a kernel adds at boot without KASLR (s390x 7.x);
 * exports: names, GPL-only flag, namespace and CRC against Module.symvers, addresses against
   the System.map (or kallsyms) compared above;
-* ftrace: the records against available_filter_functions_addrs.
+* ftrace: the records against available_filter_functions_addrs (6.5+); for a
+  kernel before 6.5 (no such file) against the -dbg vmlinux's own ``__mcount_loc``
+  table (<target>-dbg/usr/lib/debug/boot/vmlinux-<release>, or in a --dbg DIR), which the kernel
+  sorts into its records at boot; init-text sites are counted apart (freed after boot).
 
 Needs the real files (not in the repository); tests do not run it.  The JSON it
 writes is what the closing note of issue 15 quotes.
@@ -31,6 +35,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+FLAVOUR = {"ppc64el": "powerpc64le"}  # Debian architecture -> the flavour in the kernel's release name
 
 
 def read_text_symbols(path: Path) -> list[tuple[str, int, str]]:
@@ -101,12 +107,83 @@ def compare_ftrace(records: np.ndarray, addrs: Path, offset: int) -> dict:
     }
 
 
+def vmlinux_mcount(path: Path) -> dict:
+    """The __mcount_loc table of a vmlinux ELF (with .symtab), and the init-text bounds.
+
+    A relocatable vmlinux (arm64) holds zeros in the table: each value is then the addend of the
+    R_*_RELATIVE entry of .rela.dyn at that slot (what the boot code writes there)."""
+    from elftools.elf.elffile import ELFFile
+
+    with path.open("rb") as fh:
+        elf = ELFFile(fh)
+        e = "<" if elf.little_endian else ">"
+        want = {"__start_mcount_loc", "__stop_mcount_loc", "_sinittext", "_einittext"}
+        b = {s.name: s["st_value"] for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name in want}
+        start, stop = b["__start_mcount_loc"], b["__stop_mcount_loc"]
+        for sec in elf.iter_sections():
+            a = sec["sh_addr"]
+            if sec["sh_type"] == "SHT_PROGBITS" and a <= start and stop <= a + sec["sh_size"]:
+                fh.seek(sec["sh_offset"] + start - a)
+                vals = np.frombuffer(fh.read(stop - start), dtype=f"{e}u8").copy()
+                break
+        else:
+            raise ValueError(f"{path}: __mcount_loc {start:#x}..{stop:#x} in no PROGBITS section")
+        source = "section contents"
+        rela = elf.get_section_by_name(".rela.dyn")
+        if len(vals) and not vals.any() and rela is not None:
+            fh.seek(rela["sh_offset"])
+            rtype = [("off", f"{e}u8"), ("info", f"{e}u8"), ("add", f"{e}u8")]
+            r = np.frombuffer(fh.read(rela["sh_size"]), dtype=rtype)
+            r = r[(r["off"] >= start) & (r["off"] < stop)]
+            vals[(r["off"] - np.uint64(start)) // np.uint64(8)] = r["add"]
+            types = sorted({int(t) for t in r["info"] & 0xFFFFFFFF})
+            source = f".rela.dyn addends ({len(r)} relocations, types {types})"
+    return {"sites": vals, "source": source, "sinittext": b["_sinittext"], "einittext": b["_einittext"]}
+
+
+def compare_ftrace_vmlinux(records: np.ndarray | None, vmlinux: Path) -> dict:
+    """Image records (None: not read) against the vmlinux's table, init-text sites counted apart.
+    No ftrace_call_adjust is applied to the table: where an architecture adjusts, the sets differ by it."""
+    m = vmlinux_mcount(vmlinux)
+    vals = m["sites"]
+    sites = np.unique(vals[vals != 0])
+    init = (sites >= np.uint64(m["sinittext"])) & (sites < np.uint64(m["einittext"]))
+    kept = sites[~init]
+    row: dict = {
+        "vmlinux": str(vmlinux),
+        "table_values_from": m["source"],
+        "table_entries": len(vals),
+        "table_zeros": int((vals == 0).sum()),
+        "sites_unique": len(sites),
+        "sites_in_init_text": int(init.sum()),
+        "sites_after_boot": len(kept),
+    }
+    if records is None:
+        return row
+    mine = np.unique(records)
+    row.update(
+        {
+            "image": len(mine),
+            "equal_to_sites_after_boot": bool(len(mine) == len(kept) and np.array_equal(mine, kept)),
+            "image_not_in_table": int((~np.isin(mine, sites)).sum()),
+            "sites_after_boot_not_in_image": int((~np.isin(kept, mine)).sum()),
+        }
+    )
+    return row
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="/work/targets")
     p.add_argument("--oracle", default="/work/coord/kallsyms")
     p.add_argument("--maps", default="/work/shared/corpus")
     p.add_argument("--out", default="tools/kimage_truth.json")
+    p.add_argument(
+        "--dbg",
+        action="append",
+        default=[],
+        help="more directories holding usr/lib/debug/boot/vmlinux-<release> (a -dbg package's vmlinux alone)",
+    )
     args = p.parse_args(argv)
     os.environ["KLPCORE_NO_CACHE"] = "1"
     from klpcore.compress import SYMBOL_ELF_LIMIT, read_input
@@ -166,10 +243,19 @@ def main(argv: list[str]) -> int:
                 "name_listed_twice": sum(len(every.get(x.name, ())) > 1 for x in d.exports),
             }
         fa = Path(args.oracle) / tdir.name / "ftrace_addrs"
-        if d.ftrace is None:
-            row["ftrace"] = f"not read: {d.info.get('ftrace')}"
-        elif fa.exists():
+        vml = [
+            v
+            for dbg in (str(tdir) + "-dbg", *args.dbg)
+            for v in sorted(Path(dbg).glob(f"usr/lib/debug/boot/vmlinux-{release}-{FLAVOUR.get(arch, arch)}"))
+        ]
+        if fa.exists() and d.ftrace is not None:
             row["ftrace"] = compare_ftrace(d.ftrace, fa, offset)
+        elif vml:
+            # before 6.5 there is no available_filter_functions_addrs: the -dbg vmlinux's table is the truth
+            row["ftrace"] = {"image": f"not read: {d.info.get('ftrace')}"} if d.ftrace is None else {}
+            row["ftrace"].update(compare_ftrace_vmlinux(d.ftrace, vml[0]))
+        elif d.ftrace is None:
+            row["ftrace"] = f"not read: {d.info.get('ftrace')}"
         else:
             row["ftrace"] = {"image": len(d.ftrace), "kernel": "no available_filter_functions_addrs dump"}
         results[tdir.name] = row
