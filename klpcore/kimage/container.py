@@ -126,7 +126,7 @@ def decompress(fmt: str, blob: bytes | memoryview, what: str, limit: int = DECOM
 
 def _lz4_legacy(blob: bytes | memoryview, what: str, limit: int) -> bytes:
     try:
-        import lz4.block  # type: ignore[import-not-found,unused-ignore]
+        import lz4.block  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise SymbolFileError(
             f"{what}: the kernel image is lz4-compressed; reading it needs the optional 'lz4' package (pip install lz4)"
@@ -153,7 +153,7 @@ def _lz4_legacy(blob: bytes | memoryview, what: str, limit: int) -> bytes:
 
 def _lzop(blob: bytes | memoryview, what: str) -> bytes:  # pragma: no cover - needs python-lzo
     try:
-        import lzo  # type: ignore[import-not-found,unused-ignore]
+        import lzo  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise SymbolFileError(
             f"{what}: the kernel image is lzo-compressed; reading it needs the optional 'python-lzo' package "

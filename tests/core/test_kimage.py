@@ -89,6 +89,44 @@ def test_lz4_without_the_package_names_it(monkeypatch: pytest.MonkeyPatch) -> No
         decompress("lz4", b"\x02\x21\x4c\x18" + b"\0" * 8, "img")
 
 
+def lz4_legacy_with_size(data: bytes) -> bytes:
+    """``lz4 -l -9`` then ``size_append`` (scripts/Makefile.lib ``cmd_lz4_with_size``): the legacy frame's
+    magic, then per 8 MiB of input one block as (u32 LE compressed size, raw LZ4 block), then the
+    input's size as u32 LE."""
+    import struct
+
+    import lz4.block
+
+    out = bytearray(b"\x02\x21\x4c\x18")
+    for i in range(0, len(data), 8 << 20):
+        block = lz4.block.compress(data[i : i + (8 << 20)], mode="high_compression", compression=9, store_size=False)
+        out += struct.pack("<I", len(block)) + block
+    return bytes(out + struct.pack("<I", len(data)))
+
+
+def test_lz4_payload_read_back_through_the_real_decoder() -> None:
+    pytest.importorskip("lz4.block", reason="the optional 'lz4' package is not installed (pip install lz4)")
+    syms = kb.sample_symbols(X86_BASE)
+    elf = kb.elf_kernel(syms, "6.4", X86_BASE)
+    # past 8 MiB: two legacy blocks, the second short, then the appended size
+    kernel = elf + b"\0" * ((8 << 20) + 4096 - len(elf))
+    payload = lz4_legacy_with_size(kernel)
+    assert decompress("lz4", payload, "img") == kernel
+    z = kb.zboot(payload, "lz4")
+    assert open_image(z, "<test>").container == "zboot (lz4)"
+    assert kb.decoded(z) == kb.rows(syms)
+    # and found inside a self-decompressing image by the last-resort scan
+    assert kb.decoded(b"\x07" * 4096 + payload) == kb.rows(syms)
+
+
+def test_corrupt_lz4_block_names_the_format() -> None:
+    pytest.importorskip("lz4.block", reason="the optional 'lz4' package is not installed (pip install lz4)")
+    payload = bytearray(lz4_legacy_with_size(b"kernel " * 4096))
+    payload[8:40] = b"\xff" * 32
+    with pytest.raises(SymbolFileError, match="corrupt lz4 data"):
+        decompress("lz4", bytes(payload), "img")
+
+
 def test_load_symbols_detects_an_image_by_content(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("KLPCORE_NO_CACHE", "1")
     syms = kb.sample_symbols(X86_BASE)
