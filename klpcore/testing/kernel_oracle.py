@@ -573,16 +573,7 @@ def _symtab_copy_addresses(rec: Recording, placed: Placed, elf: ElfModule) -> di
     if rec.config_value("CONFIG_STRICT_MODULE_RWX") == "y":  # strict_align() of the whole init layout
         page = rec.page_size()
         end = (end + page - 1) // page * page
-    out = {}
-    for name in (".symtab", ".strtab"):
-        table = elf.section_by_name(name)
-        if table is None:
-            continue
-        align = max(table.addralign, 1)
-        end = (end + align - 1) // align * align
-        out[name] = end
-        end += table.size
-    return out
+    return _tables_from(elf, end)
 
 
 def _symtab_in_init_data(rec: Recording, placed: Placed, elf: ElfModule) -> dict[str, int]:
@@ -598,16 +589,7 @@ def _symtab_in_init_data(rec: Recording, placed: Placed, elf: ElfModule) -> dict
     if end is None:  # MOD_INIT_DATA holds only the tables (ppc64: .init.* live in core): its own allocation
         s = rec.sections.get(".symtab")
         end = s.address if s is not None else 0
-    out = {}
-    for name in (".symtab", ".strtab"):
-        table = elf.section_by_name(name)
-        if table is None:
-            continue
-        align = max(table.addralign, 1)
-        end = (end + align - 1) // align * align
-        out[name] = end
-        end += table.size
-    return out
+    return _tables_from(elf, end)
 
 
 def klpcore_apply_args(rec: Recording, out: Path) -> list[str]:
@@ -658,3 +640,17 @@ __all__ = [
     "relocation_sites",
     "uint_at",
 ]
+
+
+def _tables_from(elf: ElfModule, end: int) -> dict[str, int]:
+    """``layout_symtab``: ``.symtab`` then ``.strtab`` from ``end``, each at its alignment."""
+    out = {}
+    for name in (".symtab", ".strtab"):
+        table = elf.section_by_name(name)
+        if table is None:
+            continue
+        align = max(table.addralign, 1)
+        end = (end + align - 1) // align * align
+        out[name] = end
+        end += table.size
+    return out
